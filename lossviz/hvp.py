@@ -1,0 +1,276 @@
+"""Hessian- and Gauss-Newton-vector products on flat weight vectors.
+
+Three ways to compute ``H v`` for ``k`` vectors ``V`` (``(k, P)``):
+
+- ``"loop"``: reverse-over-reverse on a cached gradient graph, one ``autograd.grad`` per
+  vector (PyHessian's trick: the forward and first backward are done once per point);
+- ``"batched"``: the same cached graph, all vectors in one ``autograd.grad`` call with
+  ``is_grads_batched=True`` (vmap over the backward);
+- ``"fwd"``: forward-over-reverse, ``vmap(jvp(grad(L)))`` with ``torch.func``.
+
+The first time several vectors are multiplied, each available method is timed on the
+actual model and the fastest is kept for the :class:`~lossviz.Objective`; a method that
+fails (an op without a batching rule, forward-mode AD through fused attention) is dropped.
+Everything runs with attention on the math SDPA backend, which supports double backward.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import torch
+from torch import Tensor
+
+from .errors import LossvizError
+from .objective import _math_sdpa, check_finite
+
+METHODS = ("batched", "loop", "fwd")
+
+
+def _is_oom(e: BaseException) -> bool:
+    oom = getattr(torch, "OutOfMemoryError", None)
+    return (oom is not None and isinstance(e, oom)) or "out of memory" in str(e).lower()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class CurvatureOperator:
+    """``H(θ)`` (``curvature="hessian"``) or the generalized Gauss-Newton ``Jᵀ H_ℓ J``
+    (``curvature="ggn"``) of an :class:`~lossviz.Objective` at a fixed point, as a
+    symmetric linear operator on flat vectors.
+
+    ``op @ x`` (``(P,)``) and ``op @ X`` (``(P, k)``) work like a dense matrix, so every
+    estimator in lossviz accepts either. :meth:`apply` takes rows: ``(k, P) -> (k, P)``.
+    The gradient graph is built once per point when the data is a single batch; with
+    several batches each product is the sample-weighted mean over batches.
+    """
+
+    def __init__(self, obj, flat: Tensor, fixed: dict, *, curvature: str = "hessian"):
+        if curvature not in ("hessian", "ggn"):
+            raise ValueError(f"curvature must be 'hessian' or 'ggn', got {curvature!r}")
+        if curvature == "ggn" and obj.forward is not None:
+            raise LossvizError("curvature='ggn' needs loss_fn(outputs, targets), not forward=")
+        self.obj = obj
+        self.flat = flat.detach()
+        self.fixed = fixed
+        self.curvature = curvature
+        self.shape = (flat.numel(), flat.numel())
+        self.dtype = flat.dtype
+        self.device = flat.device
+        self.n_products = 0
+        self._graph = None  # cached per-point graph for single-batch data
+        self.max_chunk = 64
+
+    # --- graphs -------------------------------------------------------------
+    def _build(self, batch):
+        """The graph for one batch: (theta leaf, gradient with graph) for the Hessian;
+        (theta, outputs, dummy u, Jᵀu, ∂ℓ/∂f graph pieces) for the GGN."""
+        theta = self.flat.clone().requires_grad_(True)
+        with torch.enable_grad(), _math_sdpa():
+            if self.curvature == "hessian":
+                loss = self.obj.batch_loss(theta, self.fixed, batch)
+                check_finite(loss)
+                (g,) = torch.autograd.grad(loss, theta, create_graph=True)
+                return ("hessian", theta, g)
+            out = self.obj.batch_outputs(theta, self.fixed, batch)
+            f = out.detach().requires_grad_(True)
+            loss = self.obj.loss_fn(f, batch[1])
+            check_finite(loss)
+            (gf,) = torch.autograd.grad(loss, f, create_graph=True)
+            u = torch.zeros_like(out, requires_grad=True)
+            (jtu,) = torch.autograd.grad(out, theta, u, create_graph=True)
+            return ("ggn", theta, out, f, gf, u, jtu)
+
+    def _graphs(self):
+        """Yields (graph, batch, weight) over the data; the graph is cached for a single
+        batch."""
+        if self.obj.n_batches == 1:
+            if self._graph is None:
+                b, nb = next(self.obj.batches())
+                self._graph = (self._build(b), b)
+            yield self._graph[0], self._graph[1], 1.0
+            return
+        items = list(self.obj.batches()) if self.obj.n_batches else None
+        src = items if items is not None else self.obj.batches()
+        total = sum(nb for _, nb in items) if items is not None else None
+        acc_n = 0
+        for b, nb in src:
+            acc_n += nb
+            yield self._build(b), b, (nb / total if total else nb)
+        if total is None:  # streamed data: weights were counts; caller divides
+            self._stream_total = acc_n
+
+    # --- products -----------------------------------------------------------
+    def _apply_graph(self, graph, batch, V: Tensor, method: str) -> Tensor:
+        if graph[0] == "hessian":
+            _, theta, g = graph
+            if method == "batched":
+                (HV,) = torch.autograd.grad(g, theta, V, retain_graph=True, is_grads_batched=True)
+                return HV
+            if method == "loop":
+                return torch.stack(
+                    [torch.autograd.grad(g, theta, v, retain_graph=True)[0] for v in V]
+                )
+            return self._fwd(batch, V)
+        _, theta, out, f, gf, u, jtu = graph
+        if method == "fwd":
+            raise RuntimeError("no forward-mode path for the GGN")
+        batched = method == "batched"
+        if batched:
+            (JV,) = torch.autograd.grad(jtu, u, V, retain_graph=True, is_grads_batched=True)
+            (HJV,) = torch.autograd.grad(gf, f, JV, retain_graph=True, is_grads_batched=True)
+            (out_,) = torch.autograd.grad(out, theta, HJV, retain_graph=True, is_grads_batched=True)
+            return out_
+        res = []
+        for v in V:
+            (jv,) = torch.autograd.grad(jtu, u, v, retain_graph=True)
+            (hjv,) = torch.autograd.grad(gf, f, jv, retain_graph=True)
+            res.append(torch.autograd.grad(out, theta, hjv, retain_graph=True)[0])
+        return torch.stack(res)
+
+    def _fwd(self, batch, V: Tensor) -> Tensor:
+        from torch.func import grad, jvp, vmap
+
+        obj, fixed = self.obj, self.fixed
+
+        def loss(theta):
+            return obj.batch_loss(theta, fixed, batch)
+
+        def hvp(v):
+            return jvp(grad(loss), (self.flat,), (v,))[1]
+
+        return vmap(hvp)(V)
+
+    def _apply_method(self, V: Tensor, method: str) -> Tensor:
+        out = None
+        streamed = self.obj.n_batches is None
+        with torch.enable_grad(), _math_sdpa():
+            if method == "fwd":
+                items = list(self.obj.batches())
+                total = sum(nb for _, nb in items)
+                for batch, nb in items:
+                    HV = self._fwd(batch, V).detach()
+                    out = HV * (nb / total) if out is None else out.add_(HV, alpha=nb / total)
+                return out
+            for graph, batch, w in self._graphs():
+                HV = self._apply_graph(graph, batch, V, method).detach()
+                out = HV * w if out is None else out.add_(HV, alpha=w)
+        if streamed:
+            out /= self._stream_total
+        return out
+
+    def _methods(self, k: int) -> list[str]:
+        if k == 1:
+            return ["loop"]
+        cands = [m for m in METHODS if not (m == "fwd" and self.curvature == "ggn")]
+        return [m for m in cands if m not in self.obj._hvp_failed]
+
+    def _tune(self, V: Tensor) -> Tensor:
+        """Time each method on ``V`` (the product is used), keep the fastest."""
+        times, result = {}, None
+        for m in self._methods(V.shape[0]):
+            try:
+                _sync(self.device)
+                t0 = time.perf_counter()
+                HV = self._apply_method(V, m)
+                _sync(self.device)
+                times[m] = time.perf_counter() - t0
+                if result is None:
+                    result = HV
+            except Exception as e:  # noqa: BLE001 - an unsupported backend is skipped
+                if _is_oom(e):
+                    raise
+                self.obj._hvp_failed.add(m)
+                warnings.warn(f"lossviz: HVP method {m!r} unavailable here ({e!s:.120})", stacklevel=3)
+        if result is None:
+            raise RuntimeError("no Hessian-vector product method works on this model")
+        key = self.curvature
+        self.obj._hvp_method[key] = min(times, key=times.get)
+        self.obj._hvp_times[key] = {m: t / V.shape[0] for m, t in times.items()}
+        return result
+
+    def apply(self, V: Tensor) -> Tensor:
+        """``(k, P) -> (k, P)``: the curvature applied to each row, in batched chunks that
+        halve on out-of-memory."""
+        if V.ndim != 2 or V.shape[1] != self.shape[0]:
+            raise ValueError(f"expected a (k, {self.shape[0]}) tensor, got {tuple(V.shape)}")
+        V = V.to(self.device, self.dtype)
+        k = V.shape[0]
+        self.n_products += k
+        outs, i = [], 0
+        while i < k:
+            c = min(self.max_chunk, k - i)
+            chunk = V[i : i + c]
+            try:
+                if c == 1:
+                    outs.append(self._apply_method(chunk, "loop"))
+                elif self.curvature not in self.obj._hvp_method:
+                    outs.append(self._tune(chunk))
+                else:
+                    outs.append(self._apply_method(chunk, self.obj._hvp_method[self.curvature]))
+            except Exception as e:
+                if _is_oom(e) and c > 1:
+                    self.max_chunk = max(1, c // 2)
+                    if self.device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    continue
+                raise
+            i += c
+        return torch.cat(outs) if len(outs) > 1 else outs[0]
+
+    def __matmul__(self, X: Tensor) -> Tensor:
+        if X.ndim == 1:
+            return self.apply(X[None])[0]
+        return self.apply(X.T).T
+
+    def release(self) -> None:
+        """Free the cached graph."""
+        self._graph = None
+
+    def __repr__(self) -> str:
+        return (
+            f"CurvatureOperator({self.curvature}, P={self.shape[0]:,}, {self.dtype}, "
+            f"{self.device}, products so far={self.n_products})"
+        )
+
+
+def apply_rows(op, V: Tensor) -> Tensor:
+    """``op`` applied to each row of ``V`` (``(k, P)``): a :class:`CurvatureOperator`,
+    any object with ``apply``, or anything supporting ``op @ X`` (a dense tensor)."""
+    if hasattr(op, "apply") and not isinstance(op, Tensor):
+        return op.apply(V)
+    return (op @ V.T).T
+
+
+def op_meta(op) -> tuple[int, torch.dtype, torch.device]:
+    """(size, dtype, device) of an operator or dense matrix."""
+    if isinstance(op, Tensor):
+        if op.ndim != 2 or op.shape[0] != op.shape[1]:
+            raise ValueError(f"a dense operator must be square, got {tuple(op.shape)}")
+        return op.shape[0], op.dtype, op.device
+    return op.shape[0], op.dtype, op.device
+
+
+class SubOperator:
+    """The restriction ``H[idx, idx]`` of an operator to a set of flat indices (a block
+    of parameters), itself an operator of size ``len(idx)``."""
+
+    def __init__(self, op, idx: Tensor):
+        n, dtype, device = op_meta(op)
+        self.op, self.idx, self.n = op, idx.to(device), n
+        self.shape = (idx.numel(), idx.numel())
+        self.dtype, self.device = dtype, device
+
+    def apply(self, V: Tensor) -> Tensor:
+        full = torch.zeros(V.shape[0], self.n, dtype=V.dtype, device=V.device)
+        full[:, self.idx] = V
+        return apply_rows(self.op, full)[:, self.idx]
+
+    def __matmul__(self, X: Tensor) -> Tensor:
+        if X.ndim == 1:
+            return self.apply(X[None])[0]
+        return self.apply(X.T).T

@@ -1,0 +1,313 @@
+"""Result types of the curvature kernels: small dataclasses with a readable repr (text and
+HTML) and ``.plot()`` returning a plotly figure."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.6g}"
+
+
+def _html_table(header: list[str], rows: list[list], caption: str = "") -> str:
+    th = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows
+    )
+    cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+    return f"<table>{cap}<thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+@dataclass(repr=False)
+class EigenResult:
+    """Extreme eigenpairs of the Hessian (or Gauss-Newton) at a point.
+
+    ``values`` (float64) are ordered by ``which``: largest / magnitude descending,
+    smallest ascending, both ascending. ``residuals`` are ``||Hv - λv|| / |λ|_max``.
+    """
+
+    values: np.ndarray
+    vectors: list
+    residuals: np.ndarray
+    n_hvp: int
+    converged: np.ndarray
+    which: str = "largest"
+    curvature: str = "hessian"
+    n_params: int = 0
+    seconds: float = 0.0
+
+    @property
+    def all_converged(self) -> bool:
+        return bool(np.all(self.converged))
+
+    def __repr__(self) -> str:
+        vals = ", ".join(_fmt(v) for v in self.values)
+        state = "converged" if self.all_converged else "NOT converged"
+        return (
+            f"EigenResult({self.which} {len(self.values)} of {self.curvature}, "
+            f"{self.n_params:,} params): [{vals}]; max residual "
+            f"{self.residuals.max():.1e}, {self.n_hvp} HVPs, {self.seconds:.2f} s, {state}"
+        )
+
+    def _repr_html_(self) -> str:
+        rows = [
+            [i + 1, _fmt(v), f"{r:.1e}", "yes" if c else "no"]
+            for i, (v, r, c) in enumerate(zip(self.values, self.residuals, self.converged))
+        ]
+        cap = (
+            f"{self.which} eigenvalues of the {self.curvature} ({self.n_params:,} params, "
+            f"{self.n_hvp} HVPs, {self.seconds:.2f} s)"
+        )
+        return _html_table(["#", "λ", "residual", "converged"], rows, cap)
+
+    def plot(self):
+        import plotly.graph_objects as go
+
+        fig = go.Figure(
+            go.Bar(
+                x=[f"λ{i + 1}" for i in range(len(self.values))],
+                y=self.values,
+                customdata=self.residuals,
+                hovertemplate="%{x} = %{y:.6g}<br>residual %{customdata:.1e}<extra></extra>",
+            )
+        )
+        fig.update_layout(
+            title=f"{self.which} eigenvalues of the {self.curvature}",
+            yaxis_title="eigenvalue",
+            template="plotly_white",
+        )
+        return fig
+
+
+@dataclass(repr=False)
+class TraceResult:
+    """A trace estimate with its standard error (stopping rule: ``stderr <= rtol·|value|``)."""
+
+    value: float
+    stderr: float
+    n_hvp: int
+    samples: np.ndarray
+    method: str = "hutchinson"
+    curvature: str = "hessian"
+    exact_part: float = 0.0
+    seconds: float = 0.0
+
+    def __repr__(self) -> str:
+        return (
+            f"TraceResult(tr = {_fmt(self.value)} ± {self.stderr:.3g} (std. error), "
+            f"{self.method}, {self.n_hvp} HVPs, {self.seconds:.2f} s)"
+        )
+
+    def _repr_html_(self) -> str:
+        return _html_table(
+            ["trace", "std. error", "method", "HVPs", "samples"],
+            [[_fmt(self.value), f"{self.stderr:.3g}", self.method, self.n_hvp, len(self.samples)]],
+            f"trace of the {self.curvature}",
+        )
+
+    def plot(self):
+        import plotly.graph_objects as go
+
+        s = np.asarray(self.samples, dtype=np.float64).reshape(-1) + self.exact_part
+        n = np.arange(1, len(s) + 1)
+        mean = np.cumsum(s) / n
+        sq = np.cumsum(s * s) / n
+        se = np.sqrt(np.maximum(sq - mean**2, 0) * n / np.maximum(n - 1, 1) / n)
+        fig = go.Figure(
+            [
+                go.Scatter(x=n, y=mean + 2 * se, line=dict(width=0), showlegend=False),
+                go.Scatter(
+                    x=n, y=mean - 2 * se, fill="tonexty", line=dict(width=0), name="±2 std. errors"
+                ),
+                go.Scatter(x=n, y=mean, name="running estimate"),
+            ]
+        )
+        fig.update_layout(
+            title=f"trace estimate ({self.method}): {_fmt(self.value)} ± {self.stderr:.3g}",
+            xaxis_title="probes",
+            yaxis_title="trace",
+            template="plotly_white",
+        )
+        return fig
+
+
+@dataclass(repr=False)
+class SpectralDensity:
+    """Stochastic Lanczos quadrature: per-probe ``nodes`` (Ritz values) and ``weights``.
+
+    ``∫ f dμ ≈ mean_probes Σ_i w_i f(λ_i)`` for the spectral measure ``μ = (1/P) Σ δ(λ_j)``.
+    """
+
+    nodes: np.ndarray
+    weights: np.ndarray
+    n_hvp: int
+    n_params: int
+    curvature: str = "hessian"
+    seconds: float = 0.0
+
+    def moment(self, p: int) -> float:
+        """``(1/P) tr(H^p)`` estimated by the quadrature."""
+        return float(np.mean(np.sum(self.weights * self.nodes**p, axis=1)))
+
+    def default_sigma(self) -> float:
+        span = float(self.nodes.max() - self.nodes.min())
+        return max(span, 1e-12) / 200
+
+    def smooth(self, grid=None, sigma: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(x, φ(x))`` with ``φ(t) = mean_probes Σ_i w_i N(t; λ_i, σ²)``; integrates to 1."""
+        sigma = float(sigma or self.default_sigma())
+        if grid is None:
+            lo, hi = self.nodes.min() - 4 * sigma, self.nodes.max() + 4 * sigma
+            grid = np.linspace(lo, hi, 1000)
+        x = np.asarray(grid, dtype=np.float64)
+        lam = self.nodes.reshape(-1)
+        w = self.weights.reshape(-1) / self.nodes.shape[0]
+        dens = np.zeros_like(x)
+        for i in range(0, len(lam), 512):  # bounded memory
+            d = (x[:, None] - lam[None, i : i + 512]) / sigma
+            dens += (np.exp(-0.5 * d * d) * w[None, i : i + 512]).sum(1)
+        return x, dens / (sigma * np.sqrt(2 * np.pi))
+
+    def outliers(self, mass: float = 0.99, gap: float = 0.25) -> np.ndarray:
+        """Eigenvalues separated from the bulk, sorted descending by magnitude.
+
+        The bulk is the central ``mass`` of the spectral measure (weighted quantiles of the
+        pooled nodes); an outlier is the median over probes of the i-th most extreme Ritz
+        value when it lies more than ``gap`` bulk widths outside it.
+        """
+        lam = self.nodes.reshape(-1)
+        w = self.weights.reshape(-1)
+        o = np.argsort(lam)
+        cw = np.cumsum(w[o]) / w.sum()
+        lo = lam[o][np.searchsorted(cw, (1 - mass) / 2)]
+        hi = lam[o][min(np.searchsorted(cw, 1 - (1 - mass) / 2), len(lam) - 1)]
+        width = max(hi - lo, 1e-12 * max(abs(hi), abs(lo), 1.0))
+        srt = np.sort(self.nodes, axis=1)
+        out = []
+        for i in range(srt.shape[1]):  # from the top
+            v = float(np.median(srt[:, -1 - i]))
+            if v <= hi + gap * width:
+                break
+            out.append(v)
+        for i in range(srt.shape[1]):  # from the bottom
+            v = float(np.median(srt[:, i]))
+            if v >= lo - gap * width:
+                break
+            out.append(v)
+        return np.array(sorted(out, key=lambda v: -abs(v)))
+
+    def __repr__(self) -> str:
+        x, _ = self.nodes.min(), self.nodes.max()
+        return (
+            f"SpectralDensity({self.curvature}, {self.nodes.shape[0]} probes × "
+            f"{self.nodes.shape[1]} steps, {self.n_params:,} params): support ≈ "
+            f"[{_fmt(self.nodes.min())}, {_fmt(self.nodes.max())}], "
+            f"{len(self.outliers())} outlier(s), {self.n_hvp} HVPs, {self.seconds:.2f} s"
+        )
+
+    def _repr_html_(self) -> str:
+        outs = ", ".join(_fmt(v) for v in self.outliers()[:12])
+        return _html_table(
+            ["probes", "steps", "λ min", "λ max", "outliers", "HVPs"],
+            [[self.nodes.shape[0], self.nodes.shape[1], _fmt(self.nodes.min()),
+              _fmt(self.nodes.max()), outs or "none", self.n_hvp]],
+            f"spectral density of the {self.curvature} (SLQ)",
+        )
+
+    def plot(self, log: bool = True, sigma: float | None = None):
+        import plotly.graph_objects as go
+
+        x, d = self.smooth(sigma=sigma)
+        if log:
+            d = np.maximum(d, 1e-12 * max(d.max(), 1e-300))
+        fig = go.Figure(go.Scatter(x=x, y=d, mode="lines", name="density"))
+        for v in self.outliers():
+            fig.add_vline(x=v, line=dict(dash="dot", width=1, color="firebrick"))
+        fig.update_layout(
+            title=f"spectral density of the {self.curvature} (SLQ, {self.nodes.shape[0]} probes)",
+            xaxis_title="eigenvalue",
+            yaxis_title="density",
+            yaxis_type="log" if log else "linear",
+            template="plotly_white",
+        )
+        return fig
+
+
+@dataclass(repr=False)
+class BlockResults(Mapping):
+    """One result per block of parameters (e.g. per layer), with a combined table."""
+
+    results: dict = field(default_factory=dict)
+    kind: str = "eigs"
+
+    def __getitem__(self, k):
+        return self.results[k]
+
+    def __iter__(self):
+        return iter(self.results)
+
+    def __len__(self):
+        return len(self.results)
+
+    @property
+    def table(self) -> list[dict]:
+        rows = []
+        for name, r in self.results.items():
+            if isinstance(r, EigenResult):
+                row = {"block": name, "params": r.n_params}
+                row.update({f"λ{i + 1}": float(v) for i, v in enumerate(r.values)})
+                row["max residual"] = float(r.residuals.max())
+            elif isinstance(r, TraceResult):
+                row = {"block": name, "trace": r.value, "std. error": r.stderr}
+            else:
+                row = {"block": name, **dict(r)}
+            rows.append(row)
+        return rows
+
+    def to_pandas(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.table).set_index("block")
+
+    def _cols(self):
+        cols = []
+        for row in self.table:
+            cols += [c for c in row if c not in cols]
+        return cols
+
+    def __repr__(self) -> str:
+        cols = self._cols()
+        rows = [[_fmt(r[c]) if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols]
+                for r in self.table]
+        widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
+        line = lambda cells: "  ".join(s.rjust(w) if i else s.ljust(w)  # noqa: E731
+                                       for i, (s, w) in enumerate(zip(cells, widths)))
+        return "\n".join([f"BlockResults({self.kind}, {len(self)} blocks)", line(cols)]
+                         + [line(r) for r in rows])
+
+    def _repr_html_(self) -> str:
+        cols = self._cols()
+        rows = [[_fmt(r[c]) if isinstance(r.get(c), float) else r.get(c, "") for c in cols]
+                for r in self.table]
+        return _html_table(cols, rows, f"per-block {self.kind}")
+
+    def plot(self, column: str | None = None):
+        import plotly.graph_objects as go
+
+        rows = self.table
+        cols = [c for c in self._cols() if c not in ("block", "params", "std. error",
+                                                     "max residual")]
+        column = column or cols[0]
+        err = None
+        if column == "trace":
+            err = dict(type="data", array=[2 * r.get("std. error", 0) for r in rows])
+        fig = go.Figure(go.Bar(x=[r["block"] for r in rows], y=[r.get(column) for r in rows],
+                               error_y=err))
+        fig.update_layout(title=f"{column} per block", yaxis_title=column,
+                          template="plotly_white")
+        return fig

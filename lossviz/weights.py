@@ -1,0 +1,236 @@
+"""Points and directions in weight space.
+
+:class:`Weights` is an ordered mapping ``name -> tensor`` with the vector-space operations
+(``+``, ``-``, scalar ``*``, :meth:`dot`, :meth:`norm`). Every lossviz function that returns
+a vector in weight space returns one; every argument that names a point accepts a model, a
+mapping of tensors, or a checkpoint path (see :func:`as_state`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from numbers import Number
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .errors import CheckpointError
+
+
+class Weights(Mapping):
+    """An ordered mapping ``name -> tensor`` that behaves like a vector.
+
+    >>> w = Weights({"a": torch.ones(2), "b": torch.zeros(3)})
+    >>> float((2 * w - w).norm() ** 2)
+    2.0
+    """
+
+    __slots__ = ("_t",)
+
+    def __init__(self, tensors: Mapping[str, Tensor] | None = None, **kw: Tensor):
+        d = dict(tensors or {})
+        d.update(kw)
+        for k, v in d.items():
+            if not isinstance(v, Tensor):
+                raise TypeError(f"Weights[{k!r}] must be a tensor, got {type(v).__name__}")
+        self._t = d
+
+    # Mapping protocol
+    def __getitem__(self, key: str) -> Tensor:
+        return self._t[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._t)
+
+    def __len__(self) -> int:
+        return len(self._t)
+
+    # constructors
+    @classmethod
+    def from_module(cls, model: nn.Module, *, buffers: bool = False) -> Weights:
+        """Detached copies of a module's parameters (and buffers if asked)."""
+        d = {n: p.detach().clone() for n, p in model.named_parameters()}
+        if buffers:
+            d.update({n: b.detach().clone() for n, b in model.named_buffers()})
+        return cls(d)
+
+    def zeros_like(self) -> Weights:
+        return self._map(torch.zeros_like)
+
+    def randn_like(self, generator: torch.Generator | None = None) -> Weights:
+        return Weights(
+            {
+                k: torch.randn(v.shape, generator=generator, dtype=v.dtype, device=v.device)
+                for k, v in self._t.items()
+            }
+        )
+
+    # vector space
+    def _map(self, fn) -> Weights:
+        return Weights({k: fn(v) for k, v in self._t.items()})
+
+    def _zip(self, other, fn) -> Weights:
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        if list(other.keys()) != list(self._t.keys()):
+            a, b = set(self._t), set(other.keys())
+            raise CheckpointError(
+                "Weights with different keys: "
+                f"only left {sorted(a - b)[:10]}, only right {sorted(b - a)[:10]}"
+            )
+        return Weights({k: fn(v, other[k]) for k, v in self._t.items()})
+
+    def __add__(self, other):
+        return self._zip(other, torch.add)
+
+    __radd__ = __add__
+
+    def __sub__(self, other):
+        return self._zip(other, torch.sub)
+
+    def __rsub__(self, other):
+        return self._zip(other, lambda a, b: b - a)
+
+    def __mul__(self, s):
+        if isinstance(s, (Number, Tensor)) and (not isinstance(s, Tensor) or s.ndim == 0):
+            return self._map(lambda v: v * s)
+        return NotImplemented
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, s):
+        if isinstance(s, (Number, Tensor)) and (not isinstance(s, Tensor) or s.ndim == 0):
+            return self._map(lambda v: v / s)
+        return NotImplemented
+
+    def __neg__(self):
+        return self._map(torch.neg)
+
+    def dot(self, other: Mapping[str, Tensor]) -> Tensor:
+        """Euclidean inner product over all tensors (a 0-d tensor)."""
+        return sum((v * other[k]).sum() for k, v in self._t.items())
+
+    def norm(self) -> Tensor:
+        """Euclidean norm over all tensors (a 0-d tensor)."""
+        return torch.sqrt(sum(v.pow(2).sum() for v in self._t.values()))
+
+    def to(self, *args, **kwargs) -> Weights:
+        return self._map(lambda v: v.to(*args, **kwargs))
+
+    def detach(self) -> Weights:
+        return self._map(Tensor.detach)
+
+    def clone(self) -> Weights:
+        return self._map(lambda v: v.detach().clone())
+
+    @property
+    def numel(self) -> int:
+        return sum(v.numel() for v in self._t.values())
+
+    def flatten(self) -> Tensor:
+        """All tensors concatenated into one 1-D tensor (in key order)."""
+        return torch.cat([v.reshape(-1) for v in self._t.values()])
+
+    def __repr__(self) -> str:
+        if not self._t:
+            return "Weights({})"
+        v0 = next(iter(self._t.values()))
+        return (
+            f"Weights({len(self._t)} tensors, {self.numel:,} numbers, "
+            f"{str(v0.dtype).replace('torch.', '')}, {v0.device}: "
+            + ", ".join(list(self._t)[:4])
+            + (", …)" if len(self._t) > 4 else ")")
+        )
+
+
+class Layout:
+    """The names, shapes and offsets of a flat vector of parameters."""
+
+    def __init__(self, named_shapes: list[tuple[str, torch.Size]]):
+        self.names = [n for n, _ in named_shapes]
+        self.shapes = [torch.Size(s) for _, s in named_shapes]
+        self.numels = [int(torch.Size(s).numel()) for s in self.shapes]
+        self.size = sum(self.numels)
+        offs = [0]
+        for n in self.numels:
+            offs.append(offs[-1] + n)
+        self.offsets = offs
+
+    def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
+        """Views into ``flat`` (``(..., P)``) shaped like each parameter."""
+        lead = flat.shape[:-1]
+        return {
+            n: flat[..., a : a + k].view(*lead, *s)
+            for n, s, k, a in zip(self.names, self.shapes, self.numels, self.offsets)
+        }
+
+    def to_weights(self, flat: Tensor) -> Weights:
+        return Weights(self.unflatten(flat))
+
+    def flatten(self, w: Mapping[str, Tensor], *, dtype=None, device=None) -> Tensor:
+        missing = [n for n in self.names if n not in w]
+        if missing:
+            raise CheckpointError(f"missing tensors: {missing[:10]}")
+        return torch.cat(
+            [w[n].reshape(-1).to(dtype=dtype, device=device) for n in self.names]
+        )
+
+    def slices(self) -> dict[str, slice]:
+        return {n: slice(a, a + k) for n, k, a in zip(self.names, self.numels, self.offsets)}
+
+
+PointLike = "nn.Module | Mapping[str, Tensor] | str | os.PathLike"
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Load a state dict safely: ``torch.load(weights_only=True)`` or safetensors.
+
+    A checkpoint that wraps the state dict (``{"state_dict": ...}`` or
+    ``{"model": ...}``) is unwrapped.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return dict(load_file(str(p)))
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - reported with the path
+        raise CheckpointError(
+            f"cannot load {p} with torch.load(weights_only=True) "
+            f"(lossviz never unpickles arbitrary objects): {e}"
+        ) from e
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
+            obj = obj[key]
+            break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise CheckpointError(f"{p} does not hold a state dict of tensors")
+    return dict(obj)
+
+
+def as_state(point) -> dict[str, Tensor]:
+    """A point in weight space as a plain ``name -> tensor`` dict (no copies made).
+
+    Accepts an ``nn.Module`` (its parameters and buffers), any mapping of tensors
+    (a state dict, :class:`Weights`), or a ``.pt``/``.pth``/``.safetensors`` path.
+    """
+    if isinstance(point, nn.Module):
+        d = {n: p.detach() for n, p in point.named_parameters()}
+        d.update({n: b.detach() for n, b in point.named_buffers()})
+        return d
+    if isinstance(point, (str, os.PathLike)):
+        return load_checkpoint(point)
+    if isinstance(point, Mapping):
+        bad = [k for k, v in point.items() if not isinstance(v, Tensor)]
+        if bad:
+            raise TypeError(f"point has non-tensor entries: {bad[:10]}")
+        return {k: v.detach() for k, v in point.items()}
+    raise TypeError(
+        "a point in weight space must be an nn.Module, a mapping name -> tensor, or a "
+        f"checkpoint path; got {type(point).__name__}"
+    )

@@ -1,0 +1,3 @@
+import os
+
+os.environ.setdefault("LOSSVIZ_PROGRESS", "0")
