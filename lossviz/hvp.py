@@ -166,7 +166,10 @@ class CurvatureOperator:
     def _methods(self, k: int) -> list[str]:
         if k == 1:
             return ["loop"]
-        cands = [m for m in METHODS if not (m == "fwd" and self.curvature == "ggn")]
+        # forward-mode AD through batch-statistics BatchNorm is wrong in torch (2.13):
+        # the jvp misses the dependence of the batch mean on the input
+        no_fwd = self.curvature == "ggn" or self.obj.bn == "train"
+        cands = [m for m in METHODS if not (m == "fwd" and no_fwd)]
         return [m for m in cands if m not in self.obj._hvp_failed]
 
     def _tune(self, V: Tensor) -> Tensor:
@@ -181,6 +184,12 @@ class CurvatureOperator:
                 times[m] = time.perf_counter() - t0
                 if result is None:
                     result = HV
+                elif not torch.allclose(HV, result, rtol=1e-3, atol=1e-5 * float(result.abs().max())):
+                    # a method that disagrees with reverse-over-reverse is not trusted
+                    del times[m]
+                    self.obj._hvp_failed.add(m)
+                    warnings.warn(f"lossviz: HVP method {m!r} disagrees with autograd here; "
+                                  "not used", stacklevel=3)
             except Exception as e:  # noqa: BLE001 - an unsupported backend is skipped
                 if _is_oom(e):
                     raise

@@ -23,8 +23,8 @@ class Weights(Mapping):
     """An ordered mapping ``name -> tensor`` that behaves like a vector.
 
     >>> w = Weights({"a": torch.ones(2), "b": torch.zeros(3)})
-    >>> float((2 * w - w).norm() ** 2)
-    2.0
+    >>> round(float((2 * w - w).norm() ** 2), 6), float(w.dot(w))
+    (2.0, 2.0)
     """
 
     __slots__ = ("_t",)

@@ -1,0 +1,552 @@
+"""Gradient-subspace tracking during training (Gur-Ari, Roberts, Dyer 2018, "Gradient
+Descent Happens in a Tiny Subspace") and the sharpness timeline (Cohen et al. 2021,
+"Gradient Descent on Neural Networks Typically Occurs at the Edge of Stability").
+
+- :func:`gradient_fraction`: ``f = ||P_k g||² / ||g||²`` with ``P_k = V_k V_kᵀ``.
+- :func:`subspace_overlap`: ``S = ||V_1ᵀ V_2||_F² / k``, in ``[0, 1]``.
+- :class:`SubspaceTracker`: both, recorded inside an ordinary PyTorch training loop, with
+  ``λ_max`` (and optionally ``tr(H)``) against the stability threshold ``2/lr``.
+
+The tracker only reads the model: it evaluates a private copy of the module tree
+(:class:`~lossviz.Objective`), never touches parameters, buffers, ``.grad``,
+``requires_grad`` or the training mode, and draws its random numbers from its own seeded
+``torch.Generator`` (the global RNG state is left as it was), so training with and without
+it gives bit-identical weights.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .errors import CheckpointError, LossvizError
+from .hessian import hessian_eigs, hessian_trace
+from .objective import Objective, check_finite
+from .results import EigenResult, _fmt, _html_table
+from .weights import Weights
+
+__all__ = [
+    "SubspaceTracker",
+    "gradient_fraction",
+    "lightning_callback",
+    "subspace_overlap",
+]
+
+TRACKABLE = ("gradient_fraction", "overlap", "lambda_max", "trace")
+
+
+# --- metrics ------------------------------------------------------------------------------
+def _keys_of(x) -> list[str] | None:
+    return list(x.keys()) if isinstance(x, Mapping) else None
+
+
+def _flat_one(v, keys: list[str] | None, what: str) -> Tensor:
+    """A single vector (Weights / mapping / tensor) as a 1-D tensor, mappings flattened in
+    the order ``keys``."""
+    if isinstance(v, Tensor):
+        return v.detach().reshape(-1)
+    if isinstance(v, Mapping):
+        if keys is not None and set(v.keys()) != set(keys):
+            a, b = set(keys), set(v.keys())
+            raise CheckpointError(
+                f"{what} has different tensors than the others: missing {sorted(a - b)[:10]}, "
+                f"extra {sorted(b - a)[:10]}"
+            )
+        order = keys if keys is not None else list(v.keys())
+        return torch.cat([v[n].detach().reshape(-1) for n in order])
+    raise TypeError(f"{what} must be Weights, a mapping of tensors or a tensor, got "
+                    f"{type(v).__name__}")
+
+
+def _as_rows(V, keys: list[str] | None, what: str) -> Tensor:
+    """A basis given as an :class:`EigenResult`, a list of vectors, one vector, or a
+    ``(k, P)`` tensor, as a ``(k, P)`` tensor."""
+    if isinstance(V, EigenResult):
+        V = V.vectors
+    if isinstance(V, Tensor):
+        if V.ndim == 1:
+            return V.detach()[None]
+        if V.ndim != 2:
+            raise LossvizError(f"{what} must be a (k, P) tensor, got shape {tuple(V.shape)}")
+        return V.detach()
+    if isinstance(V, Mapping):
+        return _flat_one(V, keys, what)[None]
+    if isinstance(V, Sequence) and not isinstance(V, (str, bytes)):
+        if len(V) == 0:
+            raise LossvizError(f"{what} is empty: give at least one basis vector")
+        if keys is None:
+            keys = _keys_of(V[0])
+        return torch.stack([_flat_one(v, keys, f"{what}[{i}]") for i, v in enumerate(V)])
+    raise TypeError(f"{what} must be a list of Weights, an EigenResult or a (k, P) tensor, "
+                    f"got {type(V).__name__}")
+
+
+def _check_orthonormal(V: Tensor, what: str, atol: float) -> None:
+    G = (V @ V.T).to(torch.float64)
+    err = float((G - torch.eye(len(G), dtype=G.dtype, device=G.device)).abs().max())
+    if not err <= atol:
+        raise LossvizError(
+            f"{what} is not an orthonormal basis (max |VVᵀ - I| = {err:.2e} > {atol:.0e}); "
+            "orthonormalize it first (torch.linalg.qr of the stacked vectors) or use the "
+            "eigenvectors of hessian_eigs"
+        )
+
+
+def _default_atol(V: Tensor) -> float:
+    return 1e-8 if V.dtype == torch.float64 else 1e-3
+
+
+def gradient_fraction(g, V, *, check: bool = True) -> float:
+    """The fraction of the gradient in the span of an orthonormal basis ``V``:
+    ``f = ||P_k g||² / ||g||² = ||Vᵀ g||² / ||g||²`` (Gur-Ari, Roberts, Dyer 2018).
+
+    ``g``: :class:`~lossviz.Weights` (or a mapping, or a flat tensor). ``V``: a list of
+    Weights (e.g. ``hessian_eigs(...).vectors``), an :class:`~lossviz.EigenResult`, or a
+    ``(k, P)`` tensor of orthonormal rows (checked unless ``check=False``). Computed in
+    float64. A zero gradient has no direction: NaN.
+
+    >>> V = torch.eye(4)[:2]  # span of e1, e2
+    >>> gradient_fraction(torch.tensor([3.0, 0.0, 4.0, 0.0]), V)
+    0.36
+    """
+    keys = _keys_of(g)
+    gf = _flat_one(g, keys, "g")
+    Vr = _as_rows(V, keys, "V")
+    if Vr.shape[1] != gf.numel():
+        raise LossvizError(f"V has vectors of size {Vr.shape[1]}, the gradient {gf.numel()}")
+    if check:
+        _check_orthonormal(Vr, "V", _default_atol(Vr))
+    gf = gf.to(torch.float64)
+    Vr = Vr.to(device=gf.device, dtype=torch.float64)
+    gg = float(gf @ gf)
+    if gg == 0.0:
+        return math.nan
+    return round(float((Vr @ gf).pow(2).sum()) / gg, 15)
+
+
+def subspace_overlap(V1, V2, *, check: bool = True) -> float:
+    """Overlap of two subspaces given by orthonormal bases:
+    ``S = ||V_1ᵀ V_2||_F² / k`` in ``[0, 1]`` (Gur-Ari et al. 2018), 1 when the spans agree,
+    0 when they are orthogonal. With bases of different sizes ``k = min(k_1, k_2)``: the
+    fraction of the smaller subspace that lies in the larger one.
+
+    >>> subspace_overlap(torch.eye(3)[:2], torch.eye(3)[1:])
+    0.5
+    """
+    if isinstance(V1, EigenResult):
+        V1 = V1.vectors
+    first = V1[0] if isinstance(V1, Sequence) and len(V1) else V1
+    keys = _keys_of(first)
+    A = _as_rows(V1, keys, "V1")
+    B = _as_rows(V2, keys, "V2")
+    if A.shape[1] != B.shape[1]:
+        raise LossvizError(f"the bases live in different spaces: {A.shape[1]} vs {B.shape[1]}")
+    if check:
+        _check_orthonormal(A, "V1", _default_atol(A))
+        _check_orthonormal(B, "V2", _default_atol(B))
+    A = A.to(torch.float64)
+    B = B.to(device=A.device, dtype=torch.float64)
+    return round(float((A @ B.T).pow(2).sum()) / min(len(A), len(B)), 15)
+
+
+# --- tracker ------------------------------------------------------------------------------
+def _to_device(x, device):
+    if isinstance(x, Tensor):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, Mapping):
+        return {k: _to_device(v, device) for k, v in x.items()}
+    if isinstance(x, tuple) and hasattr(x, "_fields"):
+        return type(x)(*(_to_device(v, device) for v in x))
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_device(v, device) for v in x)
+    return x
+
+
+def _thresholds(group: Mapping) -> tuple[float, float | None]:
+    """``(2/lr, stability threshold)`` for one optimizer parameter group.
+
+    Gradient descent on a quadratic is stable iff ``λ_max < 2/lr``; with heavy-ball
+    momentum β the threshold is ``(2 + 2β)/lr``, with Nesterov momentum
+    ``(2 + 2β)/((1 + 2β) lr)`` (Cohen et al. 2021, appendix). None for other optimizers
+    (Adam's threshold is on the preconditioned Hessian).
+    """
+    lr = float(group["lr"])
+    two = 2.0 / lr if lr > 0 else math.inf
+    if "momentum" not in group or "dampening" not in group:  # not SGD
+        return two, None
+    beta = float(group.get("momentum") or 0.0)
+    if beta == 0.0:
+        return two, two
+    if float(group.get("dampening") or 0.0) != 0.0:
+        return two, None
+    if group.get("nesterov"):
+        return two, (2 + 2 * beta) / ((1 + 2 * beta) * lr)
+    return two, (2 + 2 * beta) / lr
+
+
+class SubspaceTracker:
+    """Tracks the top-``k`` Hessian eigenspace and the gradient's share of it during
+    training (Gur-Ari, Roberts, Dyer 2018), with ``λ_max`` against ``2/lr`` (Cohen et al.
+    2021).
+
+    Call :meth:`step` after each optimizer step. Every ``every`` calls (and at the first)
+    the top-``k`` eigenpairs are recomputed by Lanczos, warm-started from the previous
+    eigenvectors. At every call the gradient of the given batch at the current weights is
+    projected on the current subspace: ``f = ||V_kᵀ g||² / ||g||²``.
+
+    Args:
+        model: the model being trained. Only read, never changed.
+        loss_fn: ``loss_fn(outputs, targets)``, mean-reduced (or give ``forward=``).
+        k: dimension of the tracked subspace (Gur-Ari et al. use the number of classes).
+        every: refresh the eigenvectors every ``every`` calls of :meth:`step`.
+        data: a fixed batch or iterable of batches for the curvature (e.g. the full
+            training set). Default: the batch passed to :meth:`step` at each refresh
+            (the mini-batch Hessian). With ``data`` the record also holds
+            ``gradient_fraction_data``, the fraction of the gradient on ``data`` (at
+            refreshes).
+        optimizer: read for the learning rate(s) (recorded with ``2/lr``).
+        curvature: ``"hessian"`` or ``"ggn"`` (Gauss-Newton).
+        track: what to record, among ``"gradient_fraction"``, ``"overlap"``,
+            ``"lambda_max"``, ``"trace"`` (Hutchinson, the most expensive).
+        tol: Lanczos tolerance, ``||Hv - λv|| <= tol·|λ|_max``.
+        bn: ``"train"`` (batch statistics, what the optimizer sees; default) or
+            ``"eval"`` (running statistics); buffers are never updated.
+        max_subspaces: subspaces kept (on CPU) for :meth:`overlap_matrix`; when full every
+            other one is dropped (the first and last are kept). 0 keeps none.
+        seed: seed of the tracker's own random generators.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable | None = None,
+        *,
+        k: int = 10,
+        every: int = 50,
+        data=None,
+        optimizer: torch.optim.Optimizer | None = None,
+        curvature: str = "hessian",
+        track: Sequence[str] = TRACKABLE,
+        tol: float = 1e-3,
+        max_hvp: int | None = None,
+        trace_rtol: float = 0.05,
+        trace_max_hvp: int = 200,
+        params=None,
+        bn: str = "train",
+        forward: Callable | None = None,
+        device=None,
+        max_subspaces: int = 64,
+        seed: int = 0,
+    ):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        if loss_fn is None and forward is None:
+            raise TypeError("give loss_fn(outputs, targets) or forward(model, batch)")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise LossvizError(f"k must be a positive integer, got {k!r}")
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise LossvizError(f"every must be a positive integer, got {every!r}")
+        if curvature not in ("hessian", "ggn"):
+            raise LossvizError(f"curvature must be 'hessian' or 'ggn', got {curvature!r}")
+        if isinstance(track, str):
+            track = (track,)
+        unknown = [t for t in track if t not in TRACKABLE]
+        if unknown:
+            raise LossvizError(f"unknown quantities to track {unknown}; choose from {TRACKABLE}")
+        if optimizer is not None and not hasattr(optimizer, "param_groups"):
+            raise TypeError(f"optimizer must be a torch optimizer, got {type(optimizer).__name__}")
+        if max_subspaces < 0 or max_subspaces == 1:
+            raise LossvizError(f"max_subspaces must be 0 or at least 2, got {max_subspaces}")
+        self.model = model
+        self.loss_fn = loss_fn
+        self.forward = forward
+        self.k = k
+        self.every = every
+        self.optimizer = optimizer
+        self.curvature = curvature
+        self.track = tuple(track)
+        self.tol = tol
+        self.max_hvp = max_hvp
+        self.trace_rtol = trace_rtol
+        self.trace_max_hvp = trace_max_hvp
+        self.max_subspaces = max_subspaces
+        self.seed = seed
+        self._okw = dict(params=params, bn=bn, forward=forward, device=device)
+        # built lazily: the data objective now (it checks the model and data early)
+        self._data_obj = None if data is None else Objective(model, loss_fn, data, **self._okw)
+        self._base: Objective | None = self._data_obj  # evaluates per-step gradients
+        self._records: list[dict] = []
+        self._pending: list[tuple[dict, str, Tensor]] = []  # device scalars to read later
+        self._n = 0
+        self._V: Tensor | None = None  # (k, P) current basis on the compute device
+        self._V_first: Tensor | None = None
+        self._subspaces: list[tuple[int, Tensor]] = []  # (step, (k, P) on CPU)
+        self.last_eigs: EigenResult | None = None
+        self.n_hvp = 0
+        self.seconds = 0.0
+
+    # -- internals ------------------------------------------------------------------
+    def _objective(self) -> Objective:
+        if self._base is None:
+            raise LossvizError("no step yet")
+        return self._base
+
+    def _batch_gradient(self, batch) -> tuple[Tensor, Tensor]:
+        """(flat gradient, loss) of the batch at the current weights, on the private copy."""
+        obj = self._objective()
+        flat, fixed = obj.resolve()
+        b = _to_device(batch, obj.device)
+        with torch.enable_grad():
+            theta = flat.detach().requires_grad_(True)
+            loss = obj.batch_loss(theta, fixed, b)
+            (g,) = torch.autograd.grad(loss, theta)
+        return g.detach(), loss.detach()
+
+    def _lrs(self) -> dict:
+        if self.optimizer is None:
+            return {}
+        groups = self.optimizer.param_groups
+        lrs = tuple(float(gr["lr"]) for gr in groups)
+        two, thr = _thresholds(groups[0])
+        return {"lr": lrs[0], "lrs": lrs, "two_over_lr": two, "stability_threshold": thr}
+
+    def _keep_subspace(self, step: int, V: Tensor) -> None:
+        if self.max_subspaces == 0:
+            return
+        self._subspaces.append((step, V.detach().to("cpu", copy=True)))
+        if len(self._subspaces) > self.max_subspaces:
+            last = self._subspaces[-1]
+            kept = self._subspaces[:-1][::2]
+            self._subspaces = kept + [last] if kept[-1] is not last else kept
+
+    def _refresh(self, batch, rec: dict, g: Tensor) -> Tensor:
+        obj = self._data_obj
+        if obj is None:  # the mini-batch Hessian at this step
+            obj = Objective(self.model, self.loss_fn, batch, **self._okw)
+        t0 = time.perf_counter()
+        eig = hessian_eigs(obj, min(self.k, obj.n_params), at=None, tol=self.tol,
+                           max_hvp=self.max_hvp, seed=self.seed, v0=self._V,
+                           curvature=self.curvature, progress=False)
+        V = torch.stack([obj.as_flat(v) for v in eig.vectors]).detach()
+        rec["refreshed"] = True
+        rec["eigenvalues"] = tuple(float(v) for v in eig.values)
+        rec["lambda_max"] = float(eig.values[0]) if "lambda_max" in self.track else None
+        rec["n_hvp"] = eig.n_hvp
+        rec["converged"] = eig.all_converged
+        if "overlap" in self.track:
+            prev = self._V
+            rec["overlap_prev"] = (
+                None if prev is None else subspace_overlap(prev, V, check=False))
+            rec["overlap_first"] = (
+                1.0 if self._V_first is None else subspace_overlap(self._V_first, V, check=False))
+        if "trace" in self.track:
+            tr = hessian_trace(obj, rtol=self.trace_rtol, max_hvp=self.trace_max_hvp,
+                               seed=self.seed, curvature=self.curvature, progress=False)
+            rec["trace"], rec["trace_stderr"] = tr.value, tr.stderr
+            rec["n_hvp"] += tr.n_hvp
+        if self._data_obj is not None and "gradient_fraction" in self.track:
+            gd = obj.as_flat(obj.gradient())
+            rec["gradient_fraction_data"] = gradient_fraction(gd, V, check=False)
+        # the cached per-point graph is not needed any more
+        obj.operator(None, curvature=self.curvature).release()
+        self.n_hvp += rec["n_hvp"]
+        self.seconds += time.perf_counter() - t0
+        self.last_eigs = eig
+        self._V = V
+        if self._V_first is None:
+            self._V_first = V
+        self._keep_subspace(rec["step"], V)
+        return V
+
+    # -- public ---------------------------------------------------------------------
+    def step(self, batch, loss=None) -> None:
+        """Measure at the current weights, on ``batch`` (the one just trained on).
+
+        Records the gradient fraction in the current subspace; every ``every`` calls,
+        first refreshes the subspace (and ``λ_max``, overlaps, trace). ``loss``: the
+        training loss the loop computed (a float or tensor), recorded as ``train_loss``.
+        Between refreshes nothing is copied to the host (no synchronization).
+        """
+        if self._base is None:
+            self._base = Objective(self.model, self.loss_fn, batch, **self._okw)
+        t0 = time.perf_counter()
+        step = self._n
+        self._n += 1
+        rec: dict = {"step": step, "refreshed": False}
+        rec.update(self._lrs())
+        g, batch_loss = self._batch_gradient(batch)
+        self._pending.append((rec, "loss", batch_loss))
+        if loss is not None:
+            if isinstance(loss, Tensor):
+                self._pending.append((rec, "train_loss", loss.detach().reshape(())))
+            else:
+                rec["train_loss"] = float(loss)
+        self.seconds += time.perf_counter() - t0
+        if step % self.every == 0:
+            check_finite(batch_loss)
+            self._refresh(batch, rec, g)
+        t0 = time.perf_counter()
+        if "gradient_fraction" in self.track:
+            V = self._V
+            gg = (g.to(torch.float64) ** 2).sum()
+            pg = ((V @ g).to(torch.float64) ** 2).sum()
+            self._pending.append((rec, "gradient_fraction", pg / gg))
+            self._pending.append((rec, "gradient_norm", gg.sqrt()))
+        self._records.append(rec)
+        self.seconds += time.perf_counter() - t0
+
+    def _materialize(self) -> None:
+        if not self._pending:
+            return
+        vals = torch.stack([t.to(torch.float64).cpu() for _, _, t in self._pending]).tolist()
+        for (rec, key, _), v in zip(self._pending, vals):
+            rec[key] = v
+        self._pending = []
+
+    @property
+    def history(self) -> list[dict]:
+        """One record (a dict) per :meth:`step`: ``step``, ``loss`` (of the batch at the
+        measured weights), ``train_loss``, ``gradient_fraction``, ``gradient_norm``,
+        ``refreshed``; at refreshes ``lambda_max``, ``eigenvalues``, ``overlap_prev``,
+        ``overlap_first``, ``trace``, ``trace_stderr``, ``gradient_fraction_data``,
+        ``n_hvp``; with an optimizer ``lr``, ``lrs``, ``two_over_lr`` and
+        ``stability_threshold``. Values missing at a step are absent (NaN in pandas)."""
+        self._materialize()
+        return self._records
+
+    def to_pandas(self):
+        """The history as a ``pandas.DataFrame`` indexed by step."""
+        try:
+            import pandas as pd
+        except ImportError as e:
+            raise ImportError("to_pandas needs pandas: pip install pandas") from e
+        return pd.DataFrame(self.history).set_index("step")
+
+    @property
+    def subspace(self) -> list[Weights]:
+        """The current top-``k`` eigenvectors (a list of Weights)."""
+        if self._V is None:
+            raise LossvizError("no subspace yet: call step() first")
+        lay = self._objective().layout
+        return [lay.to_weights(v.clone()) for v in self._V]
+
+    def overlap_matrix(self) -> tuple[list[int], np.ndarray]:
+        """``(steps, S)`` with ``S[i, j] = ||V_iᵀ V_j||_F² / k`` between the kept
+        subspaces (refreshes; thinned when more than ``max_subspaces``)."""
+        steps = [s for s, _ in self._subspaces]
+        if not steps:
+            return steps, np.zeros((0, 0))
+        Vs = torch.stack([V for _, V in self._subspaces]).to(torch.float64)  # (n, k, P)
+        M = torch.einsum("ikp,jlp->ijkl", Vs, Vs).pow(2).sum((-1, -2)) / Vs.shape[1]
+        return steps, M.numpy()
+
+    def _column(self, key: str):
+        xs, ys = [], []
+        for r in self.history:
+            if r.get(key) is not None:
+                xs.append(r["step"])
+                ys.append(r[key])
+        return xs, ys
+
+    def plot(self):
+        """Three panels: gradient fraction per step (and on ``data`` at refreshes); the
+        overlap matrix across refreshes; ``λ_max`` with ``2/lr`` (and the momentum
+        threshold when it differs)."""
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+
+        fig = make_subplots(
+            rows=1, cols=3, column_widths=[0.38, 0.24, 0.38],
+            subplot_titles=(f"gradient fraction in the top-{self.k} subspace",
+                            "subspace overlap ||V_iᵀV_j||²/k", "λ_max and 2/lr"),
+        )
+        x, y = self._column("gradient_fraction")
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name="mini-batch gradient"), 1, 1)
+        x, y = self._column("gradient_fraction_data")
+        if x:
+            fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name="gradient on data"),
+                          1, 1)
+        x, y = self._column("overlap_first")
+        if x:
+            fig.add_trace(go.Scatter(x=x, y=y, mode="lines", line=dict(dash="dot"),
+                                     name="overlap with the first subspace"), 1, 1)
+        steps, M = self.overlap_matrix()
+        if len(steps):
+            labels = [str(s) for s in steps]
+            fig.add_trace(go.Heatmap(z=M, x=labels, y=labels, zmin=0, zmax=1,
+                                     colorscale="Viridis", showscale=False,
+                                     hovertemplate="steps %{y}, %{x}: %{z:.3f}<extra></extra>"),
+                          1, 2)
+            fig.update_yaxes(autorange="reversed", row=1, col=2)
+        x, y = self._column("lambda_max")
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name="λ_max"), 1, 3)
+        x2, y2 = self._column("two_over_lr")
+        if x2:
+            fig.add_trace(go.Scatter(x=x2, y=y2, mode="lines", line=dict(dash="dash"),
+                                     name="2/lr"), 1, 3)
+        x3, y3 = self._column("stability_threshold")
+        if x3 and any(a != b for a, b in zip(y3, y2)):
+            fig.add_trace(go.Scatter(x=x3, y=y3, mode="lines", line=dict(dash="dot"),
+                                     name="(2+2β)/lr (momentum)"), 1, 3)
+        for c in (1, 3):
+            fig.update_xaxes(title_text="step", row=1, col=c)
+        fig.update_yaxes(range=[0, 1.02], row=1, col=1)
+        fig.update_layout(template="plotly_white", height=380, width=1200,
+                          legend=dict(orientation="h", y=-0.2))
+        return fig
+
+    def _summary(self) -> dict:
+        h = self.history
+        last_f = next((r["gradient_fraction"] for r in reversed(h)
+                       if r.get("gradient_fraction") is not None), None)
+        last_l = next((r["lambda_max"] for r in reversed(h)
+                       if r.get("lambda_max") is not None), None)
+        return {"steps": len(h), "refreshes": sum(bool(r["refreshed"]) for r in h),
+                "last gradient fraction": last_f, "last λ_max": last_l, "HVPs": self.n_hvp}
+
+    def __repr__(self) -> str:
+        s = self._summary()
+        f = "–" if s["last gradient fraction"] is None else _fmt(s["last gradient fraction"])
+        lam = "–" if s["last λ_max"] is None else _fmt(s["last λ_max"])
+        return (f"SubspaceTracker(k={self.k}, every={self.every}, {self.curvature}: "
+                f"{s['steps']} steps, {s['refreshes']} refreshes, last gradient fraction {f}, "
+                f"last λ_max {lam}, {self.n_hvp} HVPs, {self.seconds:.2f} s)")
+
+    def _repr_html_(self) -> str:
+        s = self._summary()
+        return _html_table(list(s), [[("–" if v is None else _fmt(v) if isinstance(v, float)
+                                       else v) for v in s.values()]],
+                           f"top-{self.k} {self.curvature} subspace tracker")
+
+
+def lightning_callback(tracker: SubspaceTracker):
+    """A PyTorch Lightning callback that calls ``tracker.step(batch, loss=...)`` after
+    every training batch (``on_train_batch_end``). Needs ``lightning`` (or
+    ``pytorch_lightning``) installed."""
+    try:
+        from lightning.pytorch import Callback
+    except ImportError:
+        try:
+            from pytorch_lightning import Callback
+        except ImportError as e:
+            raise ImportError(
+                "lightning_callback needs PyTorch Lightning: pip install lightning"
+            ) from e
+    if not isinstance(tracker, SubspaceTracker):
+        raise TypeError(f"expected a SubspaceTracker, got {type(tracker).__name__}")
+
+    class SubspaceTrackerCallback(Callback):
+        def __init__(self, tr):
+            super().__init__()
+            self.tracker = tr
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+            self.tracker.step(batch, loss=loss if isinstance(loss, Tensor) else None)
+
+    return SubspaceTrackerCallback(tracker)

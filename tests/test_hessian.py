@@ -1,0 +1,385 @@
+"""Curvature numbers against the exact dense Hessian (torch.func.hessian, float64)."""
+
+import numpy as np
+import pytest
+import torch
+from reference import CASES, assert_unchanged, dense_hessian, snapshot
+from torch import nn
+
+import lossviz as lv
+
+F = nn.functional
+
+
+def make(case, bn="eval", **kw):
+    m, loss, data = CASES[case]()
+    return m, lv.Objective(m, loss, data, bn=bn, **kw)
+
+
+ALL = [("mlp", "eval"), ("cnn_bn", "eval"), ("cnn_bn", "train"), ("attention", "eval"),
+       ("tied", "eval")]
+
+
+@pytest.mark.parametrize("case,bn", ALL)
+def test_hvp_matches_dense(case, bn):
+    m, obj = make(case, bn)
+    H = dense_hessian(obj)
+    assert torch.allclose(H, H.T, atol=1e-10)
+    g = torch.Generator().manual_seed(1)
+    V = torch.randn(6, obj.n_params, generator=g, dtype=torch.float64)
+    op = obj.operator()
+    for method in ("loop", "batched", "fwd"):
+        HV = op._apply_method(V, method)
+        assert torch.allclose(HV, V @ H, rtol=1e-9, atol=1e-11), method
+    got = obj.hvp_batched(V)
+    for v, hv in zip(V, got):
+        assert torch.allclose(hv.flatten(), H @ v, rtol=1e-9, atol=1e-11)
+    assert torch.allclose(obj.hvp(obj.layout.to_weights(V[0])).flatten(), H @ V[0], atol=1e-11)
+
+
+@pytest.mark.parametrize("case,bn", ALL)
+def test_top_eigenpairs_match_dense(case, bn):
+    m, obj = make(case, bn)
+    H = dense_hessian(obj)
+    ev, evec = torch.linalg.eigh(H)
+    res = lv.hessian_eigs(obj, k=4, tol=1e-10)
+    top = ev.flip(0)[:4].numpy()
+    scale = np.abs(ev.numpy()).max()
+    assert res.all_converged
+    np.testing.assert_allclose(res.values, top, rtol=1e-6, atol=1e-6 * scale)
+    assert np.all(np.diff(res.values) <= 0)  # sorted descending
+    for v, lam in zip(res.vectors, res.values):
+        x = v.flatten()
+        assert torch.allclose(H @ x, lam * x, atol=1e-8 * scale)
+        assert abs(float(x.norm()) - 1) < 1e-10
+    assert res.residuals.max() <= 1e-10
+
+
+@pytest.mark.parametrize("which", ["smallest", "both", "magnitude"])
+@pytest.mark.parametrize("case", ["mlp", "attention"])
+def test_other_ends_and_negative_eigenvalues(case, which):
+    m, obj = make(case)
+    ev = torch.linalg.eigvalsh(dense_hessian(obj)).numpy()
+    assert ev.min() < 0  # these models have negative curvature
+    res = lv.hessian_eigs(obj, k=3, which=which, tol=1e-10)
+    scale = np.abs(ev).max()
+    if which == "smallest":
+        want = ev[:3]
+    elif which == "both":
+        want = np.concatenate([ev[:3], ev[-3:]])
+    else:
+        want = ev[np.argsort(-np.abs(ev))[:3]]
+    np.testing.assert_allclose(res.values, want, atol=1e-6 * scale)
+
+
+def test_clustered_eigenvalues_dense_operator():
+    # a spectrum with tight clusters (where power iteration with deflation fails)
+    g = torch.Generator().manual_seed(0)
+    Qm, _ = torch.linalg.qr(torch.randn(300, 300, generator=g, dtype=torch.float64))
+    lam = torch.cat([torch.tensor([10.0, 9.9999, 9.9998, 9.99, 5.0]),
+                     torch.rand(295, generator=g, dtype=torch.float64) * 2 - 1]).double()
+    A = Qm @ torch.diag(lam) @ Qm.T
+    res = lv.hessian_eigs(A, k=5, tol=1e-9)
+    np.testing.assert_allclose(res.values, [10.0, 9.9999, 9.9998, 9.99, 5.0], atol=1e-7)
+
+
+def test_block_lanczos_and_warm_start_agree():
+    m, obj = make("mlp")
+    H = dense_hessian(obj)
+    top = torch.linalg.eigvalsh(H).flip(0)[:3].numpy()
+    for bs in (1, 2, 4):
+        res = lv.hessian_eigs(obj, k=3, tol=1e-10, block_size=bs)
+        np.testing.assert_allclose(res.values, top, rtol=1e-8)
+    cold = lv.hessian_eigs(obj, k=3, tol=1e-8)
+    warm = lv.hessian_eigs(obj, k=3, tol=1e-8, v0=cold.vectors)
+    np.testing.assert_allclose(warm.values, top, rtol=1e-7)
+    assert warm.n_hvp < cold.n_hvp
+
+
+def test_k_equals_dimension_small_problem():
+    A = torch.diag(torch.tensor([4.0, -1.0, 2.0, 3.0], dtype=torch.float64))
+    res = lv.hessian_eigs(A, k=4, tol=1e-12)
+    np.testing.assert_allclose(res.values, [4, 3, 2, -1], atol=1e-12)
+
+
+@pytest.mark.parametrize("case", ["mlp", "cnn_bn", "attention"])
+def test_ggn_matches_dense(case):
+    m, obj = make(case)
+    G = dense_hessian(obj, curvature="ggn")
+    V = torch.randn(3, obj.n_params, dtype=torch.float64)
+    op = obj.operator(curvature="ggn")
+    for method in ("loop", "batched"):
+        assert torch.allclose(op._apply_method(V, method), V @ G, atol=1e-10)
+    ev = torch.linalg.eigvalsh(G)
+    assert ev.min() > -1e-10  # PSD for cross-entropy
+    res = lv.hessian_eigs(obj, k=3, curvature="ggn", tol=1e-10)
+    np.testing.assert_allclose(res.values, ev.flip(0)[:3].numpy(), rtol=1e-7)
+
+
+def test_slq_moment_identities():
+    m, obj = make("cnn_bn")
+    H = dense_hessian(obj)
+    steps = 6
+    dens = lv.hessian_density(obj, n_probes=3, steps=steps, seed=3)
+    # reproduce the probes: Rademacher / sqrt(P) from the same generator
+    from lossviz.slq import probe_generator, rademacher
+
+    n = obj.n_params
+    Z = rademacher(3, n, dtype=torch.float64, device=torch.device("cpu"),
+                   generator=probe_generator(3, torch.device("cpu"))) / n**0.5
+    for i in range(3):
+        v = Z[i]
+        Hp_v = v.clone()
+        for p in range(0, 2 * steps):
+            exact = float(v @ Hp_v)
+            quad = float(np.sum(dens.weights[i] * dens.nodes[i] ** p))
+            assert quad == pytest.approx(exact, rel=1e-7, abs=1e-9), p
+            Hp_v = H @ Hp_v
+    np.testing.assert_allclose(dens.weights.sum(1), 1.0, atol=1e-12)
+    x, phi = dens.smooth()
+    assert np.trapezoid(phi, x) == pytest.approx(1.0, abs=1e-3)
+    # the trace from the first moment is unbiased for tr(H)/P
+    assert np.isfinite(dens.moment(1))
+
+
+def test_slq_full_krylov_recovers_spectrum():
+    m, obj = make("mlp")
+    H = dense_hessian(obj)
+    ev = torch.linalg.eigvalsh(H).numpy()
+    dens = lv.hessian_density(obj, n_probes=2, steps=obj.n_params)
+    # with steps = P the quadrature nodes with non-negligible weight are eigenvalues
+    for nodes, w in zip(dens.nodes, dens.weights):
+        for lam in nodes[w > 1e-8]:
+            assert np.min(np.abs(ev - lam)) < 1e-7
+
+
+def test_density_outliers_found():
+    g = torch.Generator().manual_seed(0)
+    n = 1500
+    Qm, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    outl = torch.tensor([40.0, 25.0, 12.0], dtype=torch.float64)
+    lam = torch.cat([outl, torch.rand(n - 3, generator=g, dtype=torch.float64) * 2 - 1])
+    A = (Qm * lam) @ Qm.T
+    dens = lv.hessian_density(A, n_probes=4, steps=60)
+    np.testing.assert_allclose(dens.outliers(), [40, 25, 12], rtol=1e-6)
+    assert "3 outlier" in repr(dens)
+    fig = dens.plot(log=True)
+    assert fig.layout.yaxis.type == "log"
+
+
+def test_trace_is_unbiased_with_honest_stderr():
+    m, obj = make("cnn_bn")
+    exact = float(torch.trace(dense_hessian(obj)))
+    z = []
+    for seed in range(12):
+        t = lv.hessian_trace(obj, rtol=0.05, max_hvp=400, seed=seed, batch_size=20)
+        assert t.n_hvp >= 10
+        z.append((t.value - exact) / t.stderr)
+    z = np.array(z)
+    # standardized errors: mean near 0, spread near 1 (loose bounds for 12 seeds)
+    assert abs(z.mean()) < 3 / np.sqrt(len(z)) + 0.3
+    assert 0.4 < z.std() < 2.0
+
+
+def test_trace_stops_on_stderr_and_hutchpp():
+    m, obj = make("mlp")
+    exact = float(torch.trace(dense_hessian(obj)))
+    t = lv.hessian_trace(obj, rtol=0.05, max_hvp=5000, seed=0)
+    assert t.stderr <= 0.05 * abs(t.value)
+    assert t.n_hvp < 5000
+    assert abs(t.value - exact) < 5 * t.stderr
+    hpp = lv.hessian_trace(obj, method="hutch++", rtol=0.05, max_hvp=5000, seed=0)
+    assert abs(hpp.value - exact) < 5 * hpp.stderr + 1e-9
+    assert hpp.stderr <= 0.05 * abs(hpp.value)
+    assert "±" in repr(t) and t.plot().data
+
+
+def test_diagonal_matches_dense():
+    m, obj = make("mlp")
+    H = dense_hessian(obj)
+    d = lv.hessian_diagonal(obj, n_probes=4000, seed=0).flatten()
+    off = (H - torch.diag(torch.diag(H))).pow(2).sum(1).sqrt()  # std of one sample
+    err = (d - torch.diag(H)).abs()
+    assert torch.all(err <= 5 * off / 4000**0.5 + 1e-12)
+    assert isinstance(lv.hessian_diagonal(obj, n_probes=2), lv.Weights)
+
+
+def test_blocks_match_dense_sub_hessians():
+    m, obj = make("cnn_bn")
+    H = dense_hessian(obj)
+    blocks = lv.hessian.resolve_blocks(obj, "module")
+    assert list(blocks) == ["0", "1", "4"]
+    eig = lv.hessian_eigs(obj, k=2, blocks="module", tol=1e-10)
+    tr = lv.hessian_trace(obj, blocks="module", rtol=0.02, max_hvp=3000, seed=1)
+    sl = obj.layout.slices()
+    for name, pnames in blocks.items():
+        idx = torch.cat([torch.arange(sl[p].start, sl[p].stop) for p in pnames])
+        Hs = H[idx][:, idx]
+        ev = torch.linalg.eigvalsh(Hs).flip(0)[:2].numpy()
+        np.testing.assert_allclose(eig[name].values, ev, rtol=1e-7, atol=1e-9)
+        assert set(eig[name].vectors[0]) == set(pnames)
+        exact = float(torch.trace(Hs))
+        assert abs(tr[name].value - exact) <= 5 * tr[name].stderr + 1e-9
+    table = lv.hessian_blocks(obj, k=1)
+    assert [r["block"] for r in table.table] == ["0", "1", "4"]
+    assert "trace" in repr(table) and "<table>" in table._repr_html_()
+    custom = lv.hessian_eigs(obj, k=1, blocks={"conv": ["0.weight", "0.bias"]}, tol=1e-10)
+    assert list(custom) == ["conv"]
+
+
+def test_batch_weighting_uneven_last_batch():
+    m, loss, (x, y) = CASES["mlp"](n=23)
+    one = lv.Objective(m, loss, (x, y))
+    batches = [(x[i : i + 10], y[i : i + 10]) for i in range(0, 23, 10)]  # 10, 10, 3
+    many = lv.Objective(m, loss, batches)
+    assert many.loss() == pytest.approx(one.loss(), rel=1e-12)
+    assert torch.allclose(many.gradient().flatten(), one.gradient().flatten(), atol=1e-12)
+    H1, H2 = dense_hessian(one), dense_hessian(many)
+    assert torch.allclose(H1, H2, atol=1e-12)
+    v = torch.randn(one.n_params, dtype=torch.float64)
+    assert torch.allclose(many.hvp(v).flatten(), H1 @ v, atol=1e-12)
+    np.testing.assert_allclose(lv.hessian_eigs(many, k=2, tol=1e-10).values,
+                               torch.linalg.eigvalsh(H1).flip(0)[:2].numpy(), rtol=1e-8)
+    # a DataLoader (re-iterable, streamed) gives the same numbers
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=10)
+    streamed = lv.Objective(m, loss, loader)
+    assert streamed.loss() == pytest.approx(one.loss(), rel=1e-12)
+    assert torch.allclose(streamed.hvp(v).flatten(), H1 @ v, atol=1e-12)
+    hv = streamed.hvp_batched(torch.stack([v, 2 * v]))
+    assert torch.allclose(hv[1].flatten(), 2 * (H1 @ v), atol=1e-12)
+
+
+def test_params_selection_and_forward():
+    m, loss, (x, y) = CASES["mlp"]()
+    obj = lv.Objective(m, loss, (x, y), params=["2.weight", "2.bias"])
+    full = lv.Objective(m, loss, (x, y))
+    H = dense_hessian(full)
+    sl = full.layout.slices()
+    idx = torch.cat([torch.arange(sl[n].start, sl[n].stop) for n in ("2.weight", "2.bias")])
+    np.testing.assert_allclose(lv.hessian_eigs(obj, k=2, tol=1e-10).values,
+                               torch.linalg.eigvalsh(H[idx][:, idx]).flip(0)[:2].numpy(), rtol=1e-8)
+    pred = lv.Objective(m, loss, (x, y), params=lambda n: n.startswith("2."))
+    assert pred.names == ["2.weight", "2.bias"]
+    custom = lv.Objective(m, data={"x": x, "y": y},
+                          forward=lambda mod, b: F.cross_entropy(mod(b["x"]), b["y"]))
+    assert custom.loss() == pytest.approx(full.loss(), rel=1e-12)
+    v = torch.randn(full.n_params, dtype=torch.float64)
+    assert torch.allclose(custom.hvp(v).flatten(), H @ v, atol=1e-11)
+
+
+def test_pde_style_loss_without_targets():
+    # u(x) = net(x); loss = mean (u'' + sin x)^2 on collocation points (no targets)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(1, 6), nn.Tanh(), nn.Linear(6, 1)).double()
+    xs = torch.linspace(0, 3, 9, dtype=torch.float64)[:, None]
+
+    def residual(model, batch):
+        x = batch[0].clone().requires_grad_(True)
+        u = model(x)
+        du = torch.autograd.grad(u.sum(), x, create_graph=True)[0]
+        d2u = torch.autograd.grad(du.sum(), x, create_graph=True)[0]
+        return ((d2u + torch.sin(x)) ** 2).mean()
+
+    obj = lv.Objective(net, data=(xs,), forward=residual)
+    H = dense_hessian(obj)
+    res = lv.hessian_eigs(obj, k=2, tol=1e-9)
+    np.testing.assert_allclose(res.values, torch.linalg.eigvalsh(H).flip(0)[:2].numpy(), rtol=1e-7)
+
+
+def test_model_untouched_by_every_call():
+    m, loss, data = CASES["cnn_bn"]()
+    m.train()  # the user's mode, with dropout/BN in train mode
+    m[0].weight.grad = torch.ones_like(m[0].weight)
+    m[4].bias.requires_grad_(False)
+    snap = snapshot(m)
+    for bn in ("eval", "train"):
+        obj = lv.Objective(m, loss, data, bn=bn)
+        obj.loss()
+        obj.gradient()
+        obj.hvp(obj.weights())
+        lv.hessian_eigs(obj, k=2)
+        lv.hessian_eigs(obj, k=1, curvature="ggn")
+        lv.hessian_density(obj, n_probes=2, steps=5)
+        lv.hessian_trace(obj, max_hvp=20)
+        lv.hessian_diagonal(obj, n_probes=3)
+        lv.hessian_blocks(obj, max_hvp=20)
+        assert_unchanged(m, snap)
+    assert m.training
+
+
+def test_model_untouched_when_forward_raises():
+    m, loss, data = CASES["cnn_bn"]()
+    m.train()
+    snap = snapshot(m)
+    calls = {"n": 0}
+
+    def bad_loss(out, y):
+        calls["n"] += 1
+        raise RuntimeError("boom inside the forward")
+
+    obj = lv.Objective(m, bad_loss, data, bn="train")
+    with pytest.raises(RuntimeError, match="boom"):
+        lv.hessian_eigs(obj, k=2)
+    with pytest.raises(RuntimeError, match="boom"):
+        obj.gradient()
+    assert calls["n"] == 2
+    assert_unchanged(m, snap)
+
+    class Interrupting(nn.Module):
+        def forward(self, x):
+            raise KeyboardInterrupt
+
+    m2 = nn.Sequential(nn.Linear(2, 2), Interrupting())
+    m2.train()
+    snap2 = snapshot(m2)
+    with pytest.raises(KeyboardInterrupt):
+        lv.Objective(m2, loss, (torch.randn(3, 2), torch.zeros(3, dtype=torch.long))).loss()
+    assert_unchanged(m2, snap2)
+
+
+def test_pyhessian_cross_check():
+    pyhessian = pytest.importorskip("pyhessian")
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 2))
+    x, y = torch.randn(64, 4), torch.randint(0, 2, (64,))
+    obj = lv.Objective(m, F.cross_entropy, (x, y))
+    ours = lv.hessian_eigs(obj, k=1, tol=1e-6)
+    snap = snapshot(m)
+    h = pyhessian.hessian(m, nn.CrossEntropyLoss(), data=(x, y), cuda=False)
+    top, _ = h.eigenvalues(maxIter=500, tol=1e-7, top_n=1)
+    assert top[0] == pytest.approx(ours.values[0], rel=1e-3)
+    tr = lv.hessian_trace(obj, rtol=0.01, max_hvp=5000)
+    pyt = np.mean(h.trace(maxIter=2000, tol=1e-6))
+    assert abs(pyt - tr.value) < 6 * tr.stderr + 0.05 * abs(tr.value)
+    del snap  # PyHessian itself sets .grad and eval mode on the model: not our concern here
+
+
+def test_results_repr_and_plots():
+    m, obj = make("mlp")
+    r = lv.hessian_eigs(obj, k=3)
+    assert "EigenResult(largest 3" in repr(r) and "<table>" in r._repr_html_()
+    assert len(r.plot().data[0].y) == 3
+    d = lv.hessian_density(obj, n_probes=2, steps=10)
+    assert "SpectralDensity" in repr(d) and d.plot(log=False).data
+
+
+def test_torch_func_batchnorm_bug_is_avoided():
+    """torch.func transforms (jacfwd/jacrev/vmap over the forward) give a wrong Hessian
+    through batch-statistics BatchNorm in torch 2.13; plain autograd is right. lossviz
+    never uses forward mode there and cross-checks the product methods."""
+    m, obj = make("cnn_bn", "train")
+    flat, fixed = obj.resolve()
+    b = next(obj.batches())[0]
+    f = lambda t: obj.batch_loss(t, fixed, b)  # noqa: E731
+    H_rr = torch.autograd.functional.hessian(f, flat)
+    assert torch.allclose(H_rr, H_rr.T, atol=1e-12)
+    H_func = torch.func.hessian(f)(flat)
+    if torch.allclose(H_func, H_rr, atol=1e-10):  # pragma: no cover - fixed upstream
+        pytest.skip("torch.func is right here now")
+    # the conv bias feeds a batch-statistics BN: its gradient is identically zero
+    assert H_rr[:, 27:30].abs().max() < 1e-12
+    assert "fwd" not in obj.operator()._methods(4)
+    V = torch.randn(5, obj.n_params, dtype=torch.float64)
+    lv.hessian_eigs(obj, k=2)  # tunes the product method
+    assert torch.allclose(torch.stack([h.flatten() for h in obj.hvp_batched(V)]), V @ H_rr,
+                          atol=1e-11)
