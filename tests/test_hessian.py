@@ -48,10 +48,12 @@ def test_top_eigenpairs_match_dense(case, bn):
     assert res.all_converged
     np.testing.assert_allclose(res.values, top, rtol=1e-6, atol=1e-6 * scale)
     assert np.all(np.diff(res.values) <= 0)  # sorted descending
-    for v, lam in zip(res.vectors, res.values):
+    for v, lam, r in zip(res.vectors, res.values, res.residuals):
         x = v.flatten()
         assert torch.allclose(H @ x, lam * x, atol=1e-8 * scale)
         assert abs(float(x.norm()) - 1) < 1e-10
+        true_res = float((H @ x - lam * x).norm()) / scale
+        assert true_res <= 1e-10 and abs(true_res - r) <= 1e-12  # reported = true residual
     assert res.residuals.max() <= 1e-10
 
 
