@@ -348,7 +348,8 @@ def plane_through(a, b, c, *, names: Sequence[str] = ("a", "b", "c")) -> Plane:
     e1 = u / nu
     w = v - (v @ e1) * e1
     nw = w.norm()
-    if float(nw) <= 1e-9 * max(float(v.norm()), 1e-300):
+    tol = float(torch.finfo(X.dtype).eps) ** 0.5  # the rounding of the given weights
+    if float(nw) <= tol * max(float(v.norm()), 1e-300):
         raise LossvizError("the three models lie on one line: no unique plane through them")
     e2 = w / nw
     layout = Layout([(k, ws[0][k].shape) for k in keys])
