@@ -66,24 +66,45 @@ class CurvatureOperator:
         self.max_chunk = 64
 
     # --- graphs -------------------------------------------------------------
+    def _leaves(self) -> dict:
+        """Per-parameter leaves at the point (slices of one flat leaf would make every
+        backward pass zero-pad a full-size gradient per tensor)."""
+        return {
+            n: t.detach().clone().requires_grad_(True)
+            for n, t in self.obj.layout.unflatten(self.flat).items()
+        }
+
+    def _split(self, V: Tensor) -> list[Tensor]:
+        """Views of the rows of ``V`` (``(k, P)``) per parameter, ``(k, *shape)``."""
+        return list(self.obj.layout.unflatten(V).values())
+
+    @staticmethod
+    def _cat(parts, k: int) -> Tensor:
+        return torch.cat([p.reshape(k, -1) for p in parts], dim=1)
+
     def _build(self, batch):
-        """The graph for one batch: (theta leaf, gradient with graph) for the Hessian;
-        (theta, outputs, dummy u, Jᵀu, ∂ℓ/∂f graph pieces) for the GGN."""
-        theta = self.flat.clone().requires_grad_(True)
+        """The graph for one batch: (leaves, gradient with graph) for the Hessian;
+        (leaves, outputs, ∂ℓ/∂f pieces, dummy u, Jᵀu) for the GGN."""
+        leaves = self._leaves()
+        ps = list(leaves.values())
         with torch.enable_grad(), _math_sdpa():
             if self.curvature == "hessian":
-                loss = self.obj.batch_loss(theta, self.fixed, batch)
+                loss = self.obj.batch_loss(leaves, self.fixed, batch)
                 check_finite(loss)
-                (g,) = torch.autograd.grad(loss, theta, create_graph=True)
-                return ("hessian", theta, g)
-            out = self.obj.batch_outputs(theta, self.fixed, batch)
+                g = torch.autograd.grad(loss, ps, create_graph=True, allow_unused=True)
+                # parameters the loss does not use, or uses only linearly, have no
+                # second-order graph: their rows of H v are zero
+                keep = [i for i, gi in enumerate(g) if gi is not None and gi.requires_grad]
+                return ("hessian", ps, [g[i] for i in keep], keep)
+            out = self.obj.batch_outputs(leaves, self.fixed, batch)
             f = out.detach().requires_grad_(True)
             loss = self.obj.loss_fn(f, batch[1])
             check_finite(loss)
             (gf,) = torch.autograd.grad(loss, f, create_graph=True)
             u = torch.zeros_like(out, requires_grad=True)
-            (jtu,) = torch.autograd.grad(out, theta, u, create_graph=True)
-            return ("ggn", theta, out, f, gf, u, jtu)
+            jtu = torch.autograd.grad(out, ps, u, create_graph=True, allow_unused=True)
+            keep = [i for i, t in enumerate(jtu) if t is not None]
+            return ("ggn", ps, out, f, gf, u, [jtu[i] for i in keep], keep)
 
     def _graphs(self):
         """Yields (graph, batch, weight) over the data; the graph is cached for a single
@@ -105,43 +126,51 @@ class CurvatureOperator:
             self._stream_total = acc_n
 
     # --- products -----------------------------------------------------------
-    def _apply_graph(self, graph, batch, V: Tensor, method: str) -> Tensor:
+    def _apply_graph(self, graph, V: Tensor, method: str) -> Tensor:
+        k = V.shape[0]
         if graph[0] == "hessian":
-            _, theta, g = graph
+            _, ps, g, keep = graph
+            if not keep:
+                return torch.zeros_like(V)
+
+            def grad(vs, batched):
+                parts = torch.autograd.grad(g, ps, [vs[i] for i in keep], retain_graph=True,
+                                            is_grads_batched=batched, allow_unused=True)
+                lead = (k,) if batched else ()
+                return [torch.zeros(*lead, *p.shape, dtype=V.dtype, device=V.device)
+                        if d is None else d for d, p in zip(parts, ps)]
+
             if method == "batched":
-                (HV,) = torch.autograd.grad(g, theta, V, retain_graph=True, is_grads_batched=True)
-                return HV
-            if method == "loop":
-                return torch.stack(
-                    [torch.autograd.grad(g, theta, v, retain_graph=True)[0] for v in V]
-                )
-            return self._fwd(batch, V)
-        _, theta, out, f, gf, u, jtu = graph
-        if method == "fwd":
-            raise RuntimeError("no forward-mode path for the GGN")
-        batched = method == "batched"
-        if batched:
-            (JV,) = torch.autograd.grad(jtu, u, V, retain_graph=True, is_grads_batched=True)
-            (HJV,) = torch.autograd.grad(gf, f, JV, retain_graph=True, is_grads_batched=True)
-            (out_,) = torch.autograd.grad(out, theta, HJV, retain_graph=True, is_grads_batched=True)
-            return out_
-        res = []
-        for v in V:
-            (jv,) = torch.autograd.grad(jtu, u, v, retain_graph=True)
-            (hjv,) = torch.autograd.grad(gf, f, jv, retain_graph=True)
-            res.append(torch.autograd.grad(out, theta, hjv, retain_graph=True)[0])
-        return torch.stack(res)
+                return self._cat(grad(self._split(V), True), k)
+            return torch.stack([self._cat(grad(self._split(v), False), 1)[0] for v in V])
+        _, ps, out, f, gf, u, jtu, keep = graph
+        if not keep:
+            return torch.zeros_like(V)
+
+        def ggn(vs, batched):
+            (jv,) = torch.autograd.grad(jtu, u, [vs[i] for i in keep], retain_graph=True,
+                                        is_grads_batched=batched)
+            (hjv,) = torch.autograd.grad(gf, f, jv, retain_graph=True, is_grads_batched=batched)
+            parts = torch.autograd.grad(out, ps, hjv, retain_graph=True,
+                                        is_grads_batched=batched, allow_unused=True)
+            lead = (k,) if batched else ()
+            return [torch.zeros(*lead, *p.shape, dtype=V.dtype, device=V.device)
+                    if d is None else d for d, p in zip(parts, ps)]
+
+        if method == "batched":
+            return self._cat(ggn(self._split(V), True), k)
+        return torch.stack([self._cat(ggn(self._split(v), False), 1)[0] for v in V])
 
     def _fwd(self, batch, V: Tensor) -> Tensor:
         from torch.func import grad, jvp, vmap
 
-        obj, fixed = self.obj, self.fixed
-
-        def loss(theta):
-            return obj.batch_loss(theta, fixed, batch)
+        obj, fixed, layout = self.obj, self.fixed, self.obj.layout
+        primal = {n: t.detach() for n, t in layout.unflatten(self.flat).items()}
 
         def hvp(v):
-            return jvp(grad(loss), (self.flat,), (v,))[1]
+            tangent = layout.unflatten(v)
+            out = jvp(grad(lambda d: obj.batch_loss(d, fixed, batch)), (primal,), (tangent,))[1]
+            return torch.cat([out[n].reshape(-1) for n in layout.names])
 
         return vmap(hvp)(V)
 
@@ -157,7 +186,7 @@ class CurvatureOperator:
                     out = HV * (nb / total) if out is None else out.add_(HV, alpha=nb / total)
                 return out
             for graph, batch, w in self._graphs():
-                HV = self._apply_graph(graph, batch, V, method).detach()
+                HV = self._apply_graph(graph, V, method).detach()
                 out = HV * w if out is None else out.add_(HV, alpha=w)
         if streamed:
             out /= self._stream_total

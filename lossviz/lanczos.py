@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from .hvp import apply_rows, op_meta
+from .slq import probe_generator
 
 WHICH = ("largest", "smallest", "both", "magnitude")
 
@@ -69,8 +70,8 @@ def order_values(values: np.ndarray, which: str) -> np.ndarray:
 def _orthonormal_block(Q: Tensor, W: Tensor, scale: Tensor, gen, eps: float):
     """QR of the rows of W (already orthogonal to Q); rows that vanish (the Krylov space
     is exhausted) are replaced by random vectors orthogonal to everything, with a zero
-    coupling. On a GPU this takes no host synchronization (the replacement is computed
-    and selected with ``where``); on the CPU it is computed only when needed."""
+    coupling. The replacement is computed only when needed (one host check per block,
+    small next to the cost of a block of products)."""
     if W.shape[0] == 1:
         r = W.norm()
         Qn, R = W / r.clamp_min(torch.finfo(W.dtype).tiny), r.reshape(1, 1)
@@ -78,9 +79,9 @@ def _orthonormal_block(Q: Tensor, W: Tensor, scale: Tensor, gen, eps: float):
         Qt, R = torch.linalg.qr(W.T)
         Qn = Qt.T
     bad = R.diagonal().abs() <= eps * scale
-    if W.device.type == "cpu" and not bool(bad.any()):
+    if not bool(bad.any()):
         return Qn, R
-    Z = torch.randn(W.shape, generator=gen, dtype=W.dtype, device="cpu").to(W.device)
+    Z = torch.randn(W.shape, generator=gen, dtype=W.dtype, device=gen.device).to(W.device)
     for _ in range(2):
         if Q.shape[0]:
             Z = Z - (Z @ Q.T) @ Q
@@ -142,13 +143,13 @@ def lanczos(
     max_matvec = max_matvec or max(1000, 40 * m)
     eps = torch.finfo(dtype).eps ** 0.75
     check_every = check_every or (1 if torch.device(device).type == "cpu" else 2)
-    gen = torch.Generator().manual_seed(seed)
+    gen = probe_generator(seed, torch.device(device))
 
     Q = torch.zeros(m + b, n, dtype=dtype, device=device)
     T = torch.zeros(m + b, m + b, dtype=dtype, device=device)
 
     # starting block: warm-start vectors (their sum when there are more than b), then random
-    start = torch.randn(b, n, generator=gen, dtype=dtype).to(device)
+    start = torch.randn(b, n, generator=gen, dtype=dtype, device=gen.device).to(device)
     if v0 is not None:
         v0 = torch.as_tensor(v0).to(device, dtype).reshape(-1, n)
         v0 = v0 / v0.norm(dim=1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)

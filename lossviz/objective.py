@@ -284,10 +284,15 @@ class Objective:
 
     # evaluation ------------------------------------------------------------
     @contextlib.contextmanager
-    def bound(self, flat: Tensor, fixed: Mapping[str, Tensor]):
-        """The private module with the given tensors swapped in (a context manager)."""
+    def bound(self, flat, fixed: Mapping[str, Tensor]):
+        """The private module with the given tensors swapped in (a context manager).
+
+        ``flat``: the varying parameters as one flat ``(P,)`` tensor, or as a mapping
+        ``name -> tensor`` (per-parameter leaves differentiate faster than slices of a
+        flat vector: no zero-padded slice gradients).
+        """
         tensors = dict(fixed)
-        tensors.update(self.layout.unflatten(flat))
+        tensors.update(flat if isinstance(flat, Mapping) else self.layout.unflatten(flat))
         with self._lock:
             if _reparametrize_module is not None:
                 with _reparametrize_module(self._shadow, tensors, tie_weights=True, strict=False):
@@ -295,8 +300,8 @@ class Objective:
             else:  # pragma: no cover
                 yield _Bound(self._shadow, tensors)
 
-    def batch_loss(self, flat: Tensor, fixed: Mapping[str, Tensor], batch) -> Tensor:
-        """The (differentiable) loss on one batch at flat weights ``flat``."""
+    def batch_loss(self, flat, fixed: Mapping[str, Tensor], batch) -> Tensor:
+        """The (differentiable) loss on one batch at weights ``flat`` (flat or a mapping)."""
         with self.bound(flat, fixed) as m:
             if self.forward is not None:
                 loss = self.forward(m, batch)
@@ -310,7 +315,7 @@ class Objective:
             )
         return loss.reshape(())
 
-    def batch_outputs(self, flat: Tensor, fixed: Mapping[str, Tensor], batch) -> Tensor:
+    def batch_outputs(self, flat, fixed: Mapping[str, Tensor], batch) -> Tensor:
         if self.forward is not None:
             raise LossvizError("outputs are not available with a custom forward=")
         with self.bound(flat, fixed) as m:

@@ -103,14 +103,18 @@ def slq(
                     break
                 b = W.norm(dim=1)
                 bad = b <= eps * scale.clamp_min(torch.finfo(dtype).tiny)
-                # an exhausted Krylov space: continue with a vector orthogonal to the basis
-                # and a zero coupling (its Ritz values get zero weight)
-                Zr = rademacher(L, n, dtype=dtype, device=device, generator=gen)
-                for _ in range(2):
-                    Zr = Zr - torch.bmm(torch.bmm(Qs, Zr.unsqueeze(2)).transpose(1, 2), Qs).squeeze(1)
-                Zr = Zr / Zr.norm(dim=1, keepdim=True)
-                Q[:, j + 1] = torch.where(bad[:, None], Zr, W / b.clamp_min(torch.finfo(dtype).tiny)[:, None])
-                beta[:, j] = torch.where(bad, torch.zeros_like(b), b)
+                Q[:, j + 1] = W / b.clamp_min(torch.finfo(dtype).tiny)[:, None]
+                beta[:, j] = b
+                if bool(bad.any()):  # one host check per step, small next to the products
+                    # an exhausted Krylov space: go on with a vector orthogonal to the
+                    # basis and a zero coupling (its Ritz values get zero weight)
+                    Zr = rademacher(L, n, dtype=dtype, device=device, generator=gen)
+                    for _ in range(2):
+                        Zr = Zr - torch.bmm(torch.bmm(Qs, Zr.unsqueeze(2)).transpose(1, 2),
+                                            Qs).squeeze(1)
+                    Zr = Zr / Zr.norm(dim=1, keepdim=True)
+                    Q[:, j + 1] = torch.where(bad[:, None], Zr, Q[:, j + 1])
+                    beta[:, j] = torch.where(bad, torch.zeros_like(b), b)
             a = alpha.to(torch.float64).cpu().numpy()
             bt = beta.to(torch.float64).cpu().numpy()
             for i in range(L):
