@@ -64,8 +64,13 @@ def main():
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--jobs", default="eigs,trace,density")
     ap.add_argument("--density-probes", type=int, default=10)
-    ap.add_argument("--peer-density-probes", type=int, default=2,
-                    help="probes for the peers' (slow) densities; times are also per probe")
+    ap.add_argument(
+        "--peer-density-probes",
+        type=int,
+        default=2,
+        help="probes for the peers' (slow) densities; times are also per probe",
+    )
+    ap.add_argument("--ref-probes", type=int, default=2000)
     ap.add_argument("--skip", default="", help="comma-separated peers to skip")
     ap.add_argument("--json", default=None, help="write the rows to this file")
     args = ap.parse_args()
@@ -73,15 +78,19 @@ def main():
     skip = set(filter(None, args.skip.split(",")))
     model, x, y = build(args.model, dev, args.batch)
     P = sum(p.numel() for p in model.parameters())
-    print(f"# {args.model}: {P:,} parameters, batch {len(y)}, device {dev}"
-          + (f" ({torch.cuda.get_device_name()})" if dev.startswith("cuda") else "")
-          + f", torch {torch.__version__}")
+    print(
+        f"# {args.model}: {P:,} parameters, batch {len(y)}, device {dev}"
+        + (f" ({torch.cuda.get_device_name()})" if dev.startswith("cuda") else "")
+        + f", torch {torch.__version__}"
+    )
     rows = []
 
     def row(job, tool, seconds, n_hvp, err, note=""):
         rows.append(dict(job=job, tool=tool, seconds=seconds, n_hvp=n_hvp, error=err, note=note))
-        print(f"{job:8s} {tool:34s} {seconds:8.3f} s  HVPs {str(n_hvp):>5s}  "
-              f"error {err}  {note}", flush=True)
+        print(
+            f"{job:8s} {tool:34s} {seconds:8.3f} s  HVPs {str(n_hvp):>5s}  error {err}  {note}",
+            flush=True,
+        )
 
     def peer(name, fn):
         if name in skip or name.split(":")[0] in skip:
@@ -104,8 +113,10 @@ def main():
     ref, t_ref = timed(lambda: lv.hessian_eigs(obj, k=5, tol=1e-6, progress=False), dev)
     obj._op_cache = None
     lam = ref.values
-    print(f"# reference top-5 {np.round(lam, 5).tolist()}, residuals <= {ref.residuals.max():.1e}"
-          f" ({t_ref:.2f} s); HVP methods (s/vector): {obj._hvp_times}")
+    print(
+        f"# reference top-5 {np.round(lam, 5).tolist()}, residuals <= {ref.residuals.max():.1e}"
+        f" ({t_ref:.2f} s); HVP methods (s/vector): {obj._hvp_times}"
+    )
 
     def eig_err(vals):
         vals = np.sort(np.asarray(vals, dtype=np.float64))[::-1][:5]
@@ -116,8 +127,28 @@ def main():
     if "eigs" in args.jobs:
         r, t = timed(lambda: lv.hessian_eigs(obj, k=5, tol=1e-4, progress=False), dev)
         obj._op_cache = None
-        row("top-5", "lossviz hessian_eigs(tol=1e-4)", t, str(r.n_hvp), eig_err(r.values),
-            f"max residual {r.residuals.max():.1e}")
+        row(
+            "top-5",
+            "lossviz hessian_eigs(tol=1e-4)",
+            t,
+            str(r.n_hvp),
+            eig_err(r.values),
+            f"max residual {r.residuals.max():.1e}",
+        )
+        for bs in (2, 4):
+            rb, tb = timed(
+                lambda bs=bs: lv.hessian_eigs(obj, k=5, tol=1e-4, block_size=bs, progress=False),
+                dev,
+            )
+            obj._op_cache = None
+            row(
+                "top-5",
+                f"lossviz hessian_eigs(block_size={bs})",
+                tb,
+                str(rb.n_hvp),
+                eig_err(rb.values),
+                f"max residual {rb.residuals.max():.1e}",
+            )
 
         def pyh():
             from pyhessian import hessian
@@ -129,8 +160,14 @@ def main():
                 return h.eigenvalues(top_n=5)[0]
 
             vals, t = timed(run, dev)
-            row("top-5", "PyHessian eigenvalues(top_n=5)", t, "?", eig_err(vals),
-                f"values {np.round(vals, 4).tolist()}")
+            row(
+                "top-5",
+                "PyHessian eigenvalues(top_n=5)",
+                t,
+                "?",
+                eig_err(vals),
+                f"values {np.round(vals, 4).tolist()}",
+            )
             return t
 
         t_pyh = peer("pyhessian", pyh)
@@ -145,10 +182,20 @@ def main():
                 return H.lanczos(op, k=5, which="LA", max_iter=max_iter, seed=0)
 
             res, t = timed(run, dev)
-            vals = np.asarray(res.eigenvalues.detach().cpu() if torch.is_tensor(res.eigenvalues)
-                              else res.eigenvalues, dtype=np.float64)
-            row("top-5", f"hessian-eigenthings lanczos({'default' if max_iter is None else max_iter})",
-                t, "?", eig_err(vals), f"values {np.round(np.sort(vals)[::-1], 4).tolist()}")
+            vals = np.asarray(
+                res.eigenvalues.detach().cpu()
+                if torch.is_tensor(res.eigenvalues)
+                else res.eigenvalues,
+                dtype=np.float64,
+            )
+            row(
+                "top-5",
+                f"hessian-eigenthings lanczos({'default' if max_iter is None else max_iter})",
+                t,
+                "?",
+                eig_err(vals),
+                f"values {np.round(np.sort(vals)[::-1], 4).tolist()}",
+            )
             return t
 
         peer("hessian-eigenthings", lambda: he(None))
@@ -176,22 +223,41 @@ def main():
             print(f"# top-5 speed-up vs hessian-eigenthings (30 steps): {t_he30 / t:.1f}x")
 
     if "trace" in args.jobs:
-        tref, tt = timed(lambda: lv.hessian_trace(obj, rtol=0.002, max_hvp=2000, seed=123,
-                                                  progress=False), dev)
+        tref, tt = timed(
+            lambda: lv.hessian_trace(
+                obj, rtol=0.002, max_hvp=args.ref_probes, seed=123, progress=False
+            ),
+            dev,
+        )
         obj._op_cache = None
-        print(f"# reference trace {tref.value:.4f} ± {tref.stderr:.4f} ({tref.n_hvp} probes, {tt:.1f} s)")
+        print(
+            f"# reference trace {tref.value:.4f} ± {tref.stderr:.4f} "
+            f"({tref.n_hvp} probes, {tt:.1f} s)"
+        )
 
         def tr_err(v):
             return f"{abs(v - tref.value) / abs(tref.value):.1e}"
 
         r, t = timed(lambda: lv.hessian_trace(obj, rtol=0.0, max_hvp=100, progress=False), dev)
         obj._op_cache = None
-        row("trace", "lossviz hessian_trace(100 probes)", t, str(r.n_hvp), tr_err(r.value),
-            f"{r.value:.4f} ± {r.stderr:.4f}")
+        row(
+            "trace",
+            "lossviz hessian_trace(100 probes)",
+            t,
+            str(r.n_hvp),
+            tr_err(r.value),
+            f"{r.value:.4f} ± {r.stderr:.4f}",
+        )
         r2, t2 = timed(lambda: lv.hessian_trace(obj, progress=False), dev)
         obj._op_cache = None
-        row("trace", "lossviz hessian_trace(rtol=0.01)", t2, str(r2.n_hvp), tr_err(r2.value),
-            f"{r2.value:.4f} ± {r2.stderr:.4f}")
+        row(
+            "trace",
+            "lossviz hessian_trace(rtol=0.01)",
+            t2,
+            str(r2.n_hvp),
+            tr_err(r2.value),
+            f"{r2.value:.4f} ± {r2.stderr:.4f}",
+        )
 
         def pyh_tr():
             from pyhessian import hessian
@@ -203,8 +269,14 @@ def main():
                 return h.trace()
 
             s, t = timed(run, dev)
-            row("trace", "PyHessian trace()", t, str(len(s)), tr_err(float(np.mean(s))),
-                f"{np.mean(s):.4f}, stopped after {len(s)} samples")
+            row(
+                "trace",
+                "PyHessian trace()",
+                t,
+                str(len(s)),
+                tr_err(float(np.mean(s))),
+                f"{np.mean(s):.4f}, stopped after {len(s)} samples",
+            )
 
         peer("pyhessian", pyh_tr)
 
@@ -221,7 +293,7 @@ def main():
             v = float(getattr(res, "estimate", getattr(res, "trace", np.nan)))
             row("trace", "hessian-eigenthings hutchinson(100)", t, "100", tr_err(v), f"{v:.4f}")
 
-        peer("hessian-eigenthings", he_tr)
+        peer("hessian-eigenthings:trace", he_tr)
 
         def cl_tr():
             from curvlinops import HessianLinearOperator, hutchinson_trace
@@ -246,9 +318,14 @@ def main():
         d, t = timed(lambda: lv.hessian_density(obj, n_probes=n, steps=100, progress=False), dev)
         obj._op_cache = None
         # error: the quadrature's first moment vs the reference trace / P, and λ_max
-        row("density", f"lossviz hessian_density({n}×100)", t, str(d.n_hvp),
+        row(
+            "density",
+            f"lossviz hessian_density({n}×100)",
+            t,
+            str(d.n_hvp),
             f"λmax {abs(d.nodes.max() - lam[0]) / abs(lam[0]):.1e}",
-            f"{t / n:.2f} s/probe, outliers {np.round(d.outliers()[:10], 3).tolist()}")
+            f"{t / n:.2f} s/probe, outliers {np.round(d.outliers()[:10], 3).tolist()}",
+        )
         npd = args.peer_density_probes
 
         def pyh_d():
@@ -261,10 +338,16 @@ def main():
                 return h.density(iter=100, n_v=npd)
 
             (eig, _), t = timed(run, dev)
-            row("density", f"PyHessian density({npd}×100)", t, str(100 * npd),
-                f"λmax {abs(np.max(eig) - lam[0]) / abs(lam[0]):.1e}", f"{t / npd:.2f} s/probe")
+            row(
+                "density",
+                f"PyHessian density({npd}×100)",
+                t,
+                str(100 * npd),
+                f"λmax {abs(np.max(eig) - lam[0]) / abs(lam[0]):.1e}",
+                f"{t / npd:.2f} s/probe",
+            )
 
-        peer("pyhessian", pyh_d)
+        peer("pyhessian:density", pyh_d)
 
         def he_d():
             import hessian_eigenthings as H
@@ -276,11 +359,18 @@ def main():
                 return H.spectral_density(op, num_runs=npd, lanczos_steps=100, seed=0)
 
             _, t = timed(run, dev)
-            row("density", f"hessian-eigenthings spectral_density({npd}×100)", t, str(100 * npd),
-                "", f"{t / npd:.2f} s/probe")
+            row(
+                "density",
+                f"hessian-eigenthings spectral_density({npd}×100)",
+                t,
+                str(100 * npd),
+                "",
+                f"{t / npd:.2f} s/probe",
+            )
 
-        peer("hessian-eigenthings", he_d)
+        peer("hessian-eigenthings:density", he_d)
 
+    print(f"# HVP methods, seconds per vector: {obj._hvp_times} -> {obj._hvp_method}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

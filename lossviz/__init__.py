@@ -1,5 +1,14 @@
 """lossviz: see and measure neural-network loss landscapes."""
 
+from .directions import (
+    PCAResult,
+    Plane,
+    eigen_directions,
+    model_direction,
+    pca_directions,
+    plane_through,
+    random_directions,
+)
 from .errors import CheckpointError, DataError, LossvizError, NonFiniteLossError
 from .hessian import (
     hessian_blocks,
@@ -8,8 +17,10 @@ from .hessian import (
     hessian_eigs,
     hessian_trace,
 )
+from .landscape import Evaluations, Slice1D, Surface, evaluate, line, surface
 from .objective import Objective
 from .results import BlockResults, EigenResult, SpectralDensity, TraceResult
+from .roughness import RoughnessAlong, RoughnessResult, roughness_along, roughness_index
 from .weights import Weights, load_checkpoint
 
 __version__ = "0.1.0"
@@ -19,16 +30,33 @@ __all__ = [
     "CheckpointError",
     "DataError",
     "EigenResult",
+    "Evaluations",
     "LossvizError",
     "NonFiniteLossError",
     "Objective",
+    "PCAResult",
+    "Plane",
+    "RoughnessAlong",
+    "RoughnessResult",
+    "Slice1D",
     "SpectralDensity",
+    "Surface",
     "TraceResult",
     "Weights",
+    "eigen_directions",
+    "evaluate",
     "hessian_blocks",
     "hessian_density",
     "hessian_diagonal",
     "hessian_eigs",
     "hessian_trace",
+    "line",
     "load_checkpoint",
+    "model_direction",
+    "pca_directions",
+    "plane_through",
+    "random_directions",
+    "roughness_along",
+    "roughness_index",
+    "surface",
 ]

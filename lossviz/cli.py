@@ -17,8 +17,14 @@ def _section(title: str, body: str) -> str:
     return f"<section><h2>{html.escape(title)}</h2>{body}</section>"
 
 
-def demo(out: str = "lossviz-report.html", *, steps: int = 300, device: str = "cpu",
-         seed: int = 0, quiet: bool = False) -> Path:
+def demo(
+    out: str = "lossviz-report.html",
+    *,
+    steps: int = 300,
+    device: str = "cpu",
+    seed: int = 0,
+    quiet: bool = False,
+) -> Path:
     """Train an MLP on digits, measure its curvature, write a self-contained HTML report."""
     import lossviz as lv
     from lossviz.data import digits, mlp, train
@@ -33,8 +39,10 @@ def demo(out: str = "lossviz-report.html", *, steps: int = 300, device: str = "c
     with torch.no_grad():
         acc = (model(xte).argmax(1) == yte).float().mean().item()
     obj = lv.Objective(model, nn.functional.cross_entropy, (xtr, ytr))
-    say(f"trained MLP 64-64-64-10 (tanh) on digits for {steps} SGD steps: "
-        f"train loss {obj.loss():.4f}, test accuracy {acc:.3f}")
+    say(
+        f"trained MLP 64-64-64-10 (tanh) on digits for {steps} SGD steps: "
+        f"train loss {obj.loss():.4f}, test accuracy {acc:.3f}"
+    )
     say(obj)
     eig = lv.hessian_eigs(obj, k=10, which="both", tol=1e-4)
     say(eig)
@@ -60,18 +68,32 @@ def demo(out: str = "lossviz-report.html", *, steps: int = 300, device: str = "c
         f"on scikit-learn's digits ({len(ytr)} training images). Train loss "
         f"{obj.loss():.4f}, test accuracy {acc:.3f}. Computed on {device} in "
         f"{time.perf_counter() - t0:.1f} s.</p>",
-        _section("Summary", eig._repr_html_() + tr._repr_html_() + dens._repr_html_()
-                 + layers._repr_html_() + ggn._repr_html_()),
+        _section(
+            "Summary",
+            eig._repr_html_()
+            + tr._repr_html_()
+            + dens._repr_html_()
+            + layers._repr_html_()
+            + ggn._repr_html_(),
+        ),
     ]
     for i, (title, fig) in enumerate(figs):
-        parts.append(_section(title, fig.to_html(full_html=False,
-                                                 include_plotlyjs="inline" if i == 0 else False)))
-    style = ("<style>body{font-family:system-ui,sans-serif;max-width:1000px;margin:auto;"
-             "padding:1em}table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid"
-             " #ccc;padding:2px 8px;text-align:right}caption{text-align:left;color:#555}</style>")
+        parts.append(
+            _section(
+                title, fig.to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False)
+            )
+        )
+    style = (
+        "<style>body{font-family:system-ui,sans-serif;max-width:1000px;margin:auto;"
+        "padding:1em}table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid"
+        " #ccc;padding:2px 8px;text-align:right}caption{text-align:left;color:#555}</style>"
+    )
     path = Path(out)
-    path.write_text("<!doctype html><html><head><meta charset='utf-8'><title>lossviz report"
-                    f"</title>{style}</head><body>{''.join(parts)}</body></html>", encoding="utf-8")
+    path.write_text(
+        "<!doctype html><html><head><meta charset='utf-8'><title>lossviz report"
+        f"</title>{style}</head><body>{''.join(parts)}</body></html>",
+        encoding="utf-8",
+    )
     say(f"report written to {path.resolve()}")
     return path
 

@@ -30,7 +30,9 @@ def digits(*, split: float | None = None, dtype=torch.float32, device=None, seed
     return (x[tr], y[tr]), (x[te], y[te])
 
 
-def mlp(sizes=(64, 64, 64, 10), activation: type[nn.Module] = nn.ReLU, *, seed: int = 0) -> nn.Module:
+def mlp(
+    sizes=(64, 64, 64, 10), activation: type[nn.Module] = nn.ReLU, *, seed: int = 0
+) -> nn.Module:
     """A fully connected network ``sizes[0] -> ... -> sizes[-1]`` with a fixed init seed."""
     g = torch.random.fork_rng(devices=[])
     with g:

@@ -56,7 +56,9 @@ def resolve_blocks(obj: Objective, blocks) -> dict[str, list[str]]:
         if empty:
             raise LossvizError(f"empty blocks: {empty}")
         return out
-    raise LossvizError(f"blocks must be 'module' or a mapping name -> parameter names, got {blocks!r}")
+    raise LossvizError(
+        f"blocks must be 'module' or a mapping name -> parameter names, got {blocks!r}"
+    )
 
 
 def _block_index(obj: Objective, names: list[str]) -> Tensor:
@@ -130,12 +132,38 @@ def hessian_eigs(
             idx = _block_index(obj, pnames)
             sub = SubOperator(op, idx)
             kb = min(k, idx.numel())
-            res[bname] = _eigs(sub, kb, which, tol, max_hvp, seed, None, curvature,
-                               block_size, progress, layout, set(pnames), obj)
+            res[bname] = _eigs(
+                sub,
+                kb,
+                which,
+                tol,
+                max_hvp,
+                seed,
+                None,
+                curvature,
+                block_size,
+                progress,
+                layout,
+                set(pnames),
+                obj,
+            )
         return BlockResults(res, kind=f"{which} eigenvalues")
     op, layout = _operator(obj, at, curvature)
-    return _eigs(op, k, which, tol, max_hvp, seed, _as_v0(obj, v0, layout), curvature,
-                 block_size, progress, layout, None, obj)
+    return _eigs(
+        op,
+        k,
+        which,
+        tol,
+        max_hvp,
+        seed,
+        _as_v0(obj, v0, layout),
+        curvature,
+        block_size,
+        progress,
+        layout,
+        None,
+        obj,
+    )
 
 
 def _auto_block_size(obj) -> int:
@@ -149,12 +177,22 @@ def _auto_block_size(obj) -> int:
     return 4 if best < 0.5 * t.get("loop", best) else 1
 
 
-def _eigs(op, k, which, tol, max_hvp, seed, v0, curvature, block_size, progress, layout,
-          names, obj):
+def _eigs(
+    op, k, which, tol, max_hvp, seed, v0, curvature, block_size, progress, layout, names, obj
+):
     t0 = time.perf_counter()
     bs = block_size or _auto_block_size(obj)
-    out = lanczos(op, k, which=which, tol=tol, max_matvec=max_hvp, v0=v0, block_size=bs,
-                  seed=seed, progress=_progress(progress))
+    out = lanczos(
+        op,
+        k,
+        which=which,
+        tol=tol,
+        max_matvec=max_hvp,
+        v0=v0,
+        block_size=bs,
+        seed=seed,
+        progress=_progress(progress),
+    )
     _check(out.values, "eigenvalues")
     return EigenResult(
         values=out.values,
@@ -189,8 +227,14 @@ def hessian_density(
     op, _ = _operator(obj, at, curvature)
     nodes, weights, n_mv = slq(op, n_probes, steps, seed=seed, progress=_progress(progress))
     _check(nodes, "density")
-    return SpectralDensity(nodes=nodes, weights=weights, n_hvp=n_mv, n_params=op_meta(op)[0],
-                           curvature=curvature, seconds=time.perf_counter() - t0)
+    return SpectralDensity(
+        nodes=nodes,
+        weights=weights,
+        n_hvp=n_mv,
+        n_params=op_meta(op)[0],
+        curvature=curvature,
+        seconds=time.perf_counter() - t0,
+    )
 
 
 def hessian_trace(
@@ -203,7 +247,7 @@ def hessian_trace(
     seed: int = 0,
     blocks=None,
     curvature: str = "hessian",
-    batch_size: int = 16,
+    batch_size: int | None = None,
     progress: bool | None = None,
 ):
     """``tr(H)`` by Hutchinson (``zᵀHz``, Rademacher z) or Hutch++ (Meyer et al. 2021).
@@ -226,15 +270,29 @@ def hessian_trace(
         masks = torch.zeros(len(groups), n, dtype=torch.bool)
         for i, pn in enumerate(groups.values()):
             masks[i, _block_index(obj, pn).cpu()] = True
-    est = hutchinson_trace(op, rtol=rtol, max_matvec=max_hvp, method=method, masks=masks,
-                           seed=seed, batch_size=batch_size, progress=_progress(progress))
+    est = hutchinson_trace(
+        op,
+        rtol=rtol,
+        max_matvec=max_hvp,
+        method=method,
+        masks=masks,
+        seed=seed,
+        batch_size=batch_size,
+        progress=_progress(progress),
+    )
     _check(est.value, "trace")
     dt = time.perf_counter() - t0
     results = [
-        TraceResult(value=float(est.value[i]), stderr=float(est.stderr[i]), n_hvp=est.n_matvec,
-                    samples=est.samples[:, i], method=method, curvature=curvature,
-                    exact_part=float(est.exact_part[i] if len(est.exact_part) > i else 0),
-                    seconds=dt)
+        TraceResult(
+            value=float(est.value[i]),
+            stderr=float(est.stderr[i]),
+            n_hvp=est.n_matvec,
+            samples=est.samples[:, i],
+            method=method,
+            curvature=curvature,
+            exact_part=float(est.exact_part[i] if len(est.exact_part) > i else 0),
+            seconds=dt,
+        )
         for i in range(len(est.value))
     ]
     if bnames is None:
@@ -259,14 +317,33 @@ def hessian_diagonal(
     return layout.to_weights(d) if layout is not None else d
 
 
-def hessian_blocks(obj, blocks="module", *, k: int = 1, at=None, tol: float = 1e-4,
-                   rtol: float = 0.05, max_hvp: int = 1000, seed: int = 0,
-                   curvature: str = "hessian", progress: bool | None = None) -> BlockResults:
+def hessian_blocks(
+    obj,
+    blocks="module",
+    *,
+    k: int = 1,
+    at=None,
+    tol: float = 1e-4,
+    rtol: float = 0.05,
+    max_hvp: int = 1000,
+    seed: int = 0,
+    curvature: str = "hessian",
+    progress: bool | None = None,
+) -> BlockResults:
     """One table per block: the top-``k`` eigenvalues of ``H_SS`` and ``tr(H_SS)``."""
-    eig = hessian_eigs(obj, k, at=at, tol=tol, blocks=blocks, seed=seed, curvature=curvature,
-                       progress=progress)
-    tr = hessian_trace(obj, at=at, rtol=rtol, max_hvp=max_hvp, blocks=blocks, seed=seed,
-                       curvature=curvature, progress=progress)
+    eig = hessian_eigs(
+        obj, k, at=at, tol=tol, blocks=blocks, seed=seed, curvature=curvature, progress=progress
+    )
+    tr = hessian_trace(
+        obj,
+        at=at,
+        rtol=rtol,
+        max_hvp=max_hvp,
+        blocks=blocks,
+        seed=seed,
+        curvature=curvature,
+        progress=progress,
+    )
     rows = {}
     for name in eig:
         e, t = eig[name], tr[name]

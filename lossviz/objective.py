@@ -28,9 +28,11 @@ def _tree_to(x, device, non_blocking=True):
     if isinstance(x, Tensor):
         return x.to(device, non_blocking=non_blocking)
     if isinstance(x, Mapping):
-        return type(x)({k: _tree_to(v, device) for k, v in x.items()}) if not isinstance(
-            x, dict
-        ) else {k: _tree_to(v, device) for k, v in x.items()}
+        return (
+            type(x)({k: _tree_to(v, device) for k, v in x.items()})
+            if not isinstance(x, dict)
+            else {k: _tree_to(v, device) for k, v in x.items()}
+        )
     if isinstance(x, tuple) and hasattr(x, "_fields"):  # namedtuple
         return type(x)(*(_tree_to(v, device) for v in x))
     if isinstance(x, (list, tuple)):
@@ -196,7 +198,7 @@ class Objective:
             raise DataError("data is empty: no batch")
         self._hvp_method: dict[str, str] = {}  # fastest product method, per curvature
         self._hvp_times: dict[str, dict[str, float]] = {}  # seconds per vector
-        self._hvp_failed: set[str] = set()
+        self._hvp_failed: dict[str, str] = {}  # method -> why it is not used
         self._op_cache = None
 
     # data ------------------------------------------------------------------
@@ -264,7 +266,9 @@ class Objective:
         """A direction (Weights / mapping over the varying parameters, or a flat tensor)."""
         if isinstance(v, Tensor):
             if v.shape[-1] != self.layout.size:
-                raise LossvizError(f"flat vector of size {v.shape[-1]}, expected {self.layout.size}")
+                raise LossvizError(
+                    f"flat vector of size {v.shape[-1]}, expected {self.layout.size}"
+                )
             return v.to(self.device, self.dtype)
         if isinstance(v, Mapping):
             missing = [n for n in self.names if n not in v]
@@ -310,9 +314,7 @@ class Objective:
                 loss = self.loss_fn(out, batch[1])
         if not isinstance(loss, Tensor) or loss.numel() != 1:
             shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
-            raise LossvizError(
-                f"the loss must be a scalar (use a mean-reduced loss); got {shape}"
-            )
+            raise LossvizError(f"the loss must be a scalar (use a mean-reduced loss); got {shape}")
         return loss.reshape(())
 
     def batch_outputs(self, flat, fixed: Mapping[str, Tensor], batch) -> Tensor:
@@ -353,8 +355,10 @@ class Objective:
         """The curvature at a point as a linear operator on flat vectors (``op @ X``)."""
         from .hvp import CurvatureOperator
 
-        sources = None if isinstance(at, (str, os.PathLike)) else as_state(
-            self.model if at is None else at
+        sources = (
+            None
+            if isinstance(at, (str, os.PathLike))
+            else as_state(self.model if at is None else at)
         )
         key = None
         if sources is not None:
@@ -380,8 +384,10 @@ class Objective:
         """``H v_i`` for several vectors in batched passes (a list of Weights or a
         ``(k, P)`` tensor)."""
         op = self.operator(at, curvature=curvature)
-        V = self.as_flat(vs) if isinstance(vs, Tensor) else torch.stack(
-            [self.as_flat(v) for v in vs]
+        V = (
+            self.as_flat(vs)
+            if isinstance(vs, Tensor)
+            else torch.stack([self.as_flat(v) for v in vs])
         )
         out = op.apply(V)
         return [self.layout.to_weights(o) for o in out]

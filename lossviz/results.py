@@ -202,7 +202,6 @@ class SpectralDensity:
         return np.array(sorted(out, key=lambda v: -abs(v)))
 
     def __repr__(self) -> str:
-        x, _ = self.nodes.min(), self.nodes.max()
         return (
             f"SpectralDensity({self.curvature}, {self.nodes.shape[0]} probes × "
             f"{self.nodes.shape[1]} steps, {self.n_params:,} params): support ≈ "
@@ -214,8 +213,16 @@ class SpectralDensity:
         outs = ", ".join(_fmt(v) for v in self.outliers()[:12])
         return _html_table(
             ["probes", "steps", "λ min", "λ max", "outliers", "HVPs"],
-            [[self.nodes.shape[0], self.nodes.shape[1], _fmt(self.nodes.min()),
-              _fmt(self.nodes.max()), outs or "none", self.n_hvp]],
+            [
+                [
+                    self.nodes.shape[0],
+                    self.nodes.shape[1],
+                    _fmt(self.nodes.min()),
+                    _fmt(self.nodes.max()),
+                    outs or "none",
+                    self.n_hvp,
+                ]
+            ],
             f"spectral density of the {self.curvature} (SLQ)",
         )
 
@@ -282,32 +289,40 @@ class BlockResults(Mapping):
 
     def __repr__(self) -> str:
         cols = self._cols()
-        rows = [[_fmt(r[c]) if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols]
-                for r in self.table]
+        rows = [
+            [_fmt(r[c]) if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols]
+            for r in self.table
+        ]
         widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
-        line = lambda cells: "  ".join(s.rjust(w) if i else s.ljust(w)  # noqa: E731
-                                       for i, (s, w) in enumerate(zip(cells, widths)))
-        return "\n".join([f"BlockResults({self.kind}, {len(self)} blocks)", line(cols)]
-                         + [line(r) for r in rows])
+        line = lambda cells: "  ".join(
+            s.rjust(w) if i else s.ljust(w)  # noqa: E731
+            for i, (s, w) in enumerate(zip(cells, widths))
+        )
+        return "\n".join(
+            [f"BlockResults({self.kind}, {len(self)} blocks)", line(cols)] + [line(r) for r in rows]
+        )
 
     def _repr_html_(self) -> str:
         cols = self._cols()
-        rows = [[_fmt(r[c]) if isinstance(r.get(c), float) else r.get(c, "") for c in cols]
-                for r in self.table]
+        rows = [
+            [_fmt(r[c]) if isinstance(r.get(c), float) else r.get(c, "") for c in cols]
+            for r in self.table
+        ]
         return _html_table(cols, rows, f"per-block {self.kind}")
 
     def plot(self, column: str | None = None):
         import plotly.graph_objects as go
 
         rows = self.table
-        cols = [c for c in self._cols() if c not in ("block", "params", "std. error",
-                                                     "max residual")]
+        cols = [
+            c for c in self._cols() if c not in ("block", "params", "std. error", "max residual")
+        ]
         column = column or cols[0]
         err = None
         if column == "trace":
             err = dict(type="data", array=[2 * r.get("std. error", 0) for r in rows])
-        fig = go.Figure(go.Bar(x=[r["block"] for r in rows], y=[r.get(column) for r in rows],
-                               error_y=err))
-        fig.update_layout(title=f"{column} per block", yaxis_title=column,
-                          template="plotly_white")
+        fig = go.Figure(
+            go.Bar(x=[r["block"] for r in rows], y=[r.get(column) for r in rows], error_y=err)
+        )
+        fig.update_layout(title=f"{column} per block", yaxis_title=column, template="plotly_white")
         return fig

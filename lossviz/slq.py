@@ -26,7 +26,7 @@ from .hvp import apply_rows, op_meta
 def _memory_budget(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(0.5 * free)
+        return int(0.75 * free)
     try:
         avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):  # pragma: no cover
@@ -70,6 +70,7 @@ def slq(
     Z = rademacher(n_probes, n, dtype=dtype, device=device, generator=gen) / n**0.5
     per_probe = (m + 1) * n * torch.finfo(dtype).bits // 8
     g = group or max(1, min(n_probes, _memory_budget(device) // max(per_probe, 1)))
+    g = -(-n_probes // -(-n_probes // g))  # equal groups: 10 probes in 5 + 5, not 8 + 2
     eps = torch.finfo(dtype).eps ** 0.75
     nodes = np.zeros((n_probes, m))
     weights = np.zeros((n_probes, m))
@@ -110,8 +111,9 @@ def slq(
                     # basis and a zero coupling (its Ritz values get zero weight)
                     Zr = rademacher(L, n, dtype=dtype, device=device, generator=gen)
                     for _ in range(2):
-                        Zr = Zr - torch.bmm(torch.bmm(Qs, Zr.unsqueeze(2)).transpose(1, 2),
-                                            Qs).squeeze(1)
+                        Zr = Zr - torch.bmm(
+                            torch.bmm(Qs, Zr.unsqueeze(2)).transpose(1, 2), Qs
+                        ).squeeze(1)
                     Zr = Zr / Zr.norm(dim=1, keepdim=True)
                     Q[:, j + 1] = torch.where(bad[:, None], Zr, Q[:, j + 1])
                     beta[:, j] = torch.where(bad, torch.zeros_like(b), b)

@@ -173,9 +173,7 @@ class Layout:
         missing = [n for n in self.names if n not in w]
         if missing:
             raise CheckpointError(f"missing tensors: {missing[:10]}")
-        return torch.cat(
-            [w[n].reshape(-1).to(dtype=dtype, device=device) for n in self.names]
-        )
+        return torch.cat([w[n].reshape(-1).to(dtype=dtype, device=device) for n in self.names])
 
     def slices(self) -> dict[str, slice]:
         return {n: slice(a, a + k) for n, k, a in zip(self.names, self.numels, self.offsets)}

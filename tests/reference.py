@@ -118,9 +118,9 @@ def _dense(obj, at, curvature):
     # GGN: Σ_b w_b J_bᵀ H_ℓ J_b
     G = 0
     for b, nb in batches:
-        J = torch.func.jacrev(lambda t: obj.batch_outputs(t, fixed, b))(flat)
+        J = torch.func.jacrev(lambda t, b=b: obj.batch_outputs(t, fixed, b))(flat)
         out = obj.batch_outputs(flat, fixed, b).detach()
-        Hl = jacrev(jacrev(lambda o: obj.loss_fn(o, b[1])))(out)
+        Hl = jacrev(jacrev(lambda o, b=b: obj.loss_fn(o, b[1])))(out)
         J2 = J.reshape(out.numel(), -1)
         G = G + (nb / total) * J2.T @ Hl.reshape(out.numel(), out.numel()) @ J2
     return G
@@ -129,8 +129,10 @@ def _dense(obj, at, curvature):
 def snapshot(model: nn.Module):
     """Everything about a model a call must leave alone."""
     return {
-        "params": {n: (p.detach().clone(), p.requires_grad, None if p.grad is None else p.grad.clone())
-                   for n, p in model.named_parameters()},
+        "params": {
+            n: (p.detach().clone(), p.requires_grad, None if p.grad is None else p.grad.clone())
+            for n, p in model.named_parameters()
+        },
         "buffers": {n: b.detach().clone() for n, b in model.named_buffers()},
         "modes": [m.training for m in model.modules()],
         "ids": [id(p) for p in model.parameters()],
@@ -145,6 +147,8 @@ def assert_unchanged(model: nn.Module, snap) -> None:
         p2, rg2, g2 = now["params"][n]
         assert torch.equal(p, p2), f"parameter {n} changed"
         assert rg == rg2, f"requires_grad of {n} changed"
-        assert (g is None) == (g2 is None) and (g is None or torch.equal(g, g2)), f".grad of {n} changed"
+        assert (g is None) == (g2 is None) and (g is None or torch.equal(g, g2)), (
+            f".grad of {n} changed"
+        )
     for n, b in snap["buffers"].items():
         assert torch.equal(b, now["buffers"][n]), f"buffer {n} changed"

@@ -11,8 +11,16 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"
 
 
 @cuda
-@pytest.mark.parametrize("case,bn", [("mlp", "eval"), ("cnn_bn", "eval"), ("cnn_bn", "train"),
-                                     ("attention", "eval"), ("tied", "eval")])
+@pytest.mark.parametrize(
+    "case,bn",
+    [
+        ("mlp", "eval"),
+        ("cnn_bn", "eval"),
+        ("cnn_bn", "train"),
+        ("attention", "eval"),
+        ("tied", "eval"),
+    ],
+)
 def test_cuda_matches_cpu_dense(case, bn):
     m, loss, (x, y) = CASES[case]()
     H = dense_hessian(lv.Objective(m, loss, (x, y), bn=bn))

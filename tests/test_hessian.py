@@ -16,8 +16,13 @@ def make(case, bn="eval", **kw):
     return m, lv.Objective(m, loss, data, bn=bn, **kw)
 
 
-ALL = [("mlp", "eval"), ("cnn_bn", "eval"), ("cnn_bn", "train"), ("attention", "eval"),
-       ("tied", "eval")]
+ALL = [
+    ("mlp", "eval"),
+    ("cnn_bn", "eval"),
+    ("cnn_bn", "train"),
+    ("attention", "eval"),
+    ("tied", "eval"),
+]
 
 
 @pytest.mark.parametrize("case,bn", ALL)
@@ -78,8 +83,12 @@ def test_clustered_eigenvalues_dense_operator():
     # a spectrum with tight clusters (where power iteration with deflation fails)
     g = torch.Generator().manual_seed(0)
     Qm, _ = torch.linalg.qr(torch.randn(300, 300, generator=g, dtype=torch.float64))
-    lam = torch.cat([torch.tensor([10.0, 9.9999, 9.9998, 9.99, 5.0]),
-                     torch.rand(295, generator=g, dtype=torch.float64) * 2 - 1]).double()
+    lam = torch.cat(
+        [
+            torch.tensor([10.0, 9.9999, 9.9998, 9.99, 5.0]),
+            torch.rand(295, generator=g, dtype=torch.float64) * 2 - 1,
+        ]
+    ).double()
     A = Qm @ torch.diag(lam) @ Qm.T
     res = lv.hessian_eigs(A, k=5, tol=1e-9)
     np.testing.assert_allclose(res.values, [10.0, 9.9999, 9.9998, 9.99, 5.0], atol=1e-7)
@@ -127,8 +136,16 @@ def test_slq_moment_identities():
     from lossviz.slq import probe_generator, rademacher
 
     n = obj.n_params
-    Z = rademacher(3, n, dtype=torch.float64, device=torch.device("cpu"),
-                   generator=probe_generator(3, torch.device("cpu"))) / n**0.5
+    Z = (
+        rademacher(
+            3,
+            n,
+            dtype=torch.float64,
+            device=torch.device("cpu"),
+            generator=probe_generator(3, torch.device("cpu")),
+        )
+        / n**0.5
+    )
     for i in range(3):
         v = Z[i]
         Hp_v = v.clone()
@@ -240,8 +257,11 @@ def test_batch_weighting_uneven_last_batch():
     assert torch.allclose(H1, H2, atol=1e-12)
     v = torch.randn(one.n_params, dtype=torch.float64)
     assert torch.allclose(many.hvp(v).flatten(), H1 @ v, atol=1e-12)
-    np.testing.assert_allclose(lv.hessian_eigs(many, k=2, tol=1e-10).values,
-                               torch.linalg.eigvalsh(H1).flip(0)[:2].numpy(), rtol=1e-8)
+    np.testing.assert_allclose(
+        lv.hessian_eigs(many, k=2, tol=1e-10).values,
+        torch.linalg.eigvalsh(H1).flip(0)[:2].numpy(),
+        rtol=1e-8,
+    )
     # a DataLoader (re-iterable, streamed) gives the same numbers
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=10)
     streamed = lv.Objective(m, loss, loader)
@@ -258,12 +278,16 @@ def test_params_selection_and_forward():
     H = dense_hessian(full)
     sl = full.layout.slices()
     idx = torch.cat([torch.arange(sl[n].start, sl[n].stop) for n in ("2.weight", "2.bias")])
-    np.testing.assert_allclose(lv.hessian_eigs(obj, k=2, tol=1e-10).values,
-                               torch.linalg.eigvalsh(H[idx][:, idx]).flip(0)[:2].numpy(), rtol=1e-8)
+    np.testing.assert_allclose(
+        lv.hessian_eigs(obj, k=2, tol=1e-10).values,
+        torch.linalg.eigvalsh(H[idx][:, idx]).flip(0)[:2].numpy(),
+        rtol=1e-8,
+    )
     pred = lv.Objective(m, loss, (x, y), params=lambda n: n.startswith("2."))
     assert pred.names == ["2.weight", "2.bias"]
-    custom = lv.Objective(m, data={"x": x, "y": y},
-                          forward=lambda mod, b: F.cross_entropy(mod(b["x"]), b["y"]))
+    custom = lv.Objective(
+        m, data={"x": x, "y": y}, forward=lambda mod, b: F.cross_entropy(mod(b["x"]), b["y"])
+    )
     assert custom.loss() == pytest.approx(full.loss(), rel=1e-12)
     v = torch.randn(full.n_params, dtype=torch.float64)
     assert torch.allclose(custom.hvp(v).flatten(), H @ v, atol=1e-11)
@@ -383,5 +407,6 @@ def test_torch_func_batchnorm_bug_is_avoided():
     assert "fwd" not in obj.operator()._methods(4)
     V = torch.randn(5, obj.n_params, dtype=torch.float64)
     lv.hessian_eigs(obj, k=2)  # tunes the product method
-    assert torch.allclose(torch.stack([h.flatten() for h in obj.hvp_batched(V)]), V @ H_rr,
-                          atol=1e-11)
+    assert torch.allclose(
+        torch.stack([h.flatten() for h in obj.hvp_batched(V)]), V @ H_rr, atol=1e-11
+    )
