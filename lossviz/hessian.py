@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -204,6 +205,7 @@ def _eigs(
         curvature=curvature,
         n_params=op_meta(op)[0],
         seconds=time.perf_counter() - t0,
+        complete=not out.interrupted,
     )
 
 
@@ -225,9 +227,17 @@ def hessian_density(
     """
     t0 = time.perf_counter()
     op, _ = _operator(obj, at, curvature)
-    nodes, weights, n_mv = slq(op, n_probes, steps, seed=seed, progress=_progress(progress))
+    nodes, weights, n_mv, complete = slq(
+        op, n_probes, steps, seed=seed, progress=_progress(progress)
+    )
     _check(nodes, "density")
+    if not complete:
+        warnings.warn(
+            f"SLQ interrupted: {nodes.shape[0]} probe(s) × {nodes.shape[1]} steps kept",
+            stacklevel=2,
+        )
     return SpectralDensity(
+        complete=complete,
         nodes=nodes,
         weights=weights,
         n_hvp=n_mv,
@@ -292,6 +302,7 @@ def hessian_trace(
             curvature=curvature,
             exact_part=float(est.exact_part[i] if len(est.exact_part) > i else 0),
             seconds=dt,
+            complete=est.complete,
         )
         for i in range(len(est.value))
     ]

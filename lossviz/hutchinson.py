@@ -28,6 +28,7 @@ class TraceEstimate:
     samples: np.ndarray  # (n_samples, B) the per-probe samples of the Hutchinson part
     n_matvec: int
     exact_part: np.ndarray  # (B,) the sketched trace of Hutch++ (0 for Hutchinson)
+    complete: bool = True  # False when interrupted (Ctrl-C) after some probes
 
 
 def hutchinson_trace(
@@ -77,6 +78,7 @@ def hutchinson_trace(
         bar.update(n_mv)
     chunks = []
     n_samples = 0
+    complete = True
     try:
         while n_mv < max_matvec:
             c = min(batch_size, max_matvec - n_mv)
@@ -98,6 +100,10 @@ def hutchinson_trace(
                 se = samp.std(0, ddof=1) / np.sqrt(len(samp))
                 if np.all(se <= rtol * np.abs(mean + exact)):
                     break
+    except KeyboardInterrupt:
+        if n_samples < 2:
+            raise
+        complete = False  # keep the probes done so far
     finally:
         if bar is not None:
             bar.close()
@@ -108,7 +114,12 @@ def hutchinson_trace(
         else np.full(samp.shape[1], np.inf)
     )
     return TraceEstimate(
-        value=samp.mean(0) + exact, stderr=se, samples=samp, n_matvec=n_mv, exact_part=exact
+        value=samp.mean(0) + exact,
+        stderr=se,
+        samples=samp,
+        n_matvec=n_mv,
+        exact_part=exact,
+        complete=complete,
     )
 
 

@@ -37,6 +37,7 @@ class LanczosOutput:
     n_matvec: int
     converged: np.ndarray  # bool per pair
     norm_estimate: float  # |λ|_max estimate used to scale the residuals
+    interrupted: bool = False  # stopped by KeyboardInterrupt: the pairs found so far
 
 
 def _select(theta: np.ndarray, k: int, which: str) -> np.ndarray:
@@ -170,41 +171,54 @@ def lanczos(
     try:
         while True:
             # -- expand the basis block by block, checking convergence as it grows --
-            while True:
-                blk = Q[nq - b : nq]
-                W = apply_rows(op, blk)
-                n_mv += b
-                if bar is not None:
-                    bar.update(b)
-                scale = W.norm(dim=1).max()
-                Qa = Q[:nq]
-                h = Qa @ W.T
-                W = W - h.T @ Qa
-                h2 = Qa @ W.T
-                W = W - h2.T @ Qa
-                T[:nq, nq - b : nq] = h + h2
-                Qn, R = _orthonormal_block(Qa, W, scale, gen, eps)
-                T[nq : nq + b, nq - b : nq] = R
-                R_last = R
-                Q[nq : nq + b] = Qn
-                nq += b
+            interrupted = False
+            try:
+                while True:
+                    blk = Q[nq - b : nq]
+                    W = apply_rows(op, blk)
+                    n_mv += b
+                    if bar is not None:
+                        bar.update(b)
+                    scale = W.norm(dim=1).max()
+                    Qa = Q[:nq]
+                    h = Qa @ W.T
+                    W = W - h.T @ Qa
+                    h2 = Qa @ W.T
+                    W = W - h2.T @ Qa
+                    T[:nq, nq - b : nq] = h + h2
+                    Qn, R = _orthonormal_block(Qa, W, scale, gen, eps)
+                    T[nq : nq + b, nq - b : nq] = R
+                    Q[nq : nq + b] = Qn
+                    nq += b
+                    na = nq - b
+                    full = nq > m or na >= n
+                    if (
+                        full
+                        or n_mv >= max_matvec
+                        or (na >= nwant + b and (na // b) % check_every == 0)
+                    ):
+                        break
+            except KeyboardInterrupt:
+                # keep what was computed: the Ritz pairs of the finished blocks
                 na = nq - b
-                full = nq > m or na >= n
-                if full or n_mv >= max_matvec or (na >= nwant + b and (na // b) % check_every == 0):
-                    break
+                if na < 1:
+                    raise
+                interrupted = True
 
             # -- Rayleigh-Ritz: Ritz values, and residual norms from the recurrence -----
-            # H Q_a = Q_a T_a + Q_next R_last E_lastᵀ, so ||H y - θ y|| = ||R_last s_last||
+            # H Q_a = Q_a T_a + Q_next R Eᵀ, so ||H y - θ y|| = ||R s|| for y = Q_a s
             # (exact up to rounding with full reorthogonalization)
             Ta = T[:na, :na].to(torch.float64).cpu().numpy()
             Ta = 0.5 * (Ta + Ta.T)
             theta, S = np.linalg.eigh(Ta)
             norm_est = max(norm_est, float(np.abs(theta).max()), torch.finfo(dtype).tiny)
-            Rl = R_last.to(torch.float64).cpu().numpy()
-            est = np.linalg.norm(Rl @ S[na - b : na, :], axis=0) / norm_est
+            # coupling of the active basis to the next block (after a restart it sits on
+            # the kept Ritz vectors)
+            Rc = T[na : na + b, :na].to(torch.float64).cpu().numpy()
+            est = np.linalg.norm(Rc @ S, axis=0) / norm_est
             want = _select(theta, k, which)
             done = bool(np.all(est[want] <= tol)) or na >= n
-            exhausted = n_mv >= max_matvec
+            exhausted = n_mv >= max_matvec or interrupted
             if done or exhausted:
                 Sw = torch.as_tensor(S[:, want], dtype=dtype, device=device)
                 Y = Sw.T @ Q[:na]
@@ -216,7 +230,13 @@ def lanczos(
                     res = (HY - tw[:, None] * Y).norm(dim=1).to(torch.float64).cpu().numpy()
                     res = res / norm_est
                 conv = res <= tol
-                if not conv.all():
+                if interrupted:
+                    warnings.warn(
+                        f"Lanczos interrupted after {n_mv} products: returning the Ritz pairs "
+                        "so far (see `converged`)",
+                        stacklevel=3,
+                    )
+                elif not conv.all():
                     warnings.warn(
                         f"Lanczos stopped after {n_mv} products with residuals up to "
                         f"{res.max():.2e} (tol {tol:.0e}); raise max_hvp",
@@ -231,6 +251,7 @@ def lanczos(
                     n_matvec=n_mv,
                     converged=conv[perm],
                     norm_estimate=norm_est,
+                    interrupted=interrupted,
                 )
             if not full:
                 continue
@@ -245,7 +266,7 @@ def lanczos(
             Sk = torch.as_tensor(S[:, keep], dtype=dtype, device=device)
             Y = Sk.T @ Q[:na]
             last = Q[na : na + b].clone()
-            coupling = torch.as_tensor(Rl @ S[na - b : na, keep], dtype=dtype, device=device)
+            coupling = torch.as_tensor(Rc @ S[:, keep], dtype=dtype, device=device)
             Q.zero_()
             T.zero_()
             Q[:p] = Y

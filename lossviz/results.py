@@ -40,6 +40,7 @@ class EigenResult:
     curvature: str = "hessian"
     n_params: int = 0
     seconds: float = 0.0
+    complete: bool = True  # False when interrupted (Ctrl-C): the pairs found so far
 
     @property
     def all_converged(self) -> bool:
@@ -48,6 +49,8 @@ class EigenResult:
     def __repr__(self) -> str:
         vals = ", ".join(_fmt(v) for v in self.values)
         state = "converged" if self.all_converged else "NOT converged"
+        if not self.complete:
+            state += ", interrupted"
         return (
             f"EigenResult({self.which} {len(self.values)} of {self.curvature}, "
             f"{self.n_params:,} params): [{vals}]; max residual "
@@ -96,11 +99,14 @@ class TraceResult:
     curvature: str = "hessian"
     exact_part: float = 0.0
     seconds: float = 0.0
+    complete: bool = True  # False when interrupted (Ctrl-C): the probes done so far
 
     def __repr__(self) -> str:
         return (
             f"TraceResult(tr = {_fmt(self.value)} ± {self.stderr:.3g} (std. error), "
-            f"{self.method}, {self.n_hvp} HVPs, {self.seconds:.2f} s)"
+            f"{self.method}, {self.n_hvp} HVPs, {self.seconds:.2f} s"
+            + ("" if self.complete else ", interrupted")
+            + ")"
         )
 
     def _repr_html_(self) -> str:
@@ -149,6 +155,7 @@ class SpectralDensity:
     n_params: int
     curvature: str = "hessian"
     seconds: float = 0.0
+    complete: bool = True  # False when interrupted: fewer probes or steps than asked
 
     def moment(self, p: int) -> float:
         """``(1/P) tr(H^p)`` estimated by the quadrature."""

@@ -53,14 +53,16 @@ def slq(
     seed: int = 0,
     group: int | None = None,
     progress=None,
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Nodes and weights of SLQ: ``(nodes (n_probes, m), weights (n_probes, m), n_matvec)``.
+) -> tuple[np.ndarray, np.ndarray, int, bool]:
+    """Nodes and weights of SLQ: ``(nodes (n_probes, m), weights (n_probes, m), n_matvec,
+    complete)``. Interrupted (Ctrl-C), it returns the finished probes, or all probes of
+    the first group with the steps done so far (a valid, coarser quadrature).
 
     Rademacher probes normalized to unit length; ``m = min(steps, P)``; weights of each
     probe sum to 1.
 
     >>> A = torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
-    >>> nodes, weights, _ = slq(A, n_probes=2, steps=3)
+    >>> nodes, weights, _, _ = slq(A, n_probes=2, steps=3)
     >>> np.allclose(np.sort(nodes[0]), [1, 2, 3]), np.allclose(weights.sum(1), 1)
     (True, True)
     """
@@ -88,35 +90,28 @@ def slq(
             Q[:, 0] = V
             alpha = torch.zeros(L, m, dtype=dtype, device=device)
             beta = torch.zeros(L, m, dtype=dtype, device=device)
-            for j in range(m):
-                W = apply_rows(op, Q[:, j])
-                n_mv += L
-                if bar is not None:
-                    bar.update(L)
-                scale = W.norm(dim=1)
-                Qs = Q[:, : j + 1]
-                c = torch.bmm(Qs, W.unsqueeze(2)).squeeze(2)
-                W = W - torch.bmm(c.unsqueeze(1), Qs).squeeze(1)
-                c2 = torch.bmm(Qs, W.unsqueeze(2)).squeeze(2)
-                W = W - torch.bmm(c2.unsqueeze(1), Qs).squeeze(1)
-                alpha[:, j] = c[:, j] + c2[:, j]
-                if j == m - 1:
-                    break
-                b = W.norm(dim=1)
-                bad = b <= eps * scale.clamp_min(torch.finfo(dtype).tiny)
-                Q[:, j + 1] = W / b.clamp_min(torch.finfo(dtype).tiny)[:, None]
-                beta[:, j] = b
-                if bool(bad.any()):  # one host check per step, small next to the products
-                    # an exhausted Krylov space: go on with a vector orthogonal to the
-                    # basis and a zero coupling (its Ritz values get zero weight)
-                    Zr = rademacher(L, n, dtype=dtype, device=device, generator=gen)
-                    for _ in range(2):
-                        Zr = Zr - torch.bmm(
-                            torch.bmm(Qs, Zr.unsqueeze(2)).transpose(1, 2), Qs
-                        ).squeeze(1)
-                    Zr = Zr / Zr.norm(dim=1, keepdim=True)
-                    Q[:, j + 1] = torch.where(bad[:, None], Zr, Q[:, j + 1])
-                    beta[:, j] = torch.where(bad, torch.zeros_like(b), b)
+            done = [0]
+            try:
+                _lanczos_steps(op, Q, alpha, beta, m, gen, eps, bar, done)
+            except KeyboardInterrupt:
+                # keep what was computed: the finished groups, or a shorter quadrature
+                # (fewer steps) of the first group
+                steps_done = done[0]
+                n_mv += L * steps_done
+                if s > 0:
+                    return nodes[:s], weights[:s], n_mv, False
+                if steps_done == 0:
+                    raise
+                a = alpha[:, :steps_done].to(torch.float64).cpu().numpy()
+                bt = beta[:, : steps_done - 1].to(torch.float64).cpu().numpy()
+                out = [eigh_tridiagonal(a[i], bt[i]) for i in range(L)]
+                return (
+                    np.stack([o[0] for o in out]),
+                    np.stack([o[1][0] ** 2 for o in out]),
+                    n_mv,
+                    False,
+                )
+            n_mv += L * m
             a = alpha.to(torch.float64).cpu().numpy()
             bt = beta.to(torch.float64).cpu().numpy()
             for i in range(L):
@@ -127,4 +122,39 @@ def slq(
     finally:
         if bar is not None:
             bar.close()
-    return nodes, weights, n_mv
+    return nodes, weights, n_mv, True
+
+
+def _lanczos_steps(op, Q, alpha, beta, m, gen, eps, bar, done: list) -> None:
+    """``m`` lockstep Lanczos steps for the probes in ``Q[:, 0]``, each fully
+    reorthogonalized against its own basis; fills ``alpha`` and ``beta`` and counts the
+    finished steps in ``done[0]`` (read after an interruption)."""
+    L, _, n = Q.shape
+    dtype, device = Q.dtype, Q.device
+    for j in range(m):
+        W = apply_rows(op, Q[:, j])
+        if bar is not None:
+            bar.update(L)
+        scale = W.norm(dim=1)
+        Qs = Q[:, : j + 1]
+        c = torch.bmm(Qs, W.unsqueeze(2)).squeeze(2)
+        W = W - torch.bmm(c.unsqueeze(1), Qs).squeeze(1)
+        c2 = torch.bmm(Qs, W.unsqueeze(2)).squeeze(2)
+        W = W - torch.bmm(c2.unsqueeze(1), Qs).squeeze(1)
+        alpha[:, j] = c[:, j] + c2[:, j]
+        done[0] = j + 1
+        if j == m - 1:
+            break
+        b = W.norm(dim=1)
+        bad = b <= eps * scale.clamp_min(torch.finfo(dtype).tiny)
+        Q[:, j + 1] = W / b.clamp_min(torch.finfo(dtype).tiny)[:, None]
+        beta[:, j] = b
+        if bool(bad.any()):  # one host check per step, small next to the products
+            # an exhausted Krylov space: go on with a vector orthogonal to the
+            # basis and a zero coupling (its Ritz values get zero weight)
+            Zr = rademacher(L, n, dtype=dtype, device=device, generator=gen)
+            for _ in range(2):
+                Zr = Zr - torch.bmm(torch.bmm(Qs, Zr.unsqueeze(2)).transpose(1, 2), Qs).squeeze(1)
+            Zr = Zr / Zr.norm(dim=1, keepdim=True)
+            Q[:, j + 1] = torch.where(bad[:, None], Zr, Q[:, j + 1])
+            beta[:, j] = torch.where(bad, torch.zeros_like(b), b)
