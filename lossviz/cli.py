@@ -33,7 +33,9 @@ def demo(
     t0 = time.perf_counter()
     (xtr, ytr), (xte, yte) = digits(split=0.2, seed=seed)
     model = mlp((64, 64, 64, 10), nn.Tanh, seed=seed)
-    train(model, (xtr, ytr), steps=steps, lr=0.1, momentum=0.9, seed=seed)
+    snaps = train(
+        model, (xtr, ytr), steps=steps, lr=0.1, momentum=0.9, seed=seed, every=max(1, steps // 10)
+    )
     model = model.to(device)
     xtr, ytr, xte, yte = (t.to(device) for t in (xtr, ytr, xte, yte))
     with torch.no_grad():
@@ -54,6 +56,13 @@ def demo(
     say(layers)
     ggn = lv.hessian_eigs(obj, k=10, curvature="ggn", tol=1e-4)
     say(ggn)
+    pca = lv.pca_directions(snaps, 2)
+    path = lv.surface(obj, None, pca, n=(41, 41), metrics=("loss", "accuracy"))
+    say(f"loss surface on the PCA plane of the training path: {path}")
+    rnd = lv.surface(obj, None, lv.random_directions(obj, 2, seed=seed), n=(41, 41))
+    top_dir = lv.line(obj, None, eig.vectors[-1], span=(-3, 3), n=61)
+    rough = lv.roughness_index(obj, n_directions=40, seed=seed)
+    say(rough)
 
     figs = [
         ("Spectral density (stochastic Lanczos quadrature)", dens.plot(log=True)),
@@ -61,6 +70,16 @@ def demo(
         ("Top eigenvalues of the Gauss-Newton matrix", ggn.plot()),
         ("Trace estimate", tr.plot()),
         ("Curvature per layer", layers.plot("λ1")),
+        (
+            "Loss on the PCA plane of the training trajectory (Li et al. 2018)",
+            path.plot("contour", log=True),
+        ),
+        (
+            "Loss around the trained model, filter-normalized random directions",
+            rnd.plot("contour", log=True),
+        ),
+        ("Loss along the top Hessian eigenvector", top_dir.plot()),
+        ("Roughness index (Wu et al. 2021): the 40 normalized slices", rough.plot()),
     ]
     parts = [
         "<h1>lossviz report</h1>",

@@ -180,12 +180,15 @@ class SpectralDensity:
             dens += (np.exp(-0.5 * d * d) * w[None, i : i + 512]).sum(1)
         return x, dens / (sigma * np.sqrt(2 * np.pi))
 
-    def outliers(self, mass: float = 0.99, gap: float = 0.25) -> np.ndarray:
+    def outliers(self, mass: float = 0.99, gap: float = 0.25, agree: float = 1e-3) -> np.ndarray:
         """Eigenvalues separated from the bulk, sorted descending by magnitude.
 
         The bulk is the central ``mass`` of the spectral measure (weighted quantiles of the
-        pooled nodes); an outlier is the median over probes of the i-th most extreme Ritz
-        value when it lies more than ``gap`` bulk widths outside it.
+        pooled nodes). Going inward from each end, the i-th most extreme Ritz value is an
+        outlier when it lies more than ``gap`` bulk widths outside the bulk and every probe
+        found it (the probes' values agree within ``agree`` times the spectral range): an
+        isolated eigenvalue is resolved by Lanczos from any start vector, the bulk is not.
+        Its value is the median over probes.
         """
         lam = self.nodes.reshape(-1)
         w = self.weights.reshape(-1)
@@ -194,18 +197,19 @@ class SpectralDensity:
         lo = lam[o][np.searchsorted(cw, (1 - mass) / 2)]
         hi = lam[o][min(np.searchsorted(cw, 1 - (1 - mass) / 2), len(lam) - 1)]
         width = max(hi - lo, 1e-12 * max(abs(hi), abs(lo), 1.0))
+        tol = agree * max(float(lam.max() - lam.min()), 1e-300)
         srt = np.sort(self.nodes, axis=1)
         out = []
-        for i in range(srt.shape[1]):  # from the top
-            v = float(np.median(srt[:, -1 - i]))
-            if v <= hi + gap * width:
-                break
-            out.append(v)
-        for i in range(srt.shape[1]):  # from the bottom
-            v = float(np.median(srt[:, i]))
-            if v >= lo - gap * width:
-                break
-            out.append(v)
+        for col, outside in (
+            (lambda i: srt[:, -1 - i], lambda v: v > hi + gap * width),
+            (lambda i: srt[:, i], lambda v: v < lo - gap * width),
+        ):
+            for i in range(srt.shape[1]):
+                vals = col(i)
+                v = float(np.median(vals))
+                if not outside(v) or float(vals.max() - vals.min()) > tol:
+                    break
+                out.append(v)
         return np.array(sorted(out, key=lambda v: -abs(v)))
 
     def __repr__(self) -> str:
@@ -237,8 +241,8 @@ class SpectralDensity:
         import plotly.graph_objects as go
 
         x, d = self.smooth(sigma=sigma)
-        if log:
-            d = np.maximum(d, 1e-12 * max(d.max(), 1e-300))
+        if log:  # the Gaussian tails below 1e-7 of the peak are left out of view
+            d = np.maximum(d, 1e-7 * max(d.max(), 1e-300))
         fig = go.Figure(go.Scatter(x=x, y=d, mode="lines", name="density"))
         for v in self.outliers():
             fig.add_vline(x=v, line=dict(dash="dot", width=1, color="firebrick"))
