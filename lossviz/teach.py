@@ -1,0 +1,468 @@
+"""Teaching optimization: ``playground()``, an interactive 2-D optimizer playground.
+
+Optimizers from ``torch.optim`` (and SAM) run on classic 2-D test functions; trajectories
+over the contours and loss against step update as the sliders move. Two more panels: the
+edge of stability (gradient descent on a quadratic diverges past ``lr = 2/λ_max``) and a
+Muon-style orthogonalized update on a small matrix problem. Runs in Jupyter and as a Voila
+page (``voila notebooks/playground.ipynb``). Needs ``pip install 'lossviz[widgets]'``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import LossvizError
+
+__all__ = ["FUNCTIONS", "OPTIMIZERS", "Playground", "newton_schulz", "playground", "run",
+           "sam_step"]
+
+
+@dataclass(frozen=True)
+class Function2D:
+    """A 2-D function ``f(xy)`` on ``xy[..., 2]`` with a plotting box and a start point."""
+
+    name: str
+    f: Callable[[torch.Tensor, float], torch.Tensor]
+    box: tuple[float, float, float, float]  # x0, x1, y0, y1
+    start: tuple[float, float]
+    minima: tuple = ()
+    log: bool = True  # contours of log(f - f_min + eps)
+
+    def __call__(self, xy: torch.Tensor, kappa: float = 10.0) -> torch.Tensor:
+        return self.f(xy, kappa)
+
+
+def _quadratic(xy, kappa):
+    return 0.5 * (xy[..., 0] ** 2 + kappa * xy[..., 1] ** 2) / math.sqrt(kappa)
+
+
+def _rosenbrock(xy, kappa):
+    x, y = xy[..., 0], xy[..., 1]
+    return (1 - x) ** 2 + 100 * (y - x**2) ** 2
+
+
+def _himmelblau(xy, kappa):
+    x, y = xy[..., 0], xy[..., 1]
+    return (x**2 + y - 11) ** 2 + (x + y**2 - 7) ** 2
+
+
+def _saddle(xy, kappa):
+    x, y = xy[..., 0], xy[..., 1]
+    return x**2 - y**2 + 0.1 * y**4  # saddle at 0, minima at y = ±√5
+
+
+def _sharp_flat(xy, kappa):
+    x, y = xy[..., 0], xy[..., 1]
+    sharp = 1.2 * torch.exp(-((x + 1.5) ** 2 + y**2) / (2 * 0.15**2))
+    flat = 1.0 * torch.exp(-((x - 1.5) ** 2 + y**2) / (2 * 0.9**2))
+    return 1.3 - sharp - flat + 0.02 * (x**2 + y**2)
+
+
+def _multiwell(xy, kappa):
+    x, y = xy[..., 0], xy[..., 1]
+    return torch.sin(2 * x) * torch.cos(2 * y) + 0.1 * (x**2 + y**2) + 1.2
+
+
+FUNCTIONS: dict[str, Function2D] = {
+    "ill-conditioned quadratic": Function2D("ill-conditioned quadratic", _quadratic,
+                                              (-5, 5, -2.5, 2.5), (-4.5, 1.5), ((0, 0),)),
+    "Rosenbrock": Function2D("Rosenbrock", _rosenbrock, (-2, 2, -1, 3), (-1.5, 2.5),
+                               ((1, 1),)),
+    "Himmelblau": Function2D("Himmelblau", _himmelblau, (-5, 5, -5, 5), (0.0, -0.5),
+                               ((3, 2), (-2.805118, 3.131312), (-3.779310, -3.283186),
+                                (3.584428, -1.848126))),
+    "saddle": Function2D("saddle", _saddle, (-2, 2, -3, 3), (-1.5, 0.01), (), log=False),
+    "sharp vs flat minima": Function2D("sharp vs flat minima", _sharp_flat,
+                                         (-3, 3.5, -2.5, 2.5), (0.2, 1.6),
+                                         ((-1.5, 0), (1.5, 0)), log=False),
+    "multi-well": Function2D("multi-well", _multiwell, (-4, 4, -4, 4), (2.5, 2.9), (),
+                               log=False),
+}
+
+
+def _opt(name: str, params, lr: float, momentum: float):
+    o = torch.optim
+    if name in ("SGD", "SAM"):
+        return o.SGD(params, lr=lr)
+    if name == "momentum":
+        return o.SGD(params, lr=lr, momentum=momentum)
+    if name == "Nesterov":
+        return o.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0)
+    if name == "Adam":
+        return o.Adam(params, lr=lr, betas=(momentum, 0.999))
+    if name == "AdamW":
+        return o.AdamW(params, lr=lr, betas=(momentum, 0.999), weight_decay=0.01)
+    if name == "RMSprop":
+        return o.RMSprop(params, lr=lr, momentum=0.0)
+    if name == "Adagrad":
+        return o.Adagrad(params, lr=lr)
+    raise LossvizError(f"unknown optimizer {name!r}; choose from {OPTIMIZERS}")
+
+
+OPTIMIZERS = ("SGD", "momentum", "Nesterov", "Adam", "AdamW", "RMSprop", "Adagrad", "SAM")
+
+
+def sam_step(p: torch.Tensor, loss_fn, opt, rho: float) -> float:
+    """One sharpness-aware minimization step (Foret et al. 2021): the gradient is taken at
+    ``p + ρ·g/||g||`` and applied at ``p`` by ``opt``. Returns the loss at ``p``."""
+    opt.zero_grad()
+    loss = loss_fn(p)
+    loss.backward()
+    g = p.grad.detach().clone()
+    eps = rho * g / (g.norm() + 1e-12)
+    with torch.no_grad():
+        p.add_(eps)
+    opt.zero_grad()
+    loss_fn(p).backward()
+    with torch.no_grad():
+        p.sub_(eps)
+    opt.step()
+    return float(loss)
+
+
+def run(fn: Function2D, optimizer: str, *, lr: float, steps: int, momentum: float = 0.9,
+        rho: float = 0.05, kappa: float = 10.0, start=None) -> tuple[np.ndarray, np.ndarray]:
+    """``(trajectory (steps+1, 2), loss (steps+1,))`` of ``optimizer`` on ``fn``; stops
+    early (the rest NaN) when it diverges."""
+    if not (lr > 0 and math.isfinite(lr)):
+        raise LossvizError(f"lr must be positive, got {lr!r}")
+    if isinstance(steps, bool) or int(steps) != steps or steps < 1:
+        raise LossvizError(f"steps must be a positive integer, got {steps!r}")
+    steps = int(steps)
+    p = torch.tensor(start if start is not None else fn.start, dtype=torch.float64,
+                     requires_grad=True)
+    opt = _opt(optimizer, [p], lr, momentum)
+    traj = np.full((steps + 1, 2), np.nan)
+    loss = np.full(steps + 1, np.nan)
+
+    def f(q):
+        return fn(q, kappa)
+
+    for t in range(steps + 1):
+        traj[t] = p.detach().numpy()
+        if t == steps:
+            with torch.no_grad():
+                loss[t] = float(f(p))
+            break
+        if optimizer == "SAM":
+            loss[t] = sam_step(p, f, opt, rho)
+        else:
+            opt.zero_grad()
+            v = f(p)
+            v.backward()
+            loss[t] = float(v.detach())
+            opt.step()
+        if not torch.isfinite(p).all() or p.detach().abs().max() > 1e6:
+            break
+    return traj, loss
+
+
+def newton_schulz(G: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """Approximately orthogonalize ``G`` (``U Vᵀ`` of its SVD) with the quintic
+    Newton–Schulz iteration used by Muon (coefficients 3.4445, −4.7750, 2.0315)."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    X = G / (G.norm() + 1e-7)
+    tr = X.shape[0] > X.shape[1]
+    if tr:
+        X = X.T
+    for _ in range(steps):
+        A = X @ X.T
+        X = a * X + (b * A + c * A @ A) @ X
+    return X.T if tr else X
+
+
+def matrix_problem(seed: int = 0, m: int = 8, n: int = 6, cond: float = 100.0):
+    """``min_W ||W X − Y||² / N`` with inputs of condition number ``cond``."""
+    g = torch.Generator().manual_seed(seed)
+    U, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    s = torch.logspace(0, -math.log10(cond), n, dtype=torch.float64)
+    X = U @ torch.diag(s) @ torch.randn(n, 64, generator=g, dtype=torch.float64)
+    W_true = torch.randn(m, n, generator=g, dtype=torch.float64)
+    return X, W_true @ X
+
+
+def run_matrix(method: str, lr: float, steps: int, momentum: float = 0.9, seed: int = 0):
+    """Loss per step and the singular values of the last update, for ``"SGD"`` (with
+    momentum) or ``"Muon"`` (momentum, then the orthogonalized update)."""
+    X, Y = matrix_problem(seed)
+    W = torch.zeros(Y.shape[0], X.shape[0], dtype=torch.float64, requires_grad=True)
+    buf = torch.zeros_like(W)
+    losses = np.full(steps + 1, np.nan)
+    upd = torch.zeros_like(W)
+    for t in range(steps + 1):
+        loss = ((W @ X - Y) ** 2).mean()
+        losses[t] = float(loss.detach())
+        if t == steps or not math.isfinite(losses[t]) or losses[t] > 1e12:
+            break
+        (g,) = torch.autograd.grad(loss, W)
+        buf = momentum * buf + g
+        upd = newton_schulz(buf) if method == "Muon" else buf
+        with torch.no_grad():
+            W -= lr * upd
+    return losses, torch.linalg.svdvals(upd.detach()).numpy()
+
+
+class Playground:
+    """See :func:`playground`; ``.widget`` is the root widget."""
+
+    def __init__(self, function: str = "ill-conditioned quadratic",
+                 optimizers=("SGD", "momentum", "Adam"), *, lr: float = 0.05,
+                 steps: int = 100, grid: int = 80):
+        from .dash._common import require
+
+        require()
+        import ipywidgets as W
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+
+        if function not in FUNCTIONS:
+            raise LossvizError(f"unknown function {function!r}; choose from {list(FUNCTIONS)}")
+        bad = [o for o in optimizers if o not in OPTIMIZERS]
+        if bad:
+            raise LossvizError(f"unknown optimizer(s) {bad}; choose from {OPTIMIZERS}")
+        self.grid = int(grid)
+        self.start = None
+        sl = W.Layout(width="330px")
+        self.function = W.Dropdown(options=list(FUNCTIONS), value=function,
+                                   description="function", layout=sl)
+        self.optimizers = W.SelectMultiple(options=OPTIMIZERS, value=tuple(optimizers),
+                                           description="optimizers", rows=8, layout=sl)
+        self.lr = W.FloatLogSlider(value=lr, base=10, min=-4, max=0.5, step=0.05,
+                                   description="lr", readout_format=".3g", layout=sl)
+        self.momentum = W.FloatSlider(value=0.9, min=0.0, max=0.99, step=0.01,
+                                      description="momentum / β₁", layout=sl,
+                                      style={"description_width": "initial"})
+        self.rho = W.FloatSlider(value=0.05, min=0.0, max=0.5, step=0.01,
+                                 description="SAM ρ", layout=sl)
+        self.steps = W.IntSlider(value=steps, min=5, max=400, step=5, description="steps",
+                                 layout=sl)
+        self.kappa = W.FloatLogSlider(value=10, base=10, min=0, max=3, step=0.1,
+                                      description="κ (quadratic)", layout=sl,
+                                      style={"description_width": "initial"})
+        self.info = W.HTML("")
+
+        fn = FUNCTIONS[function]
+        cx, cy, z = self._contour(fn)
+        base = go.Figure(go.Contour(x=cx, y=cy, z=z, ncontours=30, colorscale="Viridis",
+                                    showscale=False, contours={"coloring": "heatmap"},
+                                    hoverinfo="skip"))
+        colors = ["#e41a1c", "#ff7f00", "#ffff33", "#4daf4a", "#f781bf", "#a65628", "#ffffff",
+                  "#00ffff"]
+        for name, c in zip(OPTIMIZERS, colors):
+            base.add_trace(go.Scatter(x=[], y=[], mode="lines+markers", name=name,
+                                      line={"color": c, "width": 2}, marker={"size": 3}))
+        base.add_trace(go.Scatter(x=[fn.start[0]], y=[fn.start[1]], mode="markers",
+                                  name="start", marker={"symbol": "star", "size": 14,
+                                                        "color": "white",
+                                                        "line": {"color": "black",
+                                                                 "width": 1}}))
+        base.update_layout(width=560, height=460, margin={"l": 40, "r": 10, "t": 40, "b": 40},
+                           title={"text": function, "font": {"size": 13}},
+                           legend={"bgcolor": "rgba(255,255,255,0.7)", "x": 0.01, "y": 0.99},
+                           xaxis={"range": list(fn.box[:2])},
+                           yaxis={"range": list(fn.box[2:])}, template="plotly_white")
+        self.fig = go.FigureWidget(base)
+        lossf = go.Figure([go.Scatter(x=[], y=[], mode="lines", name=n,
+                                      line={"color": c if c != "#ffffff" else "#555",
+                                            "width": 2})
+                           for n, c in zip(OPTIMIZERS, colors)])
+        lossf.update_layout(width=460, height=460, yaxis_type="log", template="plotly_white",
+                            margin={"l": 50, "r": 10, "t": 40, "b": 40},
+                            title={"text": "loss − min vs step", "font": {"size": 13}},
+                            xaxis_title="step", showlegend=False)
+        self.loss_fig = go.FigureWidget(lossf)
+        self.fig.data[0].on_click(self._on_click)
+
+        for w in (self.function, self.optimizers, self.lr, self.momentum, self.rho, self.steps,
+                  self.kappa):
+            w.observe(self._update, names="value")
+        self.function.observe(self._new_function, names="value")
+        self.kappa.observe(self._new_function, names="value")
+
+        # ---- edge of stability ----------------------------------------------------------
+        self.eos_lam = np.array([20.0, 5.0, 1.0])
+        lam = self.eos_lam[0]
+        self.eos_lr = W.FloatSlider(value=round(1.8 / lam, 4), min=0.005, max=0.15, step=0.0025,
+                                    description="GD lr", readout_format=".4f", layout=sl)
+        eos = make_subplots(rows=1, cols=2, subplot_titles=(
+            "GD on a quadratic: loss vs step", "|1 − lr·λ_max| (growth factor per step)"))
+        eos.add_trace(go.Scatter(x=[], y=[], mode="lines", name="loss"), row=1, col=1)
+        lrs = np.linspace(0.005, 0.15, 200)
+        eos.add_trace(go.Scatter(x=lrs, y=np.abs(1 - lrs * lam), mode="lines",
+                                 name="|1 − lr·λ|"), row=1, col=2)
+        eos.add_trace(go.Scatter(x=[], y=[], mode="markers", marker={"size": 12},
+                                 name="current lr"), row=1, col=2)
+        eos.add_vline(x=2 / lam, line={"dash": "dash", "color": "#d62728"}, row=1, col=2,
+                      annotation_text="2/λ_max", annotation_position="bottom right")
+        eos.add_hline(y=1, line={"dash": "dot", "color": "#999"}, row=1, col=2)
+        eos.update_yaxes(type="log", row=1, col=1)
+        eos.update_xaxes(title_text="step", row=1, col=1)
+        eos.update_xaxes(title_text="lr", row=1, col=2)
+        eos.update_layout(width=1000, height=320, showlegend=False, template="plotly_white",
+                          margin={"l": 50, "r": 10, "t": 50, "b": 40},
+                          title={"text": "", "font": {"size": 13}})
+        self.eos_fig = go.FigureWidget(eos)
+        self.eos_lr.observe(lambda ch: self._update_eos(), names="value")
+
+        # ---- Muon ----------------------------------------------------------------------
+        self.muon_lr = W.FloatLogSlider(value=0.02, base=10, min=-3, max=0, step=0.05,
+                                        description="Muon lr", readout_format=".3g", layout=sl)
+        self.sgd_lr = W.FloatLogSlider(value=0.02, base=10, min=-3, max=0, step=0.05,
+                                       description="SGD lr", readout_format=".3g", layout=sl)
+        mu = make_subplots(rows=1, cols=2, subplot_titles=(
+            "8×6 least squares (κ=100): loss vs step", "singular values of the last update"))
+        mu.add_trace(go.Scatter(x=[], y=[], mode="lines", name="SGD + momentum",
+                                 line={"color": "#1f77b4"}), row=1, col=1)
+        mu.add_trace(go.Scatter(x=[], y=[], mode="lines", name="Muon",
+                                 line={"color": "#d62728"}), row=1, col=1)
+        mu.add_trace(go.Bar(x=[], y=[], name="SGD + momentum", marker={"color": "#1f77b4"},
+                           showlegend=False), row=1, col=2)
+        mu.add_trace(go.Bar(x=[], y=[], name="Muon", marker={"color": "#d62728"},
+                           showlegend=False), row=1, col=2)
+        mu.update_yaxes(type="log", row=1, col=1)
+        mu.update_layout(width=1000, height=320, template="plotly_white",
+                         margin={"l": 50, "r": 10, "t": 50, "b": 40})
+        self.muon_fig = go.FigureWidget(mu)
+        self.muon_lr.observe(lambda ch: self._update_muon(), names="value")
+        self.sgd_lr.observe(lambda ch: self._update_muon(), names="value")
+
+        controls = W.HBox([W.VBox([self.function, self.optimizers]),
+                           W.VBox([self.lr, self.momentum, self.rho, self.steps, self.kappa])])
+        tabs = W.Tab(children=[
+            W.VBox([controls, self.info, W.HBox([self.fig, self.loss_fig])]),
+            W.VBox([self.eos_lr, self.eos_fig]),
+            W.VBox([W.HBox([self.sgd_lr, self.muon_lr]), self.muon_fig]),
+        ])
+        for i, t in enumerate(["optimizers", "edge of stability", "Muon"]):
+            tabs.set_title(i, t)
+        self.widget = W.VBox([W.HTML("<b>lossviz optimization playground</b> — click the "
+                                     "contour to move the start point"), tabs])
+        self.widget.add_class("lossviz-playground")
+        self.results: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._update()
+        self._update_eos()
+        self._update_muon()
+
+    def _repr_mimebundle_(self, **kw):
+        from .dash._common import sync_figures
+
+        sync_figures(self.fig, self.loss_fig, self.eos_fig, self.muon_fig)
+        return self.widget._repr_mimebundle_(**kw)
+
+    def _contour(self, fn):
+        x0, x1, y0, y1 = fn.box
+        cx, cy = np.linspace(x0, x1, self.grid), np.linspace(y0, y1, self.grid)
+        X, Y = np.meshgrid(cx, cy)
+        with torch.no_grad():
+            z = fn(torch.tensor(np.stack([X, Y], -1)), self.kappa.value
+                   if hasattr(self, "kappa") else 10.0).numpy()
+        if fn.log:
+            z = np.log10(z - z.min() + 1e-3)
+        return cx, cy, z
+
+    def _new_function(self, change=None):
+        fn = FUNCTIONS[self.function.value]
+        if change is not None and change["owner"] is self.function:
+            self.start = None
+        cx, cy, z = self._contour(fn)
+        with self.fig.batch_update():
+            c = self.fig.data[0]
+            c.x, c.y, c.z = cx, cy, z
+            self.fig.layout.xaxis.range = list(fn.box[:2])
+            self.fig.layout.yaxis.range = list(fn.box[2:])
+            self.fig.layout.title.text = fn.name
+        self._update()
+
+    def _on_click(self, trace, points, state):
+        if points.xs:
+            self.start = (float(points.xs[0]), float(points.ys[0]))
+            self._update()
+
+    def _update(self, change=None):
+        fn = FUNCTIONS[self.function.value]
+        start = self.start or fn.start
+        kappa = self.kappa.value
+        with torch.no_grad():
+            grid_min = 0.0
+            if fn.minima:
+                grid_min = min(float(fn(torch.tensor(m, dtype=torch.float64), kappa))
+                               for m in fn.minima)
+        self.results = {}
+        for name in self.optimizers.value:
+            self.results[name] = run(fn, name, lr=self.lr.value, steps=self.steps.value,
+                                     momentum=self.momentum.value, rho=self.rho.value,
+                                     kappa=kappa, start=start)
+        finals = []
+        with self.fig.batch_update(), self.loss_fig.batch_update():
+            for i, name in enumerate(OPTIMIZERS):
+                t = self.fig.data[1 + i]
+                lt = self.loss_fig.data[i]
+                if name in self.results:
+                    traj, loss = self.results[name]
+                    ok = np.isfinite(traj).all(1)
+                    t.x, t.y = traj[ok, 0], traj[ok, 1]
+                    gap = loss - grid_min
+                    okl = np.isfinite(gap)
+                    lt.x, lt.y = np.arange(len(loss))[okl], np.maximum(gap[okl], 1e-16)
+                    t.visible = lt.visible = True
+                    last = loss[np.isfinite(loss)]
+                    finals.append(f"{name}: {last[-1]:.4g}" if len(last) and
+                                  len(last) == len(loss) else f"{name}: diverged")
+                else:
+                    t.x, t.y, lt.x, lt.y = [], [], [], []
+                    t.visible = lt.visible = False
+            s = self.fig.data[-1]
+            s.x, s.y = [start[0]], [start[1]]
+        self.info.value = "<small>final loss — " + "; ".join(finals) + "</small>"
+
+    def _update_eos(self):
+        lam = self.eos_lam
+        lr = self.eos_lr.value
+        steps = 60
+        x = np.ones_like(lam)
+        losses = []
+        for _ in range(steps):
+            losses.append(0.5 * float(np.sum(lam * x * x)))
+            x = x - lr * lam * x  # gradient descent on ½ Σ λ_i x_i²
+        losses = np.array(losses)
+        stable = lr < 2 / lam[0]
+        with self.eos_fig.batch_update():
+            self.eos_fig.data[0].x = np.arange(steps)
+            self.eos_fig.data[0].y = np.maximum(losses, 1e-300)
+            self.eos_fig.data[2].x = [lr]
+            self.eos_fig.data[2].y = [abs(1 - lr * lam[0])]
+            self.eos_fig.data[2].marker.color = "#2ca02c" if stable else "#d62728"
+            self.eos_fig.layout.title.text = (
+                f"lr = {lr:.4f} {'<' if stable else '≥'} 2/λ_max = {2 / lam[0]:.4f}: "
+                f"{'converges' if stable else 'diverges'}")
+
+    def _update_muon(self):
+        steps = 150
+        ls, ss = run_matrix("SGD", self.sgd_lr.value, steps)
+        lm, sm = run_matrix("Muon", self.muon_lr.value, steps)
+        with self.muon_fig.batch_update():
+            for i, v in ((0, ls), (1, lm)):
+                ok = np.isfinite(v)
+                self.muon_fig.data[i].x = np.arange(len(v))[ok]
+                self.muon_fig.data[i].y = v[ok]
+            for i, s in ((2, ss), (3, sm)):
+                self.muon_fig.data[i].x = [f"σ{j + 1}" for j in range(len(s))]
+                self.muon_fig.data[i].y = s / (s.max() + 1e-300)
+
+
+def playground(function: str = "ill-conditioned quadratic",
+               optimizers=("SGD", "momentum", "Adam"), **kw) -> Playground:
+    """An optimization playground: 2-D test functions (an ill-conditioned quadratic with a
+    condition-number slider, Rosenbrock, Himmelblau, a saddle, sharp vs flat minima, a
+    multi-well function), ``torch.optim`` optimizers (SGD, momentum, Nesterov, Adam, AdamW,
+    RMSprop, Adagrad) and SAM with lr / momentum / ρ sliders; trajectories over the contours
+    and loss against step; an edge-of-stability tab (gradient descent on a quadratic
+    diverges past ``lr = 2/λ_max``, the threshold drawn); a Muon tab (momentum SGD against
+    a Newton–Schulz orthogonalized update on a small least-squares matrix problem).
+    Needs ``pip install 'lossviz[widgets]'``; also runs as a Voila page."""
+    return Playground(function, optimizers, **kw)
