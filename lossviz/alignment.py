@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import CheckpointError, DataError, LossvizError
-from .objective import Objective, _is_single_batch
+from .objective import Objective, is_single_batch
 from .weights import Weights, as_state
 
 FIXED = 0
@@ -646,7 +646,7 @@ def _loader(data):
                         "an iterable of batches")
     if isinstance(data, Tensor):
         return [data]
-    if _is_single_batch(data):
+    if is_single_batch(data):
         return [data]
     batches = list(data)
     if not batches:

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from .directions import PCAResult, Plane, point_params, random_directions
 from .errors import CheckpointError, DataError, LossvizError
-from .objective import Objective, _call, _is_single_batch, _tree_to, batch_size
+from .objective import Objective, batch_size, call_model, is_single_batch, to_device
 from .weights import Weights
 
 try:
@@ -178,10 +178,10 @@ class _Engine:
         self.stats_module = stats
         if bn_data is None:
             self._bn_batches = None
-        elif isinstance(bn_data, Tensor) or _is_single_batch(bn_data):
-            self._bn_batches = [_tree_to(bn_data, obj.device)]
+        elif isinstance(bn_data, Tensor) or is_single_batch(bn_data):
+            self._bn_batches = [to_device(bn_data, obj.device)]
         else:
-            self._bn_batches = [_tree_to(b, obj.device) for b in bn_data]
+            self._bn_batches = [to_device(b, obj.device) for b in bn_data]
             if not self._bn_batches:
                 raise DataError("bn_data is empty: no batch")
 
@@ -201,7 +201,7 @@ class _Engine:
                 self.obj.forward(self.stats_module, batch)
             else:
                 x = batch[0] if isinstance(batch, (tuple, list)) else batch
-                _call(self.stats_module, x)
+                call_model(self.stats_module, x)
         return torch.zeros((), device=flat.device)
 
     def _recompute(self, pts: Tensor, vmapped: bool) -> dict[str, Tensor]:

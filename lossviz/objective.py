@@ -24,19 +24,19 @@ except ImportError:  # pragma: no cover - very old torch
 _NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
 
 
-def _tree_to(x, device, non_blocking=True):
+def to_device(x, device, non_blocking=True):
     if isinstance(x, Tensor):
         return x.to(device, non_blocking=non_blocking)
     if isinstance(x, Mapping):
         return (
-            type(x)({k: _tree_to(v, device) for k, v in x.items()})
+            type(x)({k: to_device(v, device) for k, v in x.items()})
             if not isinstance(x, dict)
-            else {k: _tree_to(v, device) for k, v in x.items()}
+            else {k: to_device(v, device) for k, v in x.items()}
         )
     if isinstance(x, tuple) and hasattr(x, "_fields"):  # namedtuple
-        return type(x)(*(_tree_to(v, device) for v in x))
+        return type(x)(*(to_device(v, device) for v in x))
     if isinstance(x, (list, tuple)):
-        return type(x)(_tree_to(v, device) for v in x)
+        return type(x)(to_device(v, device) for v in x)
     return x
 
 
@@ -61,7 +61,7 @@ def batch_size(batch) -> int:
     return int(t.shape[0])
 
 
-def _is_single_batch(data) -> bool:
+def is_single_batch(data) -> bool:
     if isinstance(data, Mapping):
         return True
     if isinstance(data, (tuple, list)) and len(data) >= 1 and isinstance(data[0], Tensor):
@@ -181,14 +181,14 @@ class Objective:
                     m.track_running_stats = False
         self._lock = threading.RLock()
 
-        self._single = _is_single_batch(data)
+        self._single = is_single_batch(data)
         if self._single:
-            self._batches = [_tree_to(data, self.device)]
+            self._batches = [to_device(data, self.device)]
         elif isinstance(data, (list, tuple)):
-            self._batches = [_tree_to(b, self.device) for b in data]
+            self._batches = [to_device(b, self.device) for b in data]
         elif isinstance(data, Iterable):
             if iter(data) is data:  # a generator: can be read once, keep it
-                self._batches = [_tree_to(b, self.device) for b in data]
+                self._batches = [to_device(b, self.device) for b in data]
             else:
                 self._batches = None
                 self._data = data
@@ -208,7 +208,7 @@ class Objective:
         n = 0
         for b in src:
             if self._batches is None:
-                b = _tree_to(b, self.device)
+                b = to_device(b, self.device)
             n += 1
             yield b, batch_size(b)
         if n == 0:
@@ -310,7 +310,7 @@ class Objective:
             if self.forward is not None:
                 loss = self.forward(m, batch)
             else:
-                out = _call(m, batch[0])
+                out = call_model(m, batch[0])
                 loss = self.loss_fn(out, batch[1])
         if not isinstance(loss, Tensor) or loss.numel() != 1:
             shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
@@ -321,7 +321,7 @@ class Objective:
         if self.forward is not None:
             raise LossvizError("outputs are not available with a custom forward=")
         with self.bound(flat, fixed) as m:
-            return _call(m, batch[0])
+            return call_model(m, batch[0])
 
     def loss(self, at=None) -> float:
         """Full-data loss at a point (a float; NaN with a warning when not finite)."""
@@ -405,7 +405,7 @@ class Objective:
         )
 
 
-def _call(m, inputs):
+def call_model(m, inputs):
     if isinstance(inputs, Mapping):
         return m(**inputs)
     if isinstance(inputs, (list, tuple)):
