@@ -78,10 +78,6 @@ class CurvatureOperator:
         """Views of the rows of ``V`` (``(k, P)``) per parameter, ``(k, *shape)``."""
         return list(self.obj.layout.unflatten(V).values())
 
-    @staticmethod
-    def _cat(parts, k: int) -> Tensor:
-        return torch.cat([p.reshape(k, -1) for p in parts], dim=1)
-
     def _build(self, batch):
         """The graph for one batch: (leaves, gradient with graph) for the Hessian;
         (leaves, outputs, ∂ℓ/∂f pieces, dummy u, Jᵀu) for the GGN."""
@@ -127,7 +123,6 @@ class CurvatureOperator:
 
     # --- products -----------------------------------------------------------
     def _apply_graph(self, graph, V: Tensor, method: str) -> Tensor:
-        k = V.shape[0]
         if graph[0] == "hessian":
             _, ps, g, keep = graph
             if not keep:
@@ -142,15 +137,9 @@ class CurvatureOperator:
                     is_grads_batched=batched,
                     allow_unused=True,
                 )
-                lead = (k,) if batched else ()
-                return [
-                    torch.zeros(*lead, *p.shape, dtype=V.dtype, device=V.device) if d is None else d
-                    for d, p in zip(parts, ps)
-                ]
+                return parts
 
-            if method == "batched":
-                return self._cat(grad(self._split(V), True), k)
-            return torch.stack([self._cat(grad(self._split(v), False), 1)[0] for v in V])
+            return self._products(grad, V, method, ps)
         _, ps, out, f, gf, u, jtu, keep = graph
         if not keep:
             return torch.zeros_like(V)
@@ -163,15 +152,30 @@ class CurvatureOperator:
             parts = torch.autograd.grad(
                 out, ps, hjv, retain_graph=True, is_grads_batched=batched, allow_unused=True
             )
-            lead = (k,) if batched else ()
-            return [
-                torch.zeros(*lead, *p.shape, dtype=V.dtype, device=V.device) if d is None else d
-                for d, p in zip(parts, ps)
-            ]
+            return parts
+
+        return self._products(ggn, V, method, ps)
+
+    def _products(self, fn, V: Tensor, method: str, ps) -> Tensor:
+        """``fn(per-parameter vectors, batched) -> per-parameter products`` (None where a
+        parameter has no second-order dependence) for all rows of ``V``, flattened."""
+
+        def flat(parts, lead):
+            return torch.cat(
+                [
+                    (
+                        torch.zeros(*lead, p.numel(), dtype=V.dtype, device=V.device)
+                        if d is None
+                        else d.reshape(*lead, -1)
+                    )
+                    for d, p in zip(parts, ps)
+                ],
+                dim=-1,
+            )
 
         if method == "batched":
-            return self._cat(ggn(self._split(V), True), k)
-        return torch.stack([self._cat(ggn(self._split(v), False), 1)[0] for v in V])
+            return flat(fn(self._split(V), True), (V.shape[0],))
+        return torch.stack([flat(fn(self._split(v), False), ()) for v in V])
 
     def _fwd(self, batch, V: Tensor) -> Tensor:
         from torch.func import grad, jvp, vmap
@@ -239,8 +243,7 @@ class CurvatureOperator:
                 del times[m]
                 self.obj._hvp_failed[m] = "disagrees with reverse-over-reverse"
                 warnings.warn(
-                    f"lossviz: HVP method {m!r} disagrees with reverse-over-reverse here; "
-                    "not used",
+                    f"lossviz: HVP method {m!r} disagrees with reverse-over-reverse here; not used",
                     stacklevel=3,
                 )
         if result is None:
