@@ -59,6 +59,17 @@ def _check_bn(bn: str, recompute_data) -> str:
     return bn
 
 
+def _metric_name(metric) -> str:
+    if not isinstance(metric, str):
+        raise LossvizError("metric must be a name: 'loss', 'accuracy' or 'error'")
+    return metric
+
+
+def _metric(obj, metric: str):
+    """The one named metric a barrier is computed on, resolved for ``obj``."""
+    return resolve_metrics(obj, (_metric_name(metric),))
+
+
 def _sign(metric_kind) -> float:
     """+1 where lower is better (loss, error, callables), -1 for accuracy."""
     return -1.0 if metric_kind in _HIGHER_IS_BETTER else 1.0
@@ -294,8 +305,7 @@ def barrier(obj: Objective, a, b, *, metric: str = "loss", kind: str = "linear",
     ``kind="mean"``: ``max_α L(θ(α)) - ½(L(θA) + L(θB))`` (Frankle et al. 2020).
     Keywords as :func:`interpolate`."""
     _check_kind(kind)
-    if not isinstance(metric, str):
-        raise LossvizError("metric must be a name: 'loss', 'accuracy' or 'error'")
+    _metric_name(metric)
     return interpolate(obj, a, b, n=n, metrics=(metric,), **kw).barrier(metric, kind)
 
 
@@ -367,9 +377,7 @@ def barrier_matrix(obj: Objective, points, *, metric: str = "loss", kind: str = 
     _check_kind(kind)
     n = _check_n(n)
     bn = _check_bn(bn, recompute_data)
-    if not isinstance(metric, str):
-        raise LossvizError("metric must be a name: 'loss', 'accuracy' or 'error'")
-    mk = resolve_metrics(obj, (metric,))
+    mk = _metric(obj, metric)
     names, pts = _named_points(points)
     if len(pts) < 2:
         raise LossvizError(f"barrier_matrix needs at least 2 points, got {len(pts)}")
@@ -616,9 +624,7 @@ def layerwise_barriers(obj: Objective, a, b, *, groups="module", base="both",
     t0 = time.perf_counter()
     _check_obj(obj)
     bn = _check_bn(bn, recompute_data)
-    if not isinstance(metric, str):
-        raise LossvizError("metric must be a name: 'loss', 'accuracy' or 'error'")
-    mk = resolve_metrics(obj, (metric,))
+    mk = _metric(obj, metric)
     gmap, kind = resolve_groups(obj, groups)
     bases = _bases(base)
     alphas = _check_alpha_n(n)
@@ -695,9 +701,7 @@ def layerwise_barriers_over(obj: Objective, pairs, *, groups="module", base="bot
     t0 = time.perf_counter()
     _check_obj(obj)
     bn = _check_bn(bn, recompute_data)
-    if not isinstance(metric, str):
-        raise LossvizError("metric must be a name: 'loss', 'accuracy' or 'error'")
-    mk = resolve_metrics(obj, (metric,))
+    mk = _metric(obj, metric)
     if isinstance(pairs, Mapping):
         labels, plist = list(pairs), list(pairs.values())
     else:
