@@ -47,7 +47,7 @@ if anywidget is not None:
 
     class LayerMixer(anywidget.AnyWidget):
         """Per-layer toggles (interpolate along α, or keep at model A) with a bar per
-        layer for the barrier measured when only that layer is interpolated."""
+        layer for its layer-wise barrier (A with only that layer averaged)."""
 
         _esm = read_asset("mixer.js")
         _css = read_asset("mixer.css")

@@ -61,15 +61,11 @@ def barrier(alphas: np.ndarray, values: np.ndarray) -> tuple[float, float]:
     return float(gap[i]), float(a[i])
 
 
-def layer_barrier(alphas, values, ends) -> float:
-    """Barrier of a layer-wise path (only one layer moves) against the chord between the
-    full endpoints ``ends = (L(a), L(b))``: ``max_α L_ℓ(α) − ((1−α)L(a) + αL(b))``, at
-    least 0 (Adilova et al. 2023, layer-wise linear mode connectivity)."""
-    v = np.asarray(values, dtype=np.float64)
-    a = np.asarray(alphas, dtype=np.float64)
-    if not np.isfinite(v).any():
-        return float("nan")
-    return float(max(0.0, np.nanmax(v - ((1 - a) * ends[0] + a * ends[1]))))
+def layer_barrier(value: float, ends) -> float:
+    """Layer-wise barrier (Adilova et al., ICLR 2024) with base A: the loss of A with one
+    layer S replaced by ``½(θA[S] + θB[S])``, minus ``½(L(a) + L(b))``. (Moving the layer
+    all the way to b inside A would be a layer swap, not what the paper measures.)"""
+    return float(value - 0.5 * (ends[0] + ends[1]))
 
 
 def _image_shape(x: torch.Tensor):
@@ -196,8 +192,8 @@ class InterpolationDashboard(Dashboard):
         self.mixer = LayerMixer(layers=names,
                                 sizes=[int(self._layer_idx[k].numel()) for k in names],
                                 mask=[True] * len(names), barriers=[None] * len(names),
-                                note="bars: barrier when only that layer moves from a "
-                                     "to b (against the chord between L(a) and L(b))")
+                                note="bars: layer-wise barrier, A with only that layer "
+                                     "averaged, minus ½(L(a) + L(b))")
 
         # ---- figures (complete before wrapping) ---------------------------------------
         nm = len(self.metrics)
@@ -347,7 +343,7 @@ class InterpolationDashboard(Dashboard):
         n = len(self.alphas)
         nl = len(self.groups) if len(self.groups) > 1 else 0
         before = matched  # also show the curve before matching
-        total = n * (1 + int(before)) + n * nl
+        total = n * (1 + int(before)) + nl
         self.progress.max, self.progress.value = max(total, 1), 0
         at = torch.as_tensor(self.alphas, dtype=self._fa.dtype, device=self._fa.device)[:, None]
         fb = self._endpoint_b(matched)
@@ -395,16 +391,16 @@ class InterpolationDashboard(Dashboard):
             else:
                 ends = tuple(float(self._eval(torch.stack([self._fa, fb]), bn)[self.metrics[0]][i])
                              for i in (0, 1))
-            lb = []
-            for li, k in enumerate(self.groups):
+            half = []
+            for k in self.groups:
                 ml = torch.zeros_like(self._fa)
                 ml[self._layer_idx[k].to(ml.device)] = 1
-                v = run(self._fa + at * (d * ml), f"layer {k}")
-                if v is None:
-                    return
-                lb.append(layer_barrier(self.alphas, v[self.metrics[0]], ends))
-                res["layer_barriers"] = lb + [None] * (len(self.groups) - li - 1)
-                self.mixer.barriers = finite_list(res["layer_barriers"])
+                half.append(self._fa + 0.5 * (d * ml))
+            v = run(torch.stack(half), "layer-wise barriers")
+            if v is None:
+                return
+            res["layer_barriers"] = [layer_barrier(x, ends) for x in v[self.metrics[0]]]
+            self.mixer.barriers = finite_list(res["layer_barriers"])
         res["complete"] = True
         sync_figures(*self.figures())  # a reload / second view shows the computed curves
         self.progress.value = self.progress.max
