@@ -107,6 +107,9 @@ def _opt(name: str, params, lr: float, momentum: float):
 OPTIMIZERS = ("SGD", "momentum", "Nesterov", "Adam", "AdamW", "RMSprop", "Adagrad", "SAM")
 
 
+GAP_FLOOR = 1e-12  # loss − min is drawn on a log axis; exact convergence sits here
+
+
 def sam_step(p: torch.Tensor, loss_fn, opt, rho: float) -> float:
     """One sharpness-aware minimization step (Foret et al. 2021): the gradient is taken at
     ``p + ρ·g/||g||`` and applied at ``p`` by ``opt``. Returns the loss at ``p``."""
@@ -408,7 +411,7 @@ class Playground:
                     t.x, t.y = traj[ok, 0], traj[ok, 1]
                     gap = loss - grid_min
                     okl = np.isfinite(gap)
-                    lt.x, lt.y = np.arange(len(loss))[okl], np.maximum(gap[okl], 1e-16)
+                    lt.x, lt.y = np.arange(len(loss))[okl], np.maximum(gap[okl], GAP_FLOOR)
                     t.visible = lt.visible = True
                     last = loss[np.isfinite(loss)]
                     finals.append(f"{name}: {last[-1]:.4g}" if len(last) and
@@ -418,6 +421,8 @@ class Playground:
                     t.visible = lt.visible = False
             s = self.fig.data[-1]
             s.x, s.y = [start[0]], [start[1]]
+            # the whole run on the x axis, even where every optimizer stopped early
+            self.loss_fig.layout.xaxis.range = [0, self.steps.value]
         self.info.value = "<small>final loss — " + "; ".join(finals) + "</small>"
 
     def _update_eos(self):

@@ -214,6 +214,9 @@ def test_playground_sliders_change_the_figures():
     # a simulated front-end message on the steps slider
     frontend_update(p.steps, value=50)
     assert len(p.fig.data[1].x) == 51
+    # loss vs step spans the whole run, and exact convergence sits on the floor of the log axis
+    assert tuple(p.loss_fig.layout.xaxis.range) == (0, 50)
+    assert min(min(t.y) for t in p.loss_fig.data if t.visible) >= teach.GAP_FLOOR
     p.function.value = "Rosenbrock"
     assert p.fig.layout.title.text == "Rosenbrock"
     p.optimizers.value = ("SAM", "Adagrad")

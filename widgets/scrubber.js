@@ -68,7 +68,9 @@ function render({ model, el: host }) {
     let lo = Math.min(...all), hi = Math.max(...all);
     if (!all.length) { lo = 0; hi = 1; }
     if (hi - lo < 1e-12) { hi = lo + 1; }
-    return (v) => H() - PAD.b - (v - lo) / (hi - lo) * (H() - PAD.t - PAD.b);
+    const y = (v) => H() - PAD.b - (v - lo) / (hi - lo) * (H() - PAD.t - PAD.b);
+    y.lo = lo; y.hi = hi;
+    return y;
   }
 
   function path(xs, ys, y) {
@@ -99,9 +101,9 @@ function render({ model, el: host }) {
       const t = el("text", { x: toX(a), y: H() - 6, class: "lossviz-scrubber-tick" }, svg);
       t.textContent = a.toFixed(2);
     }
-    const finite = ys.filter((v) => v !== null && isFinite(v));
-    if (finite.length) {
-      const lo = Math.min(...finite), hi = Math.max(...finite);
+    // the axis labels are the ends of the scale, shared by both curves
+    if (ys.concat(ys2).some((v) => v !== null && isFinite(v))) {
+      const lo = y.lo, hi = y.hi;
       const tl = el("text", { x: PAD.l - 4, y: y(hi) + 4, class: "lossviz-scrubber-ytick" }, svg);
       tl.textContent = fmt(hi);
       const tb = el("text", { x: PAD.l - 4, y: y(lo), class: "lossviz-scrubber-ytick" }, svg);

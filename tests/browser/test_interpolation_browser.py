@@ -2,6 +2,7 @@
 by keys and by mouse drag (ipywidgets slider and lossviz's scrubber), toggle a layer in the
 mixer; the plot must change and the console stay free of errors."""
 
+import numpy as np
 from lab_harness import open_and_run, plot_js, shot, wait_plot
 
 TITLE = "gd.layout.title.text"
@@ -79,4 +80,29 @@ def test_interpolation_dashboard(page, lab):
     after = page.evaluate(plot_js(0, "Array.from(gd.data[0].y)"))
     assert after != before
     shot(page, "interpolation_05_mixer")
+
+    # 6) weight matching on the full path (mixer back to "all"): b permuted onto a; the
+    # curve before matching stays, dashed
+    page.evaluate(plot_js(0, "(window.__lvBefore = JSON.stringify(Array.from(gd.data[0].y)))"))
+    page.locator(".lossviz-mixer button", has_text="all").click()
+    page.wait_for_function("Array.from(document.querySelectorAll('.lossviz-mixer-row'))"
+                           ".every(e => e.getAttribute('aria-checked') === 'true')")
+    wait_plot(page, 0, "JSON.stringify(Array.from(gd.data[0].y)) !== window.__lvBefore",
+              timeout=60_000)
+    full = page.evaluate(plot_js(0, "Array.from(gd.data[0].y)"))
+    assert np.allclose(full, before, rtol=1e-5)             # the full path again
+    page.evaluate(plot_js(0, "(window.__lvBefore = JSON.stringify(Array.from(gd.data[0].y)))"))
+    page.locator(".widget-checkbox", has_text="weight matching").locator("input").click()
+    wait_plot(page, 0, "Array.from(gd.data[1].y).every(v => v !== null)"
+              " && JSON.stringify(Array.from(gd.data[0].y)) !== window.__lvBefore",
+              timeout=180_000)
+    page.wait_for_function("document.querySelector('.lossviz-readout')"
+                           ".textContent.includes('before matching')", timeout=60_000)
+    matched = page.evaluate(plot_js(0, "Array.from(gd.data[0].y)"))
+    unmatched = page.evaluate(plot_js(0, "Array.from(gd.data[1].y)"))
+    # two seeds of the same MLP: aligning the hidden units lowers the middle of the path
+    assert max(matched) < max(unmatched)
+    np.testing.assert_allclose(unmatched, before, rtol=1e-5)
+    wait_plot(page, 0, f"{TITLE} === 'α = 1.00 · exact'", timeout=60_000)
+    shot(page, "interpolation_06_matching")
     assert page.console_errors == [], page.console_errors
