@@ -519,24 +519,23 @@ class InterpolationDashboard(Dashboard):
             k = len(xs)
             cols = min(8, k)
             rows = (k + cols - 1) // cols
-            mosaic = np.zeros((rows * (h + 1), cols * (w + 1)))
+            gap = max(3, h // 3)  # room above each image for its predicted label
+            mosaic = np.zeros((rows * (h + gap), cols * (w + 1)))
             imgs = xs.detach().to(torch.float64).cpu().reshape(k, -1, h, w).mean(1).numpy()
             tx, ty = [], []
             for i in range(k):  # heatmap row 0 is drawn at the bottom: flip each image
                 r, c = divmod(i, cols)
-                r0 = (rows - 1 - r) * (h + 1)
+                r0 = (rows - 1 - r) * (h + gap)
                 mosaic[r0:r0 + h, c * (w + 1):c * (w + 1) + w] = imgs[i][::-1]
-            for i in range(k):
-                r, c = divmod(i, cols)
                 tx.append(c * (w + 1) + w / 2 - 0.5)
-                ty.append((rows - 1 - r) * (h + 1) + h + 0.3)
+                ty.append(r0 + h - 0.5 + gap / 2)
             fig = go.Figure([
                 go.Heatmap(z=mosaic, colorscale="Greys", showscale=False, hoverinfo="skip"),
                 go.Scatter(x=tx, y=ty, mode="text", text=["?"] * k,
                            textfont={"size": 14, "color": ["#444"] * k}, hoverinfo="text"),
             ])
             fig.update_xaxes(visible=False)
-            fig.update_yaxes(visible=False, scaleanchor="x", range=[-0.5, rows * (h + 1) + 1])
+            fig.update_yaxes(visible=False, scaleanchor="x", range=[-0.5, rows * (h + gap) - 0.5])
             fig.update_layout(title={"text": "predictions at α (green: correct)",
                                      "font": {"size": 12}})
         else:
