@@ -130,7 +130,8 @@ def main(argv=None):
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
     print(f"model   : {label}")
     print(f"device  : {dev}; torch {torch.__version__}")
-    print(f"grid    : {args.n}x{args.n} = {args.n ** 2} points, precision {args.precision or 'fp32'}")
+    prec = args.precision or "fp32"
+    print(f"grid    : {args.n}x{args.n} = {args.n ** 2} points, precision {prec}")
     print(f"loop    : {tl:.3f} s ({1e3 * tl / args.n ** 2:.2f} ms/point)")
     print(f"lossviz : {tb:.3f} s ({1e3 * tb / args.n ** 2:.2f} ms/point, {s.strategy})")
     print(f"speed-up: {tl / tb:.1f}x")

@@ -52,7 +52,7 @@ def test_recorder_memory_bounded_and_evenly_thinned():
     rec = TrajectoryRecorder(model, every=1, max_points=8)
     per_snapshot = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     sizes = []
-    for s in range(1000):
+    for _ in range(1000):
         rec.step()
         with torch.no_grad():
             model[0].weight.add_(0.001)
