@@ -20,7 +20,7 @@ from .lanczos import lanczos
 from .objective import Objective
 from .results import BlockResults, EigenResult, SpectralDensity, TraceResult
 from .slq import slq
-from .weights import Weights
+from .weights import Weights, as_state
 
 
 def _progress(progress) -> bool:
@@ -81,6 +81,23 @@ def _vectors(rows: Tensor, layout, names=None) -> list:
                 i += k
         out.append(Weights(d))
     return out
+
+
+def point_version(obj: Objective, at) -> tuple | None:
+    """A fingerprint of the tensors of the point ``at`` (the model's own for ``None``):
+    identity and in-place version counter of each. It changes when they are modified (an
+    optimizer step), so a result can tell whether its point still holds (None for paths)."""
+    if isinstance(at, (str, os.PathLike)):
+        return None
+    st = as_state(obj.model if at is None else at)
+    return tuple((k, t.data_ptr(), t._version) for k, t in st.items())
+
+
+def _attach(res, obj, at):
+    """Keep the Objective and the point on a result (for ``res.dashboard()``)."""
+    if isinstance(obj, Objective):
+        res.objective, res.at, res.at_version = obj, at, point_version(obj, at)
+    return res
 
 
 def _check(values, what: str):
@@ -150,7 +167,7 @@ def hessian_eigs(
             )
         return BlockResults(res, kind=f"{which} eigenvalues")
     op, layout = _operator(obj, at, curvature)
-    return _eigs(
+    res = _eigs(
         op,
         k,
         which,
@@ -165,6 +182,7 @@ def hessian_eigs(
         None,
         obj,
     )
+    return _attach(res, obj, at)
 
 
 def _auto_block_size(obj) -> int:
@@ -236,7 +254,7 @@ def hessian_density(
             f"SLQ interrupted: {nodes.shape[0]} probe(s) × {nodes.shape[1]} steps kept",
             stacklevel=2,
         )
-    return SpectralDensity(
+    res = SpectralDensity(
         complete=complete,
         nodes=nodes,
         weights=weights,
@@ -245,6 +263,7 @@ def hessian_density(
         curvature=curvature,
         seconds=time.perf_counter() - t0,
     )
+    return _attach(res, obj, at)
 
 
 def hessian_trace(

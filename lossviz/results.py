@@ -23,6 +23,11 @@ def _html_table(header: list[str], rows: list[list], caption: str = "") -> str:
     return f"<table>{cap}<thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _state_without_objective(self) -> dict:
+    """Pickle state without the Objective and the point (live objects, not results)."""
+    return {**self.__dict__, "objective": None, "at": None, "at_version": None}
+
+
 @dataclass(repr=False)
 class EigenResult:
     """Extreme eigenpairs of the Hessian (or Gauss-Newton) at a point.
@@ -41,6 +46,11 @@ class EigenResult:
     n_params: int = 0
     seconds: float = 0.0
     complete: bool = True  # False when interrupted (Ctrl-C): the pairs found so far
+    # where it was computed (set by hessian_eigs on an Objective; used by .dashboard())
+    objective: object = field(default=None, compare=False, repr=False)
+    at: object = field(default=None, compare=False, repr=False)
+    at_version: object = field(default=None, compare=False, repr=False)
+    __getstate__ = _state_without_objective
 
     @property
     def all_converged(self) -> bool:
@@ -85,6 +95,14 @@ class EigenResult:
             template="plotly_white",
         )
         return fig
+
+    def dashboard(self, **kw):
+        """The Hessian spectrum explorer (:func:`lossviz.dash.spectrum`) with these
+        eigenvalues as markers; the density and the per-layer table are computed when the
+        result carries its Objective (``hessian_eigs`` on an Objective)."""
+        from lossviz import dash
+
+        return dash.spectrum(self, **kw)
 
 
 @dataclass(repr=False)
@@ -156,6 +174,11 @@ class SpectralDensity:
     curvature: str = "hessian"
     seconds: float = 0.0
     complete: bool = True  # False when interrupted: fewer probes or steps than asked
+    # where it was computed (set by hessian_density on an Objective; used by .dashboard())
+    objective: object = field(default=None, compare=False, repr=False)
+    at: object = field(default=None, compare=False, repr=False)
+    at_version: object = field(default=None, compare=False, repr=False)
+    __getstate__ = _state_without_objective
 
     def moment(self, p: int) -> float:
         """``(1/P) tr(H^p)`` estimated by the quadrature."""
@@ -254,6 +277,15 @@ class SpectralDensity:
             template="plotly_white",
         )
         return fig
+
+    def dashboard(self, **kw):
+        """The Hessian spectrum explorer (:func:`lossviz.dash.spectrum`) on this density:
+        smoothing slider, log/linear axis, outliers; the top-k markers and the per-layer
+        table are computed when the result carries its Objective (``hessian_density`` on
+        an Objective)."""
+        from lossviz import dash
+
+        return dash.spectrum(self, **kw)
 
 
 @dataclass(repr=False)
