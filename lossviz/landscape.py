@@ -567,6 +567,8 @@ class Surface:
     seconds: float = 0.0
     paths: dict = field(default_factory=dict)
     points: dict = field(default_factory=dict)
+    # where it was computed (set by surface(); used by .dashboard() to recompute and inspect)
+    objective: object = field(default=None, compare=False, repr=False)
 
     def __getitem__(self, metric: str) -> np.ndarray:
         return self.values[metric]
@@ -574,6 +576,14 @@ class Surface:
     @property
     def loss(self) -> np.ndarray:
         return self.values["loss"]
+
+    def dashboard(self, **kw):
+        """The live landscape explorer (:func:`lossviz.dash.landscape`) showing this surface
+        at once; recomputing it (resolution, span, other directions) and inspecting a
+        clicked point need the Objective it was computed with (``surface()`` stores it)."""
+        from lossviz import dash
+
+        return dash.landscape(self, **kw)
 
     @property
     def n_evaluated(self) -> int:
@@ -810,10 +820,12 @@ def surface(obj: Objective, center=None, directions=None, *, span=None, n=(51, 5
     :class:`~lossviz.directions.Plane` (their trajectory / points are overlaid), or
     ``None`` for two filter-normalized random directions (seed 0). ``span``: ``((a_lo,
     a_hi), (b_lo, b_hi))`` (default ``(-1, 1)`` each, or around a plane's points / a PCA
-    trajectory). ``refine=True`` evaluates a coarse grid first, then fills in (a
-    ``callback(surface)`` after each chunk sees it grow). ``trajectory`` (checkpoints) and
-    ``points`` (``name -> point``) are projected onto the plane and overlaid. Other keywords
-    as :func:`evaluate`.
+    trajectory). ``refine=True`` evaluates a coarse grid first, then fills in.
+    ``callback(surface)`` is called after each chunk with the growing result (NaN where not
+    yet evaluated); an exception it raises stops the evaluation and propagates.
+    ``trajectory`` (checkpoints) and ``points`` (``name -> point``) are projected onto the
+    plane and overlaid. The result keeps ``obj`` as ``.objective`` (for
+    :meth:`Surface.dashboard`). Other keywords as :func:`evaluate`.
 
     >>> from lossviz.data import digits, mlp
     >>> x, y = digits()
@@ -876,7 +888,7 @@ def surface(obj: Objective, center=None, directions=None, *, span=None, n=(51, 5
     res = Surface(x, y, {k: out[i].reshape(ny, nx) for i, k in enumerate(eng.metrics)},
                   [obj.layout.to_weights(d.clone()) for d in D],
                   obj.layout.to_weights(theta.clone()), False, None, 0.0,
-                  {}, overlay_points)
+                  {}, overlay_points, objective=obj)
     if overlay_path is not None:
         res.paths["trajectory"] = np.asarray(overlay_path, dtype=np.float64)
     if trajectory is not None:

@@ -280,3 +280,16 @@ def test_interpolation_weight_matching_toggle(two_models):
     assert res["values"]["loss"][-1] == pytest.approx(obj.loss(at=b), rel=1e-4)
     assert res["barrier"][0] < plain
     assert d.scrubber.curve2 and "before matching" in d.readout.value
+
+
+def test_close_closes_only_that_dashboard(two_models):
+    a, b, data = two_models
+    obj = Objective(a, F.cross_entropy, data)
+    d1 = dash.interpolation(obj, a, b, n=5)
+    d2 = dash.interpolation(obj, a, b, n=5)
+    d1.wait()
+    d2.wait()
+    d1.close()
+    assert d1.widget.comm is None and d1.fig.comm is None and d1.slider.comm is None
+    assert d2.widget.comm is not None and d2.fig.comm is not None and d2.slider.comm is not None
+    d2.close()

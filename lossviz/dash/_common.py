@@ -100,10 +100,18 @@ class Dashboard:
                 raise TimeoutError("the dashboard's background work did not finish in time")
 
     def close(self) -> None:
+        """Close this dashboard's widgets (its widget tree and figures) and nothing else:
+        ``Widget.close_all`` would close every widget in the kernel."""
         for d in getattr(self, "_debouncers", []):
             d.cancel()
-        if self.widget is not None:
-            self.widget.close_all() if hasattr(self.widget, "close_all") else self.widget.close()
+        todo, seen = [self.widget, *self.figures()], set()
+        while todo:
+            w = todo.pop()
+            if w is None or id(w) in seen:
+                continue
+            seen.add(id(w))
+            todo.extend(getattr(w, "children", ()))
+            w.close()
 
 
 class Debounce:

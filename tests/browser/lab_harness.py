@@ -223,3 +223,12 @@ def wait_plot(page, i: int, cond: str, timeout=60_000):
     page.wait_for_function(
         f"(() => {{ const gd = document.querySelectorAll('.js-plotly-plot')[{i}];"
         f" return !!(gd && gd.layout && gd.data && ({cond})); }})()", timeout=timeout)
+
+
+def cell_errors(page) -> list[str]:
+    """The tracebacks shown in the notebook's outputs (an assertion that failed in a cell,
+    an exception in a widget callback): each error output's text."""
+    return page.evaluate(
+        "Array.from(document.querySelectorAll("
+        "'.jp-OutputArea-output[data-mime-type=\"application/vnd.jupyter.error\"]'))"
+        ".map(e => e.textContent.slice(0, 2000))")

@@ -3,7 +3,7 @@ by keys and by mouse drag (ipywidgets slider and lossviz's scrubber), toggle a l
 mixer; the plot must change and the console stay free of errors."""
 
 import numpy as np
-from lab_harness import open_and_run, plot_js, shot, wait_plot
+from lab_harness import cell_errors, open_and_run, plot_js, shot, wait_plot
 
 TITLE = "gd.layout.title.text"
 
@@ -106,3 +106,4 @@ def test_interpolation_dashboard(page, lab):
     wait_plot(page, 0, f"{TITLE} === 'α = 1.00 · exact'", timeout=60_000)
     shot(page, "interpolation_06_matching")
     assert page.console_errors == [], page.console_errors
+    assert cell_errors(page) == []

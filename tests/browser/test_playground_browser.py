@@ -7,6 +7,7 @@ import time
 from lab_harness import (
     ARTIFACTS,
     _env,
+    cell_errors,
     free_port,
     kill,
     notebook,
@@ -75,6 +76,7 @@ def test_playground_jupyterlab(page, lab):
     page.locator(".lossviz-playground").first.wait_for(state="visible", timeout=120_000)
     _exercise(page, "playground_lab")
     assert page.console_errors == [], page.console_errors
+    assert cell_errors(page) == []
 
 
 def test_playground_voila(browser_ok, page, tmp_path):

@@ -3,7 +3,7 @@ move the smoothing slider by keys and by mouse drag, toggle log/linear, move the
 checkpoint slider by keys and by mouse drag; the plot must change each time and the
 console stay free of errors."""
 
-from lab_harness import open_and_run, plot_js, shot, wait_plot
+from lab_harness import cell_errors, open_and_run, plot_js, shot, wait_plot
 
 TITLE = "gd.layout.title.text"
 # a checksum of the density curve (trace 0): changes when any point of it changes
@@ -117,3 +117,4 @@ def test_spectrum_dashboard(page, lab):
     assert "Linear" in page.locator(".lossviz-spectrum-layers").first.inner_text()
     shot(page, "spectrum_07_layers")
     assert page.console_errors == [], page.console_errors
+    assert cell_errors(page) == []
