@@ -3,7 +3,7 @@ by keys and the span by a mouse drag, switch heatmap / 3-D, click on the map (1-
 λ_max appear), switch the direction picker; the plots must change and the console stay
 free of errors."""
 
-from lab_harness import open_and_run, shot
+from lab_harness import cell_errors, open_and_run, shot
 
 TITLE = "gd.layout.title.text"
 READOUT = ".lossviz-landscape-readout"
@@ -146,3 +146,4 @@ def test_landscape_dashboard(page, lab):
               timeout=180_000)
     _shot(page, "landscape_08_refined")
     assert page.console_errors == [], page.console_errors
+    assert cell_errors(page) == []
