@@ -17,7 +17,10 @@ it gives bit-identical weights.
 from __future__ import annotations
 
 import math
+import threading
 import time
+import traceback
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -26,7 +29,7 @@ from torch import Tensor, nn
 
 from .errors import CheckpointError, LossvizError
 from .hessian import hessian_eigs, hessian_trace
-from .objective import Objective, check_finite
+from .objective import Objective, check_finite, is_single_batch
 from .results import EigenResult, _fmt, _html_table
 from .weights import Weights
 
@@ -199,6 +202,10 @@ class SubspaceTracker:
     eigenvectors. At every call the gradient of the given batch at the current weights is
     projected on the current subspace: ``f = ||V_kᵀ g||² / ||g||²``.
 
+    Live views: :meth:`add_listener` registers ``fn(tracker, record)``, called after each
+    :meth:`step`; :meth:`dashboard` is the live dashboard (:func:`lossviz.dash.subspace`);
+    :meth:`records` reads the history safely while another thread trains.
+
     Args:
         model: the model being trained. Only read, never changed.
         loss_fn: ``loss_fn(outputs, targets)``, mean-reduced (or give ``forward=``).
@@ -293,6 +300,10 @@ class SubspaceTracker:
         self._V: Tensor | None = None  # (k, P) current basis on the compute device
         self._V_first: Tensor | None = None
         self._subspaces: list[tuple[int, Tensor]] = []  # (step, (k, P) on CPU)
+        self._overlaps: dict[tuple[int, int], float] = {}  # cache of overlap_matrix
+        self._lock = threading.RLock()  # records and subspaces are read by other threads
+        self._listeners: list[Callable] = []
+        self.listener_errors: list[str] = []
         self.last_eigs: EigenResult | None = None
         self.n_hvp = 0
         self.seconds = 0.0
@@ -325,9 +336,12 @@ class SubspaceTracker:
     def _keep_subspace(self, step: int, V: Tensor) -> None:
         if self.max_subspaces == 0:
             return
-        self._subspaces.append((step, V.detach().to("cpu", copy=True)))
-        if len(self._subspaces) > self.max_subspaces:  # thin: every other one, and the last
-            self._subspaces = self._subspaces[:-1][::2] + self._subspaces[-1:]
+        V = V.detach().to("cpu", copy=True)
+        with self._lock:
+            subs = self._subspaces + [(step, V)]
+            if len(subs) > self.max_subspaces:  # thin: every other one, and the last
+                subs = subs[:-1][::2] + subs[-1:]
+            self._subspaces = subs
 
     def _eigs(self, obj: Objective) -> tuple[EigenResult, Tensor]:
         """Top-k eigenpairs (:func:`~lossviz.hessian_eigs`, Lanczos), warm-started from
@@ -339,8 +353,12 @@ class SubspaceTracker:
 
     def _refresh(self, batch, rec: dict) -> Tensor:
         obj = self._data_obj
-        if obj is None:  # the mini-batch Hessian at this step
-            obj = Objective(self.model, self.loss_fn, batch, **self._okw)
+        if obj is None:  # the mini-batch Hessian at this step: the step objective, this batch
+            obj = self._objective()
+            if not is_single_batch(batch):
+                raise LossvizError("step(batch) needs one batch (inputs, targets) or a dict")
+            obj._batches = [_to_device(batch, obj.device)]
+            obj._op_cache = None
         t0 = time.perf_counter()
         eig, V = self._eigs(obj)
         rec["refreshed"] = True
@@ -389,13 +407,14 @@ class SubspaceTracker:
         self._n += 1
         rec: dict = {"step": step, "refreshed": False}
         rec.update(self._lrs())
+        pending: list[tuple[dict, str, Tensor]] = []
         g = None
         if "gradient_fraction" in self.track or step % self.every == 0:
             g, batch_loss = self._batch_gradient(batch)
-            self._pending.append((rec, "loss", batch_loss))
+            pending.append((rec, "loss", batch_loss))
         if loss is not None:
             if isinstance(loss, Tensor):
-                self._pending.append((rec, "train_loss", loss.detach().reshape(())))
+                pending.append((rec, "train_loss", loss.detach().reshape(())))
             else:
                 rec["train_loss"] = float(loss)
         self.seconds += time.perf_counter() - t0
@@ -407,26 +426,73 @@ class SubspaceTracker:
             V = self._V
             gg = (g.to(torch.float64) ** 2).sum()
             pg = ((V @ g).to(torch.float64) ** 2).sum()
-            self._pending.append((rec, "gradient_fraction", pg / gg))
-            self._pending.append((rec, "gradient_norm", gg.sqrt()))
-        self._records.append(rec)
-        if rec["refreshed"]:
-            self._materialize()  # bounded: the refresh synchronized anyway
+            pending.append((rec, "gradient_fraction", pg / gg))
+            pending.append((rec, "gradient_norm", gg.sqrt()))
+        with self._lock:  # a record is published together with its device scalars
+            self._pending.extend(pending)
+            self._records.append(rec)
+            if rec["refreshed"]:
+                self._materialize()  # bounded: the refresh synchronized anyway
         self.seconds += time.perf_counter() - t0
+        for fn in list(self._listeners):
+            self._notify(fn, rec)
+
+    def _notify(self, fn: Callable, rec: dict) -> None:
+        try:
+            fn(self, rec)
+        except Exception as e:  # a live view must never break training
+            msg = "".join(traceback.format_exception_only(type(e), e)).strip()
+            name = _fn_name(fn)
+            first = not any(m.startswith(f"{name}: ") for m in self.listener_errors)
+            if len(self.listener_errors) < 100:
+                self.listener_errors.append(f"{name}: {msg}")
+            if first:
+                warnings.warn(f"lossviz: SubspaceTracker listener {name} failed ({msg}); "
+                              "training goes on", RuntimeWarning, stacklevel=3)
+
+    def add_listener(self, fn: Callable) -> Callable[[], None]:
+        """Call ``fn(tracker, record)`` after every :meth:`step`, in the thread that
+        calls :meth:`step`. ``record`` is the step's dict; values still on the device are
+        not in it yet (read them with :meth:`records`, which synchronizes). An exception in
+        ``fn`` never breaks training: it is kept in ``listener_errors`` (and warned about
+        once per listener). Returns a function that removes the listener."""
+        if not callable(fn):
+            raise TypeError(f"a listener must be callable, got {type(fn).__name__}")
+        self._listeners = self._listeners + [fn]
+        return lambda: self.remove_listener(fn)
+
+    def remove_listener(self, fn: Callable) -> None:
+        """Stop calling ``fn`` (no error if it was not registered)."""
+        self._listeners = [f for f in self._listeners if f != fn]
+
+    def dashboard(self, **kw):
+        """The live dashboard of this tracker: :func:`lossviz.dash.subspace`."""
+        from . import dash
+
+        return dash.subspace(self, **kw)
 
     def _materialize(self) -> None:
         """Copy the recorded device scalars to the host: one transfer per device."""
-        if not self._pending:
-            return
-        by_device: dict = {}
-        for i, (_, _, t) in enumerate(self._pending):
-            by_device.setdefault(t.device, []).append(i)
-        for idx in by_device.values():
-            vals = torch.stack([self._pending[i][2].to(torch.float64) for i in idx]).cpu()
-            for i, v in zip(idx, vals.tolist()):
-                rec, key, _ = self._pending[i]
-                rec[key] = v
-        self._pending = []
+        with self._lock:
+            if not self._pending:
+                return
+            by_device: dict = {}
+            for i, (_, _, t) in enumerate(self._pending):
+                by_device.setdefault(t.device, []).append(i)
+            for idx in by_device.values():
+                vals = torch.stack([self._pending[i][2].to(torch.float64) for i in idx]).cpu()
+                for i, v in zip(idx, vals.tolist()):
+                    rec, key, _ = self._pending[i]
+                    rec[key] = v
+            self._pending = []
+
+    def records(self, start: int = 0) -> list[dict]:
+        """The records of :attr:`history` from index ``start`` on, complete (device values
+        read back: one synchronization) and consistent while another thread calls
+        :meth:`step`."""
+        with self._lock:
+            self._materialize()
+            return self._records[start:]
 
     @property
     def history(self) -> list[dict]:
@@ -436,8 +502,9 @@ class SubspaceTracker:
         ``overlap_first``, ``trace``, ``trace_stderr``, ``gradient_fraction_data``,
         ``n_hvp``; with an optimizer ``lr``, ``lrs``, ``two_over_lr`` and
         ``stability_threshold``. Values missing at a step are absent (NaN in pandas)."""
-        self._materialize()
-        return self._records
+        with self._lock:
+            self._materialize()
+            return self._records
 
     def to_pandas(self):
         """The history as a ``pandas.DataFrame`` indexed by step."""
@@ -457,13 +524,28 @@ class SubspaceTracker:
 
     def overlap_matrix(self) -> tuple[list[int], np.ndarray]:
         """``(steps, S)`` with ``S[i, j] = ||V_iᵀ V_j||_F² / k`` between the kept
-        subspaces (refreshes; thinned when more than ``max_subspaces``)."""
-        steps = [s for s, _ in self._subspaces]
-        if not steps:
-            return steps, np.zeros((0, 0))
-        Vs = torch.stack([V for _, V in self._subspaces]).to(torch.float64)  # (n, k, P)
-        M = torch.einsum("ikp,jlp->ijkl", Vs, Vs).pow(2).sum((-1, -2)) / Vs.shape[1]
-        return steps, M.numpy()
+        subspaces (refreshes; thinned when more than ``max_subspaces``). Pairs computed
+        before are cached: a new subspace costs one row."""
+        with self._lock:
+            subs = list(self._subspaces)
+        steps = [s for s, _ in subs]
+        n = len(steps)
+        M = np.zeros((n, n))
+        cache = self._overlaps
+        for j in range(n):
+            A = None
+            for i in range(j + 1):
+                v = cache.get((steps[i], steps[j]))
+                if v is None:
+                    if A is None:
+                        A = subs[j][1].to(torch.float64)
+                    B = subs[i][1].to(torch.float64)
+                    v = float((B @ A.T).pow(2).sum()) / min(len(A), len(B))
+                    cache[(steps[i], steps[j])] = v
+                M[i, j] = M[j, i] = v
+        kept = set(steps)
+        self._overlaps = {k: v for k, v in cache.items() if k[0] in kept and k[1] in kept}
+        return steps, M
 
     def _column(self, key: str):
         xs, ys = [], []
@@ -542,6 +624,10 @@ class SubspaceTracker:
         return _html_table(list(s), [[("–" if v is None else _fmt(v) if isinstance(v, float)
                                        else v) for v in s.values()]],
                            f"top-{self.k} {self.curvature} subspace tracker")
+
+
+def _fn_name(fn) -> str:
+    return getattr(fn, "__qualname__", None) or type(fn).__name__
 
 
 def lightning_callback(tracker: SubspaceTracker):
