@@ -4,6 +4,9 @@ Importing ``lossviz.dash`` needs nothing extra; calling a dashboard needs the wi
 stack: ``pip install 'lossviz[widgets]'`` (otherwise an ImportError says so).
 
 - :func:`interpolation` — scrub the straight path between two checkpoints.
+- :func:`landscape` — 2-D loss slices, coarse to fine, click for slices and ``λ_max``.
+- :func:`spectrum` — the Hessian spectral density, top-k, per layer, over checkpoints.
+- :func:`subspace` — a SubspaceTracker's gradient fraction and ``λ_max`` vs ``2/lr``, live.
 - :func:`lossviz.teach.playground` — the optimization playground (in ``lossviz.teach``).
 
 Each returns a dashboard object that displays itself in Jupyter / Voila (``.widget`` is
@@ -98,7 +101,7 @@ def subspace(tracker, *, every_s: float = 0.3, window: int | None = None, smooth
     Display it, then train in the next cell (or in a thread): a listener on the tracker
     redraws at most every ``every_s`` seconds (the only host synchronization), always
     ending on the last step. ``update()`` redraws now. Sliders: moving-average window
-    (``smooth`` steps) and the step range (it follows the newest step; ``window``: only the
+    (``smooth`` steps) and the step range (it follows the newest step when set to 100%; ``window``: only the
     last ``window`` steps); a toggle pauses the redraws. ``total`` (expected steps) shows a
     progress bar; ``max_points`` thins long runs (every k-th step is drawn).
     """
