@@ -101,8 +101,8 @@ def subspace(tracker, *, every_s: float = 0.3, window: int | None = None, smooth
     Display it, then train in the next cell (or in a thread): a listener on the tracker
     redraws at most every ``every_s`` seconds (the only host synchronization), always
     ending on the last step. ``update()`` redraws now. Sliders: moving-average window
-    (``smooth`` steps) and the step range (it follows the newest step when set to 100%; ``window``: only the
-    last ``window`` steps); a toggle pauses the redraws. ``total`` (expected steps) shows a
+    (``smooth`` steps) and the step range in percent of the run (at 100% it follows the
+    newest step; ``window``: only the last ``window`` steps); a toggle pauses the redraws. ``total`` (expected steps) shows a
     progress bar; ``max_points`` thins long runs (every k-th step is drawn).
     """
     require()
