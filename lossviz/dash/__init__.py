@@ -102,8 +102,8 @@ def subspace(tracker, *, every_s: float = 0.3, window: int | None = None, smooth
     redraws at most every ``every_s`` seconds (the only host synchronization), always
     ending on the last step. ``update()`` redraws now. Sliders: moving-average window
     (``smooth`` steps) and the step range in percent of the run (at 100% it follows the
-    newest step; ``window``: only the last ``window`` steps); a toggle pauses the redraws. ``total`` (expected steps) shows a
-    progress bar; ``max_points`` thins long runs (every k-th step is drawn).
+    newest step; ``window``: only the last ``window`` steps); a toggle pauses the
+    redraws. ``total`` (expected steps) shows a progress bar; ``max_points`` thins long runs (every k-th step is drawn).
     """
     require()
     from ._subspace import SubspaceDashboard
