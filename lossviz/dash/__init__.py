@@ -103,7 +103,8 @@ def subspace(tracker, *, every_s: float = 0.3, window: int | None = None, smooth
     ending on the last step. ``update()`` redraws now. Sliders: moving-average window
     (``smooth`` steps) and the step range in percent of the run (at 100% it follows the
     newest step; ``window``: only the last ``window`` steps); a toggle pauses the
-    redraws. ``total`` (expected steps) shows a progress bar; ``max_points`` thins long runs (every k-th step is drawn).
+    redraws. ``total`` (expected steps) shows a progress bar; ``max_points`` thins long
+    runs (every k-th step is drawn).
     """
     require()
     from ._subspace import SubspaceDashboard
