@@ -14,6 +14,8 @@ import torch
 pytest.importorskip("ipywidgets")
 pytest.importorskip("anywidget")
 
+from widget_messages import frontend_update  # noqa: E402
+
 from lossviz import Objective, dash  # noqa: E402
 from lossviz.data import digits, mlp, train  # noqa: E402
 from lossviz.errors import LossvizError  # noqa: E402
@@ -29,12 +31,6 @@ def two_models():
     train(a, (x, y), steps=60, seed=0)
     train(b, (x, y), steps=60, seed=1)
     return a, b, (x, y)
-
-
-def frontend_update(widget, **state):
-    """What the browser sends when the user moves a widget."""
-    widget._handle_msg({"content": {"data": {"method": "update", "state": state,
-                                             "buffer_paths": []}}, "buffers": []})
 
 
 def test_import_without_widgets_names_the_extra():

@@ -12,6 +12,8 @@ import torch
 pytest.importorskip("ipywidgets")
 pytest.importorskip("anywidget")
 
+from widget_messages import frontend_update  # noqa: E402
+
 import lossviz as lv  # noqa: E402
 from lossviz import Objective, dash  # noqa: E402
 from lossviz.data import digits, mlp, train  # noqa: E402
@@ -31,12 +33,6 @@ def run():
     for i, m in enumerate(others):
         train(m, (x, y), steps=40, seed=i + 1)
     return model, snaps, others, (x, y)
-
-
-def frontend_update(widget, **state):
-    """What the browser sends when the user moves a widget."""
-    widget._handle_msg({"content": {"data": {"method": "update", "state": state,
-                                             "buffer_paths": []}}, "buffers": []})
 
 
 def frontend_click(fig, trace: int, x: float, y: float):

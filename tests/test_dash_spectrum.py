@@ -13,6 +13,8 @@ import torch
 pytest.importorskip("ipywidgets")
 pytest.importorskip("anywidget")
 
+from widget_messages import frontend_update  # noqa: E402
+
 import lossviz as lv  # noqa: E402
 from lossviz import Objective, dash  # noqa: E402
 from lossviz.data import digits, mlp, train  # noqa: E402
@@ -21,12 +23,6 @@ from lossviz.hvp import CurvatureOperator  # noqa: E402
 
 F = torch.nn.functional
 KW = {"n_probes": 4, "steps": 30, "k": 3, "seed": 3}
-
-
-def frontend_update(widget, **state):
-    """What the browser sends when the user moves a widget."""
-    widget._handle_msg({"content": {"data": {"method": "update", "state": state,
-                                             "buffer_paths": []}}, "buffers": []})
 
 
 @pytest.fixture(scope="module")

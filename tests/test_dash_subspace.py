@@ -16,6 +16,8 @@ from torch import nn
 pytest.importorskip("ipywidgets")
 pytest.importorskip("anywidget")
 
+from widget_messages import frontend_update  # noqa: E402
+
 import lossviz.subspace as lsub  # noqa: E402
 from lossviz import Objective, dash, hessian_eigs  # noqa: E402
 from lossviz.dash._subspace import (  # noqa: E402
@@ -67,12 +69,6 @@ def train(model, opt, tr, data, n, *, seed=0, sleep=0.0, on_step=None):
         if sleep:
             time.sleep(sleep)
     return (x[idx], y[idx])
-
-
-def frontend_update(widget, **state):
-    """What the browser sends when the user moves a widget."""
-    widget._handle_msg({"content": {"data": {"method": "update", "state": state,
-                                             "buffer_paths": []}}, "buffers": []})
 
 
 def moving_average(y, w):
