@@ -202,6 +202,14 @@ class Objective:
         self._op_cache = None
 
     # data ------------------------------------------------------------------
+    def _swap_batch(self, batch) -> None:
+        """Evaluate on the single ``batch`` from now on, keeping the shadow module and the
+        tuned product methods (SubspaceTracker's mini-batch refreshes)."""
+        with self._lock:
+            self._single = True
+            self._batches = [to_device(batch, self.device)]
+            self._op_cache = None
+
     def batches(self):
         """The batches on the compute device, with their sizes."""
         src = self._batches if self._batches is not None else self._data

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from .errors import CheckpointError, LossvizError
 from .hessian import hessian_eigs, hessian_trace
-from .objective import Objective, check_finite, is_single_batch
+from .objective import Objective, check_finite, is_single_batch, to_device
 from .results import EigenResult, _fmt, _html_table
 from .weights import Weights
 
@@ -158,18 +158,6 @@ def subspace_overlap(V1, V2, *, check: bool = True) -> float:
 
 
 # --- tracker ------------------------------------------------------------------------------
-def _to_device(x, device):
-    if isinstance(x, Tensor):
-        return x.to(device, non_blocking=True)
-    if isinstance(x, Mapping):
-        return {k: _to_device(v, device) for k, v in x.items()}
-    if isinstance(x, tuple) and hasattr(x, "_fields"):
-        return type(x)(*(_to_device(v, device) for v in x))
-    if isinstance(x, (list, tuple)):
-        return type(x)(_to_device(v, device) for v in x)
-    return x
-
-
 def _thresholds(group: Mapping) -> tuple[float, float | None]:
     """``(2/lr, stability threshold)`` for one optimizer parameter group.
 
@@ -318,7 +306,7 @@ class SubspaceTracker:
         """(flat gradient, loss) of the batch at the current weights, on the private copy."""
         obj = self._objective()
         flat, fixed = obj.resolve()
-        b = _to_device(batch, obj.device)
+        b = to_device(batch, obj.device)
         with torch.enable_grad():
             theta = flat.detach().requires_grad_(True)
             loss = obj.batch_loss(theta, fixed, b)
@@ -357,8 +345,7 @@ class SubspaceTracker:
             obj = self._objective()
             if not is_single_batch(batch):
                 raise LossvizError("step(batch) needs one batch (inputs, targets) or a dict")
-            obj._batches = [_to_device(batch, obj.device)]
-            obj._op_cache = None
+            obj._swap_batch(batch)
         t0 = time.perf_counter()
         eig, V = self._eigs(obj)
         rec["refreshed"] = True
