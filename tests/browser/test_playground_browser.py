@@ -59,12 +59,23 @@ def _exercise(page, prefix):
     page.locator(".widget-tab .lm-TabBar-tab", has_text="edge of stability").first.click()
     eos = page.locator(".widget-slider .noUi-handle").nth(5)
     eos.wait_for(state="visible")
-    eos.focus()
-    for _ in range(6):
+    readout = page.locator(".widget-slider .widget-readout").nth(5)
+    # key presses sent while the freshly shown tab is still laid out can be lost (seen
+    # once in CI): press until the slider itself reads past 2/λ_max = 0.1
+    for _ in range(20):
+        if float(readout.inner_text() or 0) >= 0.105:
+            break
+        eos.focus()
         eos.press("ArrowRight")
-    page.wait_for_function("Array.from(document.querySelectorAll('.js-plotly-plot'))"
-                           ".some(g => g.layout && g.layout.title && g.layout.title.text"
-                           " && g.layout.title.text.includes('diverges'))", timeout=60_000)
+        page.wait_for_timeout(50)
+    titles = ("Array.from(document.querySelectorAll('.js-plotly-plot'))"
+              ".map(g => g.layout && g.layout.title && g.layout.title.text).filter(t => t)")
+    try:
+        page.wait_for_function(f"{titles}.some(t => t.includes('diverges'))", timeout=60_000)
+    except Exception:
+        shot(page, f"{prefix}_failed_eos")
+        raise AssertionError(f"edge-of-stability lr slider reads {readout.inner_text()!r}; "
+                             f"plot titles {page.evaluate(titles)}") from None
     shot(page, f"{prefix}_03_eos")
     page.locator(".widget-tab .lm-TabBar-tab", has_text="Muon").first.click()
     page.wait_for_timeout(800)
