@@ -216,7 +216,7 @@ class Playground:
     def __init__(self, function: str = "ill-conditioned quadratic",
                  optimizers=("SGD", "momentum", "Adam"), *, lr: float = 0.05,
                  steps: int = 100, grid: int = 80):
-        from .dash._common import require
+        from .dash._common import figure_widget, require
 
         require()
         import ipywidgets as W
@@ -269,7 +269,7 @@ class Playground:
                            legend={"bgcolor": "rgba(255,255,255,0.7)", "x": 0.01, "y": 0.99},
                            xaxis={"range": list(fn.box[:2])},
                            yaxis={"range": list(fn.box[2:])}, template="plotly_white")
-        self.fig = go.FigureWidget(base)
+        self.fig = figure_widget(base)
         lossf = go.Figure([go.Scatter(x=[], y=[], mode="lines", name=n,
                                       line={"color": c if c != "#ffffff" else "#555",
                                             "width": 2})
@@ -278,7 +278,7 @@ class Playground:
                             margin={"l": 50, "r": 10, "t": 40, "b": 40},
                             title={"text": "loss − min vs step", "font": {"size": 13}},
                             xaxis_title="step", showlegend=False)
-        self.loss_fig = go.FigureWidget(lossf)
+        self.loss_fig = figure_widget(lossf)
         self.fig.data[0].on_click(self._on_click)
 
         for w in (self.function, self.optimizers, self.lr, self.momentum, self.rho, self.steps,
@@ -309,7 +309,7 @@ class Playground:
         eos.update_layout(width=1000, height=320, showlegend=False, template="plotly_white",
                           margin={"l": 50, "r": 10, "t": 50, "b": 40},
                           title={"text": "", "font": {"size": 13}})
-        self.eos_fig = go.FigureWidget(eos)
+        self.eos_fig = figure_widget(eos)
         self.eos_lr.observe(lambda ch: self._update_eos(), names="value")
 
         # ---- Muon ----------------------------------------------------------------------
@@ -330,7 +330,7 @@ class Playground:
         mu.update_yaxes(type="log", row=1, col=1)
         mu.update_layout(width=1000, height=320, template="plotly_white",
                          margin={"l": 50, "r": 10, "t": 50, "b": 40})
-        self.muon_fig = go.FigureWidget(mu)
+        self.muon_fig = figure_widget(mu)
         self.muon_lr.observe(lambda ch: self._update_muon(), names="value")
         self.sgd_lr.observe(lambda ch: self._update_muon(), names="value")
 

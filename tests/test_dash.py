@@ -45,7 +45,7 @@ def test_import_without_widgets_names_the_extra():
 
 def test_widgets_dir_has_the_modules():
     d = dash.widgets_dir()
-    for f in ("scrubber.js", "scrubber.css", "mixer.js", "mixer.css"):
+    for f in ("scrubber.js", "scrubber.css", "mixer.js", "mixer.css", "figure.js"):
         assert (d / f).is_file()
     assert "export default" in (d / "scrubber.js").read_text()
 
@@ -289,3 +289,26 @@ def test_close_closes_only_that_dashboard(two_models):
     assert d1.widget.comm is None and d1.fig.comm is None and d1.slider.comm is None
     assert d2.widget.comm is not None and d2.fig.comm is not None and d2.slider.comm is not None
     d2.close()
+
+
+def test_figures_share_one_plotly_front_end():
+    """Every dashboard figure loads plotly's module through widgets/figure.js, keyed by
+    plotly's version and bundle, so a page compiles it once (anywidget drops the messages
+    of a model that took over 2 s to start: with several figures some never updated)."""
+    import plotly
+    import plotly.graph_objects as go
+
+    from lossviz import teach
+
+    p = teach.playground()
+    figs = (p.fig, p.loss_fig, p.eos_fig, p.muon_fig)
+    states = [f.get_state() for f in figs]
+    bundle = str(go.FigureWidget._esm)
+    for f, st in zip(figs, states):
+        assert isinstance(f, go.FigureWidget)
+        assert st["_esm"] == (dash.widgets_dir() / "figure.js").read_text()
+        assert st["_plotly_esm"] == bundle
+        assert st["_plotly_key"].startswith(plotly.__version__ + "-")
+    assert len({st["_plotly_key"] for st in states}) == 1
+    # the same plotly front end: its module's default export is what figure.js runs
+    assert "export{" in bundle and " as default}" in bundle

@@ -3,6 +3,7 @@ modules live, the display base class, background workers and a debouncer."""
 
 from __future__ import annotations
 
+import functools
 import threading
 import traceback
 from pathlib import Path
@@ -44,6 +45,36 @@ def widgets_dir() -> Path:
 
 def read_asset(name: str) -> str:
     return (widgets_dir() / name).read_text(encoding="utf-8")
+
+
+@functools.cache
+def _figure_widget_class():
+    import hashlib
+
+    import plotly
+    import plotly.graph_objects as go
+    import traitlets
+
+    bundle = str(go.FigureWidget._esm)
+    key = f"{plotly.__version__}-{hashlib.sha1(bundle.encode()).hexdigest()[:16]}"
+
+    class FigureWidget(go.FigureWidget):
+        """plotly's FigureWidget with its front end compiled once per page (``figure.js``):
+        anywidget compiles every figure's inline 5 MB module separately and drops the
+        kernel's messages to a model that took over 2 s, so with several figures on a page
+        some plots never updated (seen in Voila)."""
+
+        _esm = read_asset("figure.js")
+        _plotly_esm = traitlets.Unicode(bundle).tag(sync=True)
+        _plotly_key = traitlets.Unicode(key).tag(sync=True)
+
+    return FigureWidget
+
+
+def figure_widget(fig):
+    """``go.FigureWidget(fig)`` for the dashboards: the same widget, but every figure on the
+    page shares one compiled copy of plotly's front end (see ``widgets/figure.js``)."""
+    return _figure_widget_class()(fig)
 
 
 class Dashboard:

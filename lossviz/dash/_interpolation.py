@@ -13,7 +13,7 @@ import torch
 from ..errors import LossvizError
 from ..landscape import _Engine, evaluate, resolve_metrics
 from ..objective import Objective
-from ._common import Dashboard, Debounce, finite_list, sync_figures
+from ._common import Dashboard, Debounce, figure_widget, finite_list, sync_figures
 
 
 def layer_groups(obj: Objective, layers=None) -> dict[str, list[str]]:
@@ -230,7 +230,7 @@ class InterpolationDashboard(Dashboard):
                            template="plotly_white",
                            title={"text": "α = 0.00 · waiting for the α grid", "x": 0.01,
                                   "font": {"size": 13}})
-        self.fig = go.FigureWidget(base)
+        self.fig = figure_widget(base)
         self.pred_fig = self._build_pred_fig(go) if self._kind else None
 
         # ---- wiring -----------------------------------------------------------------
@@ -546,7 +546,7 @@ class InterpolationDashboard(Dashboard):
                                      "font": {"size": 12}}, yaxis={"range": [0, 1]})
         fig.update_layout(height=300, width=340, margin={"l": 10, "r": 10, "t": 40, "b": 10},
                           template="plotly_white", showlegend=False)
-        return go.FigureWidget(fig)
+        return figure_widget(fig)
 
     def _show_preds(self, pred, exact):
         if pred is None or self.pred_fig is None:

@@ -18,7 +18,7 @@ from ..hessian import hessian_eigs
 from ..landscape import Surface, _flat_direction, evaluate, line, resolve_metrics, surface
 from ..objective import Objective
 from ..trajectory import TrajectoryRecorder
-from ._common import Dashboard, Debounce, finite_list, sync_figures
+from ._common import Dashboard, Debounce, figure_widget, finite_list, sync_figures
 
 DIRECTIONS = {
     "given": "this surface",
@@ -258,7 +258,7 @@ class LandscapeDashboard(Dashboard):
                                "font": {"size": 14}},
                         xaxis={"title": {"text": "a"}, "showgrid": False, "zeroline": False},
                         yaxis={"title": {"text": "b"}, "showgrid": False, "zeroline": False})
-        self.fig = go.FigureWidget(m)
+        self.fig = figure_widget(m)
 
         s3 = go.Figure([
             go.Surface(x=None, y=None, z=None, colorscale="Viridis", colorbar=cbar,
@@ -277,7 +277,7 @@ class LandscapeDashboard(Dashboard):
                                 "xaxis": {"title": {"text": "a"}},
                                 "yaxis": {"title": {"text": "b"}},
                                 "zaxis": {"title": {"text": names[0]}}})
-        self.fig3d = go.FigureWidget(s3)
+        self.fig3d = figure_widget(s3)
 
         sl = make_subplots(rows=2, cols=1, vertical_spacing=0.2,
                            subplot_titles=("along d1 (b fixed)", "along d2 (a fixed)"))
@@ -293,7 +293,7 @@ class LandscapeDashboard(Dashboard):
                          margin={"l": 60, "r": 15, "t": 60, "b": 50},
                          title={"text": "1-D slices through the inspected point", "x": 0.02,
                                 "font": {"size": 13}})
-        self.slice_fig = go.FigureWidget(sl)
+        self.slice_fig = figure_widget(sl)
 
         for t in self.fig.data:
             t.on_click(self._on_click)

@@ -23,7 +23,7 @@ from ..hessian import (
 )
 from ..objective import Objective
 from ..results import BlockResults, EigenResult, SpectralDensity
-from ._common import Dashboard, finite_list, sync_figures
+from ._common import Dashboard, figure_widget, finite_list, sync_figures
 
 TASKS = ("density", "eigs", "blocks")
 GRID = 1500  # points of the density curve
@@ -209,7 +209,7 @@ class SpectrumDashboard(Dashboard):
             legend={"orientation": "h", "x": 1, "xanchor": "right", "y": 1.0,
                     "yanchor": "bottom", "font": {"size": 11}},
         )
-        self.fig = go.FigureWidget(base)
+        self.fig = figure_widget(base)
         self.lmax_fig = None
         if len(self.points) > 1:
             xs = [p.x for p in self.points]
@@ -230,7 +230,7 @@ class SpectrumDashboard(Dashboard):
                 yaxis={"title": {"text": "λ_max"}, "rangemode": "tozero"})
             if not numeric:
                 lf.update_xaxes(tickvals=xs, ticktext=[p.label for p in self.points])
-            self.lmax_fig = go.FigureWidget(lf)
+            self.lmax_fig = figure_widget(lf)
 
         # ---- wiring -----------------------------------------------------------------
         self.smoothing.observe(lambda ch: self._show(), names="value")

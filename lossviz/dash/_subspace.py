@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from ..errors import LossvizError
-from ._common import Dashboard, finite_list, sync_figures
+from ._common import Dashboard, figure_widget, finite_list, sync_figures
 
 # trace indices of the line figure (rows: fraction, λ_max, loss)
 FRAC, FRAC_AVG, FRAC_DATA, LAM, TWO, THR, LOSS, LOSS_AVG = range(8)
@@ -165,7 +165,7 @@ class SubspaceDashboard(Dashboard):
                            legend={"orientation": "h", "y": -0.12, "x": 0, "font": {"size": 11}})
         for a in base.layout.annotations:
             a.font.size = 13
-        self.fig = go.FigureWidget(base)
+        self.fig = figure_widget(base)
 
         heat = go.Figure(go.Heatmap(z=[], x=[], y=[], zmin=0, zmax=1, colorscale="Viridis",
                                     colorbar={"thickness": 12, "len": 0.9},
@@ -177,7 +177,7 @@ class SubspaceDashboard(Dashboard):
                            margin={"l": 50, "r": 10, "t": 50, "b": 45},
                            title={"text": f"overlap ‖V_iᵀV_j‖²_F/{k} of the top-{k} subspaces",
                                   "font": {"size": 13}, "x": 0.02})
-        self.heat = go.FigureWidget(heat)
+        self.heat = figure_widget(heat)
 
         # ---- wiring -----------------------------------------------------------------
         self.smooth.observe(self._on_view, names="value")

@@ -78,7 +78,16 @@ def _exercise(page, prefix):
                              f"plot titles {page.evaluate(titles)}") from None
     shot(page, f"{prefix}_03_eos")
     page.locator(".widget-tab .lm-TabBar-tab", has_text="Muon").first.click()
-    page.wait_for_timeout(800)
+    # the fourth figure must still take the kernel's updates (anywidget drops every message
+    # to a model whose front end took over 2 s to start: lossviz figures share one module)
+    muon = page.locator(".widget-slider .noUi-handle").nth(7)
+    muon.wait_for(state="visible")
+    page.evaluate(plot_js(3, "(window.__lvM = JSON.stringify(Array.from(gd.data[1].y)))"))
+    muon.focus()
+    for _ in range(3):
+        muon.press("ArrowLeft")
+    wait_plot(page, 3, "JSON.stringify(Array.from(gd.data[1].y)) !== window.__lvM",
+              timeout=60_000)
     shot(page, f"{prefix}_04_muon")
 
 
