@@ -125,7 +125,7 @@ def sam_step(p: torch.Tensor, loss_fn, opt, rho: float) -> float:
     with torch.no_grad():
         p.sub_(eps)
     opt.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def run(fn: Function2D, optimizer: str, *, lr: float, steps: int, momentum: float = 0.9,
