@@ -10,12 +10,14 @@ page (``voila notebooks/playground.ipynb``). Needs ``pip install 'lossviz[widget
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from .dash._common import Dashboard, figure_widget, require
 from .errors import LossvizError
 
 __all__ = ["FUNCTIONS", "OPTIMIZERS", "Playground", "newton_schulz", "playground", "run",
@@ -210,15 +212,15 @@ def run_matrix(method: str, lr: float, steps: int, momentum: float = 0.9, seed: 
     return losses, torch.linalg.svdvals(upd.detach()).numpy()
 
 
-class Playground:
-    """See :func:`playground`; ``.widget`` is the root widget."""
+class Playground(Dashboard):
+    """See :func:`playground`; ``.widget`` is the root widget. The optimizer runs happen in
+    a background thread (the latest settings win; ``wait()`` joins it)."""
 
     def __init__(self, function: str = "ill-conditioned quadratic",
                  optimizers=("SGD", "momentum", "Adam"), *, lr: float = 0.05,
                  steps: int = 100, grid: int = 80):
-        from .dash._common import figure_widget, require
-
         require()
+        super().__init__()
         import ipywidgets as W
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
@@ -281,8 +283,8 @@ class Playground:
         self.loss_fig = figure_widget(lossf)
         self.fig.data[0].on_click(self._on_click)
 
-        for w in (self.function, self.optimizers, self.lr, self.momentum, self.rho, self.steps,
-                  self.kappa):
+        # function and κ redraw the contour first (_new_function), then the runs
+        for w in (self.optimizers, self.lr, self.momentum, self.rho, self.steps):
             w.observe(self._update, names="value")
         self.function.observe(self._new_function, names="value")
         self.kappa.observe(self._new_function, names="value")
@@ -347,15 +349,15 @@ class Playground:
                                      "contour to move the start point"), tabs])
         self.widget.add_class("lossviz-playground")
         self.results: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        self._update()
+        self._lock = threading.Lock()
+        self._draw_lock = threading.Lock()   # the worker and the contour share self.fig
+        self._gen = 0
+        self._request = None
+        self._worker = None
+        settings = self._settings()
+        self._draw(settings, self._runs(settings))   # complete before the first display
         self._update_eos()
         self._update_muon()
-
-    def _repr_mimebundle_(self, **kw):
-        from .dash._common import sync_figures
-
-        sync_figures(self.fig, self.loss_fig, self.eos_fig, self.muon_fig)
-        return self.widget._repr_mimebundle_(**kw)
 
     def _contour(self, fn):
         x0, x1, y0, y1 = fn.box
@@ -373,7 +375,7 @@ class Playground:
         if change is not None and change["owner"] is self.function:
             self.start = None
         cx, cy, z = self._contour(fn)
-        with self.fig.batch_update():
+        with self._draw_lock, self.fig.batch_update():
             c = self.fig.data[0]
             c.x, c.y, c.z = cx, cy, z
             self.fig.layout.xaxis.range = list(fn.box[:2])
@@ -386,22 +388,64 @@ class Playground:
             self.start = (float(points.xs[0]), float(points.ys[0]))
             self._update()
 
-    def _update(self, change=None):
+    def _settings(self) -> dict:
         fn = FUNCTIONS[self.function.value]
-        start = self.start or fn.start
-        kappa = self.kappa.value
+        return {"fn": fn, "start": self.start or fn.start, "kappa": self.kappa.value,
+                "optimizers": tuple(self.optimizers.value), "lr": self.lr.value,
+                "steps": self.steps.value, "momentum": self.momentum.value,
+                "rho": self.rho.value}
+
+    def _update(self, change=None):
+        """Queue a recomputation with the current settings; one worker thread runs the
+        newest request and drops the ones it was superseded by."""
+        settings = self._settings()
+        with self._lock:
+            self._gen += 1
+            self._request = (self._gen, settings)
+            if self._worker is None:
+                self._worker = self._spawn(self._work, name="lossviz-playground")
+
+    def _work(self):
+        try:
+            while True:
+                with self._lock:
+                    item, self._request = self._request, None
+                    if item is None:
+                        self._worker = None
+                        return
+                gen, settings = item
+                results = self._runs(settings, gen)
+                if results is not None and gen == self._gen:
+                    self._draw(settings, results)
+        except BaseException:
+            with self._lock:
+                self._worker = None
+            raise
+
+    def _on_error(self, e: Exception) -> None:
+        self.info.value = f"<small style='color:#d62728'>error: {e}</small>"
+
+    def _runs(self, s: dict, gen: int | None = None):
+        """Each chosen optimizer's run; ``None`` once a newer request has come in."""
+        out = {}
+        for name in s["optimizers"]:
+            if gen is not None and gen != self._gen:
+                return None
+            out[name] = run(s["fn"], name, lr=s["lr"], steps=s["steps"],
+                            momentum=s["momentum"], rho=s["rho"], kappa=s["kappa"],
+                            start=s["start"])
+        return out
+
+    def _draw(self, s: dict, results: dict) -> None:
+        fn, start, kappa = s["fn"], s["start"], s["kappa"]
         with torch.no_grad():
             grid_min = 0.0
             if fn.minima:
                 grid_min = min(float(fn(torch.tensor(m, dtype=torch.float64), kappa))
                                for m in fn.minima)
-        self.results = {}
-        for name in self.optimizers.value:
-            self.results[name] = run(fn, name, lr=self.lr.value, steps=self.steps.value,
-                                     momentum=self.momentum.value, rho=self.rho.value,
-                                     kappa=kappa, start=start)
+        self.results = results
         finals = []
-        with self.fig.batch_update(), self.loss_fig.batch_update():
+        with self._draw_lock, self.fig.batch_update(), self.loss_fig.batch_update():
             for i, name in enumerate(OPTIMIZERS):
                 t = self.fig.data[1 + i]
                 lt = self.loss_fig.data[i]
@@ -419,10 +463,10 @@ class Playground:
                 else:
                     t.x, t.y, lt.x, lt.y = [], [], [], []
                     t.visible = lt.visible = False
-            s = self.fig.data[-1]
-            s.x, s.y = [start[0]], [start[1]]
+            mark = self.fig.data[-1]
+            mark.x, mark.y = [start[0]], [start[1]]
             # the whole run on the x axis, even where every optimizer stopped early
-            self.loss_fig.layout.xaxis.range = [0, self.steps.value]
+            self.loss_fig.layout.xaxis.range = [0, s["steps"]]
         self.info.value = "<small>final loss — " + "; ".join(finals) + "</small>"
 
     def _update_eos(self):

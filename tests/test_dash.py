@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -197,6 +198,7 @@ def test_playground_sliders_change_the_figures():
     p = teach.playground()
     sgd = np.array(p.fig.data[1].x, dtype=float).copy()
     p.lr.value = 0.2
+    p.wait()
     assert not np.array_equal(np.array(p.fig.data[1].x, dtype=float), sgd)
     # the trajectory is what torch.optim.SGD does on the function
     fn = teach.FUNCTIONS["ill-conditioned quadratic"]
@@ -209,6 +211,7 @@ def test_playground_sliders_change_the_figures():
     np.testing.assert_allclose(p.results["SGD"][0][3], w.detach().numpy())
     # a simulated front-end message on the steps slider
     frontend_update(p.steps, value=50)
+    p.wait()
     assert len(p.fig.data[1].x) == 51
     # loss vs step spans the whole run, and exact convergence sits on the floor of the log axis
     assert tuple(p.loss_fig.layout.xaxis.range) == (0, 50)
@@ -216,6 +219,7 @@ def test_playground_sliders_change_the_figures():
     p.function.value = "Rosenbrock"
     assert p.fig.layout.title.text == "Rosenbrock"
     p.optimizers.value = ("SAM", "Adagrad")
+    p.wait()
     assert p.fig.data[1].visible is False and p.fig.data[8].visible is True
     # edge of stability: the verdict follows lr vs 2/λ_max
     p.eos_lr.value = 0.095
@@ -289,6 +293,33 @@ def test_close_closes_only_that_dashboard(two_models):
     assert d1.widget.comm is None and d1.fig.comm is None and d1.slider.comm is None
     assert d2.widget.comm is not None and d2.fig.comm is not None and d2.slider.comm is not None
     d2.close()
+
+
+def test_playground_runs_in_a_thread_and_the_latest_settings_win():
+    from lossviz import teach
+
+    p = teach.playground(optimizers=teach.OPTIMIZERS)
+    msgs = []
+    p.fig.comm.send = lambda *a, **k: msgs.append(1)   # count redraws of the contour figure
+    t0 = time.perf_counter()
+    for steps in (400, 395, 390, 385, 380, 50):     # a fast drag: each move returns at once
+        p.steps.value = steps
+    assert time.perf_counter() - t0 < 0.2
+    p.wait()
+    assert p.errors == []
+    assert len(p.fig.data[1].x) == 51 and set(p.results) == set(teach.OPTIMIZERS)
+    assert len(msgs) < 6              # superseded settings are dropped, not drawn
+    # the drawn runs are those of the final settings
+    traj, _ = teach.run(teach.FUNCTIONS[p.function.value], "Adam", lr=p.lr.value, steps=50,
+                        kappa=p.kappa.value)
+    np.testing.assert_allclose(np.array(p.fig.data[4].x, dtype=float), traj[:, 0])
+    # a failing run is shown, and the next move works again
+    p.lr.value = float("nan")
+    p.wait()
+    assert p.errors and "lr must be positive" in p.info.value
+    p.lr.value = 0.05
+    p.wait()
+    assert "final loss" in p.info.value and p._worker is None
 
 
 def test_figures_share_one_plotly_front_end():
