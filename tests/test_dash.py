@@ -37,11 +37,13 @@ def two_models():
 def test_import_without_widgets_names_the_extra():
     code = ("import sys; sys.modules['ipywidgets'] = None; sys.modules['anywidget'] = None\n"
             "import lossviz.dash as d\n"
-            "try:\n    d.interpolation(None, None, None)\n"
-            "except ImportError as e:\n    print('ERR', e)\n")
+            "import lossviz.teach as t\n"
+            "for f in (lambda: d.interpolation(None, None, None), t.playground):\n"
+            "    try:\n        f()\n"
+            "    except ImportError as e:\n        print('ERR', e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
-    assert "ERR" in out and "pip install 'lossviz[widgets]'" in out
+    assert out.count("ERR") == 2 and "pip install 'lossviz[widgets]'" in out
 
 
 def test_widgets_dir_has_the_modules():
