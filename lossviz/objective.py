@@ -431,4 +431,4 @@ class _Bound:  # pragma: no cover - fallback for torch without _reparametrize_mo
 
 def check_finite(loss: Tensor) -> None:
     if not bool(torch.isfinite(loss)):
-        raise NonFiniteLossError(f"the loss is not finite at this point ({float(loss)})")
+        raise NonFiniteLossError(f"the loss is not finite at this point ({float(loss.detach())})")
