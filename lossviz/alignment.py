@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import CheckpointError, DataError, LossvizError
+from .interrupt import api
 from .objective import Objective, is_single_batch
 from .weights import Weights, as_state
 
@@ -161,6 +162,7 @@ def _model_of(model) -> nn.Module:
     return model
 
 
+@api
 def permutation_spec(model: nn.Module) -> PermutationSpec:
     """The permutation symmetries of ``model``, found by tracing it with ``torch.fx``.
 
@@ -553,6 +555,7 @@ def _permute(w: Tensor, axis: int, flat: str | None, perm: Tensor) -> Tensor:
     return w1.reshape(shape).movedim(0, axis)
 
 
+@api
 def apply_permutation(spec: PermutationSpec, state, perms: Mapping[int, Tensor]) -> Weights:
     """``state`` with unit ``i`` of space ``s`` taken from unit ``perms[s][i]`` (all tensors
     the spec names; the others copied). The result computes the same function."""
@@ -583,6 +586,7 @@ def _check_pair(model: nn.Module, a: dict, b: dict):
         raise CheckpointError(f"a and b have different keys: {extra[:10]}")
 
 
+@api
 def weight_matching(model: nn.Module, a, b, *, max_iter: int = 100, seed: int = 0,
                     spec: PermutationSpec | None = None) -> Weights:
     """``b`` with its hidden units permuted to align with ``a`` (Git Re-Basin weight
@@ -685,6 +689,7 @@ def _private_model(obj_or_model, weights) -> tuple[nn.Module, list, torch.device
     return m, default, dev
 
 
+@api
 def reset_bn(obj_or_model, weights, data=None, *, repair=None, alpha: float = 0.5) -> Weights:
     """``weights`` with BatchNorm running statistics re-estimated on ``data``
     (``torch.optim.swa_utils.update_bn``: the running averages are reset and recomputed as

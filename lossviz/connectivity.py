@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from .errors import CheckpointError, LossvizError
+from .interrupt import api
 from .landscape import _check_n, evaluate, resolve_metrics
 from .objective import Objective
 
@@ -260,6 +261,7 @@ def _fmt(x) -> str:
     return "nan" if not np.isfinite(x) else f"{x:.4g}"
 
 
+@api
 def interpolate(obj: Objective, a, b, *, n: int = 25, metrics=("loss", "accuracy"),
                 bn: str = "eval", recompute_data=None, progress=None, **kw) -> PathResult:
     """Metrics along the straight line ``θ(α) = (1-α)·θA + α·θB`` at ``n`` evenly spaced
@@ -298,6 +300,7 @@ def interpolate(obj: Objective, a, b, *, n: int = 25, metrics=("loss", "accuracy
                       bn, obj, a, b, time.perf_counter() - t0)
 
 
+@api
 def barrier(obj: Objective, a, b, *, metric: str = "loss", kind: str = "linear", n: int = 25,
             **kw) -> float:
     """The barrier between ``a`` and ``b`` on the straight line (``n`` α values):
@@ -366,6 +369,7 @@ class BarrierMatrix:
         return fig
 
 
+@api
 def barrier_matrix(obj: Objective, points, *, metric: str = "loss", kind: str = "linear",
                    n: int = 25, bn: str = "eval", recompute_data=None, progress=None,
                    **kw) -> BarrierMatrix:
@@ -607,6 +611,7 @@ def _check_alpha_n(n):
     return np.linspace(0.0, 0.5, _check_n(n))
 
 
+@api
 def layerwise_barriers(obj: Objective, a, b, *, groups="module", base="both",
                        metric: str = "loss", n: int | None = None, bn: str = "eval",
                        recompute_data=None, progress=None, **kw) -> LayerwiseResult:
@@ -692,6 +697,7 @@ class LayerwiseOver:
         return fig
 
 
+@api
 def layerwise_barriers_over(obj: Objective, pairs, *, groups="module", base="both",
                             metric: str = "loss", bn: str = "eval", recompute_data=None,
                             progress=None, **kw) -> LayerwiseOver:

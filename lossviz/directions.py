@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import CheckpointError, LossvizError
+from .interrupt import api
 from .objective import Objective
 from .weights import Layout, Weights, as_state
 
@@ -124,6 +125,7 @@ def iter_random_flat(
         yield normalize_directions(d, theta, layout, norm=norm, ignore=ignore)
 
 
+@api
 def random_directions(
     obj_or_weights, n: int = 2, *, norm: str = "filter", ignore: str | None = "biasbn",
     seed: int = 0,
@@ -155,11 +157,13 @@ def random_directions(
     ]
 
 
+@api
 def model_direction(a, b) -> Weights:
     """The direction from model ``a`` to model ``b``: ``b - a`` (parameters only)."""
     return point_params(b) - point_params(a)
 
 
+@api
 def eigen_directions(obj: Objective, n: int = 2, at=None, **kw) -> list[Weights]:
     """The top-``n`` Hessian eigenvectors at ``at`` (unit norm, largest eigenvalue first),
     from :func:`lossviz.hessian.hessian_eigs` (keyword arguments are passed on).
@@ -249,6 +253,7 @@ class PCAResult:
         return fig
 
 
+@api
 def pca_directions(trajectory: Sequence, n: int = 2, *, center="last") -> PCAResult:
     """The top-``n`` principal directions of a trajectory of checkpoints (Li et al. 2018).
 
@@ -326,6 +331,7 @@ class Plane:
         return f"Plane(through {pts})"
 
 
+@api
 def plane_through(a, b, c, *, names: Sequence[str] = ("a", "b", "c")) -> Plane:
     """The plane through models ``a``, ``b``, ``c`` (e.g. A, B and their merge), with an
     orthonormal basis from Gram-Schmidt: ``e1 = (b-a)/||b-a||``,

@@ -1,8 +1,13 @@
-"""Errors lossviz raises for bad input. All are ``ValueError`` subclasses."""
+"""Errors lossviz raises for bad input. All are ``ValueError`` subclasses;
+:class:`ArgumentTypeError` is also a ``TypeError``."""
 
 
 class LossvizError(ValueError):
     """Base class of lossviz's input errors."""
+
+
+class ArgumentTypeError(LossvizError, TypeError):
+    """An argument of the wrong type (catch it as ``TypeError`` or ``LossvizError``)."""
 
 
 class CheckpointError(LossvizError):

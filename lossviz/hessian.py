@@ -16,11 +16,12 @@ from torch import Tensor
 from .errors import LossvizError, NonFiniteLossError
 from .hutchinson import hutchinson_diagonal, hutchinson_trace
 from .hvp import SubOperator, op_meta
+from .interrupt import api
 from .lanczos import lanczos
 from .objective import Objective
 from .results import BlockResults, EigenResult, SpectralDensity, TraceResult
 from .slq import slq
-from .weights import Weights, as_state
+from .weights import Weights
 
 
 def _progress(progress) -> bool:
@@ -83,14 +84,12 @@ def _vectors(rows: Tensor, layout, names=None) -> list:
     return out
 
 
-def point_version(obj: Objective, at) -> tuple | None:
-    """A fingerprint of the tensors of the point ``at`` (the model's own for ``None``):
-    identity and in-place version counter of each. It changes when they are modified (an
-    optimizer step), so a result can tell whether its point still holds (None for paths)."""
-    if isinstance(at, (str, os.PathLike)):
-        return None
-    st = as_state(obj.model if at is None else at)
-    return tuple((k, t.data_ptr(), t._version) for k, t in st.items())
+def point_version(obj: Objective, at):
+    """An exact record of the point ``at`` (the model's own for ``None``): a private copy of
+    its tensors (:meth:`Objective.snapshot`). Compared with ``==`` later, it tells whether
+    the point still holds, whatever changed the weights in place (an optimizer step,
+    ``.data``, ``load_state_dict``)."""
+    return obj.snapshot(at)
 
 
 def _attach(res, obj, at):
@@ -115,6 +114,7 @@ def _as_v0(obj, v0, layout):
     return torch.stack([obj.as_flat(v) if layout is not None else v for v in v0])
 
 
+@api
 def hessian_eigs(
     obj,
     k: int = 5,
@@ -227,6 +227,7 @@ def _eigs(
     )
 
 
+@api
 def hessian_density(
     obj,
     *,
@@ -266,6 +267,7 @@ def hessian_density(
     return _attach(res, obj, at)
 
 
+@api
 def hessian_trace(
     obj,
     *,
@@ -330,6 +332,7 @@ def hessian_trace(
     return BlockResults(dict(zip(bnames, results)), kind="trace")
 
 
+@api
 def hessian_diagonal(
     obj,
     *,
@@ -347,6 +350,7 @@ def hessian_diagonal(
     return layout.to_weights(d) if layout is not None else d
 
 
+@api
 def hessian_blocks(
     obj,
     blocks="module",

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .errors import LossvizError
-from .objective import _math_sdpa, check_finite
+from .objective import _math_sdpa, check_differentiable, check_finite
 
 METHODS = ("batched", "loop", "fwd")
 
@@ -87,7 +87,12 @@ class CurvatureOperator:
             if self.curvature == "hessian":
                 loss = self.obj.batch_loss(leaves, self.fixed, batch)
                 check_finite(loss)
+                check_differentiable(loss)
                 g = torch.autograd.grad(loss, ps, create_graph=True, allow_unused=True)
+                if all(gi is None for gi in g):
+                    raise LossvizError(
+                        "the loss does not depend on the varying parameters (does forward= "
+                        "use a model other than the one it is given?)")
                 # parameters the loss does not use, or uses only linearly, have no
                 # second-order graph: their rows of H v are zero
                 keep = [i for i, gi in enumerate(g) if gi is not None and gi.requires_grad]
@@ -96,6 +101,7 @@ class CurvatureOperator:
             f = out.detach().requires_grad_(True)
             loss = self.obj.loss_fn(f, batch[1])
             check_finite(loss)
+            check_differentiable(loss)
             (gf,) = torch.autograd.grad(loss, f, create_graph=True)
             u = torch.zeros_like(out, requires_grad=True)
             jtu = torch.autograd.grad(out, ps, u, create_graph=True, allow_unused=True)
@@ -104,21 +110,24 @@ class CurvatureOperator:
 
     def _graphs(self):
         """Yields (graph, batch, weight) over the data; the graph is cached for a single
-        batch."""
-        if self.obj.n_batches == 1:
+        batch. With streamed data the weights are unnormalized and ``_stream_total`` holds
+        the samples seen (the caller divides by ``obj.normalizer`` of it)."""
+        obj = self.obj
+        if obj.n_batches == 1:
             if self._graph is None:
-                b, nb = next(self.obj.batches())
+                b, nb = next(obj.batches())
                 self._graph = (self._build(b), b)
             yield self._graph[0], self._graph[1], 1.0
             return
-        items = list(self.obj.batches()) if self.obj.n_batches else None
-        src = items if items is not None else self.obj.batches()
-        total = sum(nb for _, nb in items) if items is not None else None
+        items = list(obj.batches()) if obj.n_batches else None
+        src = items if items is not None else obj.batches()
+        norm = obj.normalizer(sum(nb for _, nb in items)) if items is not None else None
         acc_n = 0
         for b, nb in src:
             acc_n += nb
-            yield self._build(b), b, (nb / total if total else nb)
-        if total is None:  # streamed data: weights were counts; caller divides
+            w = obj.batch_weight(nb)
+            yield self._build(b), b, (w / norm if norm is not None else w)
+        if norm is None:  # streamed data: the caller divides
             self._stream_total = acc_n
 
     # --- products -----------------------------------------------------------
@@ -196,16 +205,17 @@ class CurvatureOperator:
         with torch.enable_grad(), _math_sdpa():
             if method == "fwd":
                 items = list(self.obj.batches())
-                total = sum(nb for _, nb in items)
+                norm = self.obj.normalizer(sum(nb for _, nb in items))
                 for batch, nb in items:
                     HV = self._fwd(batch, V).detach()
-                    out = HV * (nb / total) if out is None else out.add_(HV, alpha=nb / total)
+                    w = self.obj.batch_weight(nb) / norm
+                    out = HV * w if out is None else out.add_(HV, alpha=w)
                 return out
             for graph, _batch, w in self._graphs():
                 HV = self._apply_graph(graph, V, method).detach()
                 out = HV * w if out is None else out.add_(HV, alpha=w)
         if streamed:
-            out /= self._stream_total
+            out /= self.obj.normalizer(self._stream_total)
         return out
 
     def _methods(self, k: int) -> list[str]:
@@ -222,7 +232,7 @@ class CurvatureOperator:
         the fastest second run; the product of the first method is returned. A method that
         fails or disagrees with the first (relative difference > 1e-3; TF32 kernels differ
         by less) is dropped for this model."""
-        times, result = {}, None
+        times, result, last = {}, None, None
         for m in self._methods(V.shape[0]):
             try:
                 HV = self._apply_method(V, m)
@@ -234,8 +244,11 @@ class CurvatureOperator:
             except Exception as e:  # noqa: BLE001 - an unsupported backend is skipped
                 if _is_oom(e):
                     raise
+                if isinstance(e, LossvizError):  # bad input: the same for every method
+                    raise
                 # an op without forward-mode or batching support: the others remain
                 self.obj._hvp_failed[m] = f"{type(e).__name__}: {e!s:.200}"
+                last = e
                 continue
             if result is None:
                 result = HV
@@ -247,7 +260,10 @@ class CurvatureOperator:
                     stacklevel=3,
                 )
         if result is None:
-            raise RuntimeError("no Hessian-vector product method works on this model")
+            raise LossvizError(
+                "no Hessian-vector product method works on this model: "
+                + "; ".join(f"{k}: {v}" for k, v in self.obj._hvp_failed.items())
+            ) from last
         key = self.curvature
         self.obj._hvp_method[key] = min(times, key=times.get)
         self.obj._hvp_times[key] = {m: t / V.shape[0] for m, t in times.items()}

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from .directions import PCAResult, Plane, point_params, random_directions
 from .errors import CheckpointError, DataError, LossvizError
+from .interrupt import api
 from .objective import Objective, batch_size, call_model, is_single_batch, to_device
 from .weights import Weights
 
@@ -434,6 +435,7 @@ def _flat_points(obj: Objective, points) -> Tensor:
                         for p in pts])
 
 
+@api
 def evaluate(obj: Objective, points, *, metrics=("loss",), at=None, bn=None, bn_data=None,
              precision=None, batched=None, chunk_size=None, progress=None) -> Evaluations:
     """Metrics at many points in weight space, batched.
@@ -740,6 +742,7 @@ def _check_span(span, name="span") -> tuple[float, float]:
     return lo, hi
 
 
+@api
 def line(obj: Objective, center=None, direction=None, *, span=(-1, 1), n: int = 51,
          metrics=("loss",), **kw) -> Slice1D:
     """The 1-D slice ``f(t) = L(θ + t·d)`` at ``n`` evenly spaced ``t`` in ``span``.
@@ -810,6 +813,7 @@ def coarse_to_fine(nx: int, ny: int) -> np.ndarray:
     return np.concatenate(order)
 
 
+@api
 def surface(obj: Objective, center=None, directions=None, *, span=None, n=(51, 51),
             metrics=("loss",), refine: bool = False, precision=None, trajectory=None,
             points: Mapping | None = None, callback: Callable | None = None, **kw) -> Surface:

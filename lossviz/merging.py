@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import CheckpointError, LossvizError
+from .interrupt import api
 from .objective import Objective
 from .weights import Weights, as_state
 
@@ -65,6 +66,7 @@ def _coeffs(weights, k: int, what: str) -> list[float]:
     return w
 
 
+@api
 def empirical_fisher(obj: Objective, at=None) -> Weights:
     """Diagonal empirical Fisher ``F = mean_n (∇_θ ℓ(x_n, y_n; θ))²`` over the Objective's
     samples, from per-sample gradients (``torch.func.vmap`` of ``torch.func.grad``)."""
@@ -98,6 +100,7 @@ def empirical_fisher(obj: Objective, at=None) -> Weights:
     return Weights({k: (v / n).to(theta[k].dtype) for k, v in total.items()})
 
 
+@api
 def merge(points, *, method: str = "uniform", weights=None, base=None,
           obj: Objective | None = None) -> Weights:
     """Merge checkpoints into one set of weights.
@@ -173,6 +176,7 @@ def merge(points, *, method: str = "uniform", weights=None, base=None,
     return Weights(out)
 
 
+@api
 def greedy_soup(obj_val: Objective, points, *, metric: str = "accuracy", bn: str = "eval",
                 recompute_data=None, progress=None):
     """Greedy soup (Wortsman et al. 2022): sort the ingredients by their held-out
@@ -276,6 +280,7 @@ class VarianceTable:
         return fig
 
 
+@api
 def averaging_variance(points) -> VarianceTable:
     """Per layer (weights with ``ndim >= 2``): ``before`` = mean over the k models of the
     variance of their weights, ``after`` = variance of the uniform average, ``ratio`` =

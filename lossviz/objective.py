@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import itertools
 import math
-import os
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -13,7 +14,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from .errors import CheckpointError, DataError, LossvizError, NonFiniteLossError
+from . import validate
+from .errors import ArgumentTypeError, CheckpointError, DataError, LossvizError, NonFiniteLossError
+from .interrupt import api
 from .weights import Layout, Weights, as_state
 
 try:  # the public context manager functional_call itself is built on
@@ -22,11 +25,24 @@ except ImportError:  # pragma: no cover - very old torch
     _reparametrize_module = None
 
 _NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
+F = nn.functional
+
+#: batches read from an iterator before lossviz assumes it is endless (see ``max_batches``)
+MAX_BATCHES = 10_000
+
+_CLASSIFICATION = (nn.CrossEntropyLoss, nn.NLLLoss, F.cross_entropy, F.nll_loss)
+_ELEMENTWISE = (nn.MSELoss, nn.L1Loss, nn.SmoothL1Loss, nn.HuberLoss, nn.BCELoss,
+                nn.BCEWithLogitsLoss, F.mse_loss, F.l1_loss, F.smooth_l1_loss, F.huber_loss,
+                F.binary_cross_entropy, F.binary_cross_entropy_with_logits)
 
 
 def to_device(x, device, non_blocking=True):
+    """``x`` (a tensor or a nest of tuples / lists / mappings of them) on ``device``.
+    Tensors made under ``torch.inference_mode`` are copied into ordinary tensors (they
+    cannot take part in autograd)."""
     if isinstance(x, Tensor):
-        return x.to(device, non_blocking=non_blocking)
+        x = x.to(device, non_blocking=non_blocking)
+        return x.clone() if x.is_inference() else x
     if isinstance(x, Mapping):
         return (
             type(x)({k: to_device(v, device) for k, v in x.items()})
@@ -53,35 +69,99 @@ def _first_tensor(x):
     return None
 
 
+def _tensors(x) -> list[Tensor]:
+    """Every tensor in a nest of tuples / lists / mappings."""
+    if isinstance(x, Tensor):
+        return [x]
+    if isinstance(x, Mapping):
+        x = list(x.values())
+    if isinstance(x, (list, tuple)):
+        return [t for v in x for t in _tensors(v)]
+    return []
+
+
 def batch_size(batch) -> int:
     """Number of samples in a batch: the leading size of its first tensor."""
     t = _first_tensor(batch)
     if t is None or t.ndim == 0:
-        raise DataError("cannot tell the number of samples of a batch with no batched tensor")
+        raise DataError("cannot tell the number of samples of a batch with no batched tensor "
+                        f"(got {_describe(batch)})")
     return int(t.shape[0])
 
 
+def _describe(x, depth: int = 0) -> str:
+    """A short description of a batch: types, shapes and dtypes."""
+    if isinstance(x, Tensor):
+        return f"tensor {tuple(x.shape)} {str(x.dtype).replace('torch.', '')}"
+    if depth > 2:
+        return type(x).__name__
+    if isinstance(x, Mapping):
+        return "{" + ", ".join(f"{k!r}: {_describe(v, depth + 1)}" for k, v in
+                               list(x.items())[:6]) + "}"
+    if isinstance(x, (list, tuple)):
+        inner = ", ".join(_describe(v, depth + 1) for v in list(x)[:6])
+        return f"({inner})" if isinstance(x, tuple) else f"[{inner}]"
+    return type(x).__name__
+
+
 def is_single_batch(data) -> bool:
-    if isinstance(data, Mapping):
+    if isinstance(data, (Mapping, Tensor)):
         return True
     if isinstance(data, (tuple, list)) and len(data) >= 1 and isinstance(data[0], Tensor):
         return True
     return False
 
 
-def _shadow(model: nn.Module, device: torch.device | None) -> nn.Module:
+def _loss_target(loss_fn):
+    """``(function or module, keyword arguments)`` behind ``functools.partial``."""
+    kw: dict = {}
+    while isinstance(loss_fn, functools.partial):
+        kw = {**loss_fn.keywords, **kw}
+        loss_fn = loss_fn.func
+    return loss_fn, kw
+
+
+def loss_reduction(loss_fn) -> str | None:
+    """The reduction a loss declares: ``nn`` loss modules' ``.reduction``, or the
+    ``reduction=`` keyword of a ``functools.partial``; None when it cannot be told."""
+    f, kw = _loss_target(loss_fn)
+    r = kw.get("reduction", getattr(f, "reduction", None))
+    return r if isinstance(r, str) else None
+
+
+def _is_one_of(f, kinds) -> bool:
+    return any(f is k if not isinstance(k, type) else isinstance(f, k) for k in kinds)
+
+
+def _shadow(model: nn.Module) -> nn.Module:
     """A private copy of the module tree that shares the user's tensors.
 
-    lossviz sets modes on the copy (eval, batch statistics) and swaps tensors into it
-    with ``functional_call``; the user's modules are never touched. When the work runs
-    on another device, the copy owns its tensors.
+    lossviz sets modes on the copy (eval, batch statistics) and swaps every parameter and
+    buffer into it with ``functional_call``; the user's modules are never touched. A model
+    that cannot be deep-copied (a cached non-leaf tensor in an attribute, the old
+    ``weight_norm``) gets a structural copy instead: new module objects with their own
+    attribute dictionaries, sharing the attribute values.
     """
     tensors = list(model.parameters()) + list(model.buffers())
-    same = device is None or all(t.device == device for t in tensors)
-    if same:
-        memo = {id(t): t for t in tensors}
+    memo = {id(t): t for t in tensors}
+    try:
         return copy.deepcopy(model, memo)
-    return copy.deepcopy(model).to(device)
+    except Exception:  # noqa: BLE001 - anything deepcopy cannot copy: copy the structure
+        return _structural_copy(model, {})
+
+
+def _structural_copy(m: nn.Module, memo: dict) -> nn.Module:
+    if id(m) in memo:
+        return memo[id(m)]
+    new = copy.copy(m)
+    memo[id(m)] = new
+    new._parameters = type(m._parameters)(m._parameters)
+    new._buffers = type(m._buffers)(m._buffers)
+    if hasattr(m, "_non_persistent_buffers_set"):
+        new._non_persistent_buffers_set = set(m._non_persistent_buffers_set)
+    new._modules = type(m._modules)(
+        (k, None if c is None else _structural_copy(c, memo)) for k, c in m._modules.items())
+    return new
 
 
 def _math_sdpa():
@@ -95,27 +175,75 @@ def _math_sdpa():
         return contextlib.nullcontext()
 
 
+class PointSnapshot:
+    """An exact record of the tensors of a point (a private copy), to tell later whether
+    the point still holds: ``snapshot == obj.snapshot(at)`` compares every number."""
+
+    __slots__ = ("flat", "fixed")
+
+    def __init__(self, flat: Tensor, fixed: Mapping[str, Tensor]):
+        self.flat, self.fixed = flat, dict(fixed)
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, PointSnapshot):
+            return NotImplemented
+        return _same_tensors(self.flat, self.fixed, other.flat, other.fixed)
+
+    __hash__ = None
+
+
+def _same_tensors(fa: Tensor, xa: Mapping, fb: Tensor, xb: Mapping) -> bool:
+    if fa.shape != fb.shape or fa.dtype != fb.dtype or not torch.equal(fa, fb):
+        return False
+    if xa.keys() != xb.keys():
+        return False
+    return all(
+        xa[k].shape == xb[k].shape and xa[k].dtype == xb[k].dtype
+        and xa[k].device == xb[k].device and torch.equal(xa[k], xb[k])
+        for k in xa)
+
+
 class Objective:
     """The loss of ``model`` on ``data`` as a function of the weights.
 
     ``L(θ) = Σ_b n_b · loss_fn(model_θ(x_b), y_b) / Σ_b n_b`` over the batches ``b`` of
-    ``data`` (a sample-weighted mean, so a short last batch counts for what it holds).
+    ``data`` (a sample-weighted mean, so a short last batch counts for what it holds);
+    with ``reduction="sum"`` (a loss that sums over its batch) ``L(θ) = Σ_b loss_b``.
 
     Args:
         model: any ``nn.Module``. It is never changed: lossviz evaluates a private copy of
-            the module tree with ``torch.func.functional_call``.
-        loss_fn: ``loss_fn(outputs, targets) -> mean-reduced scalar``.
-        data: one batch ``(inputs, targets)`` (or a dict for ``forward``), or any iterable
-            of batches (a list, a DataLoader).
+            the module tree with ``torch.func.functional_call``, with private copies of
+            the buffers at every forward (a forward that updates a buffer, or calls
+            ``model.train()``, changes neither the user's model nor the next evaluation).
+        loss_fn: ``loss_fn(outputs, targets) -> scalar`` (mean-reduced by default).
+        data: one batch ``(inputs, targets)`` (or a dict / tensor for ``forward``), or any
+            iterable of batches (a list, a DataLoader). A one-shot iterator (a generator)
+            is read once, here, and kept; an endless one needs ``max_batches``.
         params: which parameters vary: a list of names or a predicate ``f(name) -> bool``
-            (default: every parameter with ``requires_grad``). The rest stay fixed.
+            (default: every parameter with ``requires_grad`` and at least one element).
+            The rest stay fixed.
         bn: ``"eval"`` uses BatchNorm running statistics; ``"train"`` uses batch
             statistics without updating any buffer. Dropout is always off.
         forward: ``forward(model, batch) -> loss`` replaces ``loss_fn`` for anything else
-            (dict batches, losses without targets, PDE residuals).
+            (dict batches, losses without targets, PDE residuals). It must use the
+            ``model`` it is given.
         device: where to compute (default: the model's device).
+        reduction: ``"mean"`` or ``"sum"``: how ``loss_fn`` reduces over a batch, and so
+            how batches combine (above). Default: the loss's own ``.reduction`` (an
+            ``nn`` loss module or a ``functools.partial`` with ``reduction=``), else
+            ``"mean"``.
+        max_batches: use at most this many batches of ``data`` per pass (required for an
+            endless iterator such as ``itertools.cycle``).
+
+    Raises:
+        LossvizError: (or a ``TypeError`` subclass of it) for any bad argument, before
+            anything is computed. The loss is evaluated once on the first batch when the
+            Objective is built, so that data the model or loss cannot take (batch sizes
+            that differ, labels out of range, float class labels, a loss that detaches,
+            dtypes that differ) is reported here, with what was expected.
     """
 
+    @api
     def __init__(
         self,
         model: nn.Module,
@@ -126,109 +254,346 @@ class Objective:
         bn: str = "eval",
         forward: Callable | None = None,
         device: str | torch.device | None = None,
+        reduction: str | None = None,
+        max_batches: int | None = None,
     ):
         if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+            raise ArgumentTypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if loss_fn is None and forward is None:
-            raise TypeError("give loss_fn(outputs, targets) or forward(model, batch)")
-        if bn not in ("eval", "train"):
-            raise ValueError(f"bn must be 'eval' or 'train', got {bn!r}")
+            raise ArgumentTypeError("give loss_fn(outputs, targets) or forward(model, batch)")
+        validate.callable_(loss_fn, "loss_fn", "a function loss_fn(outputs, targets)",
+                           none=True)
+        validate.callable_(forward, "forward", "a function forward(model, batch) -> loss",
+                           none=True)
+        validate.choice(bn, "bn", ("eval", "train"))
+        validate.choice(reduction, "reduction", (None, "mean", "sum"))
+        self.max_batches = validate.integer(max_batches, "max_batches", none=True)
         if data is None:
             raise DataError("data is required: one batch (inputs, targets) or an iterable")
         self.model = model
         self.loss_fn = loss_fn
         self.forward = forward
         self.bn = bn
-        first = next(iter(model.parameters()), None)
-        if device is None:
-            device = first.device if first is not None else torch.device("cpu")
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and self.device.index is None:
-            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.reduction = self._reduction(reduction)
 
         named = dict(model.named_parameters())
         if not named:
             raise LossvizError("the model has no parameters")
-        if params is None:
-            names = [n for n, p in named.items() if p.requires_grad]
-        elif callable(params):
-            names = [n for n in named if params(n)]
-        else:
-            names = list(params)
-            unknown = [n for n in names if n not in named]
-            if unknown:
-                raise LossvizError(
-                    f"unknown parameter names {unknown[:10]}; the model has "
-                    f"{list(named)[:10]}{' …' if len(named) > 10 else ''}"
-                )
-        if not names:
-            raise LossvizError("the parameter selection is empty: no parameter varies")
-        self.names = names
-        self.layout = Layout([(n, named[n].shape) for n in names])
-        self.dtype = named[names[0]].dtype
+        first = next(iter(named.values()))
+        self.device = validate.device(first.device if device is None else device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.names = self._select(named, params)
+        bad = [n for n in self.names if not named[n].is_floating_point()]
+        if bad:
+            raise LossvizError(f"params: {bad[:10]} are not floating-point and cannot vary")
+        dtypes = {named[n].dtype for n in self.names}
+        if len(dtypes) > 1:
+            raise LossvizError(
+                "the varying parameters have different dtypes "
+                f"({sorted(str(d).replace('torch.', '') for d in dtypes)}): convert the model "
+                "to one (model.float() or model.double()), or choose params= of one dtype")
+        self.layout = Layout([(n, named[n].shape) for n in self.names])
+        self.dtype = named[self.names[0]].dtype
+        if self.layout.size == 0:
+            raise LossvizError(f"params: the selected parameters {self.names[:10]} have no "
+                               "elements")
         all_names = set(dict(model.named_parameters(remove_duplicate=False)))
         self._aliases = all_names - set(named)
         self._buffer_names = {n for n, _ in model.named_buffers()}
         self._param_shapes = {n: p.shape for n, p in model.named_parameters()}
         self._param_shapes.update({n: b.shape for n, b in model.named_buffers()})
 
-        self._shadow = _shadow(model, self.device)
+        self._shadow = _shadow(model)
         self._shadow.eval()
         if bn == "train":
             for m in self._shadow.modules():
                 if isinstance(m, _NORM_TYPES):
                     m.train()
                     m.track_running_stats = False
+        # the modes lossviz set, restored after every forward (a forward= may change them)
+        self._modes = [(m, m.training, getattr(m, "track_running_stats", None))
+                       for m in self._shadow.modules()]
         self._lock = threading.RLock()
 
-        self._single = is_single_batch(data)
-        if self._single:
-            self._batches = [to_device(data, self.device)]
-        elif isinstance(data, (list, tuple)):
-            self._batches = [to_device(b, self.device) for b in data]
-        elif isinstance(data, Iterable):
-            if iter(data) is data:  # a generator: can be read once, keep it
-                self._batches = [to_device(b, self.device) for b in data]
-            else:
-                self._batches = None
-                self._data = data
-        else:
-            raise DataError(f"data must be a batch or an iterable of batches, got {type(data)}")
-        if self._batches is not None and not self._batches:
-            raise DataError("data is empty: no batch")
+        self._data = None
+        self._stream_shape: tuple[int, int] | None = None  # (batches, samples) of a pass
+        self._batches, self._sizes = self._ingest(data)
         self._hvp_method: dict[str, str] = {}  # fastest product method, per curvature
         self._hvp_times: dict[str, dict[str, float]] = {}  # seconds per vector
         self._hvp_failed: dict[str, str] = {}  # method -> why it is not used
-        self._op_cache = None
+        self._op_cache = None  # (operator, copy of the single batch it was built on)
+        self._ignore_index = -100
+        self._probe()
+
+    # construction ------------------------------------------------------------
+    def _reduction(self, given: str | None) -> str:
+        if self.loss_fn is None:
+            return given or "mean"
+        declared = loss_reduction(self.loss_fn)
+        if declared not in (None, "mean", "sum", "batchmean"):
+            raise LossvizError(
+                f"loss_fn has reduction={declared!r}: lossviz needs a scalar loss per batch; "
+                "use reduction='mean' (or 'sum')")
+        declared = "mean" if declared == "batchmean" else declared
+        if given is not None and declared is not None and given != declared:
+            raise LossvizError(f"reduction={given!r} but loss_fn declares "
+                               f"reduction={declared!r}")
+        return given or declared or "mean"
+
+    @staticmethod
+    def _select(named: dict, params) -> list[str]:
+        if params is None:
+            names = [n for n, p in named.items() if p.requires_grad and p.numel() > 0]
+        elif callable(params) and not isinstance(params, (str, Sequence)):
+            names = [n for n in named if params(n)]
+        elif isinstance(params, str) or not isinstance(params, Iterable):
+            raise ArgumentTypeError(
+                f"params must be a list of parameter names or a predicate name -> bool, got "
+                f"{params!r}")
+        else:
+            names = list(params)
+            wrong = [n for n in names if not isinstance(n, str)]
+            if wrong:
+                raise ArgumentTypeError(f"params must name parameters by string, got {wrong[:5]}")
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise LossvizError(f"params names {dup[:10]} more than once")
+            unknown = [n for n in names if n not in named]
+            if unknown:
+                raise LossvizError(
+                    f"params: unknown parameter names {unknown[:10]}; the model has "
+                    f"{list(named)[:10]}{' …' if len(named) > 10 else ''}"
+                )
+        if not names:
+            raise LossvizError("params: the parameter selection is empty: no parameter varies")
+        return names
+
+    def _ingest(self, data):
+        """``(batches, sizes)`` kept in memory, or ``(None, None)`` for a re-iterable
+        source read at every pass (a DataLoader)."""
+        if isinstance(data, (str, bytes)):
+            raise ArgumentTypeError(f"data must be a batch or an iterable of batches, got a "
+                                    f"{type(data).__name__}")
+        if is_single_batch(data):
+            b = to_device(data, self.device)
+            return [b], [self._check_batch(b, None)]
+        if isinstance(data, (list, tuple)):
+            src = list(data)
+            if self.max_batches is not None:
+                src = src[: self.max_batches]
+        elif isinstance(data, Iterable):
+            if iter(data) is not data:  # re-iterable (a DataLoader): read at every pass
+                self._data = data
+                return None, None
+            src = self._read_once(data)
+        else:
+            raise ArgumentTypeError(
+                f"data must be a batch (inputs, targets) or an iterable of batches, got "
+                f"{type(data).__name__}")
+        if not src:
+            raise DataError("data is empty: no batch")
+        batches = [to_device(b, self.device) for b in src]
+        return batches, [self._check_batch(b, i) for i, b in enumerate(batches)]
+
+    def _read_once(self, it) -> list:
+        """All batches of a one-shot iterator (bounded by ``max_batches``)."""
+        if self.max_batches is not None:
+            return list(itertools.islice(it, self.max_batches))
+        out = list(itertools.islice(it, MAX_BATCHES + 1))
+        if len(out) > MAX_BATCHES:
+            raise DataError(
+                f"data yielded more than {MAX_BATCHES:,} batches and may be endless (an "
+                "itertools.cycle or an infinite sampler?): pass max_batches=N to use its "
+                "first N batches")
+        return out
+
+    def _check_batch(self, b, i) -> int:
+        """The number of samples of batch ``i``; raises for a batch lossviz cannot use."""
+        where = "the batch" if i is None else f"batch {i}"
+        if self.forward is None:
+            if isinstance(b, Mapping):
+                raise DataError(
+                    f"{where} is a dict (keys {list(b)[:6]}): lossviz cannot tell inputs from "
+                    "targets; give forward=lambda model, batch: loss")
+            if isinstance(b, Tensor):
+                raise DataError(
+                    f"{where} is a bare tensor {tuple(b.shape)}: give (inputs, targets), or "
+                    "forward=lambda model, batch: loss for a loss without targets")
+            if not isinstance(b, (tuple, list)):
+                raise DataError(f"{where} must be (inputs, targets), got {_describe(b)}")
+            if len(b) < 2:
+                raise DataError(
+                    f"{where} is {_describe(b)}: no targets. A batch is (inputs, targets); "
+                    "for a loss without targets give forward=lambda model, batch: loss")
+            if len(b) > 2:
+                raise DataError(
+                    f"{where} has {len(b)} elements ({_describe(b)}); lossviz reads "
+                    "(inputs, targets) and would ignore the rest (sample weights?): give "
+                    "forward=lambda model, batch: loss to use them")
+            nx = batch_size(b[0])
+            y = b[1]
+            if isinstance(y, Tensor) and y.ndim > 0 and int(y.shape[0]) != nx:
+                raise DataError(f"{where}: the inputs hold {nx} samples but the targets "
+                                f"{int(y.shape[0])} ({_describe(b)})")
+        n = batch_size(b)
+        if n == 0:
+            raise DataError(f"{where} has no samples ({_describe(b)})")
+        return n
+
+    def _probe(self) -> None:
+        """Evaluate the loss once on the first batch, with a gradient, so that anything the
+        model or the loss cannot take is reported now with what was expected."""
+        batch = next(self._stream(limit=1))[0]
+        flat, fixed = self.resolve()
+        leaves = {n: t.detach().requires_grad_(True)
+                  for n, t in self.layout.unflatten(flat).items()}
+        with torch.enable_grad(), _math_sdpa():
+            try:
+                with self.bound(leaves, fixed) as m:
+                    if self.forward is not None:
+                        loss = self.forward(m, batch)
+                    else:
+                        out = call_model(m, batch[0])
+                        classes = self._check_targets(out, batch[1], "the first batch")
+                        if classes is not None and self._batches is not None:
+                            for i, b in enumerate(self._batches[1:], 1):
+                                self._check_labels(b[1], classes, f"batch {i}")
+                        loss = self.loss_fn(out, batch[1])
+            except (LossvizError, KeyboardInterrupt):
+                raise
+            except Exception as e:  # noqa: BLE001 - reported with what lossviz was given
+                raise LossvizError(self._explain(e, batch)) from e
+        loss = self._scalar(loss)
+        if not loss.requires_grad:
+            what = "forward(model, batch)" if self.forward is not None else \
+                "loss_fn(model(inputs), targets)"
+            raise LossvizError(
+                f"{what} returned a loss with no gradient with respect to the parameters: "
+                "does it .detach(), go through .item() / NumPy, run under torch.no_grad(), "
+                + ("or use a model other than the one it is given?" if self.forward else
+                   "or does the model detach its output?"))
+
+    def _explain(self, e: Exception, batch) -> str:
+        who = "forward(model, batch)" if self.forward is not None else \
+            "loss_fn(model(inputs), targets)"
+        msg = f"{who} failed on the first batch ({_describe(batch)}): " \
+              f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"
+        hints = []
+        floats = {t.dtype for t in _tensors(batch) if t.is_floating_point()}
+        if floats and self.dtype not in floats:
+            hints.append(f"the data is {'/'.join(sorted(str(d)[6:] for d in floats))} but the "
+                         f"parameters are {str(self.dtype)[6:]}: convert one to the other "
+                         f"(e.g. x.to({self.dtype}))")
+        if hints:
+            msg += ". Hint: " + "; ".join(hints)
+        return msg
+
+    def _check_targets(self, out, y, where: str) -> int | None:
+        """Targets a classification or element-wise loss cannot take; returns the number of
+        classes to check the other batches' labels against (None if not a class loss)."""
+        f, kw = _loss_target(self.loss_fn)
+        if not isinstance(out, Tensor) or not isinstance(y, Tensor):
+            return None
+        if _is_one_of(f, _ELEMENTWISE) and out.shape != y.shape:
+            raise DataError(
+                f"{where}: the model outputs {tuple(out.shape)} but the targets are "
+                f"{tuple(y.shape)}; an element-wise loss would broadcast them into a wrong "
+                "value: reshape the targets (e.g. y.view_as(outputs) or y[:, None])")
+        if not _is_one_of(f, _CLASSIFICATION) or out.ndim < 2:
+            return None
+        if y.is_floating_point():
+            if y.shape == out.shape:  # class probabilities
+                return None
+            raise DataError(
+                f"{where}: the targets are {str(y.dtype)[6:]} {tuple(y.shape)} but the loss "
+                f"takes integer class labels for outputs {tuple(out.shape)}: use y.long() "
+                "(or class probabilities shaped like the outputs)")
+        if y.dtype == torch.bool or y.is_complex():
+            raise DataError(f"{where}: the targets are {str(y.dtype)[6:]}; class labels must "
+                            "be integers")
+        classes = int(out.shape[1])
+        self._ignore_index = kw.get("ignore_index", getattr(f, "ignore_index", -100))
+        self._check_labels(y, classes, where)
+        return classes
+
+    def _check_labels(self, y, classes: int, where: str) -> None:
+        if not isinstance(y, Tensor) or y.is_floating_point() or y.numel() == 0:
+            return
+        ok = ((y >= 0) & (y < classes)) | (y == self._ignore_index)
+        if not bool(ok.all()):
+            bad = y[~ok]
+            raise DataError(
+                f"{where}: class labels out of range: the model outputs {classes} classes "
+                f"(labels 0 to {classes - 1}) but the targets hold {int(bad.min())}"
+                + (f" to {int(bad.max())}" if int(bad.max()) != int(bad.min()) else ""))
 
     # data ------------------------------------------------------------------
     def _swap_batch(self, batch) -> None:
         """Evaluate on the single ``batch`` from now on, keeping the shadow module and the
         tuned product methods (SubspaceTracker's mini-batch refreshes)."""
         with self._lock:
-            self._single = True
-            self._batches = [to_device(batch, self.device)]
+            b = to_device(batch, self.device)
+            n = self._check_batch(b, None)
+            self._data = None
+            self._batches, self._sizes = [b], [n]
             self._op_cache = None
 
-    def batches(self):
-        """The batches on the compute device, with their sizes."""
-        src = self._batches if self._batches is not None else self._data
-        n = 0
-        for b in src:
-            if self._batches is None:
-                b = to_device(b, self.device)
-            n += 1
-            yield b, batch_size(b)
+    def _stream(self, limit: int | None = None):
+        """``(batch on the device, samples)`` pairs of one pass; a re-iterable source is
+        checked for a pass that differs from the first one."""
+        if self._batches is not None:
+            yield from itertools.islice(zip(self._batches, self._sizes), limit)
+            return
+        cap = self.max_batches if self.max_batches is not None else MAX_BATCHES + 1
+        n = total = 0
+        for i, b in enumerate(itertools.islice(self._data, cap if limit is None else limit)):
+            if i == MAX_BATCHES and self.max_batches is None:
+                raise DataError(
+                    f"data yielded more than {MAX_BATCHES:,} batches in one pass and may be "
+                    "endless: pass max_batches=N to use its first N batches")
+            b = to_device(b, self.device)
+            nb = self._check_batch(b, i)
+            n, total = n + 1, total + nb
+            yield b, nb
+        if limit is not None and n:
+            return
         if n == 0:
+            if self._stream_shape is not None:
+                raise DataError("data can be iterated only once (its second pass was empty): "
+                                "pass a list of batches or a DataLoader")
             raise DataError("data is empty: no batch")
+        if self._stream_shape is None:
+            self._stream_shape = (n, total)
+        elif self._stream_shape != (n, total):
+            raise DataError(
+                f"data changed between passes: {self._stream_shape[0]} batches / "
+                f"{self._stream_shape[1]} samples, then {n} / {total} (drop_last with "
+                "shuffling, or a sampler that draws a different number each pass?); lossviz "
+                "needs the same samples at every pass")
+
+    def batches(self):
+        """The batches on the compute device, with their sizes (one pass)."""
+        return self._stream()
 
     @property
     def n_batches(self) -> int | None:
         return len(self._batches) if self._batches is not None else None
 
+    def batch_weight(self, n_samples: int) -> float:
+        """The weight of a batch of ``n_samples`` in the full-data sum (``n_b`` for a mean
+        loss, 1 for a summed one); divide the weighted sum by :meth:`normalizer`."""
+        return float(n_samples) if self.reduction == "mean" else 1.0
+
+    def normalizer(self, total_samples: int) -> float:
+        """What the weighted sum of batch losses is divided by (``N`` or 1)."""
+        return float(total_samples) if self.reduction == "mean" else 1.0
+
     # points ----------------------------------------------------------------
+    @api
     def resolve(self, at=None) -> tuple[Tensor, dict[str, Tensor]]:
-        """``(flat varying parameters (P,), other tensors)`` for a point ``at``.
+        """``(flat varying parameters (P,), other tensors)`` for a point ``at``, both
+        private copies on the compute device.
 
         ``at`` may hold only the varying parameters (e.g. :class:`Weights`); the other
         parameters and buffers are then taken from the model. Keys and shapes are checked
@@ -259,24 +624,32 @@ class Objective:
             state.update({k: v for k, v in given.items() if k not in self._aliases})
         flat = self.layout.flatten(state, dtype=self.dtype, device=self.device)
         fixed = {
-            k: v.to(self.device)
+            k: v.to(self.device, copy=True)
             for k, v in state.items()
             if k not in self.layout.names and k not in self._aliases
         }
         return flat, fixed
 
+    @api
     def weights(self, at=None) -> Weights:
         """The varying parameters at a point, as :class:`Weights` (a copy)."""
         flat, _ = self.resolve(at)
-        return self.layout.to_weights(flat.clone())
+        return self.layout.to_weights(flat)
+
+    @api
+    def snapshot(self, at=None) -> PointSnapshot:
+        """An exact, private record of the point ``at`` (see :class:`PointSnapshot`)."""
+        return PointSnapshot(*self.resolve(at))
 
     def as_flat(self, v) -> Tensor:
         """A direction (Weights / mapping over the varying parameters, or a flat tensor)."""
         if isinstance(v, Tensor):
-            if v.shape[-1] != self.layout.size:
+            if v.ndim == 0 or v.shape[-1] != self.layout.size:
                 raise LossvizError(
-                    f"flat vector of size {v.shape[-1]}, expected {self.layout.size}"
+                    f"flat vector of shape {tuple(v.shape)}, expected size {self.layout.size}"
                 )
+            if not (v.is_floating_point() or v.dtype in (torch.int32, torch.int64)):
+                raise ArgumentTypeError(f"a direction must be a real tensor, got {v.dtype}")
             return v.to(self.device, self.dtype)
         if isinstance(v, Mapping):
             missing = [n for n in self.names if n not in v]
@@ -292,7 +665,7 @@ class Objective:
                     f"extra {extra[:10]}, shapes {bad[:10]}"
                 )
             return self.layout.flatten(v, dtype=self.dtype, device=self.device)
-        raise TypeError(f"expected Weights or a tensor, got {type(v).__name__}")
+        raise ArgumentTypeError(f"expected Weights or a tensor, got {type(v).__name__}")
 
     # evaluation ------------------------------------------------------------
     @contextlib.contextmanager
@@ -301,29 +674,46 @@ class Objective:
 
         ``flat``: the varying parameters as one flat ``(P,)`` tensor, or as a mapping
         ``name -> tensor`` (per-parameter leaves differentiate faster than slices of a
-        flat vector: no zero-padded slice gradients).
+        flat vector: no zero-padded slice gradients). Buffers are copied for each use, so
+        a forward that updates them in place changes neither the model nor later uses;
+        the modules' train/eval modes are restored afterwards.
         """
-        tensors = dict(fixed)
+        tensors = {k: (v.clone() if k in self._buffer_names else v) for k, v in fixed.items()}
         tensors.update(flat if isinstance(flat, Mapping) else self.layout.unflatten(flat))
         with self._lock:
-            if _reparametrize_module is not None:
-                with _reparametrize_module(self._shadow, tensors, tie_weights=True, strict=False):
-                    yield self._shadow
-            else:  # pragma: no cover
-                yield _Bound(self._shadow, tensors)
+            try:
+                if _reparametrize_module is not None:
+                    with _reparametrize_module(self._shadow, tensors, tie_weights=True,
+                                               strict=False):
+                        yield self._shadow
+                else:  # pragma: no cover
+                    yield _Bound(self._shadow, tensors)
+            finally:
+                for m, mode, track in self._modes:
+                    if m.training != mode:
+                        m.training = mode
+                    if track is not None and m.track_running_stats != track:
+                        m.track_running_stats = track
+
+    def _loss(self, m, batch) -> Tensor:
+        return self.loss_fn(call_model(m, batch[0]), batch[1])
+
+    @staticmethod
+    def _scalar(loss) -> Tensor:
+        if not isinstance(loss, Tensor) or loss.numel() != 1:
+            shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+            raise LossvizError(
+                f"the loss must be a scalar tensor (use a mean- or sum-reduced loss); got "
+                f"{shape}")
+        if not loss.is_floating_point():
+            raise LossvizError(f"the loss must be a floating-point tensor, got {loss.dtype}")
+        return loss.reshape(())
 
     def batch_loss(self, flat, fixed: Mapping[str, Tensor], batch) -> Tensor:
         """The (differentiable) loss on one batch at weights ``flat`` (flat or a mapping)."""
         with self.bound(flat, fixed) as m:
-            if self.forward is not None:
-                loss = self.forward(m, batch)
-            else:
-                out = call_model(m, batch[0])
-                loss = self.loss_fn(out, batch[1])
-        if not isinstance(loss, Tensor) or loss.numel() != 1:
-            shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
-            raise LossvizError(f"the loss must be a scalar (use a mean-reduced loss); got {shape}")
-        return loss.reshape(())
+            loss = self.forward(m, batch) if self.forward is not None else self._loss(m, batch)
+        return self._scalar(loss)
 
     def batch_outputs(self, flat, fixed: Mapping[str, Tensor], batch) -> Tensor:
         if self.forward is not None:
@@ -331,63 +721,84 @@ class Objective:
         with self.bound(flat, fixed) as m:
             return call_model(m, batch[0])
 
+    @api
     def loss(self, at=None) -> float:
         """Full-data loss at a point (a float; NaN with a warning when not finite)."""
         flat, fixed = self.resolve(at)
         total, n = None, 0
         with torch.no_grad():
             for b, nb in self.batches():
-                lb = self.batch_loss(flat, fixed, b).detach().to(torch.float64) * nb
+                lb = self.batch_loss(flat, fixed, b).detach().to(torch.float64)
+                lb = lb * self.batch_weight(nb)
                 total = lb if total is None else total + lb
                 n += nb
-        value = float(total / n)
+        value = float(total / self.normalizer(n))
         if not math.isfinite(value):
             warnings.warn(f"the loss is not finite at this point: {value}", stacklevel=2)
         return value
 
+    @api
     def gradient(self, at=None) -> Weights:
-        """Full-data gradient ``∇L(θ)`` at a point."""
+        """Full-data gradient ``∇L(θ)`` at a point (also inside ``torch.no_grad()``)."""
         flat, fixed = self.resolve(at)
         g = torch.zeros_like(flat)
         n = 0
-        for b, nb in self.batches():
-            theta = flat.detach().requires_grad_(True)
-            loss = self.batch_loss(theta, fixed, b)
-            check_finite(loss)
-            (gb,) = torch.autograd.grad(loss, theta)
-            g += gb * nb
-            n += nb
-        return self.layout.to_weights(g / n)
+        with torch.enable_grad():
+            for b, nb in self.batches():
+                theta = flat.detach().requires_grad_(True)
+                loss = self.batch_loss(theta, fixed, b)
+                check_finite(loss)
+                check_differentiable(loss, self)
+                (gb,) = torch.autograd.grad(loss, theta)
+                g += gb * self.batch_weight(nb)
+                n += nb
+        return self.layout.to_weights(g / self.normalizer(n))
 
+    @api
     def operator(self, at=None, *, curvature: str = "hessian"):
-        """The curvature at a point as a linear operator on flat vectors (``op @ X``)."""
+        """The curvature at a point as a linear operator on flat vectors (``op @ X``).
+
+        The operator (and its cached gradient graph) is reused while the point and the data
+        are exactly the same: every number is compared with a kept copy, so weights
+        changed in place by any route (``.data``, an optimizer step, ``load_state_dict``,
+        ``copy_``, ``set_``) give a new operator."""
         from .hvp import CurvatureOperator
 
-        sources = (
-            None
-            if isinstance(at, (str, os.PathLike))
-            else as_state(self.model if at is None else at)
-        )
-        key = None
-        if sources is not None:
-            key = (curvature, id(at)) + tuple(
-                (k, t.data_ptr(), t._version, tuple(t.shape)) for k, t in sources.items()
-            )
-            if self._op_cache is not None and self._op_cache[0] == key:
-                return self._op_cache[2]
+        validate.choice(curvature, "curvature", ("hessian", "ggn"))
         flat, fixed = self.resolve(at)
-        op = CurvatureOperator(self, flat, fixed, curvature=curvature)
-        if key is not None:
-            # the source tensors stay referenced, so no other tensor can reuse their memory
-            self._op_cache = (key, list(sources.values()), op)
+        with self._lock:
+            cached = self._op_cache
+            if cached is not None:
+                op, data = cached
+                if (op.curvature == curvature and self._same_data(data)
+                        and _same_tensors(op.flat, op.fixed, flat, fixed)):
+                    return op
+            op = CurvatureOperator(self, flat, fixed, curvature=curvature)
+            self._op_cache = (op, self._data_copy())
         return op
 
+    def _data_copy(self):
+        """A copy of the single in-memory batch (the cached graph depends on it)."""
+        if self._batches is None or len(self._batches) != 1:
+            return None
+        return [t.clone() for t in _tensors(self._batches[0])]
+
+    def _same_data(self, copy_) -> bool:
+        if self._batches is None or len(self._batches) != 1:
+            return copy_ is None
+        now = _tensors(self._batches[0])
+        return copy_ is not None and len(now) == len(copy_) and all(
+            a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+            for a, b in zip(now, copy_))
+
+    @api
     def hvp(self, v, at=None, *, curvature: str = "hessian") -> Weights:
         """Hessian-vector product ``H(θ) v`` (or the Gauss-Newton product)."""
         op = self.operator(at, curvature=curvature)
         out = op.apply(self.as_flat(v)[None])[0]
         return self.layout.to_weights(out)
 
+    @api
     def hvp_batched(self, vs, at=None, *, curvature: str = "hessian") -> list[Weights]:
         """``H v_i`` for several vectors in batched passes (a list of Weights or a
         ``(k, P)`` tensor)."""
@@ -397,6 +808,9 @@ class Objective:
             if isinstance(vs, Tensor)
             else torch.stack([self.as_flat(v) for v in vs])
         )
+        if V.ndim != 2:
+            raise LossvizError(f"vs must be a (k, {self.layout.size}) tensor or a list of "
+                               f"vectors, got shape {tuple(V.shape)}")
         out = op.apply(V)
         return [self.layout.to_weights(o) for o in out]
 
@@ -406,10 +820,11 @@ class Objective:
 
     def __repr__(self) -> str:
         nb = self.n_batches
+        red = "" if self.reduction == "mean" else f", reduction={self.reduction!r}"
         return (
             f"Objective({type(self.model).__name__}, {self.layout.size:,} varying parameters "
             f"in {len(self.names)} tensors, {nb if nb is not None else 'streamed'} batch(es), "
-            f"bn={self.bn!r}, device={self.device})"
+            f"bn={self.bn!r}{red}, device={self.device})"
         )
 
 
@@ -432,3 +847,15 @@ class _Bound:  # pragma: no cover - fallback for torch without _reparametrize_mo
 def check_finite(loss: Tensor) -> None:
     if not bool(torch.isfinite(loss)):
         raise NonFiniteLossError(f"the loss is not finite at this point ({float(loss.detach())})")
+
+
+def check_differentiable(loss: Tensor, obj: Objective | None = None) -> None:
+    """A loss that autograd cannot differentiate (detached inside ``loss_fn`` / ``forward``)."""
+    if not loss.requires_grad:
+        raise LossvizError(
+            "the loss has no gradient with respect to the parameters (does loss_fn / forward "
+            "detach it, or use a model other than the one it is given?)")
+
+
+__all__ = ["Objective", "PointSnapshot", "batch_size", "call_model", "is_single_batch",
+           "loss_reduction", "to_device"]

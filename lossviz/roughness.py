@@ -23,6 +23,7 @@ import torch
 
 from .directions import iter_random_flat
 from .errors import LossvizError
+from .interrupt import api
 from .landscape import _Engine, kw_engine
 from .objective import Objective
 
@@ -152,6 +153,7 @@ def _summarize(slices, ts, radius, *, n_bootstrap, confidence, seed):
     return value, ci, tv, flat
 
 
+@api
 def roughness_index(obj: Objective, at=None, *, n_directions: int = 100, n_points: int = 11,
                     radius: float = 0.1, norm: str = "filter", seed: int = 0,
                     n_bootstrap: int = 2000, confidence: float = 0.95, **kw) -> RoughnessResult:
@@ -256,6 +258,7 @@ class RoughnessAlong:
         return fig
 
 
+@api
 def roughness_along(obj: Objective, checkpoints, **kw) -> RoughnessAlong:
     """:func:`roughness_index` at each checkpoint of a training run (a list, or a dict
     ``label -> checkpoint`` such as ``{step: state_dict}``), with the same seed at every

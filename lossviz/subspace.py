@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from .errors import CheckpointError, LossvizError
 from .hessian import hessian_eigs, hessian_trace
+from .interrupt import api
 from .objective import Objective, check_finite, is_single_batch, to_device
 from .results import EigenResult, _fmt, _html_table
 from .weights import Weights
@@ -379,6 +380,7 @@ class SubspaceTracker:
         return V
 
     # -- public ---------------------------------------------------------------------
+    @api
     def step(self, batch, loss=None) -> None:
         """Measure at the current weights, on ``batch`` (the one just trained on).
 

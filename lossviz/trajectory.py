@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from .errors import LossvizError
 from .hessian import hessian_eigs, hessian_trace
+from .interrupt import api
 from .objective import Objective
 from .results import _fmt, _html_table
 
@@ -219,6 +220,7 @@ def _points(checkpoints, steps):
     return pts, st
 
 
+@api
 def sharpness_along(obj: Objective, checkpoints, k: int = 1, *, steps=None,
                     lr: float | None = None, tol: float = 1e-3, curvature: str = "hessian",
                     warm_start: bool = True, seed: int = 0) -> CurvatureTimeline:
@@ -244,6 +246,7 @@ def sharpness_along(obj: Objective, checkpoints, k: int = 1, *, steps=None,
                              seconds=time.perf_counter() - t0)
 
 
+@api
 def trace_along(obj: Objective, checkpoints, *, steps=None, rtol: float = 0.02,
                 max_hvp: int = 500, method: str = "hutchinson", curvature: str = "hessian",
                 lr: float | None = None, seed: int = 0) -> CurvatureTimeline:

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from numbers import Number
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -28,6 +29,8 @@ class Weights(Mapping):
     """
 
     __slots__ = ("_t",)
+    # NumPy scalars on the left (``np.float64(2) * w``) defer to Weights' own operators
+    __array_ufunc__ = None
 
     def __init__(self, tensors: Mapping[str, Tensor] | None = None, **kw: Tensor):
         d = dict(tensors or {})
@@ -74,18 +77,46 @@ class Weights(Mapping):
     def _zip(self, other, fn) -> Weights:
         if not isinstance(other, Mapping):
             return NotImplemented
+        self._check_like(other)
+        return Weights({k: fn(v, other[k]) for k, v in self._t.items()})
+
+    def _check_like(self, other: Mapping) -> None:
+        """Same keys in the same order, and the same shapes (never broadcast)."""
         if list(other.keys()) != list(self._t.keys()):
             a, b = set(self._t), set(other.keys())
             raise CheckpointError(
                 "Weights with different keys: "
                 f"only left {sorted(a - b)[:10]}, only right {sorted(b - a)[:10]}"
+                + ("" if a != b else " (same keys in another order)")
             )
-        return Weights({k: fn(v, other[k]) for k, v in self._t.items()})
+        bad = [
+            f"{k}: {tuple(v.shape)} vs {tuple(other[k].shape)}"
+            for k, v in self._t.items()
+            if not isinstance(other[k], Tensor) or other[k].shape != v.shape
+        ]
+        if bad:
+            raise CheckpointError(f"Weights with different shapes: {'; '.join(bad[:10])}")
+
+    @staticmethod
+    def _scalar(s):
+        """A scalar factor (Python / NumPy number, 0-d tensor or array), else None."""
+        if isinstance(s, bool):
+            return None
+        if isinstance(s, Number):
+            return s
+        if isinstance(s, Tensor) and s.ndim == 0:
+            return s
+        if isinstance(s, np.ndarray) and s.ndim == 0 and np.issubdtype(s.dtype, np.number):
+            return s.item()
+        return None
 
     def __add__(self, other):
         return self._zip(other, torch.add)
 
-    __radd__ = __add__
+    def __radd__(self, other):
+        if isinstance(other, Number) and not isinstance(other, bool) and other == 0:
+            return self  # sum(list of Weights)
+        return self._zip(other, torch.add)
 
     def __sub__(self, other):
         return self._zip(other, torch.sub)
@@ -94,22 +125,27 @@ class Weights(Mapping):
         return self._zip(other, lambda a, b: b - a)
 
     def __mul__(self, s):
-        if isinstance(s, (Number, Tensor)) and (not isinstance(s, Tensor) or s.ndim == 0):
-            return self._map(lambda v: v * s)
-        return NotImplemented
+        s = self._scalar(s)
+        if s is None:
+            return NotImplemented
+        return self._map(lambda v: v * s)
 
     __rmul__ = __mul__
 
     def __truediv__(self, s):
-        if isinstance(s, (Number, Tensor)) and (not isinstance(s, Tensor) or s.ndim == 0):
-            return self._map(lambda v: v / s)
-        return NotImplemented
+        s = self._scalar(s)
+        if s is None:
+            return NotImplemented
+        return self._map(lambda v: v / s)
 
     def __neg__(self):
         return self._map(torch.neg)
 
     def dot(self, other: Mapping[str, Tensor]) -> Tensor:
         """Euclidean inner product over all tensors (a 0-d tensor)."""
+        if not isinstance(other, Mapping):
+            raise TypeError(f"Weights.dot needs Weights or a mapping, got {type(other).__name__}")
+        self._check_like(other)
         return sum((v * other[k]).sum() for k, v in self._t.items())
 
     def norm(self) -> Tensor:
@@ -124,6 +160,10 @@ class Weights(Mapping):
 
     def clone(self) -> Weights:
         return self._map(lambda v: v.detach().clone())
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """A plain ``name -> tensor`` dict (for ``model.load_state_dict`` or ``torch.save``)."""
+        return dict(self._t)
 
     @property
     def numel(self) -> int:
@@ -194,7 +234,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return dict(load_file(str(p)))
+        try:
+            return dict(load_file(str(p)))
+        except Exception as e:  # noqa: BLE001 - a corrupt or truncated file
+            raise CheckpointError(f"cannot read {p} as safetensors: {type(e).__name__}: {e}") from e
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - reported with the path

@@ -341,14 +341,20 @@ def test_model_untouched_when_forward_raises():
 
     def bad_loss(out, y):
         calls["n"] += 1
-        raise RuntimeError("boom inside the forward")
+        if calls["n"] > 1:  # the check when the Objective is built passes
+            raise RuntimeError("boom inside the forward")
+        return loss(out, y)
 
     obj = lv.Objective(m, bad_loss, data, bn="train")
     with pytest.raises(RuntimeError, match="boom"):
         lv.hessian_eigs(obj, k=2)
     with pytest.raises(RuntimeError, match="boom"):
         obj.gradient()
-    assert calls["n"] == 2
+    assert calls["n"] >= 3
+    assert_unchanged(m, snap)
+    # a loss that fails at once is reported when the Objective is built, with the data
+    with pytest.raises(lv.LossvizError, match=r"loss_fn.*first batch.*\(12, 1, 6, 6\).*boom"):
+        lv.Objective(m, lambda o, y: bad_loss(o, y), data)
     assert_unchanged(m, snap)
 
     class Interrupting(nn.Module):

@@ -354,9 +354,14 @@ def test_user_model_untouched_by_every_call():
                 assert torch.equal(before[1][k], after[1][k])
         assert before[2:] == after[2:]
 
+    calls_made = []
+
     def boom(model, batch):
-        model(batch[0])
-        raise RuntimeError("boom inside forward")
+        out = model(batch[0])
+        calls_made.append(1)
+        if len(calls_made) > 1:  # the check when the Objective is built passes
+            raise RuntimeError("boom inside forward")
+        return F.cross_entropy(out, batch[1])
 
     bad = Objective(m, forward=boom, data=data)
     with warnings.catch_warnings():

@@ -56,7 +56,8 @@ def _figure_widget_class():
     import traitlets
 
     bundle = str(go.FigureWidget._esm)
-    key = f"{plotly.__version__}-{hashlib.sha1(bundle.encode(), usedforsecurity=False).hexdigest()[:16]}"
+    digest = hashlib.sha1(bundle.encode(), usedforsecurity=False).hexdigest()[:16]
+    key = f"{plotly.__version__}-{digest}"
 
     class FigureWidget(go.FigureWidget):
         """plotly's FigureWidget with its front end compiled once per page (``figure.js``):

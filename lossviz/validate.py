@@ -1,0 +1,141 @@
+"""Argument checks shared by every public function: one helper per kind of argument.
+
+Each returns the normalized value or raises an error that names the argument, says what
+was expected and shows what was given: :class:`~lossviz.errors.ArgumentTypeError` (a
+``TypeError`` and a ``LossvizError``) for the wrong type,
+:class:`~lossviz.errors.LossvizError` (a ``ValueError``) for a value out of range. They
+run before any work starts.
+
+>>> integer(3, "k")
+3
+>>> integer(2.5, "k")
+Traceback (most recent call last):
+...
+lossviz.errors.ArgumentTypeError: k must be an integer, got 2.5 (float)
+>>> number(0, "tol", low=0, low_open=True)
+Traceback (most recent call last):
+...
+lossviz.errors.LossvizError: tol must be > 0, got 0
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+
+from .errors import ArgumentTypeError, LossvizError
+
+
+def _show(value) -> str:
+    s = repr(value)
+    if len(s) > 60:
+        s = s[:57] + "..."
+    return f"{s} ({type(value).__name__})"
+
+
+def integer(value, name: str, *, low: int | None = 1, high: int | None = None,
+            none: bool = False) -> int | None:
+    """An integer in ``[low, high]`` (``None`` allowed when ``none``). Booleans, floats
+    (even ``3.0``) and strings are refused."""
+    if value is None and none:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (Integral, np.integer)):
+        if (isinstance(value, torch.Tensor) and value.numel() == 1
+                and not value.is_floating_point() and value.dtype != torch.bool):
+            value = int(value)
+        else:
+            raise ArgumentTypeError(f"{name} must be an integer, got {_show(value)}")
+    value = int(value)
+    if low is not None and value < low:
+        raise LossvizError(f"{name} must be an integer >= {low}, got {value}")
+    if high is not None and value > high:
+        raise LossvizError(f"{name} must be an integer <= {high}, got {value}")
+    return value
+
+
+def number(value, name: str, *, low: float | None = None, high: float | None = None,
+           low_open: bool = False, high_open: bool = False, none: bool = False,
+           finite: bool = True) -> float | None:
+    """A real number (Python, NumPy or 0-d tensor) in the given range; NaN always refused,
+    infinities unless ``finite=False``."""
+    if value is None and none:
+        return None
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype != torch.bool:
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (Real, np.number)) or \
+            isinstance(value, complex):
+        raise ArgumentTypeError(f"{name} must be a number, got {_show(value)}")
+    value = float(value)
+    if math.isnan(value) or (finite and math.isinf(value)):
+        raise LossvizError(f"{name} must be a finite number, got {value}")
+    if low is not None and (value <= low if low_open else value < low):
+        raise LossvizError(f"{name} must be {'>' if low_open else '>='} {low:g}, got {value:g}")
+    if high is not None and (value >= high if high_open else value > high):
+        raise LossvizError(f"{name} must be {'<' if high_open else '<='} {high:g}, got {value:g}")
+    return value
+
+
+def choice(value, name: str, choices: Iterable):
+    """One of ``choices`` (compared with ``==``; unhashable values are refused too)."""
+    choices = tuple(choices)
+    try:
+        ok = any(value == c and type(value) is type(c) for c in choices)
+    except Exception:  # noqa: BLE001 - e.g. a tensor compared with a string
+        ok = False
+    if not ok:
+        opts = ", ".join(repr(c) for c in choices)
+        raise LossvizError(f"{name} must be one of {opts}; got {_show(value)}")
+    return value
+
+
+def boolean(value, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ArgumentTypeError(f"{name} must be True or False, got {_show(value)}")
+    return bool(value)
+
+
+def seed(value, name: str = "seed") -> int:
+    """A seed for ``torch.Generator.manual_seed``: an integer >= 0."""
+    return integer(value, name, low=0)
+
+
+def callable_(value, name: str, what: str = "a callable", *, none: bool = False):
+    if value is None and none:
+        return None
+    if not callable(value):
+        raise ArgumentTypeError(f"{name} must be {what}, got {_show(value)}")
+    return value
+
+
+def device(value, name: str = "device") -> torch.device:
+    """A device this torch can use: ``"cuda"`` needs a CUDA build and a GPU, ``"mps"`` an
+    Apple GPU; an index must exist."""
+    if isinstance(value, torch.device):
+        dev = value
+    elif isinstance(value, (str, int)) and not isinstance(value, bool):
+        try:
+            dev = torch.device(value)
+        except (RuntimeError, TypeError, ValueError) as e:
+            raise LossvizError(f"{name}={value!r} is not a device ({e})") from None
+    else:
+        raise ArgumentTypeError(f"{name} must be a torch.device or a string like 'cpu' or "
+                                f"'cuda', got {_show(value)}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = ("this torch build has no CUDA support" if torch.version.cuda is None
+                   else "no CUDA device is visible")
+            raise LossvizError(f"{name}={str(dev)!r} but {why}; use device='cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise LossvizError(f"{name}={str(dev)!r} but only {torch.cuda.device_count()} CUDA "
+                               "device(s) exist")
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise LossvizError(f"{name}='mps' but no Apple GPU (MPS) is available; use "
+                               "device='cpu'")
+    elif dev.type not in ("cpu", "meta", "xpu", "hpu", "privateuseone"):
+        raise LossvizError(f"{name}={str(dev)!r}: unsupported device type {dev.type!r}")
+    return dev
