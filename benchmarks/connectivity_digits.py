@@ -35,10 +35,12 @@ def trained(sizes, seed, steps=300, lr=0.1):
 
 
 def report(name, r):
-    print(f"{name:<34} L(A) {r.loss[0]:.4f}  L(B) {r.loss[-1]:.4f}  "
-          f"barrier linear {r.barrier('loss', 'linear'):.4f}  mean "
-          f"{r.barrier('loss', 'mean'):.4f}  (accuracy drop "
-          f"{r.barrier('accuracy', 'linear'):.4f})")
+    print(
+        f"{name:<34} L(A) {r.loss[0]:.4f}  L(B) {r.loss[-1]:.4f}  "
+        f"barrier linear {r.barrier('loss', 'linear'):.4f}  mean "
+        f"{r.barrier('loss', 'mean'):.4f}  (accuracy drop "
+        f"{r.barrier('accuracy', 'linear'):.4f})"
+    )
 
 
 def main():
@@ -60,8 +62,10 @@ def main():
 
     lw = layerwise_barriers(obj, a, b)
     singles = [v for row in lw.table.values() for v in row.values()]
-    print(f"\nlayer-wise, 64-64-64-10: full {lw.full:.4f}, single layers "
-          f"{min(singles):.4f}–{max(singles):.4f}")
+    print(
+        f"\nlayer-wise, 64-64-64-10: full {lw.full:.4f}, single layers "
+        f"{min(singles):.4f}–{max(singles):.4f}"
+    )
     print(lw)
     wide = (64, 256, 256, 256, 256, 10)
     objw = Objective(mlp(wide), nn.functional.cross_entropy, DATA)
@@ -69,8 +73,10 @@ def main():
         wa, wb = trained(wide, 1, lr=lr), trained(wide, 2, lr=lr)
         lw = layerwise_barriers(objw, wa, wb)
         singles = [v for row in lw.table.values() for v in row.values()]
-        print(f"\nlayer-wise, 64-256-256-256-256-10, lr {lr}: full {lw.full:.4f}, single "
-              f"layers {min(singles):.4f}–{max(singles):.4f}")
+        print(
+            f"\nlayer-wise, 64-256-256-256-256-10, lr {lr}: full {lw.full:.4f}, single "
+            f"layers {min(singles):.4f}–{max(singles):.4f}"
+        )
         print(lw)
         if lr == 0.05:
             print(layerwise_barriers(objw, wa, wb, groups="cumulative"))

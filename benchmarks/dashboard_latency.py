@@ -89,16 +89,18 @@ def main():
     lab = Lab(root)
     try:
         with sync_playwright() as p:
-            b = p.chromium.launch(executable_path=chromium_path(), headless=True,
-                                  args=CHROMIUM_ARGS)
+            b = p.chromium.launch(
+                executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS
+            )
             page = b.new_page(viewport={"width": 1500, "height": 1700})
             errors = []
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.goto(lab.url("interpolation.ipynb"))
             page.wait_for_function(KERNEL_IDLE, timeout=120_000)
             page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
-            wait_plot(page, 0, "gd.layout.title.text.startsWith('α = 0.00 · exact')",
-                      timeout=180_000)
+            wait_plot(
+                page, 0, "gd.layout.title.text.startsWith('α = 0.00 · exact')", timeout=180_000
+            )
             page.evaluate(SETUP)
             slider = measure_keys(page, ".widget-slider .noUi-handle", args.moves, 0.01, 0.0)
             cur = page.evaluate("document.querySelectorAll('.js-plotly-plot')[0].data[2].x[0]")
@@ -119,8 +121,12 @@ def main():
                 time.sleep(max(0.0, t + (i + 1) / 60 - time.perf_counter()))
             page.mouse.up()
             t_up = time.perf_counter()
-            wait_plot(page, 0, "gd.data[2].x[0] === 1 && gd.layout.title.text.endsWith('exact')",
-                      timeout=20_000)
+            wait_plot(
+                page,
+                0,
+                "gd.data[2].x[0] === 1 && gd.layout.title.text.endsWith('exact')",
+                timeout=20_000,
+            )
             settle = time.perf_counter() - t_up
             renders = page.evaluate(f"window.__lv.renders.slice({n0})")
             span = (renders[-1] - renders[0]) / 1000 if len(renders) > 1 else float("nan")
@@ -130,18 +136,30 @@ def main():
         lab.close()
 
     def summary(v):
-        return {"n": len(v), "median_ms": round(pct(v, 50), 1), "p95_ms": round(pct(v, 95), 1),
-                "max_ms": round(max(v), 1)}
+        return {
+            "n": len(v),
+            "median_ms": round(pct(v, 50), 1),
+            "p95_ms": round(pct(v, 95), 1),
+            "max_ms": round(max(v), 1),
+        }
 
-    res = {"slider_keys": summary(slider), "scrubber_keys": summary(scrub),
-           "scrubber_drag": {"mouse_moves": 120, "seconds": 2.0, "plot_renders": len(renders),
-                             "renders_per_s": round(len(renders) / span, 1) if span else None,
-                             "settle_after_release_s": round(settle, 3)},
-           "console_errors": errors[:10], "start_alpha": cur}
+    res = {
+        "slider_keys": summary(slider),
+        "scrubber_keys": summary(scrub),
+        "scrubber_drag": {
+            "mouse_moves": 120,
+            "seconds": 2.0,
+            "plot_renders": len(renders),
+            "renders_per_s": round(len(renders) / span, 1) if span else None,
+            "settle_after_release_s": round(settle, 3),
+        },
+        "console_errors": errors[:10],
+        "start_alpha": cur,
+    }
     print(json.dumps(res, indent=1))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(res, indent=1))
-    ok = (res["slider_keys"]["median_ms"] < 100 and res["slider_keys"]["p95_ms"] < 250)
+    ok = res["slider_keys"]["median_ms"] < 100 and res["slider_keys"]["p95_ms"] < 250
     print("target (median < 100 ms, p95 < 250 ms):", "met" if ok else "NOT met")
 
 

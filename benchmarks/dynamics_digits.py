@@ -42,14 +42,28 @@ def gradient_subspace(steps: int, device: str) -> dict:
     model = mlp((64, 32, 10), nn.Tanh, seed=0).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.2)
     ce = nn.functional.cross_entropy
-    mb = SubspaceTracker(model, ce, k=10, every=10, optimizer=opt,
-                         track=("gradient_fraction", "overlap", "lambda_max"))
-    full = SubspaceTracker(model, ce, k=10, every=50, data=(x, y), optimizer=opt,
-                           track=("gradient_fraction", "overlap", "lambda_max"))
+    mb = SubspaceTracker(
+        model,
+        ce,
+        k=10,
+        every=10,
+        optimizer=opt,
+        track=("gradient_fraction", "overlap", "lambda_max"),
+    )
+    full = SubspaceTracker(
+        model,
+        ce,
+        k=10,
+        every=50,
+        data=(x, y),
+        optimizer=opt,
+        track=("gradient_fraction", "overlap", "lambda_max"),
+    )
     # the same solves without the warm start
     cold = SubspaceTracker(model, ce, k=10, every=10, warm_start=False, track=("lambda_max",))
-    cold_full = SubspaceTracker(model, ce, k=10, every=50, data=(x, y), warm_start=False,
-                                track=("lambda_max",))
+    cold_full = SubspaceTracker(
+        model, ce, k=10, every=50, data=(x, y), warm_start=False, track=("lambda_max",)
+    )
     gen = torch.Generator().manual_seed(0)
     t0 = time.perf_counter()
     for _ in range(steps + 1):
@@ -76,26 +90,33 @@ def gradient_subspace(steps: int, device: str) -> dict:
         "full_lambda_max": {s: r["lambda_max"] for s, r in fh.items()},
         "full_overlap_first": {s: r["overlap_first"] for s, r in fh.items()},
         "full_loss": full.history[-1]["loss"],
-        "hvp_per_refresh": {"mini-batch warm": float(np.mean(hvps(mb))),
-                            "mini-batch cold": float(np.mean(hvps(cold))),
-                            "full-data warm": float(np.mean(hvps(full))),
-                            "full-data cold": float(np.mean(hvps(cold_full)))},
+        "hvp_per_refresh": {
+            "mini-batch warm": float(np.mean(hvps(mb))),
+            "mini-batch cold": float(np.mean(hvps(cold))),
+            "full-data warm": float(np.mean(hvps(full))),
+            "full-data cold": float(np.mean(hvps(cold_full))),
+        },
         "seconds": secs,
     }
     print("\n(a) gradient subspace: tanh MLP 64-32-10, SGD lr 0.2, batch 256, k = 10")
     print("step  mini-batch fraction  (λ_max)   | full-data fraction  (λ_max, overlap w/ first)")
     for s in sorted(mbh):
         if s in (0, 10, 20, 30, 40, 50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000) or (
-                s == max(mbh)):
+            s == max(mbh)
+        ):
             line = f"{s:5d}  {mbh[s]['gradient_fraction']:.3f}  ({mbh[s]['lambda_max']:.2f})"
             if s in fh:
-                line += (f"          | {fh[s]['gradient_fraction_data']:.3f}  "
-                         f"({fh[s]['lambda_max']:.2f}, {fh[s]['overlap_first']:.2f})")
+                line += (
+                    f"          | {fh[s]['gradient_fraction_data']:.3f}  "
+                    f"({fh[s]['lambda_max']:.2f}, {fh[s]['overlap_first']:.2f})"
+                )
             print(line)
     w = out["hvp_per_refresh"]
-    print("HVPs per refresh (mean over the refreshes after the first), warm vs cold start: "
-          f"mini-batch every 10 steps {w['mini-batch warm']:.1f} vs {w['mini-batch cold']:.1f}; "
-          f"full data every 50 steps {w['full-data warm']:.1f} vs {w['full-data cold']:.1f}")
+    print(
+        "HVPs per refresh (mean over the refreshes after the first), warm vs cold start: "
+        f"mini-batch every 10 steps {w['mini-batch warm']:.1f} vs {w['mini-batch cold']:.1f}; "
+        f"full data every 50 steps {w['full-data warm']:.1f} vs {w['full-data cold']:.1f}"
+    )
     print(f"({secs:.0f} s)")
     return out
 
@@ -106,8 +127,9 @@ def edge_of_stability(loss_name: str, lr: float, steps: int, device: str, every=
     loss_fn = half_sse if loss_name == "mse" else nn.functional.cross_entropy
     model = mlp((64, 64, 64, 10), nn.Tanh, seed=0).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
-    tr = SubspaceTracker(model, loss_fn, k=1, every=every, data=(x, target), optimizer=opt,
-                         track=("lambda_max",))
+    tr = SubspaceTracker(
+        model, loss_fn, k=1, every=every, data=(x, target), optimizer=opt, track=("lambda_max",)
+    )
     t0 = time.perf_counter()
     for _ in range(steps + 1):
         opt.zero_grad()
@@ -123,8 +145,14 @@ def edge_of_stability(loss_name: str, lr: float, steps: int, device: str, every=
         if s % (2 * every) == 0 or s == rows[-1][0]:
             print(f"{s:5d}  {lam:7.3f}  {lo:.4f}")
     print(f"({secs:.0f} s)")
-    return {"lr": lr, "two_over_lr": 2 / lr, "steps": [r[0] for r in rows],
-            "lambda_max": [r[1] for r in rows], "loss": [r[2] for r in rows], "seconds": secs}
+    return {
+        "lr": lr,
+        "two_over_lr": 2 / lr,
+        "steps": [r[0] for r in rows],
+        "lambda_max": [r[1] for r in rows],
+        "loss": [r[2] for r in rows],
+        "seconds": secs,
+    }
 
 
 def main():

@@ -42,9 +42,16 @@ def small_resnet(num_classes=10):
         def forward(self, x):
             return torch.relu(x + self.b2(self.c2(torch.relu(self.b1(self.c1(x))))))
 
-    return nn.Sequential(nn.Conv2d(3, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64),
-                         nn.ReLU(), Block(64), Block(64), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(64, num_classes))
+    return nn.Sequential(
+        nn.Conv2d(3, 64, 3, padding=1, bias=False),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        Block(64),
+        Block(64),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, num_classes),
+    )
 
 
 def setup(name: str, device: torch.device):
@@ -126,17 +133,22 @@ def main(argv=None):
         t_lv.append(time.perf_counter() - t0)
     tl, tb = min(t_loop), min(t_lv)
     diff = float(np.nanmax(np.abs(s.loss - ref)))
-    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else (
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    dev = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    )
     print(f"model   : {label}")
     print(f"device  : {dev}; torch {torch.__version__}")
     prec = args.precision or "fp32"
-    print(f"grid    : {args.n}x{args.n} = {args.n ** 2} points, precision {prec}")
-    print(f"loop    : {tl:.3f} s ({1e3 * tl / args.n ** 2:.2f} ms/point)")
-    print(f"lossviz : {tb:.3f} s ({1e3 * tb / args.n ** 2:.2f} ms/point, {s.strategy})")
+    print(f"grid    : {args.n}x{args.n} = {args.n**2} points, precision {prec}")
+    print(f"loop    : {tl:.3f} s ({1e3 * tl / args.n**2:.2f} ms/point)")
+    print(f"lossviz : {tb:.3f} s ({1e3 * tb / args.n**2:.2f} ms/point, {s.strategy})")
     print(f"speed-up: {tl / tb:.1f}x")
-    print(f"max |difference| of the two grids: {diff:.2e} (losses {np.nanmin(ref):.4g} to "
-          f"{np.nanmax(ref):.4g})")
+    print(
+        f"max |difference| of the two grids: {diff:.2e} (losses {np.nanmin(ref):.4g} to "
+        f"{np.nanmax(ref):.4g})"
+    )
     return tl, tb, diff
 
 

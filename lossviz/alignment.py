@@ -40,37 +40,125 @@ from .weights import Weights, as_state
 FIXED = 0
 
 _ELEMENTWISE_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-    nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus, nn.Softsign,
-    nn.Tanhshrink, nn.LogSigmoid, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
-    nn.Dropout3d, nn.AlphaDropout,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardtanh,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Softplus,
+    nn.Softsign,
+    nn.Tanhshrink,
+    nn.LogSigmoid,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
 )
 _POOL_MODULES = (
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.LPPool1d, nn.LPPool2d,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+    nn.LPPool1d,
+    nn.LPPool2d,
 )
 _F = nn.functional
 _ELEMENTWISE_FUNCS = {
-    torch.relu, torch.tanh, torch.sigmoid, torch.abs, torch.neg, torch.exp, torch.clamp,
-    _F.relu, _F.relu6, _F.leaky_relu, _F.elu, _F.selu, _F.celu, _F.gelu, _F.silu, _F.mish,
-    _F.sigmoid, _F.tanh, _F.hardtanh, _F.hardswish, _F.hardsigmoid, _F.softplus,
-    _F.softsign, _F.dropout, _F.dropout1d, _F.dropout2d, _F.dropout3d, _F.logsigmoid,
-    operator.neg, operator.pos,
+    torch.relu,
+    torch.tanh,
+    torch.sigmoid,
+    torch.abs,
+    torch.neg,
+    torch.exp,
+    torch.clamp,
+    _F.relu,
+    _F.relu6,
+    _F.leaky_relu,
+    _F.elu,
+    _F.selu,
+    _F.celu,
+    _F.gelu,
+    _F.silu,
+    _F.mish,
+    _F.sigmoid,
+    _F.tanh,
+    _F.hardtanh,
+    _F.hardswish,
+    _F.hardsigmoid,
+    _F.softplus,
+    _F.softsign,
+    _F.dropout,
+    _F.dropout1d,
+    _F.dropout2d,
+    _F.dropout3d,
+    _F.logsigmoid,
+    operator.neg,
+    operator.pos,
 }
 _ELEMENTWISE_METHODS = {
-    "relu", "relu_", "tanh", "tanh_", "sigmoid", "sigmoid_", "abs", "neg", "exp", "clamp",
-    "clamp_", "contiguous", "clone", "detach", "float", "double", "half", "to", "type_as",
+    "relu",
+    "relu_",
+    "tanh",
+    "tanh_",
+    "sigmoid",
+    "sigmoid_",
+    "abs",
+    "neg",
+    "exp",
+    "clamp",
+    "clamp_",
+    "contiguous",
+    "clone",
+    "detach",
+    "float",
+    "double",
+    "half",
+    "to",
+    "type_as",
 }
 _POOL_FUNCS = {
-    _F.max_pool1d, _F.max_pool2d, _F.max_pool3d, _F.avg_pool1d, _F.avg_pool2d, _F.avg_pool3d,
-    _F.adaptive_avg_pool1d, _F.adaptive_avg_pool2d, _F.adaptive_avg_pool3d,
-    _F.adaptive_max_pool1d, _F.adaptive_max_pool2d, _F.adaptive_max_pool3d,
+    _F.max_pool1d,
+    _F.max_pool2d,
+    _F.max_pool3d,
+    _F.avg_pool1d,
+    _F.avg_pool2d,
+    _F.avg_pool3d,
+    _F.adaptive_avg_pool1d,
+    _F.adaptive_avg_pool2d,
+    _F.adaptive_avg_pool3d,
+    _F.adaptive_max_pool1d,
+    _F.adaptive_max_pool2d,
+    _F.adaptive_max_pool3d,
 }
 _ADD_FUNCS = {operator.add, operator.sub, operator.iadd, operator.isub, torch.add, torch.sub}
 _ADD_METHODS = {"add", "add_", "sub", "sub_"}
-_MUL_FUNCS = {operator.mul, operator.imul, operator.truediv, operator.itruediv, torch.mul,
-              torch.div}
+_MUL_FUNCS = {
+    operator.mul,
+    operator.imul,
+    operator.truediv,
+    operator.itruediv,
+    torch.mul,
+    torch.div,
+}
 _MUL_METHODS = {"mul", "mul_", "div", "div_"}
 _REDUCE = {"mean", "sum", "amax", "amin"}
 _REDUCE_FUNCS = {torch.mean, torch.sum, torch.amax, torch.amin}
@@ -143,12 +231,15 @@ class PermutationSpec:
         return out
 
     def __repr__(self) -> str:
-        lines = [f"PermutationSpec({len(self.spaces)} permutable spaces, "
-                 f"{sum(self.sizes.values())} units)"]
+        lines = [
+            f"PermutationSpec({len(self.spaces)} permutable spaces, "
+            f"{sum(self.sizes.values())} units)"
+        ]
         for s, entries in self.spaces.items():
-            lines.append(f"  {self.names[s]} ({self.sizes[s]} units): "
-                         + ", ".join(f"{n}[{a}]" + (f"({f})" if f else "")
-                                     for n, a, f in entries))
+            lines.append(
+                f"  {self.names[s]} ({self.sizes[s]} units): "
+                + ", ".join(f"{n}[{a}]" + (f"({f})" if f else "") for n, a, f in entries)
+            )
         if self.fixed_by:
             lines.append("  kept fixed by: " + ", ".join(self.fixed_by[:10]))
         return "\n".join(lines)
@@ -178,7 +269,8 @@ def permutation_spec(model: nn.Module) -> PermutationSpec:
             f"weight_matching traces the model with torch.fx to find its permutation "
             f"symmetries, and tracing {type(model).__name__} failed ({type(e).__name__}: "
             f"{str(e).splitlines()[0][:300]}); data-dependent control flow in forward() "
-            "cannot be traced") from None
+            "cannot be traced"
+        ) from None
     return _Tracer(model).run(gm)
 
 
@@ -261,7 +353,8 @@ class _Tracer:
                 raise LossvizError(
                     f"weight_matching cannot permute tensor {node.target!r}: it is used "
                     "directly in forward() (not through a Linear / Conv / norm layer), so "
-                    "which of its axes follow which permutation is unknown")
+                    "which of its axes follow which permutation is unknown"
+                )
             elif node.op == "call_module":
                 self.info[node] = self.call_module(node)
             elif node.op == "call_function":
@@ -299,9 +392,11 @@ class _Tracer:
             return _Info(out, "last", x.ndim)
         if isinstance(m, nn.modules.conv._ConvNd):
             if isinstance(m, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
-                raise LossvizError(f"weight_matching cannot permute layer {name!r} "
-                                   f"({type(m).__name__}): transposed convolutions are not "
-                                   "supported")
+                raise LossvizError(
+                    f"weight_matching cannot permute layer {name!r} "
+                    f"({type(m).__name__}): transposed convolutions are not "
+                    "supported"
+                )
             nd = len(m.kernel_size) + 2
             if x.axis != "c1" or x.flat:
                 self.fix(x, f"{name} (input channels not on dim 1)")
@@ -314,9 +409,11 @@ class _Tracer:
             elif m.groups == m.in_channels == m.out_channels:  # depthwise: one space
                 out = x.space
             else:
-                raise LossvizError(f"weight_matching cannot permute layer {name!r}: grouped "
-                                   f"convolution with groups={m.groups} (only groups=1 and "
-                                   "depthwise convolutions are supported)")
+                raise LossvizError(
+                    f"weight_matching cannot permute layer {name!r}: grouped "
+                    f"convolution with groups={m.groups} (only groups=1 and "
+                    "depthwise convolutions are supported)"
+                )
             self.tensor_axis(name, "weight", 0, out)
             self.tensor_axis(name, "bias", 0, out)
             return _Info(out, "c1", nd)
@@ -329,8 +426,7 @@ class _Tracer:
                 self.tensor_axis(name, attr, 0, x.space)
             return x
         if isinstance(m, nn.LayerNorm):
-            ok = len(m.normalized_shape) == 1 and not x.flat and (
-                x.axis == "last" or x.ndim == 2)
+            ok = len(m.normalized_shape) == 1 and not x.flat and (x.axis == "last" or x.ndim == 2)
             if not ok:
                 self.fix(x, f"{name} (LayerNorm not over the feature axis alone)")
             for attr in ("weight", "bias"):
@@ -364,7 +460,8 @@ class _Tracer:
             raise LossvizError(
                 f"weight_matching cannot permute layer {name!r} ({type(m).__name__}): only "
                 "Linear, Conv, BatchNorm, LayerNorm, GroupNorm, PReLU and Embedding layers "
-                "are supported")
+                "are supported"
+            )
         return self.unknown(node, f"{name} ({type(m).__name__})")
 
     def flatten(self, node, x: _Info, start, end, what) -> _Info:
@@ -391,7 +488,8 @@ class _Tracer:
         first = infos[0]
         for i in infos[1:]:
             if (i.axis, i.flat) != (first.axis, first.flat) or (
-                    i.ndim is not None and first.ndim is not None and i.ndim != first.ndim):
+                i.ndim is not None and first.ndim is not None and i.ndim != first.ndim
+            ):
                 for j in infos:
                     self.fix(j, f"{node.name} (adds tensors of different layouts)")
                 return _Info(FIXED, first.axis, first.ndim, first.flat)
@@ -426,8 +524,11 @@ class _Tracer:
         f = node.target
         if f in _ADD_FUNCS or f in _MUL_FUNCS:
             return self.elementwise(node)
-        x = self.info.get(node.args[0]) if node.args and isinstance(node.args[0],
-                                                                    torch.fx.Node) else None
+        x = (
+            self.info.get(node.args[0])
+            if node.args and isinstance(node.args[0], torch.fx.Node)
+            else None
+        )
         if f in _ELEMENTWISE_FUNCS:
             return x
         if f in _POOL_FUNCS:
@@ -450,8 +551,11 @@ class _Tracer:
 
     def call_method(self, node) -> _Info | None:
         meth = node.target
-        x = self.info.get(node.args[0]) if node.args and isinstance(node.args[0],
-                                                                    torch.fx.Node) else None
+        x = (
+            self.info.get(node.args[0])
+            if node.args and isinstance(node.args[0], torch.fx.Node)
+            else None
+        )
         if meth in _SHAPE_METHODS:
             return None
         if meth in _ADD_METHODS or meth in _MUL_METHODS:
@@ -501,17 +605,26 @@ class _Tracer:
             if len(ns) != 1:
                 raise LossvizError(
                     "weight_matching: tensors tied by the model's data flow have different "
-                    "sizes: " + ", ".join(f"{t}[{a}] = {n}" for t, a, n in sized[s][:10]))
+                    "sizes: " + ", ".join(f"{t}[{a}] = {n}" for t, a, n in sized[s][:10])
+                )
             n = ns.pop()
             bad = [(t, a) for t, a, f in entries if f and state[t].shape[a] % n]
             if bad:
-                raise LossvizError(f"weight_matching: flattened features of {bad} are not a "
-                                   f"multiple of the {n} channels feeding them")
+                raise LossvizError(
+                    f"weight_matching: flattened features of {bad} are not a "
+                    f"multiple of the {n} channels feeding them"
+                )
             k += 1
             out_spaces[k] = entries
             sizes[k] = n
-            members = sorted({self.space_names.get(i, "") for i in range(1, len(self.uf.parent))
-                              if self.uf.find(i) == s} - {""})
+            members = sorted(
+                {
+                    self.space_names.get(i, "")
+                    for i in range(1, len(self.uf.parent))
+                    if self.uf.find(i) == s
+                }
+                - {""}
+            )
             names[k] = "+".join(members) or f"space{k}"
         return PermutationSpec(out_spaces, sizes, names, list(self.fixed_by))
 
@@ -526,7 +639,8 @@ def _is_batch_size(arg, src) -> bool:
         s = arg.args[0]
         return isinstance(s, torch.fx.Node) and (
             (s.op == "call_function" and s.target is getattr and s.args[1] == "shape")
-            or (s.op == "call_method" and s.target == "size" and len(s.args) == 1))
+            or (s.op == "call_method" and s.target == "size" and len(s.args) == 1)
+        )
     return False
 
 
@@ -575,20 +689,31 @@ def _check_pair(model: nn.Module, a: dict, b: dict):
     params = dict(model.named_parameters())
     for what, st in (("a", a), ("b", b)):
         missing = [k for k in params if k not in st]
-        shapes = [f"{k}: model {tuple(p.shape)} vs {what} {tuple(st[k].shape)}"
-                  for k, p in params.items() if k in st and st[k].shape != p.shape]
+        shapes = [
+            f"{k}: model {tuple(p.shape)} vs {what} {tuple(st[k].shape)}"
+            for k, p in params.items()
+            if k in st and st[k].shape != p.shape
+        ]
         if missing or shapes:
             raise CheckpointError(
                 f"{what} does not match the model: missing {missing[:10]}; shape "
-                f"mismatches: {shapes[:10]}")
+                f"mismatches: {shapes[:10]}"
+            )
     extra = sorted(set(a) ^ set(b))
     if extra:
         raise CheckpointError(f"a and b have different keys: {extra[:10]}")
 
 
 @api
-def weight_matching(model: nn.Module, a, b, *, max_iter: int = 100, seed: int = 0,
-                    spec: PermutationSpec | None = None) -> Weights:
+def weight_matching(
+    model: nn.Module,
+    a,
+    b,
+    *,
+    max_iter: int = 100,
+    seed: int = 0,
+    spec: PermutationSpec | None = None,
+) -> Weights:
     """``b`` with its hidden units permuted to align with ``a`` (Git Re-Basin weight
     matching, Ainsworth et al. 2023); the result computes the same function as ``b``.
 
@@ -646,8 +771,10 @@ def weight_matching(model: nn.Module, a, b, *, max_iter: int = 100, seed: int = 
 # BatchNorm statistics and REPAIR ----------------------------------------------------------
 def _loader(data):
     if data is None:
-        raise DataError("data is required: a batch (inputs, targets), an inputs tensor or "
-                        "an iterable of batches")
+        raise DataError(
+            "data is required: a batch (inputs, targets), an inputs tensor or "
+            "an iterable of batches"
+        )
     if isinstance(data, Tensor):
         return [data]
     if is_single_batch(data):
@@ -671,17 +798,21 @@ def _private_model(obj_or_model, weights) -> tuple[nn.Module, list, torch.device
     elif isinstance(obj_or_model, nn.Module):
         model, default = obj_or_model, None
     else:
-        raise TypeError(f"expected an Objective or an nn.Module, got "
-                        f"{type(obj_or_model).__name__}")
+        raise TypeError(f"expected an Objective or an nn.Module, got {type(obj_or_model).__name__}")
     m = copy.deepcopy(model)
     cur = m.state_dict()
     given = as_state(weights)
     unknown = [k for k in given if k not in cur]
-    shapes = [f"{k}: model {tuple(cur[k].shape)} vs given {tuple(v.shape)}"
-              for k, v in given.items() if k in cur and cur[k].shape != v.shape]
+    shapes = [
+        f"{k}: model {tuple(cur[k].shape)} vs given {tuple(v.shape)}"
+        for k, v in given.items()
+        if k in cur and cur[k].shape != v.shape
+    ]
     if unknown or shapes:
-        raise CheckpointError(f"weights do not match the model: keys not in the model "
-                              f"{unknown[:10]}; shape mismatches {shapes[:10]}")
+        raise CheckpointError(
+            f"weights do not match the model: keys not in the model "
+            f"{unknown[:10]}; shape mismatches {shapes[:10]}"
+        )
     with torch.no_grad():
         for k, v in given.items():
             cur[k].copy_(v)
@@ -715,9 +846,11 @@ def reset_bn(obj_or_model, weights, data=None, *, repair=None, alpha: float = 0.
 
 
 def _repair_layers(m: nn.Module) -> list[str]:
-    return [n for n, mod in m.named_modules()
-            if isinstance(mod, (nn.Linear, nn.modules.conv._ConvNd,
-                                nn.modules.batchnorm._BatchNorm))]
+    return [
+        n
+        for n, mod in m.named_modules()
+        if isinstance(mod, (nn.Linear, nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm))
+    ]
 
 
 def _channel_stats(model: nn.Module, name: str, xs) -> tuple[Tensor, Tensor]:

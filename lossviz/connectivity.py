@@ -47,8 +47,9 @@ def _check_obj(obj) -> Objective:
 
 def _check_kind(kind: str) -> str:
     if kind not in _KINDS:
-        raise LossvizError(f"kind must be 'linear' (Entezari et al.) or 'mean' (Frankle et "
-                           f"al.), got {kind!r}")
+        raise LossvizError(
+            f"kind must be 'linear' (Entezari et al.) or 'mean' (Frankle et al.), got {kind!r}"
+        )
     return kind
 
 
@@ -98,7 +99,8 @@ def _lerp_fixed(fa: dict, fb: dict, alpha: float) -> dict:
 
 def _same_fixed(fa: dict, fb: dict) -> bool:
     return fa.keys() == fb.keys() and all(
-        fa[k] is fb[k] or (fa[k].shape == fb[k].shape and torch.equal(fa[k], fb[k])) for k in fa)
+        fa[k] is fb[k] or (fa[k].shape == fb[k].shape and torch.equal(fa[k], fb[k])) for k in fa
+    )
 
 
 class _Batch:
@@ -199,22 +201,37 @@ class PathResult:
     def _rows(self):
         rows = []
         for k, v in self.values.items():
-            rows.append([k, _fmt(v[0]), _fmt(v[-1]), _fmt(self.barrier(k, "linear")),
-                         _fmt(self.barrier(k, "mean")), f"{self.barrier_alpha(k):.3g}"])
+            rows.append(
+                [
+                    k,
+                    _fmt(v[0]),
+                    _fmt(v[-1]),
+                    _fmt(self.barrier(k, "linear")),
+                    _fmt(self.barrier(k, "mean")),
+                    f"{self.barrier_alpha(k):.3g}",
+                ]
+            )
         return rows
 
     def __repr__(self) -> str:
-        parts = [f"{r[0]}: A {r[1]}, B {r[2]}, barrier linear {r[3]} / mean {r[4]} at α={r[5]}"
-                 for r in self._rows()]
-        return (f"PathResult({len(self.alphas)} points, bn={self.bn!r}; " + "; ".join(parts)
-                + f"; {self.seconds:.2f} s)")
+        parts = [
+            f"{r[0]}: A {r[1]}, B {r[2]}, barrier linear {r[3]} / mean {r[4]} at α={r[5]}"
+            for r in self._rows()
+        ]
+        return (
+            f"PathResult({len(self.alphas)} points, bn={self.bn!r}; "
+            + "; ".join(parts)
+            + f"; {self.seconds:.2f} s)"
+        )
 
     def _repr_html_(self) -> str:
         from .results import _html_table
 
-        return _html_table(["metric", "at A", "at B", "barrier (linear)", "barrier (mean)",
-                            "α of max"], self._rows(),
-                           f"linear path, {len(self.alphas)} points, bn={self.bn}")
+        return _html_table(
+            ["metric", "at A", "at B", "barrier (linear)", "barrier (mean)", "α of max"],
+            self._rows(),
+            f"linear path, {len(self.alphas)} points, bn={self.bn}",
+        )
 
     def plot(self, kind: str = "linear"):
         """One panel per metric: the curve, the endpoints, the chord (``kind="linear"``)
@@ -224,32 +241,74 @@ class PathResult:
 
         _check_kind(kind)
         names = list(self.values)
-        fig = make_subplots(rows=len(names), cols=1, shared_xaxes=True,
-                            subplot_titles=[f"{k}: {kind} barrier {_fmt(self.barrier(k, kind))}"
-                                            for k in names])
+        fig = make_subplots(
+            rows=len(names),
+            cols=1,
+            shared_xaxes=True,
+            subplot_titles=[f"{k}: {kind} barrier {_fmt(self.barrier(k, kind))}" for k in names],
+        )
         a = self.alphas
         for r, k in enumerate(names, 1):
             f = np.asarray(self.values[k], dtype=np.float64)
-            ref = (1 - a) * f[0] + a * f[-1] if kind == "linear" else np.full_like(f, 0.5 * (
-                f[0] + f[-1]))
+            ref = (
+                (1 - a) * f[0] + a * f[-1]
+                if kind == "linear"
+                else np.full_like(f, 0.5 * (f[0] + f[-1]))
+            )
             b, i = _barrier_of(a, f, kind, _sign(self.metric_kinds.get(k, k)))
             show = r == 1
-            fig.add_trace(go.Scatter(x=a, y=f, mode="lines+markers", name="path",
-                                     line={"color": "#1f77b4"}, showlegend=show), row=r, col=1)
-            fig.add_trace(go.Scatter(x=a, y=ref, mode="lines", name="chord" if kind == "linear"
-                                     else "mean of endpoints",
-                                     line={"dash": "dash", "color": "gray"}, showlegend=show),
-                          row=r, col=1)
-            fig.add_trace(go.Scatter(x=[a[0], a[-1]], y=[f[0], f[-1]], mode="markers+text",
-                                     text=["A", "B"], textposition="top center",
-                                     marker={"size": 10, "color": "black"}, name="endpoints",
-                                     showlegend=show), row=r, col=1)
+            fig.add_trace(
+                go.Scatter(
+                    x=a,
+                    y=f,
+                    mode="lines+markers",
+                    name="path",
+                    line={"color": "#1f77b4"},
+                    showlegend=show,
+                ),
+                row=r,
+                col=1,
+            )
+            fig.add_trace(
+                go.Scatter(
+                    x=a,
+                    y=ref,
+                    mode="lines",
+                    name="chord" if kind == "linear" else "mean of endpoints",
+                    line={"dash": "dash", "color": "gray"},
+                    showlegend=show,
+                ),
+                row=r,
+                col=1,
+            )
+            fig.add_trace(
+                go.Scatter(
+                    x=[a[0], a[-1]],
+                    y=[f[0], f[-1]],
+                    mode="markers+text",
+                    text=["A", "B"],
+                    textposition="top center",
+                    marker={"size": 10, "color": "black"},
+                    name="endpoints",
+                    showlegend=show,
+                ),
+                row=r,
+                col=1,
+            )
             if np.isfinite(b):
-                fig.add_trace(go.Scatter(x=[a[i], a[i]], y=[ref[i], f[i]], mode="lines+markers",
-                                         line={"color": "red", "width": 3},
-                                         name=f"barrier ({kind})", showlegend=show,
-                                         hovertemplate=f"barrier {b:.4g} at α={a[i]:.3g}"
-                                         "<extra></extra>"), row=r, col=1)
+                fig.add_trace(
+                    go.Scatter(
+                        x=[a[i], a[i]],
+                        y=[ref[i], f[i]],
+                        mode="lines+markers",
+                        line={"color": "red", "width": 3},
+                        name=f"barrier ({kind})",
+                        showlegend=show,
+                        hovertemplate=f"barrier {b:.4g} at α={a[i]:.3g}<extra></extra>",
+                    ),
+                    row=r,
+                    col=1,
+                )
             fig.update_yaxes(title_text=k, row=r, col=1)
         fig.update_xaxes(title_text="α  (θ = (1-α)·θA + α·θB)", row=len(names), col=1)
         fig.update_layout(title=f"linear interpolation (bn={self.bn})", template="plotly_white")
@@ -262,8 +321,18 @@ def _fmt(x) -> str:
 
 
 @api
-def interpolate(obj: Objective, a, b, *, n: int = 25, metrics=("loss", "accuracy"),
-                bn: str = "eval", recompute_data=None, progress=None, **kw) -> PathResult:
+def interpolate(
+    obj: Objective,
+    a,
+    b,
+    *,
+    n: int = 25,
+    metrics=("loss", "accuracy"),
+    bn: str = "eval",
+    recompute_data=None,
+    progress=None,
+    **kw,
+) -> PathResult:
     """Metrics along the straight line ``θ(α) = (1-α)·θA + α·θB`` at ``n`` evenly spaced
     α in [0, 1] (both ends included), all in batched passes.
 
@@ -296,13 +365,22 @@ def interpolate(obj: Objective, a, b, *, n: int = 25, metrics=("loss", "accuracy
     for al in alphas:
         batch.add(torch.lerp(fa_flat, fb_flat, float(al)), fa if same else _lerp_fixed(fa, fb, al))
     vals = batch.run(mk, bn=bn, bn_data=recompute_data, progress=progress, **kw)
-    return PathResult(alphas, vals, {k: v if isinstance(v, str) else k for k, v in mk.items()},
-                      bn, obj, a, b, time.perf_counter() - t0)
+    return PathResult(
+        alphas,
+        vals,
+        {k: v if isinstance(v, str) else k for k, v in mk.items()},
+        bn,
+        obj,
+        a,
+        b,
+        time.perf_counter() - t0,
+    )
 
 
 @api
-def barrier(obj: Objective, a, b, *, metric: str = "loss", kind: str = "linear", n: int = 25,
-            **kw) -> float:
+def barrier(
+    obj: Objective, a, b, *, metric: str = "loss", kind: str = "linear", n: int = 25, **kw
+) -> float:
     """The barrier between ``a`` and ``b`` on the straight line (``n`` α values):
     ``kind="linear"``: ``max_α [L(θ(α)) - ((1-α)L(θA) + αL(θB))]`` (Entezari et al. 2022);
     ``kind="mean"``: ``max_α L(θ(α)) - ½(L(θA) + L(θB))`` (Frankle et al. 2020).
@@ -320,8 +398,10 @@ def _named_points(points, what="points") -> tuple[list[str], list]:
         pts = list(points)
         names = [str(i) for i in range(len(pts))]
     else:
-        raise TypeError(f"{what} must be a list of points or a mapping name -> point, got "
-                        f"{type(points).__name__}")
+        raise TypeError(
+            f"{what} must be a list of points or a mapping name -> point, got "
+            f"{type(points).__name__}"
+        )
     return names, pts
 
 
@@ -343,9 +423,11 @@ class BarrierMatrix:
 
     def __repr__(self) -> str:
         w = max(len(s) for s in self.names)
-        lines = [f"BarrierMatrix({len(self.names)} points, {self.metric} barrier, "
-                 f"kind={self.kind!r}, {self.n} α per pair, {self.seconds:.2f} s)",
-                 " " * w + "  " + "  ".join(s.rjust(9) for s in self.names)]
+        lines = [
+            f"BarrierMatrix({len(self.names)} points, {self.metric} barrier, "
+            f"kind={self.kind!r}, {self.n} α per pair, {self.seconds:.2f} s)",
+            " " * w + "  " + "  ".join(s.rjust(9) for s in self.names),
+        ]
         for nm, row in zip(self.names, self.values):
             lines.append(nm.ljust(w) + "  " + "  ".join(_fmt(v).rjust(9) for v in row))
         return "\n".join(lines)
@@ -354,25 +436,43 @@ class BarrierMatrix:
         from .results import _html_table
 
         rows = [[nm] + [_fmt(v) for v in row] for nm, row in zip(self.names, self.values)]
-        return _html_table([""] + list(self.names), rows,
-                           f"{self.metric} barrier ({self.kind})")
+        return _html_table([""] + list(self.names), rows, f"{self.metric} barrier ({self.kind})")
 
     def plot(self):
         import plotly.graph_objects as go
 
-        fig = go.Figure(go.Heatmap(z=self.values, x=self.names, y=self.names,
-                                   colorscale="Viridis", colorbar={"title": "barrier"},
-                                   text=[[_fmt(v) for v in r] for r in self.values],
-                                   texttemplate="%{text}"))
-        fig.update_layout(title=f"pairwise {self.metric} barriers ({self.kind})",
-                          yaxis={"autorange": "reversed"}, template="plotly_white")
+        fig = go.Figure(
+            go.Heatmap(
+                z=self.values,
+                x=self.names,
+                y=self.names,
+                colorscale="Viridis",
+                colorbar={"title": "barrier"},
+                text=[[_fmt(v) for v in r] for r in self.values],
+                texttemplate="%{text}",
+            )
+        )
+        fig.update_layout(
+            title=f"pairwise {self.metric} barriers ({self.kind})",
+            yaxis={"autorange": "reversed"},
+            template="plotly_white",
+        )
         return fig
 
 
 @api
-def barrier_matrix(obj: Objective, points, *, metric: str = "loss", kind: str = "linear",
-                   n: int = 25, bn: str = "eval", recompute_data=None, progress=None,
-                   **kw) -> BarrierMatrix:
+def barrier_matrix(
+    obj: Objective,
+    points,
+    *,
+    metric: str = "loss",
+    kind: str = "linear",
+    n: int = 25,
+    bn: str = "eval",
+    recompute_data=None,
+    progress=None,
+    **kw,
+) -> BarrierMatrix:
     """Barriers between every pair of ``points`` (a list, or a mapping name -> point), e.g.
     a soup's ingredients. Each endpoint is evaluated once; all interior α of all pairs go
     through batched passes. Definitions as :func:`barrier`."""
@@ -394,9 +494,10 @@ def barrier_matrix(obj: Objective, points, *, metric: str = "loss", kind: str = 
         for j in range(i + 1, len(pts)):
             (fi, xi), (fj, xj) = resolved[i], resolved[j]
             same = _same_fixed(xi, xj)
-            pairs[i, j] = [batch.add(torch.lerp(fi, fj, float(al)),
-                                     xi if same else _lerp_fixed(xi, xj, al))
-                           for al in alphas[1:-1]]
+            pairs[i, j] = [
+                batch.add(torch.lerp(fi, fj, float(al)), xi if same else _lerp_fixed(xi, xj, al))
+                for al in alphas[1:-1]
+            ]
     vals = batch.run(mk, bn=bn, bn_data=recompute_data, progress=progress, **kw)[metric]
     M = np.zeros((len(pts), len(pts)))
     sign = _sign(mk[metric])
@@ -450,13 +551,16 @@ def resolve_groups(obj: Objective, groups) -> tuple[dict[str, list[str]], str]:
             if unknown:
                 raise LossvizError(
                     f"group {gname!r}: {unknown[:10]} name no varying parameter or module; "
-                    f"modules: {list(mods)[:20]}")
+                    f"modules: {list(mods)[:20]}"
+                )
             out[str(gname)] = ps
         if not out:
             raise LossvizError("groups is an empty mapping")
         return out, "custom"
-    raise LossvizError(f"groups must be 'module', 'cumulative' or a mapping name -> parameter "
-                       f"or module names, got {groups!r}")
+    raise LossvizError(
+        f"groups must be 'module', 'cumulative' or a mapping name -> parameter "
+        f"or module names, got {groups!r}"
+    )
 
 
 def _bases(base) -> list[str]:
@@ -502,13 +606,16 @@ class LayerwiseResult:
         bases = list(self.barriers)
         what = "first k layers up to" if self.group_kind == "cumulative" else "block"
         w = max(len(what), *(len(g) for g in self.groups))
-        lines = [f"LayerwiseResult({self.metric}, {len(self.groups)} groups ({self.group_kind}), "
-                 f"L(A) {_fmt(self.endpoint_values[0])}, L(B) {_fmt(self.endpoint_values[1])}; "
-                 f"full-model barrier {_fmt(self.full)})",
-                 what.ljust(w) + "  " + "  ".join(f"base {b}".rjust(10) for b in bases)]
+        lines = [
+            f"LayerwiseResult({self.metric}, {len(self.groups)} groups ({self.group_kind}), "
+            f"L(A) {_fmt(self.endpoint_values[0])}, L(B) {_fmt(self.endpoint_values[1])}; "
+            f"full-model barrier {_fmt(self.full)})",
+            what.ljust(w) + "  " + "  ".join(f"base {b}".rjust(10) for b in bases),
+        ]
         for g in self.groups:
-            lines.append(g.ljust(w) + "  " + "  ".join(_fmt(self.barriers[b][g]).rjust(10)
-                                                       for b in bases))
+            lines.append(
+                g.ljust(w) + "  " + "  ".join(_fmt(self.barriers[b][g]).rjust(10) for b in bases)
+            )
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
@@ -517,8 +624,11 @@ class LayerwiseResult:
         bases = list(self.barriers)
         rows = [[g] + [_fmt(self.barriers[b][g]) for b in bases] for g in self.groups]
         rows.append(["(all layers)"] + [_fmt(self.full)] * len(bases))
-        return _html_table(["group"] + [f"base {b}" for b in bases], rows,
-                           f"layer-wise {self.metric} barriers ({self.group_kind})")
+        return _html_table(
+            ["group"] + [f"base {b}" for b in bases],
+            rows,
+            f"layer-wise {self.metric} barriers ({self.group_kind})",
+        )
 
     def plot(self):
         """Heatmap of the barriers (groups × bases, and the full model); with curves, the
@@ -529,29 +639,51 @@ class LayerwiseResult:
         bases = list(self.barriers)
         names = list(self.groups) + ["(all layers)"]
         z = [[self.barriers[b][g] for g in self.groups] + [self.full] for b in bases]
-        heat = go.Heatmap(z=z, x=names, y=[f"base {b}" for b in bases], colorscale="Viridis",
-                          colorbar={"title": "barrier", "len": 0.45 if self.curves else 1,
-                                    "y": 0.78 if self.curves else 0.5},
-                          text=[[_fmt(v) for v in r] for r in z], texttemplate="%{text}")
-        title = (f"layer-wise {self.metric} barriers ({self.group_kind}); full model "
-                 f"{_fmt(self.full)}")
+        heat = go.Heatmap(
+            z=z,
+            x=names,
+            y=[f"base {b}" for b in bases],
+            colorscale="Viridis",
+            colorbar={
+                "title": "barrier",
+                "len": 0.45 if self.curves else 1,
+                "y": 0.78 if self.curves else 0.5,
+            },
+            text=[[_fmt(v) for v in r] for r in z],
+            texttemplate="%{text}",
+        )
+        title = (
+            f"layer-wise {self.metric} barriers ({self.group_kind}); full model {_fmt(self.full)}"
+        )
         if not self.curves:
             fig = go.Figure(heat)
             fig.update_layout(title=title, xaxis_title="averaged block", template="plotly_white")
             return fig
-        fig = make_subplots(rows=2, cols=1, vertical_spacing=0.15,
-                            subplot_titles=["barriers", "moving block S toward the average"])
+        fig = make_subplots(
+            rows=2,
+            cols=1,
+            vertical_spacing=0.15,
+            subplot_titles=["barriers", "moving block S toward the average"],
+        )
         fig.add_trace(heat, row=1, col=1)
         for b in bases:
             for g, f in self.curves[b].items():
-                fig.add_trace(go.Scatter(x=self.alphas, y=f, mode="lines",
-                                         name=f"{g} (base {b})",
-                                         line={"dash": "solid" if b == "A" else "dot"}),
-                              row=2, col=1)
+                fig.add_trace(
+                    go.Scatter(
+                        x=self.alphas,
+                        y=f,
+                        mode="lines",
+                        name=f"{g} (base {b})",
+                        line={"dash": "solid" if b == "A" else "dot"},
+                    ),
+                    row=2,
+                    col=1,
+                )
         ref = 0.5 * (self.endpoint_values[0] + self.endpoint_values[1])
         fig.add_hline(y=ref, line_dash="dash", line_color="gray", row=2, col=1)
-        fig.update_xaxes(title_text="α (block S = θ_base[S] + α·(θ_other[S] - θ_base[S]))",
-                         row=2, col=1)
+        fig.update_xaxes(
+            title_text="α (block S = θ_base[S] + α·(θ_other[S] - θ_base[S]))", row=2, col=1
+        )
         fig.update_yaxes(title_text=self.metric, row=2, col=1)
         fig.update_layout(title=title, template="plotly_white", height=750)
         return fig
@@ -560,8 +692,11 @@ class LayerwiseResult:
 def _layerwise_points(obj, batch, fa_flat, fa, fb_flat, fb, gidx, bases, alphas):
     """Add the points of one pair to ``batch``; returns the index bookkeeping."""
     same = _same_fixed(fa, fb)
-    idx = {"A": batch.add(fa_flat, fa), "B": batch.add(fb_flat, fb if not same else fa),
-           "full": batch.add(0.5 * (fa_flat + fb_flat), fa if same else _lerp_fixed(fa, fb, 0.5))}
+    idx = {
+        "A": batch.add(fa_flat, fa),
+        "B": batch.add(fb_flat, fb if not same else fa),
+        "full": batch.add(0.5 * (fa_flat + fb_flat), fa if same else _lerp_fixed(fa, fb, 0.5)),
+    }
     avg = 0.5 * (fa_flat + fb_flat)
     own = {"A": (fa_flat, fa, fb_flat), "B": (fb_flat, fb, fa_flat)}
     idx["blocks"] = {}
@@ -587,21 +722,30 @@ def _layerwise_points(obj, batch, fa_flat, fa, fb_flat, fb, gidx, bases, alphas)
 def _layerwise_result(vals, idx, groups, kind, bases, metric, sign, alphas, seconds):
     la, lb = float(vals[idx["A"]]), float(vals[idx["B"]])
     ref = 0.5 * (la + lb)
-    bar = {b: {g: sign * (float(vals[i]) - ref) for g, i in idx["blocks"][b].items()}
-           for b in bases}
+    bar = {
+        b: {g: sign * (float(vals[i]) - ref) for g, i in idx["blocks"][b].items()} for b in bases
+    }
     curves = None
     if alphas is not None:
         curves = {b: {g: vals[ix] for g, ix in idx["curves"][b].items()} for b in bases}
-    return LayerwiseResult(groups, bar, sign * (float(vals[idx["full"]]) - ref), (la, lb),
-                           metric, kind, alphas, curves, seconds)
+    return LayerwiseResult(
+        groups,
+        bar,
+        sign * (float(vals[idx["full"]]) - ref),
+        (la, lb),
+        metric,
+        kind,
+        alphas,
+        curves,
+        seconds,
+    )
 
 
 def _group_index(obj, groups) -> dict[str, Tensor]:
     sl = obj.layout.slices()
     out = {}
     for g, ps in groups.items():
-        out[g] = torch.cat([torch.arange(sl[p].start, sl[p].stop, device=obj.device)
-                            for p in ps])
+        out[g] = torch.cat([torch.arange(sl[p].start, sl[p].stop, device=obj.device) for p in ps])
     return out
 
 
@@ -612,9 +756,20 @@ def _check_alpha_n(n):
 
 
 @api
-def layerwise_barriers(obj: Objective, a, b, *, groups="module", base="both",
-                       metric: str = "loss", n: int | None = None, bn: str = "eval",
-                       recompute_data=None, progress=None, **kw) -> LayerwiseResult:
+def layerwise_barriers(
+    obj: Objective,
+    a,
+    b,
+    *,
+    groups="module",
+    base="both",
+    metric: str = "loss",
+    n: int | None = None,
+    bn: str = "eval",
+    recompute_data=None,
+    progress=None,
+    **kw,
+) -> LayerwiseResult:
     """Layer-wise barriers (Adilova, Andriushchenko, Kamp, Fischer, Jaggi, ICLR 2024).
 
     For each group S and base ``b ∈ {A, B}``: ``B_S^(b) = L(θ_b^S) - ½(L(θA) + L(θB))``,
@@ -636,11 +791,13 @@ def layerwise_barriers(obj: Objective, a, b, *, groups="module", base="both",
     fa_flat, fa = _point(obj, a, "a")
     fb_flat, fb = _point(obj, b, "b")
     batch = _Batch(obj)
-    idx = _layerwise_points(obj, batch, fa_flat, fa, fb_flat, fb, _group_index(obj, gmap),
-                            bases, alphas)
+    idx = _layerwise_points(
+        obj, batch, fa_flat, fa, fb_flat, fb, _group_index(obj, gmap), bases, alphas
+    )
     vals = batch.run(mk, bn=bn, bn_data=recompute_data, progress=progress, **kw)[metric]
-    return _layerwise_result(vals, idx, gmap, kind, bases, metric, _sign(mk[metric]), alphas,
-                             time.perf_counter() - t0)
+    return _layerwise_result(
+        vals, idx, gmap, kind, bases, metric, _sign(mk[metric]), alphas, time.perf_counter() - t0
+    )
 
 
 @dataclass(repr=False)
@@ -664,10 +821,12 @@ class LayerwiseOver:
 
     def __repr__(self) -> str:
         r0 = self.results[0]
-        return (f"LayerwiseOver({len(self.labels)} pairs × {len(self.groups)} groups, "
-                f"{r0.metric}; full-model barriers "
-                + ", ".join(f"{lab}: {_fmt(v)}" for lab, v in zip(self.labels, self.full))
-                + ")")
+        return (
+            f"LayerwiseOver({len(self.labels)} pairs × {len(self.groups)} groups, "
+            f"{r0.metric}; full-model barriers "
+            + ", ".join(f"{lab}: {_fmt(v)}" for lab, v in zip(self.labels, self.full))
+            + ")"
+        )
 
     def _repr_html_(self) -> str:
         from .results import _html_table
@@ -676,10 +835,14 @@ class LayerwiseOver:
         rows = []
         for lab, r in zip(self.labels, self.results):
             for b in bases:
-                rows.append([lab, b] + [_fmt(r.barriers[b][g]) for g in self.groups]
-                            + [_fmt(r.full)])
-        return _html_table(["pair", "base"] + self.groups + ["(all layers)"], rows,
-                           f"layer-wise {self.results[0].metric} barriers over a run")
+                rows.append(
+                    [lab, b] + [_fmt(r.barriers[b][g]) for g in self.groups] + [_fmt(r.full)]
+                )
+        return _html_table(
+            ["pair", "base"] + self.groups + ["(all layers)"],
+            rows,
+            f"layer-wise {self.results[0].metric} barriers over a run",
+        )
 
     def plot(self, base: str = "A"):
         """Heatmap: pairs (e.g. epochs) × layers, plus the full-model column."""
@@ -689,18 +852,37 @@ class LayerwiseOver:
             raise LossvizError(f"no base {base!r}; have {list(self.results[0].barriers)}")
         z = np.concatenate([self.matrix(base), self.full[:, None]], axis=1)
         x = self.groups + ["(all layers)"]
-        fig = go.Figure(go.Heatmap(z=z, x=x, y=[str(v) for v in self.labels],
-                                   colorscale="Viridis", colorbar={"title": "barrier"}))
-        fig.update_layout(title=f"layer-wise {self.results[0].metric} barriers (base {base})",
-                          xaxis_title="averaged block", yaxis_title="pair / epoch",
-                          template="plotly_white")
+        fig = go.Figure(
+            go.Heatmap(
+                z=z,
+                x=x,
+                y=[str(v) for v in self.labels],
+                colorscale="Viridis",
+                colorbar={"title": "barrier"},
+            )
+        )
+        fig.update_layout(
+            title=f"layer-wise {self.results[0].metric} barriers (base {base})",
+            xaxis_title="averaged block",
+            yaxis_title="pair / epoch",
+            template="plotly_white",
+        )
         return fig
 
 
 @api
-def layerwise_barriers_over(obj: Objective, pairs, *, groups="module", base="both",
-                            metric: str = "loss", bn: str = "eval", recompute_data=None,
-                            progress=None, **kw) -> LayerwiseOver:
+def layerwise_barriers_over(
+    obj: Objective,
+    pairs,
+    *,
+    groups="module",
+    base="both",
+    metric: str = "loss",
+    bn: str = "eval",
+    recompute_data=None,
+    progress=None,
+    **kw,
+) -> LayerwiseOver:
     """:func:`layerwise_barriers` for many pairs ``(θA_t, θB_t)`` (e.g. two runs at each
     epoch): a list of pairs or a mapping label -> pair. All pairs' points go through the
     same batched passes. ``.plot()`` is the epoch × layer heatmap of the paper's figures."""
@@ -728,6 +910,10 @@ def layerwise_barriers_over(obj: Objective, pairs, *, groups="module", base="bot
         idxs.append(_layerwise_points(obj, batch, fa_flat, fa, fb_flat, fb, gidx, bases, None))
     vals = batch.run(mk, bn=bn, bn_data=recompute_data, progress=progress, **kw)[metric]
     sec = time.perf_counter() - t0
-    return LayerwiseOver(labels, [_layerwise_result(vals, ix, gmap, kind, bases, metric,
-                                                    _sign(mk[metric]), None, sec)
-                                  for ix in idxs])
+    return LayerwiseOver(
+        labels,
+        [
+            _layerwise_result(vals, ix, gmap, kind, bases, metric, _sign(mk[metric]), None, sec)
+            for ix in idxs
+        ],
+    )

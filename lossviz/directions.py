@@ -102,8 +102,13 @@ def normalize_directions(
 
 
 def iter_random_flat(
-    theta: Tensor, layout: Layout, n: int, *, norm: str = "filter",
-    ignore: str | None = "biasbn", seed: int = 0,
+    theta: Tensor,
+    layout: Layout,
+    n: int,
+    *,
+    norm: str = "filter",
+    ignore: str | None = "biasbn",
+    seed: int = 0,
 ) -> Iterator[Tensor]:
     """Flat normalized random directions, one at a time (the stream behind
     :func:`random_directions`: the j-th direction does not depend on how many are drawn).
@@ -127,7 +132,11 @@ def iter_random_flat(
 
 @api
 def random_directions(
-    obj_or_weights, n: int = 2, *, norm: str = "filter", ignore: str | None = "biasbn",
+    obj_or_weights,
+    n: int = 2,
+    *,
+    norm: str = "filter",
+    ignore: str | None = "biasbn",
     seed: int = 0,
 ) -> list[Weights]:
     """``n`` random Gaussian directions, filter-normalized (Li et al. 2018).
@@ -226,10 +235,14 @@ class PCAResult:
     def _repr_html_(self) -> str:
         from .results import _html_table
 
-        rows = [[f"PC{i + 1}", f"{100 * v:.2f}%"]
-                for i, v in enumerate(self.explained_variance_ratio)]
-        return _html_table(["direction", "explained variance"], rows,
-                           f"PCA of a trajectory of {len(self.coords)} checkpoints")
+        rows = [
+            [f"PC{i + 1}", f"{100 * v:.2f}%"] for i, v in enumerate(self.explained_variance_ratio)
+        ]
+        return _html_table(
+            ["direction", "explained variance"],
+            rows,
+            f"PCA of a trajectory of {len(self.coords)} checkpoints",
+        )
 
     def plot(self):
         import plotly.graph_objects as go
@@ -238,12 +251,27 @@ class PCAResult:
         ev = self.explained_variance_ratio
         y = c[:, 1] if c.shape[1] > 1 else np.zeros(len(c))
         text = [str(t) for t in self.labels] if self.labels else None
-        fig = go.Figure(go.Scatter(x=c[:, 0], y=y, mode="lines+markers", text=text,
-                                   name="trajectory"))
-        fig.add_trace(go.Scatter(x=[c[0, 0]], y=[y[0]], mode="markers", name="start",
-                                 marker={"size": 12, "symbol": "circle-open"}))
-        fig.add_trace(go.Scatter(x=[c[-1, 0]], y=[y[-1]], mode="markers", name="end",
-                                 marker={"size": 12, "symbol": "star"}))
+        fig = go.Figure(
+            go.Scatter(x=c[:, 0], y=y, mode="lines+markers", text=text, name="trajectory")
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=[c[0, 0]],
+                y=[y[0]],
+                mode="markers",
+                name="start",
+                marker={"size": 12, "symbol": "circle-open"},
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=[c[-1, 0]],
+                y=[y[-1]],
+                mode="markers",
+                name="end",
+                marker={"size": 12, "symbol": "star"},
+            )
+        )
         fig.update_layout(
             title="trajectory in its PCA plane",
             xaxis_title=f"PC1 ({100 * ev[0]:.1f}%)",
@@ -285,8 +313,9 @@ def pca_directions(trajectory: Sequence, n: int = 2, *, center="last") -> PCARes
     elif isinstance(center, (int, np.integer)) and -T <= int(center) < T:
         ci = int(center) % T
     else:
-        raise LossvizError(f"center must be 'last', 'first', 'mean' or an index < {T}, "
-                           f"got {center!r}")
+        raise LossvizError(
+            f"center must be 'last', 'first', 'mean' or an index < {T}, got {center!r}"
+        )
     c = X.mean(0) if ci is None else X[ci]
     Xc = X - X.mean(0)
     G = (Xc @ Xc.T).to(torch.float64)

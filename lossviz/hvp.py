@@ -92,7 +92,8 @@ class CurvatureOperator:
                 if all(gi is None for gi in g):
                     raise LossvizError(
                         "the loss does not depend on the varying parameters (does forward= "
-                        "use a model other than the one it is given?)")
+                        "use a model other than the one it is given?)"
+                    )
                 # parameters the loss does not use, or uses only linearly, have no
                 # second-order graph: their rows of H v are zero
                 keep = [i for i, gi in enumerate(g) if gi is not None and gi.requires_grad]

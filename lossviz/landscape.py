@@ -65,8 +65,10 @@ def resolve_metrics(obj: Objective, metrics) -> dict[str, str | Callable]:
     out: dict[str, str | Callable] = {}
     for name, m in items:
         if isinstance(m, str) and m not in _BUILTIN:
-            raise LossvizError(f"unknown metric {m!r}; use one of {_BUILTIN} or a callable "
-                               "(outputs, targets) -> scalar")
+            raise LossvizError(
+                f"unknown metric {m!r}; use one of {_BUILTIN} or a callable "
+                "(outputs, targets) -> scalar"
+            )
         if not isinstance(m, str) and not callable(m):
             raise TypeError(f"metric {name!r} must be a name or a callable, got {m!r}")
         if name in out:
@@ -75,8 +77,10 @@ def resolve_metrics(obj: Objective, metrics) -> dict[str, str | Callable]:
     if not out:
         raise LossvizError("no metric to compute")
     if obj.forward is not None and any(m != "loss" for m in out.values()):
-        raise LossvizError("with a custom forward= only the 'loss' metric is available "
-                           "(outputs and targets are not known)")
+        raise LossvizError(
+            "with a custom forward= only the 'loss' metric is available "
+            "(outputs and targets are not known)"
+        )
     return out
 
 
@@ -98,8 +102,9 @@ def _accuracy(out: Tensor, y: Tensor) -> Tensor:
 def _scalar(v, name: str) -> Tensor:
     if not isinstance(v, Tensor) or v.numel() != 1:
         shape = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
-        raise LossvizError(f"metric {name!r} must return a scalar tensor (mean over the "
-                           f"batch), got {shape}")
+        raise LossvizError(
+            f"metric {name!r} must return a scalar tensor (mean over the batch), got {shape}"
+        )
     return v.reshape(()).to(torch.float64)
 
 
@@ -126,8 +131,18 @@ def _autocast(precision, device: torch.device):
 class _Engine:
     """Evaluates metrics at chunks of flat points; see :func:`evaluate`."""
 
-    def __init__(self, obj: Objective, metrics, fixed, *, bn=None, bn_data=None,
-                 precision=None, batched=None, chunk_size=None):
+    def __init__(
+        self,
+        obj: Objective,
+        metrics,
+        fixed,
+        *,
+        bn=None,
+        bn_data=None,
+        precision=None,
+        batched=None,
+        chunk_size=None,
+    ):
         if not isinstance(obj, Objective):
             raise TypeError(f"expected an Objective, got {type(obj).__name__}")
         self.obj = obj
@@ -135,14 +150,19 @@ class _Engine:
         self.fixed = dict(fixed)
         self.autocast = _autocast(precision, obj.device)
         if bn not in (None, "eval", "train", "recompute"):
-            raise LossvizError(f"bn must be 'eval', 'recompute' (or None: the Objective's "
-                               f"setting), got {bn!r}")
+            raise LossvizError(
+                f"bn must be 'eval', 'recompute' (or None: the Objective's setting), got {bn!r}"
+            )
         if bn in ("eval", "train") and bn != obj.bn:
-            raise LossvizError(f"bn={bn!r} but the Objective was built with bn={obj.bn!r}; "
-                               f"build it with Objective(..., bn={bn!r})")
+            raise LossvizError(
+                f"bn={bn!r} but the Objective was built with bn={obj.bn!r}; "
+                f"build it with Objective(..., bn={bn!r})"
+            )
         if bn == "recompute" and obj.bn != "eval":
-            raise LossvizError("bn='recompute' needs an Objective built with bn='eval' (the "
-                               "re-estimated running statistics are used in eval mode)")
+            raise LossvizError(
+                "bn='recompute' needs an Objective built with bn='eval' (the "
+                "re-estimated running statistics are used in eval mode)"
+            )
         if bn_data is not None and bn != "recompute":
             raise LossvizError("bn_data= is only used with bn='recompute'")
         self.recompute = bn == "recompute"
@@ -164,18 +184,23 @@ class _Engine:
         self.bn_modules = []
         self.bn_buffers: dict[str, Tensor] = {}
         for name, m in stats.named_modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats \
-                    and m.running_mean is not None:
+            if (
+                isinstance(m, nn.modules.batchnorm._BatchNorm)
+                and m.track_running_stats
+                and m.running_mean is not None
+            ):
                 m.train()
                 self.bn_modules.append(m)
                 pre = f"{name}." if name else ""
                 self.bn_buffers[pre + "running_mean"] = torch.zeros_like(m.running_mean)
                 self.bn_buffers[pre + "running_var"] = torch.ones_like(m.running_var)
                 self.bn_buffers[pre + "num_batches_tracked"] = torch.zeros_like(
-                    m.num_batches_tracked)
+                    m.num_batches_tracked
+                )
         if not self.bn_modules:
-            raise LossvizError("bn='recompute': the model has no BatchNorm layer with running "
-                               "statistics")
+            raise LossvizError(
+                "bn='recompute': the model has no BatchNorm layer with running statistics"
+            )
         self.stats_module = stats
         if bn_data is None:
             self._bn_batches = None
@@ -260,11 +285,16 @@ class _Engine:
                         else:
                             v = torch.func.vmap(partial(self._point, batch=batch))(pts, bufs)
                     else:
-                        v = torch.stack([
-                            self._point(pts[i], None if bufs is None else
-                                        {k: b[i] for k, b in bufs.items()}, batch)
-                            for i in range(c)
-                        ])
+                        v = torch.stack(
+                            [
+                                self._point(
+                                    pts[i],
+                                    None if bufs is None else {k: b[i] for k, b in bufs.items()},
+                                    batch,
+                                )
+                                for i in range(c)
+                            ]
+                        )
                 total += v.T.to(torch.float64) * nb
                 n += nb
         return total / n
@@ -298,9 +328,18 @@ class _Engine:
             budget, cap = 0.25 * free, 8
         return int(max(1, min(n, cap, budget // per_point)))
 
-    def run(self, make_points: Callable[[np.ndarray, Tensor], Tensor], order: np.ndarray,
-            out: np.ndarray, done: np.ndarray, *, progress=None, desc="evaluating",
-            on_chunk: Callable | None = None, flush_seconds: float = 0.5) -> bool:
+    def run(
+        self,
+        make_points: Callable[[np.ndarray, Tensor], Tensor],
+        order: np.ndarray,
+        out: np.ndarray,
+        done: np.ndarray,
+        *,
+        progress=None,
+        desc="evaluating",
+        on_chunk: Callable | None = None,
+        flush_seconds: float = 0.5,
+    ) -> bool:
         """Evaluate the points ``order`` (indices) into ``out[:, idx]``; ``True`` if all
         were evaluated, ``False`` after a KeyboardInterrupt (the rest stays NaN).
 
@@ -324,15 +363,18 @@ class _Engine:
         chunk = self.auto_chunk(max(len(order), 1))
         # on a CPU a per-point loop can beat vmap (big batches are compute-bound and the
         # batched matmuls are slower there): time one chunk of each, keep the faster
-        probe = [True, True, False] if (
-            self.obj.device.type == "cpu" and self.batched is None
-            and len(order) >= 4 * chunk) else []
+        probe = (
+            [True, True, False]
+            if (self.obj.device.type == "cpu" and self.batched is None and len(order) >= 4 * chunk)
+            else []
+        )
         times: dict[int, float] = {}
         ci = 0
         pos = 0
         complete = True
-        bar = tqdm(total=len(order), desc=desc, unit="pt", disable=not _progress(progress),
-                   leave=False)
+        bar = tqdm(
+            total=len(order), desc=desc, unit="pt", disable=not _progress(progress), leave=False
+        )
         try:
             while pos < len(order):
                 idx, idx_t = order[pos : pos + chunk], order_t[pos : pos + chunk]
@@ -409,8 +451,9 @@ def _flat_direction(obj: Objective, d) -> Tensor:
     if isinstance(d, Tensor):
         return obj.as_flat(d)
     if not isinstance(d, Mapping):
-        raise TypeError(f"a direction must be Weights, a mapping or a flat tensor, got "
-                        f"{type(d).__name__}")
+        raise TypeError(
+            f"a direction must be Weights, a mapping or a flat tensor, got {type(d).__name__}"
+        )
     extra = [k for k in d if k not in obj.layout.names]
     moved = [k for k in extra if k not in obj._buffer_names and bool(d[k].ne(0).any())]
     if moved:
@@ -425,19 +468,32 @@ def _flat_direction(obj: Objective, d) -> Tensor:
 def _flat_points(obj: Objective, points) -> Tensor:
     if isinstance(points, Tensor):
         if points.ndim != 2 or points.shape[1] != obj.layout.size:
-            raise LossvizError(f"points must be a (n, {obj.layout.size}) tensor, got "
-                               f"{tuple(points.shape)}")
+            raise LossvizError(
+                f"points must be a (n, {obj.layout.size}) tensor, got {tuple(points.shape)}"
+            )
         return points.to(obj.device, obj.dtype)
     pts = list(points)
     if not pts:
         raise LossvizError("no points to evaluate")
-    return torch.stack([obj.resolve(p)[0] if not isinstance(p, Tensor) else obj.as_flat(p)
-                        for p in pts])
+    return torch.stack(
+        [obj.resolve(p)[0] if not isinstance(p, Tensor) else obj.as_flat(p) for p in pts]
+    )
 
 
 @api
-def evaluate(obj: Objective, points, *, metrics=("loss",), at=None, bn=None, bn_data=None,
-             precision=None, batched=None, chunk_size=None, progress=None) -> Evaluations:
+def evaluate(
+    obj: Objective,
+    points,
+    *,
+    metrics=("loss",),
+    at=None,
+    bn=None,
+    bn_data=None,
+    precision=None,
+    batched=None,
+    chunk_size=None,
+    progress=None,
+) -> Evaluations:
     """Metrics at many points in weight space, batched.
 
     ``points``: a ``(n, P)`` tensor of flat varying parameters (``obj.layout`` order) or a
@@ -464,14 +520,21 @@ def evaluate(obj: Objective, points, *, metrics=("loss",), at=None, bn=None, bn_
     """
     t0 = time.perf_counter()
     _, fixed = obj.resolve(at)
-    eng = _Engine(obj, metrics, fixed, bn=bn, bn_data=bn_data, precision=precision,
-                  batched=batched, chunk_size=chunk_size)
+    eng = _Engine(
+        obj,
+        metrics,
+        fixed,
+        bn=bn,
+        bn_data=bn_data,
+        precision=precision,
+        batched=batched,
+        chunk_size=chunk_size,
+    )
     P = _flat_points(obj, points)
     n = P.shape[0]
     out = np.full((len(eng.metrics), n), np.nan)
     done = np.zeros(n, dtype=bool)
-    complete = eng.run(lambda idx, k: P[k], np.arange(n),
-                       out, done, progress=progress)
+    complete = eng.run(lambda idx, k: P[k], np.arange(n), out, done, progress=progress)
     res = Evaluations({k: out[i] for i, k in enumerate(eng.metrics)})
     res.complete, res.strategy, res.seconds = complete, eng.strategy, time.perf_counter() - t0
     return res
@@ -483,8 +546,11 @@ def _fmt(x) -> str:
 
 
 def _point_xy(surface, p) -> tuple[float, float]:
-    if isinstance(p, (tuple, list)) and len(p) == 2 and all(
-            isinstance(v, (int, float, np.floating, np.integer)) for v in p):
+    if (
+        isinstance(p, (tuple, list))
+        and len(p) == 2
+        and all(isinstance(v, (int, float, np.floating, np.integer)) for v in p)
+    ):
         return float(p[0]), float(p[1])
     return surface.project(p)
 
@@ -513,22 +579,36 @@ class Slice1D:
         for k, v in self.values.items():
             if np.isfinite(v).any():
                 i = int(np.nanargmin(v))
-                parts.append(f"{k}: min {_fmt(v[i])} at t={self.t[i]:.3g}, "
-                             f"max {_fmt(np.nanmax(v))}")
+                parts.append(
+                    f"{k}: min {_fmt(v[i])} at t={self.t[i]:.3g}, max {_fmt(np.nanmax(v))}"
+                )
             else:
                 parts.append(f"{k}: no finite value")
-        state = "" if self.complete else (
-            f", INCOMPLETE ({int(np.isfinite(next(iter(self.values.values()))).sum())} of "
-            f"{len(self.t)} points)")
-        return (f"Slice1D({len(self.t)} points, t in [{self.t[0]:.3g}, {self.t[-1]:.3g}]; "
-                + "; ".join(parts) + f"; {self.seconds:.2f} s, {self.strategy}{state})")
+        state = (
+            ""
+            if self.complete
+            else (
+                f", INCOMPLETE ({int(np.isfinite(next(iter(self.values.values()))).sum())} of "
+                f"{len(self.t)} points)"
+            )
+        )
+        return (
+            f"Slice1D({len(self.t)} points, t in [{self.t[0]:.3g}, {self.t[-1]:.3g}]; "
+            + "; ".join(parts)
+            + f"; {self.seconds:.2f} s, {self.strategy}{state})"
+        )
 
     def _repr_html_(self) -> str:
         from .results import _html_table
 
-        rows = [[k, _fmt(np.nanmin(v)) if np.isfinite(v).any() else "nan",
-                 _fmt(np.nanmax(v)) if np.isfinite(v).any() else "nan"]
-                for k, v in self.values.items()]
+        rows = [
+            [
+                k,
+                _fmt(np.nanmin(v)) if np.isfinite(v).any() else "nan",
+                _fmt(np.nanmax(v)) if np.isfinite(v).any() else "nan",
+            ]
+            for k, v in self.values.items()
+        ]
         cap = f"1-D slice, {len(self.t)} points" + ("" if self.complete else " (incomplete)")
         return _html_table(["metric", "min", "max"], rows, cap)
 
@@ -537,16 +617,22 @@ class Slice1D:
         from plotly.subplots import make_subplots
 
         names = list(self.values)
-        fig = make_subplots(rows=len(names), cols=1, shared_xaxes=True,
-                            subplot_titles=names if len(names) > 1 else None)
+        fig = make_subplots(
+            rows=len(names),
+            cols=1,
+            shared_xaxes=True,
+            subplot_titles=names if len(names) > 1 else None,
+        )
         for i, k in enumerate(names, 1):
-            fig.add_trace(go.Scatter(x=self.t, y=self.values[k], mode="lines", name=k),
-                          row=i, col=1)
+            fig.add_trace(
+                go.Scatter(x=self.t, y=self.values[k], mode="lines", name=k), row=i, col=1
+            )
             fig.update_yaxes(title_text=k, row=i, col=1)
         fig.update_xaxes(title_text="t", row=len(names), col=1)
-        fig.update_layout(title="1-D slice L(θ + t·d)" + ("" if self.complete else
-                                                          " (incomplete)"),
-                          template="plotly_white")
+        fig.update_layout(
+            title="1-D slice L(θ + t·d)" + ("" if self.complete else " (incomplete)"),
+            template="plotly_white",
+        )
         return fig
 
 
@@ -623,9 +709,12 @@ class Surface:
         """Overlay a trajectory: checkpoints (projected) or an ``(T, 2)`` array of
         coordinates."""
         if isinstance(trajectory, np.ndarray) or (
-                isinstance(trajectory, Sequence) and trajectory and
-                isinstance(trajectory[0], (tuple, list)) and len(trajectory[0]) == 2 and
-                not isinstance(trajectory[0][0], (Tensor, Mapping))):
+            isinstance(trajectory, Sequence)
+            and trajectory
+            and isinstance(trajectory[0], (tuple, list))
+            and len(trajectory[0]) == 2
+            and not isinstance(trajectory[0][0], (Tensor, Mapping))
+        ):
             xy = np.asarray(trajectory, dtype=np.float64).reshape(-1, 2)
         else:
             if isinstance(trajectory, Mapping):
@@ -640,25 +729,37 @@ class Surface:
         for k, v in self.values.items():
             if np.isfinite(v).any():
                 i, j = np.unravel_index(int(np.nanargmin(v)), v.shape)
-                parts.append(f"{k}: min {_fmt(v[i, j])} at ({self.x[j]:.3g}, {self.y[i]:.3g}), "
-                             f"max {_fmt(np.nanmax(v))}")
+                parts.append(
+                    f"{k}: min {_fmt(v[i, j])} at ({self.x[j]:.3g}, {self.y[i]:.3g}), "
+                    f"max {_fmt(np.nanmax(v))}"
+                )
             else:
                 parts.append(f"{k}: no finite value")
         n = self.x.size * self.y.size
         state = "" if self.complete else f", INCOMPLETE ({self.n_evaluated} of {n} points)"
-        return (f"Surface({len(self.x)}×{len(self.y)} grid, x in [{self.x[0]:.3g}, "
-                f"{self.x[-1]:.3g}], y in [{self.y[0]:.3g}, {self.y[-1]:.3g}]; "
-                + "; ".join(parts) + f"; {self.seconds:.2f} s, {self.strategy}{state})")
+        return (
+            f"Surface({len(self.x)}×{len(self.y)} grid, x in [{self.x[0]:.3g}, "
+            f"{self.x[-1]:.3g}], y in [{self.y[0]:.3g}, {self.y[-1]:.3g}]; "
+            + "; ".join(parts)
+            + f"; {self.seconds:.2f} s, {self.strategy}{state})"
+        )
 
     def _repr_html_(self) -> str:
         from .results import _html_table
 
-        rows = [[k, _fmt(np.nanmin(v)) if np.isfinite(v).any() else "nan",
-                 _fmt(np.nanmax(v)) if np.isfinite(v).any() else "nan"]
-                for k, v in self.values.items()]
-        cap = (f"surface {len(self.x)}×{len(self.y)}, {self.seconds:.2f} s"
-               + ("" if self.complete else
-                  f" (incomplete: {self.n_evaluated} of {self.x.size * self.y.size} points)"))
+        rows = [
+            [
+                k,
+                _fmt(np.nanmin(v)) if np.isfinite(v).any() else "nan",
+                _fmt(np.nanmax(v)) if np.isfinite(v).any() else "nan",
+            ]
+            for k, v in self.values.items()
+        ]
+        cap = f"surface {len(self.x)}×{len(self.y)}, {self.seconds:.2f} s" + (
+            ""
+            if self.complete
+            else f" (incomplete: {self.n_evaluated} of {self.x.size * self.y.size} points)"
+        )
         return _html_table(["metric", "min", "max"], rows, html.escape(cap))
 
     def _interp(self, z: np.ndarray, xy: np.ndarray) -> np.ndarray:
@@ -683,8 +784,16 @@ class Surface:
                 z = np.where(z > 0, np.log10(np.where(z > 0, z, 1)), np.nan)
             label = f"log10 {metric}"
         if kind == "contour":
-            fig = go.Figure(go.Contour(x=self.x, y=self.y, z=z, colorbar={"title": label},
-                                       connectgaps=False, ncontours=30))
+            fig = go.Figure(
+                go.Contour(
+                    x=self.x,
+                    y=self.y,
+                    z=z,
+                    colorbar={"title": label},
+                    connectgaps=False,
+                    ncontours=30,
+                )
+            )
         elif kind == "heatmap":
             fig = go.Figure(go.Heatmap(x=self.x, y=self.y, z=z, colorbar={"title": label}))
         elif kind == "surface":
@@ -693,25 +802,57 @@ class Surface:
             raise LossvizError(f"kind must be 'contour', 'heatmap' or 'surface', got {kind!r}")
         for name, xy in self.paths.items():
             if kind == "surface":
-                fig.add_trace(go.Scatter3d(x=xy[:, 0], y=xy[:, 1], z=self._interp(z, xy),
-                                           mode="lines+markers", name=name))
+                fig.add_trace(
+                    go.Scatter3d(
+                        x=xy[:, 0],
+                        y=xy[:, 1],
+                        z=self._interp(z, xy),
+                        mode="lines+markers",
+                        name=name,
+                    )
+                )
             else:
-                fig.add_trace(go.Scatter(x=xy[:, 0], y=xy[:, 1], mode="lines+markers",
-                                         name=name, line={"color": "white", "width": 2},
-                                         marker={"size": 4}))
+                fig.add_trace(
+                    go.Scatter(
+                        x=xy[:, 0],
+                        y=xy[:, 1],
+                        mode="lines+markers",
+                        name=name,
+                        line={"color": "white", "width": 2},
+                        marker={"size": 4},
+                    )
+                )
         if self.points:
             xy = np.array(list(self.points.values()), dtype=np.float64)
             names = list(self.points)
             if kind == "surface":
-                fig.add_trace(go.Scatter3d(x=xy[:, 0], y=xy[:, 1], z=self._interp(z, xy),
-                                           mode="markers+text", text=names, name="points"))
+                fig.add_trace(
+                    go.Scatter3d(
+                        x=xy[:, 0],
+                        y=xy[:, 1],
+                        z=self._interp(z, xy),
+                        mode="markers+text",
+                        text=names,
+                        name="points",
+                    )
+                )
             else:
-                fig.add_trace(go.Scatter(x=xy[:, 0], y=xy[:, 1], mode="markers+text",
-                                         text=names, textposition="top center", name="points",
-                                         marker={"size": 10, "color": "white",
-                                                     "line": {"color": "black", "width": 1}}))
-        title = f"{label} surface L(θ + a·d1 + b·d2)" + ("" if self.complete else
-                                                       " (incomplete)")
+                fig.add_trace(
+                    go.Scatter(
+                        x=xy[:, 0],
+                        y=xy[:, 1],
+                        mode="markers+text",
+                        text=names,
+                        textposition="top center",
+                        name="points",
+                        marker={
+                            "size": 10,
+                            "color": "white",
+                            "line": {"color": "black", "width": 1},
+                        },
+                    )
+                )
+        title = f"{label} surface L(θ + a·d1 + b·d2)" + ("" if self.complete else " (incomplete)")
         if kind == "surface":
             fig.update_layout(scene={"xaxis_title": "a", "yaxis_title": "b", "zaxis_title": label})
         else:
@@ -743,8 +884,16 @@ def _check_span(span, name="span") -> tuple[float, float]:
 
 
 @api
-def line(obj: Objective, center=None, direction=None, *, span=(-1, 1), n: int = 51,
-         metrics=("loss",), **kw) -> Slice1D:
+def line(
+    obj: Objective,
+    center=None,
+    direction=None,
+    *,
+    span=(-1, 1),
+    n: int = 51,
+    metrics=("loss",),
+    **kw,
+) -> Slice1D:
     """The 1-D slice ``f(t) = L(θ + t·d)`` at ``n`` evenly spaced ``t`` in ``span``.
 
     ``center``: the point θ (default: the model); ``direction``: Weights / mapping / flat
@@ -775,11 +924,16 @@ def line(obj: Objective, center=None, direction=None, *, span=(-1, 1), n: int = 
     def make(idx, k):
         return theta + tt[k][:, None] * d
 
-    complete = eng.run(make, np.arange(n), out, done, progress=kw.get("progress"),
-                       desc="slice")
-    return Slice1D(t, {k: out[i] for i, k in enumerate(eng.metrics)},
-                   obj.layout.to_weights(d.clone()), obj.layout.to_weights(theta.clone()),
-                   complete, eng.strategy, time.perf_counter() - t0)
+    complete = eng.run(make, np.arange(n), out, done, progress=kw.get("progress"), desc="slice")
+    return Slice1D(
+        t,
+        {k: out[i] for i, k in enumerate(eng.metrics)},
+        obj.layout.to_weights(d.clone()),
+        obj.layout.to_weights(theta.clone()),
+        complete,
+        eng.strategy,
+        time.perf_counter() - t0,
+    )
 
 
 _ENGINE_KW = ("bn", "bn_data", "precision", "batched", "chunk_size")
@@ -814,9 +968,21 @@ def coarse_to_fine(nx: int, ny: int) -> np.ndarray:
 
 
 @api
-def surface(obj: Objective, center=None, directions=None, *, span=None, n=(51, 51),
-            metrics=("loss",), refine: bool = False, precision=None, trajectory=None,
-            points: Mapping | None = None, callback: Callable | None = None, **kw) -> Surface:
+def surface(
+    obj: Objective,
+    center=None,
+    directions=None,
+    *,
+    span=None,
+    n=(51, 51),
+    metrics=("loss",),
+    refine: bool = False,
+    precision=None,
+    trajectory=None,
+    points: Mapping | None = None,
+    callback: Callable | None = None,
+    **kw,
+) -> Surface:
     """The 2-D slice ``f(a, b) = L(θ + a·d1 + b·d2)`` on an ``n`` grid (Li et al. 2018).
 
     ``center``: θ (default: the model, or the PCA center / plane origin); ``directions``:
@@ -889,10 +1055,19 @@ def surface(obj: Objective, center=None, directions=None, *, span=None, n=(51, 5
     done = np.zeros(ny * nx, dtype=bool)
     xt = torch.as_tensor(x, device=obj.device, dtype=obj.dtype)
     yt = torch.as_tensor(y, device=obj.device, dtype=obj.dtype)
-    res = Surface(x, y, {k: out[i].reshape(ny, nx) for i, k in enumerate(eng.metrics)},
-                  [obj.layout.to_weights(d.clone()) for d in D],
-                  obj.layout.to_weights(theta.clone()), False, None, 0.0,
-                  {}, overlay_points, objective=obj)
+    res = Surface(
+        x,
+        y,
+        {k: out[i].reshape(ny, nx) for i, k in enumerate(eng.metrics)},
+        [obj.layout.to_weights(d.clone()) for d in D],
+        obj.layout.to_weights(theta.clone()),
+        False,
+        None,
+        0.0,
+        {},
+        overlay_points,
+        objective=obj,
+    )
     if overlay_path is not None:
         res.paths["trajectory"] = np.asarray(overlay_path, dtype=np.float64)
     if trajectory is not None:
@@ -911,7 +1086,8 @@ def surface(obj: Objective, center=None, directions=None, *, span=None, n=(51, 5
         if callback is not None:
             callback(res)
 
-    complete = eng.run(make, order, out, done, progress=kw.get("progress"), desc="surface",
-                       on_chunk=on_chunk)
+    complete = eng.run(
+        make, order, out, done, progress=kw.get("progress"), desc="surface", on_chunk=on_chunk
+    )
     res.complete, res.strategy, res.seconds = complete, eng.strategy, time.perf_counter() - t0
     return res

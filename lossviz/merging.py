@@ -34,8 +34,10 @@ def _named(points) -> tuple[list, list[dict]]:
         pts = list(points)
         names = list(range(len(pts)))
     else:
-        raise TypeError(f"points must be a list of points or a mapping name -> point, got "
-                        f"{type(points).__name__}")
+        raise TypeError(
+            f"points must be a list of points or a mapping name -> point, got "
+            f"{type(points).__name__}"
+        )
     if not pts:
         raise LossvizError("no points to merge")
     return names, [as_state(p) for p in pts]
@@ -46,13 +48,17 @@ def _check_same(states: list[dict], names: list, what="point") -> None:
     for nm, st in zip(names[1:], states[1:]):
         only_ref = [k for k in ref if k not in st]
         only_st = [k for k in st if k not in ref]
-        shapes = [f"{k}: {tuple(ref[k].shape)} vs {tuple(st[k].shape)}"
-                  for k in ref if k in st and ref[k].shape != st[k].shape]
+        shapes = [
+            f"{k}: {tuple(ref[k].shape)} vs {tuple(st[k].shape)}"
+            for k in ref
+            if k in st and ref[k].shape != st[k].shape
+        ]
         if only_ref or only_st or shapes:
             raise CheckpointError(
                 f"{what} {nm!r} does not match {what} {names[0]!r}: keys only in "
                 f"{names[0]!r}: {only_ref[:10]}; keys only in {nm!r}: {only_st[:10]}; shape "
-                f"mismatches: {shapes[:10]}")
+                f"mismatches: {shapes[:10]}"
+            )
 
 
 def _coeffs(weights, k: int, what: str) -> list[float]:
@@ -71,8 +77,10 @@ def empirical_fisher(obj: Objective, at=None) -> Weights:
     """Diagonal empirical Fisher ``F = mean_n (∇_θ ℓ(x_n, y_n; θ))²`` over the Objective's
     samples, from per-sample gradients (``torch.func.vmap`` of ``torch.func.grad``)."""
     if obj.forward is not None:
-        raise LossvizError("the empirical Fisher needs per-sample losses: build the "
-                           "Objective with loss_fn and (inputs, targets) batches")
+        raise LossvizError(
+            "the empirical Fisher needs per-sample losses: build the "
+            "Objective with loss_fn and (inputs, targets) batches"
+        )
     flat, fixed = obj.resolve(at)
     theta = obj.layout.unflatten(flat.detach())
 
@@ -101,8 +109,9 @@ def empirical_fisher(obj: Objective, at=None) -> Weights:
 
 
 @api
-def merge(points, *, method: str = "uniform", weights=None, base=None,
-          obj: Objective | None = None) -> Weights:
+def merge(
+    points, *, method: str = "uniform", weights=None, base=None, obj: Objective | None = None
+) -> Weights:
     """Merge checkpoints into one set of weights.
 
     ``method``: ``"uniform"`` ``(1/k)Σθ_i``; ``"weighted"`` ``Σw_iθ_i / Σw_i`` (``weights``
@@ -160,25 +169,36 @@ def merge(points, *, method: str = "uniform", weights=None, base=None,
         out[key] = (acc / sum(w)).to(v0.dtype)
     if method == "fisher":
         if obj is None:
-            raise LossvizError("method='fisher' needs obj= (an Objective whose data defines "
-                               "the Fisher)")
+            raise LossvizError(
+                "method='fisher' needs obj= (an Objective whose data defines the Fisher)"
+            )
         fishers = [empirical_fisher(obj, st) for st in states]
         for key in obj.layout.names:
             if key not in ref:
                 raise CheckpointError(f"the points lack parameter {key!r} of the Objective")
-            num = sum(wi * F[key].to(torch.float64) * st[key].to(torch.float64)
-                      for wi, F, st in zip(w, fishers, states))
+            num = sum(
+                wi * F[key].to(torch.float64) * st[key].to(torch.float64)
+                for wi, F, st in zip(w, fishers, states)
+            )
             den = sum(wi * F[key].to(torch.float64) for wi, F in zip(w, fishers))
             ok = den != 0
-            merged = torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)),
-                                 out[key].to(torch.float64))
+            merged = torch.where(
+                ok, num / torch.where(ok, den, torch.ones_like(den)), out[key].to(torch.float64)
+            )
             out[key] = merged.to(ref[key].dtype)
     return Weights(out)
 
 
 @api
-def greedy_soup(obj_val: Objective, points, *, metric: str = "accuracy", bn: str = "eval",
-                recompute_data=None, progress=None):
+def greedy_soup(
+    obj_val: Objective,
+    points,
+    *,
+    metric: str = "accuracy",
+    bn: str = "eval",
+    recompute_data=None,
+    progress=None,
+):
     """Greedy soup (Wortsman et al. 2022): sort the ingredients by their held-out
     ``metric`` on ``obj_val`` (best first), start from the best and add each next one only
     if the uniform soup of the chosen ones strictly improves it. Returns
@@ -202,17 +222,24 @@ def greedy_soup(obj_val: Objective, points, *, metric: str = "accuracy", bn: str
         out = []
         for st in sts:
             flat, _ = obj_val.resolve(st)
-            out.append(float(evaluate(obj_val, flat[None], metrics=(metric,), at=st,
-                                      progress=progress, **kw)[metric][0]))
+            out.append(
+                float(
+                    evaluate(
+                        obj_val, flat[None], metrics=(metric,), at=st, progress=progress, **kw
+                    )[metric][0]
+                )
+            )
         return out
 
     same_buffers = all(
         all(torch.equal(states[0][k], st[k]) for k in states[0] if k not in obj_val.layout.names)
-        for st in states[1:])
+        for st in states[1:]
+    )
     if same_buffers:
         P = torch.stack([obj_val.resolve(st)[0] for st in states])
-        single = evaluate(obj_val, P, metrics=(metric,), at=states[0], progress=progress,
-                          **kw)[metric].tolist()
+        single = evaluate(obj_val, P, metrics=(metric,), at=states[0], progress=progress, **kw)[
+            metric
+        ].tolist()
     else:
         single = score(states)
     order = sorted(range(len(states)), key=lambda i: -sign * single[i])
@@ -224,8 +251,11 @@ def greedy_soup(obj_val: Objective, points, *, metric: str = "accuracy", bn: str
         if sign * val > sign * best:
             chosen.append(i)
             best = val
-    soup = merge([states[j] for j in chosen]) if len(chosen) > 1 else Weights(
-        {k: v.clone() for k, v in states[chosen[0]].items()})
+    soup = (
+        merge([states[j] for j in chosen])
+        if len(chosen) > 1
+        else Weights({k: v.clone() for k, v in states[chosen[0]].items()})
+    )
     return soup, [names[j] for j in chosen]
 
 
@@ -253,30 +283,46 @@ class VarianceTable:
         cells = [[r["layer"]] + [f"{r[c]:.4g}" for c in cols[1:]] for r in self.rows]
         w = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(cols)]
         fmt = lambda cs: "  ".join(  # noqa: E731
-            s.ljust(w[i]) if i == 0 else s.rjust(w[i]) for i, s in enumerate(cs))
-        return "\n".join([f"VarianceTable({len(self.rows)} layers, k={self.k} models)",
-                          fmt(cols)] + [fmt(c) for c in cells])
+            s.ljust(w[i]) if i == 0 else s.rjust(w[i]) for i, s in enumerate(cs)
+        )
+        return "\n".join(
+            [f"VarianceTable({len(self.rows)} layers, k={self.k} models)", fmt(cols)]
+            + [fmt(c) for c in cells]
+        )
 
     def _repr_html_(self) -> str:
         from .results import _html_table
 
         cols = ["layer", "before", "after", "ratio", "1/k", "xavier"]
-        return _html_table(cols, [[r["layer"]] + [f"{r[c]:.4g}" for c in cols[1:]]
-                                  for r in self.rows],
-                           f"weight variance before / after averaging {self.k} models")
+        return _html_table(
+            cols,
+            [[r["layer"]] + [f"{r[c]:.4g}" for c in cols[1:]] for r in self.rows],
+            f"weight variance before / after averaging {self.k} models",
+        )
 
     def plot(self):
         import plotly.graph_objects as go
 
         x = [r["layer"] for r in self.rows]
-        fig = go.Figure([
-            go.Bar(x=x, y=[r["before"] for r in self.rows], name="before (mean over models)"),
-            go.Bar(x=x, y=[r["after"] for r in self.rows], name="after averaging"),
-            go.Scatter(x=x, y=[r["xavier"] for r in self.rows], mode="markers+lines",
-                       name="Xavier 2/(fan_in+fan_out)", line={"dash": "dash"}),
-        ])
-        fig.update_layout(title=f"weight variance, averaging {self.k} models", barmode="group",
-                          yaxis_title="variance", template="plotly_white")
+        fig = go.Figure(
+            [
+                go.Bar(x=x, y=[r["before"] for r in self.rows], name="before (mean over models)"),
+                go.Bar(x=x, y=[r["after"] for r in self.rows], name="after averaging"),
+                go.Scatter(
+                    x=x,
+                    y=[r["xavier"] for r in self.rows],
+                    mode="markers+lines",
+                    name="Xavier 2/(fan_in+fan_out)",
+                    line={"dash": "dash"},
+                ),
+            ]
+        )
+        fig.update_layout(
+            title=f"weight variance, averaging {self.k} models",
+            barmode="group",
+            yaxis_title="variance",
+            template="plotly_white",
+        )
         return fig
 
 
@@ -299,9 +345,16 @@ def averaging_variance(points) -> VarianceTable:
         before = float(np.mean([float(w.var(correction=0)) for w in ws]))
         after = float(torch.stack(ws).mean(0).var(correction=0))
         fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(v0)
-        rows.append({"layer": key, "before": before, "after": after,
-                     "ratio": after / before if before > 0 else float("nan"),
-                     "1/k": 1.0 / len(states), "xavier": 2.0 / (fan_in + fan_out)})
+        rows.append(
+            {
+                "layer": key,
+                "before": before,
+                "after": after,
+                "ratio": after / before if before > 0 else float("nan"),
+                "1/k": 1.0 / len(states),
+                "xavier": 2.0 / (fan_in + fan_out),
+            }
+        )
     if not rows:
         raise LossvizError("no weight with ndim >= 2 to compare")
     return VarianceTable(rows, len(states), time.perf_counter() - t0)

@@ -31,9 +31,20 @@ F = nn.functional
 MAX_BATCHES = 10_000
 
 _CLASSIFICATION = (nn.CrossEntropyLoss, nn.NLLLoss, F.cross_entropy, F.nll_loss)
-_ELEMENTWISE = (nn.MSELoss, nn.L1Loss, nn.SmoothL1Loss, nn.HuberLoss, nn.BCELoss,
-                nn.BCEWithLogitsLoss, F.mse_loss, F.l1_loss, F.smooth_l1_loss, F.huber_loss,
-                F.binary_cross_entropy, F.binary_cross_entropy_with_logits)
+_ELEMENTWISE = (
+    nn.MSELoss,
+    nn.L1Loss,
+    nn.SmoothL1Loss,
+    nn.HuberLoss,
+    nn.BCELoss,
+    nn.BCEWithLogitsLoss,
+    F.mse_loss,
+    F.l1_loss,
+    F.smooth_l1_loss,
+    F.huber_loss,
+    F.binary_cross_entropy,
+    F.binary_cross_entropy_with_logits,
+)
 
 
 def to_device(x, device, non_blocking=True):
@@ -84,8 +95,10 @@ def batch_size(batch) -> int:
     """Number of samples in a batch: the leading size of its first tensor."""
     t = _first_tensor(batch)
     if t is None or t.ndim == 0:
-        raise DataError("cannot tell the number of samples of a batch with no batched tensor "
-                        f"(got {_describe(batch)})")
+        raise DataError(
+            "cannot tell the number of samples of a batch with no batched tensor "
+            f"(got {_describe(batch)})"
+        )
     return int(t.shape[0])
 
 
@@ -96,8 +109,11 @@ def _describe(x, depth: int = 0) -> str:
     if depth > 2:
         return type(x).__name__
     if isinstance(x, Mapping):
-        return "{" + ", ".join(f"{k!r}: {_describe(v, depth + 1)}" for k, v in
-                               list(x.items())[:6]) + "}"
+        return (
+            "{"
+            + ", ".join(f"{k!r}: {_describe(v, depth + 1)}" for k, v in list(x.items())[:6])
+            + "}"
+        )
     if isinstance(x, (list, tuple)):
         inner = ", ".join(_describe(v, depth + 1) for v in list(x)[:6])
         return f"({inner})" if isinstance(x, tuple) else f"[{inner}]"
@@ -160,7 +176,8 @@ def _structural_copy(m: nn.Module, memo: dict) -> nn.Module:
     if hasattr(m, "_non_persistent_buffers_set"):
         new._non_persistent_buffers_set = set(m._non_persistent_buffers_set)
     new._modules = type(m._modules)(
-        (k, None if c is None else _structural_copy(c, memo)) for k, c in m._modules.items())
+        (k, None if c is None else _structural_copy(c, memo)) for k, c in m._modules.items()
+    )
     return new
 
 
@@ -198,9 +215,12 @@ def _same_tensors(fa: Tensor, xa: Mapping, fb: Tensor, xb: Mapping) -> bool:
     if xa.keys() != xb.keys():
         return False
     return all(
-        xa[k].shape == xb[k].shape and xa[k].dtype == xb[k].dtype
-        and xa[k].device == xb[k].device and torch.equal(xa[k], xb[k])
-        for k in xa)
+        xa[k].shape == xb[k].shape
+        and xa[k].dtype == xb[k].dtype
+        and xa[k].device == xb[k].device
+        and torch.equal(xa[k], xb[k])
+        for k in xa
+    )
 
 
 class Objective:
@@ -261,10 +281,10 @@ class Objective:
             raise ArgumentTypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if loss_fn is None and forward is None:
             raise ArgumentTypeError("give loss_fn(outputs, targets) or forward(model, batch)")
-        validate.callable_(loss_fn, "loss_fn", "a function loss_fn(outputs, targets)",
-                           none=True)
-        validate.callable_(forward, "forward", "a function forward(model, batch) -> loss",
-                           none=True)
+        validate.callable_(loss_fn, "loss_fn", "a function loss_fn(outputs, targets)", none=True)
+        validate.callable_(
+            forward, "forward", "a function forward(model, batch) -> loss", none=True
+        )
         validate.choice(bn, "bn", ("eval", "train"))
         validate.choice(reduction, "reduction", (None, "mean", "sum"))
         self.max_batches = validate.integer(max_batches, "max_batches", none=True)
@@ -292,12 +312,14 @@ class Objective:
             raise LossvizError(
                 "the varying parameters have different dtypes "
                 f"({sorted(str(d).replace('torch.', '') for d in dtypes)}): convert the model "
-                "to one (model.float() or model.double()), or choose params= of one dtype")
+                "to one (model.float() or model.double()), or choose params= of one dtype"
+            )
         self.layout = Layout([(n, named[n].shape) for n in self.names])
         self.dtype = named[self.names[0]].dtype
         if self.layout.size == 0:
-            raise LossvizError(f"params: the selected parameters {self.names[:10]} have no "
-                               "elements")
+            raise LossvizError(
+                f"params: the selected parameters {self.names[:10]} have no elements"
+            )
         all_names = set(dict(model.named_parameters(remove_duplicate=False)))
         self._aliases = all_names - set(named)
         self._buffer_names = {n for n, _ in model.named_buffers()}
@@ -312,8 +334,9 @@ class Objective:
                     m.train()
                     m.track_running_stats = False
         # the modes lossviz set, restored after every forward (a forward= may change them)
-        self._modes = [(m, m.training, getattr(m, "track_running_stats", None))
-                       for m in self._shadow.modules()]
+        self._modes = [
+            (m, m.training, getattr(m, "track_running_stats", None)) for m in self._shadow.modules()
+        ]
         self._lock = threading.RLock()
 
         self._data = None
@@ -334,11 +357,11 @@ class Objective:
         if declared not in (None, "mean", "sum", "batchmean"):
             raise LossvizError(
                 f"loss_fn has reduction={declared!r}: lossviz needs a scalar loss per batch; "
-                "use reduction='mean' (or 'sum')")
+                "use reduction='mean' (or 'sum')"
+            )
         declared = "mean" if declared == "batchmean" else declared
         if given is not None and declared is not None and given != declared:
-            raise LossvizError(f"reduction={given!r} but loss_fn declares "
-                               f"reduction={declared!r}")
+            raise LossvizError(f"reduction={given!r} but loss_fn declares reduction={declared!r}")
         return given or declared or "mean"
 
     @staticmethod
@@ -350,7 +373,8 @@ class Objective:
         elif isinstance(params, str) or not isinstance(params, Iterable):
             raise ArgumentTypeError(
                 f"params must be a list of parameter names or a predicate name -> bool, got "
-                f"{params!r}")
+                f"{params!r}"
+            )
         else:
             names = list(params)
             wrong = [n for n in names if not isinstance(n, str)]
@@ -373,8 +397,9 @@ class Objective:
         """``(batches, sizes)`` kept in memory, or ``(None, None)`` for a re-iterable
         source read at every pass (a DataLoader)."""
         if isinstance(data, (str, bytes)):
-            raise ArgumentTypeError(f"data must be a batch or an iterable of batches, got a "
-                                    f"{type(data).__name__}")
+            raise ArgumentTypeError(
+                f"data must be a batch or an iterable of batches, got a {type(data).__name__}"
+            )
         if is_single_batch(data):
             b = to_device(data, self.device)
             return [b], [self._check_batch(b, None)]
@@ -390,7 +415,8 @@ class Objective:
         else:
             raise ArgumentTypeError(
                 f"data must be a batch (inputs, targets) or an iterable of batches, got "
-                f"{type(data).__name__}")
+                f"{type(data).__name__}"
+            )
         if not src:
             raise DataError("data is empty: no batch")
         batches = [to_device(b, self.device) for b in src]
@@ -405,7 +431,8 @@ class Objective:
             raise DataError(
                 f"data yielded more than {MAX_BATCHES:,} batches and may be endless (an "
                 "itertools.cycle or an infinite sampler?): pass max_batches=N to use its "
-                "first N batches")
+                "first N batches"
+            )
         return out
 
     def _check_batch(self, b, i) -> int:
@@ -415,27 +442,33 @@ class Objective:
             if isinstance(b, Mapping):
                 raise DataError(
                     f"{where} is a dict (keys {list(b)[:6]}): lossviz cannot tell inputs from "
-                    "targets; give forward=lambda model, batch: loss")
+                    "targets; give forward=lambda model, batch: loss"
+                )
             if isinstance(b, Tensor):
                 raise DataError(
                     f"{where} is a bare tensor {tuple(b.shape)}: give (inputs, targets), or "
-                    "forward=lambda model, batch: loss for a loss without targets")
+                    "forward=lambda model, batch: loss for a loss without targets"
+                )
             if not isinstance(b, (tuple, list)):
                 raise DataError(f"{where} must be (inputs, targets), got {_describe(b)}")
             if len(b) < 2:
                 raise DataError(
                     f"{where} is {_describe(b)}: no targets. A batch is (inputs, targets); "
-                    "for a loss without targets give forward=lambda model, batch: loss")
+                    "for a loss without targets give forward=lambda model, batch: loss"
+                )
             if len(b) > 2:
                 raise DataError(
                     f"{where} has {len(b)} elements ({_describe(b)}); lossviz reads "
                     "(inputs, targets) and would ignore the rest (sample weights?): give "
-                    "forward=lambda model, batch: loss to use them")
+                    "forward=lambda model, batch: loss to use them"
+                )
             nx = batch_size(b[0])
             y = b[1]
             if isinstance(y, Tensor) and y.ndim > 0 and int(y.shape[0]) != nx:
-                raise DataError(f"{where}: the inputs hold {nx} samples but the targets "
-                                f"{int(y.shape[0])} ({_describe(b)})")
+                raise DataError(
+                    f"{where}: the inputs hold {nx} samples but the targets "
+                    f"{int(y.shape[0])} ({_describe(b)})"
+                )
         n = batch_size(b)
         if n == 0:
             raise DataError(f"{where} has no samples ({_describe(b)})")
@@ -446,8 +479,9 @@ class Objective:
         model or the loss cannot take is reported now with what was expected."""
         batch = next(self._stream(limit=1))[0]
         flat, fixed = self.resolve()
-        leaves = {n: t.detach().requires_grad_(True)
-                  for n, t in self.layout.unflatten(flat).items()}
+        leaves = {
+            n: t.detach().requires_grad_(True) for n, t in self.layout.unflatten(flat).items()
+        }
         with torch.enable_grad(), _math_sdpa():
             try:
                 with self.bound(leaves, fixed) as m:
@@ -466,25 +500,39 @@ class Objective:
                 raise LossvizError(self._explain(e, batch)) from e
         loss = self._scalar(loss)
         if not loss.requires_grad:
-            what = "forward(model, batch)" if self.forward is not None else \
-                "loss_fn(model(inputs), targets)"
+            what = (
+                "forward(model, batch)"
+                if self.forward is not None
+                else "loss_fn(model(inputs), targets)"
+            )
             raise LossvizError(
                 f"{what} returned a loss with no gradient with respect to the parameters: "
                 "does it .detach(), go through .item() / NumPy, run under torch.no_grad(), "
-                + ("or use a model other than the one it is given?" if self.forward else
-                   "or does the model detach its output?"))
+                + (
+                    "or use a model other than the one it is given?"
+                    if self.forward
+                    else "or does the model detach its output?"
+                )
+            )
 
     def _explain(self, e: Exception, batch) -> str:
-        who = "forward(model, batch)" if self.forward is not None else \
-            "loss_fn(model(inputs), targets)"
-        msg = f"{who} failed on the first batch ({_describe(batch)}): " \
-              f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"
+        who = (
+            "forward(model, batch)"
+            if self.forward is not None
+            else "loss_fn(model(inputs), targets)"
+        )
+        msg = (
+            f"{who} failed on the first batch ({_describe(batch)}): "
+            f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"
+        )
         hints = []
         floats = {t.dtype for t in _tensors(batch) if t.is_floating_point()}
         if floats and self.dtype not in floats:
-            hints.append(f"the data is {'/'.join(sorted(str(d)[6:] for d in floats))} but the "
-                         f"parameters are {str(self.dtype)[6:]}: convert one to the other "
-                         f"(e.g. x.to({self.dtype}))")
+            hints.append(
+                f"the data is {'/'.join(sorted(str(d)[6:] for d in floats))} but the "
+                f"parameters are {str(self.dtype)[6:]}: convert one to the other "
+                f"(e.g. x.to({self.dtype}))"
+            )
         if hints:
             msg += ". Hint: " + "; ".join(hints)
         return msg
@@ -499,7 +547,8 @@ class Objective:
             raise DataError(
                 f"{where}: the model outputs {tuple(out.shape)} but the targets are "
                 f"{tuple(y.shape)}; an element-wise loss would broadcast them into a wrong "
-                "value: reshape the targets (e.g. y.view_as(outputs) or y[:, None])")
+                "value: reshape the targets (e.g. y.view_as(outputs) or y[:, None])"
+            )
         if not _is_one_of(f, _CLASSIFICATION) or out.ndim < 2:
             return None
         if y.is_floating_point():
@@ -508,10 +557,12 @@ class Objective:
             raise DataError(
                 f"{where}: the targets are {str(y.dtype)[6:]} {tuple(y.shape)} but the loss "
                 f"takes integer class labels for outputs {tuple(out.shape)}: use y.long() "
-                "(or class probabilities shaped like the outputs)")
+                "(or class probabilities shaped like the outputs)"
+            )
         if y.dtype == torch.bool or y.is_complex():
-            raise DataError(f"{where}: the targets are {str(y.dtype)[6:]}; class labels must "
-                            "be integers")
+            raise DataError(
+                f"{where}: the targets are {str(y.dtype)[6:]}; class labels must be integers"
+            )
         classes = int(out.shape[1])
         self._ignore_index = kw.get("ignore_index", getattr(f, "ignore_index", -100))
         self._check_labels(y, classes, where)
@@ -526,7 +577,8 @@ class Objective:
             raise DataError(
                 f"{where}: class labels out of range: the model outputs {classes} classes "
                 f"(labels 0 to {classes - 1}) but the targets hold {int(bad.min())}"
-                + (f" to {int(bad.max())}" if int(bad.max()) != int(bad.min()) else ""))
+                + (f" to {int(bad.max())}" if int(bad.max()) != int(bad.min()) else "")
+            )
 
     # data ------------------------------------------------------------------
     def _swap_batch(self, batch) -> None:
@@ -551,7 +603,8 @@ class Objective:
             if i == MAX_BATCHES and self.max_batches is None:
                 raise DataError(
                     f"data yielded more than {MAX_BATCHES:,} batches in one pass and may be "
-                    "endless: pass max_batches=N to use its first N batches")
+                    "endless: pass max_batches=N to use its first N batches"
+                )
             b = to_device(b, self.device)
             nb = self._check_batch(b, i)
             n, total = n + 1, total + nb
@@ -560,8 +613,10 @@ class Objective:
             return
         if n == 0:
             if self._stream_shape is not None:
-                raise DataError("data can be iterated only once (its second pass was empty): "
-                                "pass a list of batches or a DataLoader")
+                raise DataError(
+                    "data can be iterated only once (its second pass was empty): "
+                    "pass a list of batches or a DataLoader"
+                )
             raise DataError("data is empty: no batch")
         if self._stream_shape is None:
             self._stream_shape = (n, total)
@@ -570,7 +625,8 @@ class Objective:
                 f"data changed between passes: {self._stream_shape[0]} batches / "
                 f"{self._stream_shape[1]} samples, then {n} / {total} (drop_last with "
                 "shuffling, or a sampler that draws a different number each pass?); lossviz "
-                "needs the same samples at every pass")
+                "needs the same samples at every pass"
+            )
 
     def batches(self):
         """The batches on the compute device, with their sizes (one pass)."""
@@ -683,8 +739,9 @@ class Objective:
         with self._lock:
             try:
                 if _reparametrize_module is not None:
-                    with _reparametrize_module(self._shadow, tensors, tie_weights=True,
-                                               strict=False):
+                    with _reparametrize_module(
+                        self._shadow, tensors, tie_weights=True, strict=False
+                    ):
                         yield self._shadow
                 else:  # pragma: no cover
                     yield _Bound(self._shadow, tensors)
@@ -703,8 +760,8 @@ class Objective:
         if not isinstance(loss, Tensor) or loss.numel() != 1:
             shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
             raise LossvizError(
-                f"the loss must be a scalar tensor (use a mean- or sum-reduced loss); got "
-                f"{shape}")
+                f"the loss must be a scalar tensor (use a mean- or sum-reduced loss); got {shape}"
+            )
         if not loss.is_floating_point():
             raise LossvizError(f"the loss must be a floating-point tensor, got {loss.dtype}")
         return loss.reshape(())
@@ -770,8 +827,11 @@ class Objective:
             cached = self._op_cache
             if cached is not None:
                 op, data = cached
-                if (op.curvature == curvature and self._same_data(data)
-                        and _same_tensors(op.flat, op.fixed, flat, fixed)):
+                if (
+                    op.curvature == curvature
+                    and self._same_data(data)
+                    and _same_tensors(op.flat, op.fixed, flat, fixed)
+                ):
                     return op
             op = CurvatureOperator(self, flat, fixed, curvature=curvature)
             self._op_cache = (op, self._data_copy())
@@ -787,9 +847,14 @@ class Objective:
         if self._batches is None or len(self._batches) != 1:
             return copy_ is None
         now = _tensors(self._batches[0])
-        return copy_ is not None and len(now) == len(copy_) and all(
-            a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
-            for a, b in zip(now, copy_))
+        return (
+            copy_ is not None
+            and len(now) == len(copy_)
+            and all(
+                a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+                for a, b in zip(now, copy_)
+            )
+        )
 
     @api
     def hvp(self, v, at=None, *, curvature: str = "hessian") -> Weights:
@@ -809,8 +874,10 @@ class Objective:
             else torch.stack([self.as_flat(v) for v in vs])
         )
         if V.ndim != 2:
-            raise LossvizError(f"vs must be a (k, {self.layout.size}) tensor or a list of "
-                               f"vectors, got shape {tuple(V.shape)}")
+            raise LossvizError(
+                f"vs must be a (k, {self.layout.size}) tensor or a list of "
+                f"vectors, got shape {tuple(V.shape)}"
+            )
         out = op.apply(V)
         return [self.layout.to_weights(o) for o in out]
 
@@ -854,8 +921,16 @@ def check_differentiable(loss: Tensor, obj: Objective | None = None) -> None:
     if not loss.requires_grad:
         raise LossvizError(
             "the loss has no gradient with respect to the parameters (does loss_fn / forward "
-            "detach it, or use a model other than the one it is given?)")
+            "detach it, or use a model other than the one it is given?)"
+        )
 
 
-__all__ = ["Objective", "PointSnapshot", "batch_size", "call_model", "is_single_batch",
-           "loss_reduction", "to_device"]
+__all__ = [
+    "Objective",
+    "PointSnapshot",
+    "batch_size",
+    "call_model",
+    "is_single_batch",
+    "loss_reduction",
+    "to_device",
+]

@@ -104,11 +104,26 @@ class RoughnessResult:
         from .results import _html_table
 
         return _html_table(
-            ["RI", f"{100 * self.confidence:.0f}% CI", "mean TV", "directions", "points",
-             "radius", "flat"],
-            [[f"{self.value:.4g}", f"[{self.ci[0]:.4g}, {self.ci[1]:.4g}]",
-              f"{self.mean_tv:.4g}", len(self.tv), len(self.ts), self.radius,
-              self.n_flat]],
+            [
+                "RI",
+                f"{100 * self.confidence:.0f}% CI",
+                "mean TV",
+                "directions",
+                "points",
+                "radius",
+                "flat",
+            ],
+            [
+                [
+                    f"{self.value:.4g}",
+                    f"[{self.ci[0]:.4g}, {self.ci[1]:.4g}]",
+                    f"{self.mean_tv:.4g}",
+                    len(self.tv),
+                    len(self.ts),
+                    self.radius,
+                    self.n_flat,
+                ]
+            ],
             "roughness index (Wu et al. 2021)",
         )
 
@@ -117,15 +132,24 @@ class RoughnessResult:
 
         fig = go.Figure()
         for j, f in enumerate(self.slices):
-            fig.add_trace(go.Scatter(
-                x=self.ts, y=f, mode="lines", showlegend=False, opacity=0.4,
-                line={"width": 1},
-                hovertemplate=f"direction {j}, TV {self.tv[j]:.3g}<br>t=%{{x:.3g}}, "
-                              "L=%{y:.5g}<extra></extra>"))
+            fig.add_trace(
+                go.Scatter(
+                    x=self.ts,
+                    y=f,
+                    mode="lines",
+                    showlegend=False,
+                    opacity=0.4,
+                    line={"width": 1},
+                    hovertemplate=f"direction {j}, TV {self.tv[j]:.3g}<br>t=%{{x:.3g}}, "
+                    "L=%{y:.5g}<extra></extra>",
+                )
+            )
         fig.update_layout(
             title=f"{len(self.tv)} random slices: RI = {self.value:.3g} "
-                  f"({100 * self.confidence:.0f}% CI {self.ci[0]:.3g}–{self.ci[1]:.3g})",
-            xaxis_title="t", yaxis_title="loss", template="plotly_white",
+            f"({100 * self.confidence:.0f}% CI {self.ci[0]:.3g}–{self.ci[1]:.3g})",
+            xaxis_title="t",
+            yaxis_title="loss",
+            template="plotly_white",
         )
         return fig
 
@@ -133,12 +157,16 @@ class RoughnessResult:
 def _summarize(slices, ts, radius, *, n_bootstrap, confidence, seed):
     tv, flat = total_variation(slices, radius)
     if flat.any():
-        warnings.warn(f"{int(flat.sum())} slice(s) are exactly flat (TV undefined); left out "
-                      "of the roughness index", stacklevel=3)
+        warnings.warn(
+            f"{int(flat.sum())} slice(s) are exactly flat (TV undefined); left out "
+            "of the roughness index",
+            stacklevel=3,
+        )
     ok = tv[np.isfinite(tv)]
     if len(ok) < 2:
-        warnings.warn("fewer than 2 slices with a defined TV: the roughness index is NaN",
-                      stacklevel=3)
+        warnings.warn(
+            "fewer than 2 slices with a defined TV: the roughness index is NaN", stacklevel=3
+        )
         return float("nan"), (float("nan"), float("nan")), tv, flat
     value = float(coefficient_of_variation(ok))
     if np.all(ok == ok[0]):
@@ -146,17 +174,33 @@ def _summarize(slices, ts, radius, *, n_bootstrap, confidence, seed):
     else:
         from scipy.stats import bootstrap
 
-        b = bootstrap((ok,), coefficient_of_variation, n_resamples=n_bootstrap,
-                      confidence_level=confidence, method="percentile", vectorized=True,
-                      random_state=np.random.default_rng(seed))
+        b = bootstrap(
+            (ok,),
+            coefficient_of_variation,
+            n_resamples=n_bootstrap,
+            confidence_level=confidence,
+            method="percentile",
+            vectorized=True,
+            random_state=np.random.default_rng(seed),
+        )
         ci = (float(b.confidence_interval.low), float(b.confidence_interval.high))
     return value, ci, tv, flat
 
 
 @api
-def roughness_index(obj: Objective, at=None, *, n_directions: int = 100, n_points: int = 11,
-                    radius: float = 0.1, norm: str = "filter", seed: int = 0,
-                    n_bootstrap: int = 2000, confidence: float = 0.95, **kw) -> RoughnessResult:
+def roughness_index(
+    obj: Objective,
+    at=None,
+    *,
+    n_directions: int = 100,
+    n_points: int = 11,
+    radius: float = 0.1,
+    norm: str = "filter",
+    seed: int = 0,
+    n_bootstrap: int = 2000,
+    confidence: float = 0.95,
+    **kw,
+) -> RoughnessResult:
     """The roughness index at ``at`` (default: the model), Wu et al. 2021.
 
     ``n_directions`` = M random directions (filter-normalized at ``at``, biases/norm params
@@ -181,8 +225,9 @@ def roughness_index(obj: Objective, at=None, *, n_directions: int = 100, n_point
     eng = _Engine(obj, ("loss",), fixed, **kw_engine(kw))
     ts = np.linspace(-radius, radius, n_points)
     tt = torch.as_tensor(ts, device=obj.device, dtype=obj.dtype)
-    stream = iter_random_flat(theta, obj.layout, n_directions, norm=norm, ignore="biasbn",
-                              seed=seed)
+    stream = iter_random_flat(
+        theta, obj.layout, n_directions, norm=norm, ignore="biasbn", seed=seed
+    )
     rows: dict[int, torch.Tensor] = {}
     drawn = [0]
 
@@ -199,13 +244,27 @@ def roughness_index(obj: Objective, at=None, *, n_directions: int = 100, n_point
     total = n_directions * n_points
     out = np.full((1, total), np.nan)
     done = np.zeros(total, dtype=bool)
-    complete = eng.run(make, np.arange(total), out, done, progress=kw.get("progress"),
-                       desc="roughness")
+    complete = eng.run(
+        make, np.arange(total), out, done, progress=kw.get("progress"), desc="roughness"
+    )
     slices = out[0].reshape(n_directions, n_points)
-    value, ci, tv, flat = _summarize(slices, ts, radius, n_bootstrap=n_bootstrap,
-                                     confidence=confidence, seed=seed)
-    return RoughnessResult(value, ci, tv, slices, ts, flat, float(radius), norm, seed,
-                           confidence, complete, time.perf_counter() - t0)
+    value, ci, tv, flat = _summarize(
+        slices, ts, radius, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed
+    )
+    return RoughnessResult(
+        value,
+        ci,
+        tv,
+        slices,
+        ts,
+        flat,
+        float(radius),
+        norm,
+        seed,
+        confidence,
+        complete,
+        time.perf_counter() - t0,
+    )
 
 
 @dataclass(repr=False)
@@ -232,29 +291,44 @@ class RoughnessAlong:
     def __repr__(self) -> str:
         lines = [f"RoughnessAlong({len(self.results)} checkpoints)"]
         for lab, r in zip(self.labels, self.results):
-            lines.append(f"  {lab!s:>8}  RI {r.value:.4g}  "
-                         f"[{r.ci[0]:.4g}, {r.ci[1]:.4g}]")
+            lines.append(f"  {lab!s:>8}  RI {r.value:.4g}  [{r.ci[0]:.4g}, {r.ci[1]:.4g}]")
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
         from .results import _html_table
 
-        rows = [[lab, f"{r.value:.4g}", f"[{r.ci[0]:.4g}, {r.ci[1]:.4g}]"]
-                for lab, r in zip(self.labels, self.results)]
+        rows = [
+            [lab, f"{r.value:.4g}", f"[{r.ci[0]:.4g}, {r.ci[1]:.4g}]"]
+            for lab, r in zip(self.labels, self.results)
+        ]
         return _html_table(["checkpoint", "RI", "CI"], rows, "roughness index along a run")
 
     def plot(self):
         import plotly.graph_objects as go
 
         v, ci = self.values, self.ci
-        fig = go.Figure(go.Scatter(
-            x=[str(lab) for lab in self.labels] if not all(
-                isinstance(lab, (int, float)) for lab in self.labels) else self.labels,
-            y=v, mode="lines+markers", name="RI",
-            error_y={"type": "data", "symmetric": False, "array": ci[:, 1] - v,
-                         "arrayminus": v - ci[:, 0]}))
-        fig.update_layout(title="roughness index along training (bars: bootstrap CI)",
-                          xaxis_title="checkpoint", yaxis_title="RI", template="plotly_white")
+        fig = go.Figure(
+            go.Scatter(
+                x=[str(lab) for lab in self.labels]
+                if not all(isinstance(lab, (int, float)) for lab in self.labels)
+                else self.labels,
+                y=v,
+                mode="lines+markers",
+                name="RI",
+                error_y={
+                    "type": "data",
+                    "symmetric": False,
+                    "array": ci[:, 1] - v,
+                    "arrayminus": v - ci[:, 0],
+                },
+            )
+        )
+        fig.update_layout(
+            title="roughness index along training (bars: bootstrap CI)",
+            xaxis_title="checkpoint",
+            yaxis_title="RI",
+            template="plotly_white",
+        )
         return fig
 
 

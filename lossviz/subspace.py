@@ -63,8 +63,9 @@ def _flat_one(v, keys: list[str] | None, what: str) -> Tensor:
             )
         order = keys if keys is not None else list(v.keys())
         return torch.cat([v[n].detach().reshape(-1) for n in order])
-    raise TypeError(f"{what} must be Weights, a mapping of tensors or a tensor, got "
-                    f"{type(v).__name__}")
+    raise TypeError(
+        f"{what} must be Weights, a mapping of tensors or a tensor, got {type(v).__name__}"
+    )
 
 
 def _as_rows(V, keys: list[str] | None, what: str) -> Tensor:
@@ -86,8 +87,10 @@ def _as_rows(V, keys: list[str] | None, what: str) -> Tensor:
         if keys is None:
             keys = _keys_of(V[0])
         return torch.stack([_flat_one(v, keys, f"{what}[{i}]") for i, v in enumerate(V)])
-    raise TypeError(f"{what} must be a list of Weights, an EigenResult or a (k, P) tensor, "
-                    f"got {type(V).__name__}")
+    raise TypeError(
+        f"{what} must be a list of Weights, an EigenResult or a (k, P) tensor, "
+        f"got {type(V).__name__}"
+    )
 
 
 def _check_orthonormal(V: Tensor, what: str, atol: float) -> None:
@@ -335,9 +338,16 @@ class SubspaceTracker:
     def _eigs(self, obj: Objective) -> tuple[EigenResult, Tensor]:
         """Top-k eigenpairs (:func:`~lossviz.hessian_eigs`, Lanczos), warm-started from
         the last basis: the sum of the previous eigenvectors is the start vector."""
-        eig = hessian_eigs(obj, min(self.k, obj.n_params), tol=self.tol, max_hvp=self.max_hvp,
-                           seed=self.seed, v0=self._V if self.warm_start else None,
-                           curvature=self.curvature, progress=False)
+        eig = hessian_eigs(
+            obj,
+            min(self.k, obj.n_params),
+            tol=self.tol,
+            max_hvp=self.max_hvp,
+            seed=self.seed,
+            v0=self._V if self.warm_start else None,
+            curvature=self.curvature,
+            progress=False,
+        )
         return eig, torch.stack([obj.as_flat(v) for v in eig.vectors]).detach()
 
     def _refresh(self, batch, rec: dict) -> Tensor:
@@ -356,13 +366,19 @@ class SubspaceTracker:
         rec["converged"] = eig.all_converged
         if "overlap" in self.track:
             prev = self._V
-            rec["overlap_prev"] = (
-                None if prev is None else subspace_overlap(prev, V, check=False))
+            rec["overlap_prev"] = None if prev is None else subspace_overlap(prev, V, check=False)
             rec["overlap_first"] = (
-                1.0 if self._V_first is None else subspace_overlap(self._V_first, V, check=False))
+                1.0 if self._V_first is None else subspace_overlap(self._V_first, V, check=False)
+            )
         if "trace" in self.track:
-            tr = hessian_trace(obj, rtol=self.trace_rtol, max_hvp=self.trace_max_hvp,
-                               seed=self.seed, curvature=self.curvature, progress=False)
+            tr = hessian_trace(
+                obj,
+                rtol=self.trace_rtol,
+                max_hvp=self.trace_max_hvp,
+                seed=self.seed,
+                curvature=self.curvature,
+                progress=False,
+            )
             rec["trace"], rec["trace_stderr"] = tr.value, tr.stderr
             rec["n_hvp"] += tr.n_hvp
         if self._data_obj is not None and "gradient_fraction" in self.track:
@@ -436,8 +452,11 @@ class SubspaceTracker:
             if len(self.listener_errors) < 100:
                 self.listener_errors.append(f"{name}: {msg}")
             if first:
-                warnings.warn(f"lossviz: SubspaceTracker listener {name} failed ({msg}); "
-                              "training goes on", RuntimeWarning, stacklevel=3)
+                warnings.warn(
+                    f"lossviz: SubspaceTracker listener {name} failed ({msg}); training goes on",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
 
     def add_listener(self, fn: Callable) -> Callable[[], None]:
         """Call ``fn(tracker, record)`` after every :meth:`step`, in the thread that
@@ -552,67 +571,109 @@ class SubspaceTracker:
         from plotly.subplots import make_subplots
 
         fig = make_subplots(
-            rows=1, cols=3, column_widths=[0.38, 0.24, 0.38],
-            subplot_titles=(f"gradient fraction in the top-{self.k} subspace",
-                            "subspace overlap ||V_iᵀV_j||²/k", "λ_max and 2/lr"),
+            rows=1,
+            cols=3,
+            column_widths=[0.38, 0.24, 0.38],
+            subplot_titles=(
+                f"gradient fraction in the top-{self.k} subspace",
+                "subspace overlap ||V_iᵀV_j||²/k",
+                "λ_max and 2/lr",
+            ),
         )
         x, y = self._column("gradient_fraction")
         fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name="mini-batch gradient"), 1, 1)
         x, y = self._column("gradient_fraction_data")
         if x:
-            fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name="gradient on data"),
-                          1, 1)
+            fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name="gradient on data"), 1, 1)
         x, y = self._column("overlap_first")
         if x:
-            fig.add_trace(go.Scatter(x=x, y=y, mode="lines", line={"dash": "dot"},
-                                     name="overlap with the first subspace"), 1, 1)
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=y,
+                    mode="lines",
+                    line={"dash": "dot"},
+                    name="overlap with the first subspace",
+                ),
+                1,
+                1,
+            )
         steps, M = self.overlap_matrix()
         if len(steps):
             labels = [str(s) for s in steps]
-            fig.add_trace(go.Heatmap(z=M, x=labels, y=labels, zmin=0, zmax=1,
-                                     colorscale="Viridis", showscale=False,
-                                     hovertemplate="steps %{y}, %{x}: %{z:.3f}<extra></extra>"),
-                          1, 2)
+            fig.add_trace(
+                go.Heatmap(
+                    z=M,
+                    x=labels,
+                    y=labels,
+                    zmin=0,
+                    zmax=1,
+                    colorscale="Viridis",
+                    showscale=False,
+                    hovertemplate="steps %{y}, %{x}: %{z:.3f}<extra></extra>",
+                ),
+                1,
+                2,
+            )
             fig.update_yaxes(autorange="reversed", row=1, col=2)
         x, y = self._column("lambda_max")
         fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name="λ_max"), 1, 3)
         x2, y2 = self._column("two_over_lr")
         if x2:
-            fig.add_trace(go.Scatter(x=x2, y=y2, mode="lines", line={"dash": "dash"},
-                                     name="2/lr"), 1, 3)
+            fig.add_trace(
+                go.Scatter(x=x2, y=y2, mode="lines", line={"dash": "dash"}, name="2/lr"), 1, 3
+            )
         x3, y3 = self._column("stability_threshold")
         if x3 and any(a != b for a, b in zip(y3, y2)):
-            fig.add_trace(go.Scatter(x=x3, y=y3, mode="lines", line={"dash": "dot"},
-                                     name="(2+2β)/lr (momentum)"), 1, 3)
+            fig.add_trace(
+                go.Scatter(
+                    x=x3, y=y3, mode="lines", line={"dash": "dot"}, name="(2+2β)/lr (momentum)"
+                ),
+                1,
+                3,
+            )
         for c in (1, 3):
             fig.update_xaxes(title_text="step", row=1, col=c)
         fig.update_yaxes(range=[0, 1.02], row=1, col=1)
-        fig.update_layout(template="plotly_white", height=380, width=1200,
-                          legend={"orientation": "h", "y": -0.2})
+        fig.update_layout(
+            template="plotly_white", height=380, width=1200, legend={"orientation": "h", "y": -0.2}
+        )
         return fig
 
     def _summary(self) -> dict:
         h = self.history
-        last_f = next((r["gradient_fraction"] for r in reversed(h)
-                       if r.get("gradient_fraction") is not None), None)
-        last_l = next((r["lambda_max"] for r in reversed(h)
-                       if r.get("lambda_max") is not None), None)
-        return {"steps": len(h), "refreshes": sum(bool(r["refreshed"]) for r in h),
-                "last gradient fraction": last_f, "last λ_max": last_l, "HVPs": self.n_hvp}
+        last_f = next(
+            (r["gradient_fraction"] for r in reversed(h) if r.get("gradient_fraction") is not None),
+            None,
+        )
+        last_l = next(
+            (r["lambda_max"] for r in reversed(h) if r.get("lambda_max") is not None), None
+        )
+        return {
+            "steps": len(h),
+            "refreshes": sum(bool(r["refreshed"]) for r in h),
+            "last gradient fraction": last_f,
+            "last λ_max": last_l,
+            "HVPs": self.n_hvp,
+        }
 
     def __repr__(self) -> str:
         s = self._summary()
         f = "–" if s["last gradient fraction"] is None else _fmt(s["last gradient fraction"])
         lam = "–" if s["last λ_max"] is None else _fmt(s["last λ_max"])
-        return (f"SubspaceTracker(k={self.k}, every={self.every}, {self.curvature}: "
-                f"{s['steps']} steps, {s['refreshes']} refreshes, last gradient fraction {f}, "
-                f"last λ_max {lam}, {self.n_hvp} HVPs, {self.seconds:.2f} s)")
+        return (
+            f"SubspaceTracker(k={self.k}, every={self.every}, {self.curvature}: "
+            f"{s['steps']} steps, {s['refreshes']} refreshes, last gradient fraction {f}, "
+            f"last λ_max {lam}, {self.n_hvp} HVPs, {self.seconds:.2f} s)"
+        )
 
     def _repr_html_(self) -> str:
         s = self._summary()
-        return _html_table(list(s), [[("–" if v is None else _fmt(v) if isinstance(v, float)
-                                       else v) for v in s.values()]],
-                           f"top-{self.k} {self.curvature} subspace tracker")
+        return _html_table(
+            list(s),
+            [[("–" if v is None else _fmt(v) if isinstance(v, float) else v) for v in s.values()]],
+            f"top-{self.k} {self.curvature} subspace tracker",
+        )
 
 
 def _fn_name(fn) -> str:

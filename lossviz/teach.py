@@ -20,8 +20,15 @@ import torch
 from .dash._common import Dashboard, figure_widget, require
 from .errors import LossvizError
 
-__all__ = ["FUNCTIONS", "OPTIMIZERS", "Playground", "newton_schulz", "playground", "run",
-           "sam_step"]
+__all__ = [
+    "FUNCTIONS",
+    "OPTIMIZERS",
+    "Playground",
+    "newton_schulz",
+    "playground",
+    "run",
+    "sam_step",
+]
 
 
 @dataclass(frozen=True)
@@ -71,19 +78,27 @@ def _multiwell(xy, kappa):
 
 
 FUNCTIONS: dict[str, Function2D] = {
-    "ill-conditioned quadratic": Function2D("ill-conditioned quadratic", _quadratic,
-                                              (-5, 5, -2.5, 2.5), (-4.5, 1.5), ((0, 0),)),
-    "Rosenbrock": Function2D("Rosenbrock", _rosenbrock, (-2, 2, -1, 3), (-1.5, 2.5),
-                               ((1, 1),)),
-    "Himmelblau": Function2D("Himmelblau", _himmelblau, (-5, 5, -5, 5), (0.0, -0.5),
-                               ((3, 2), (-2.805118, 3.131312), (-3.779310, -3.283186),
-                                (3.584428, -1.848126))),
+    "ill-conditioned quadratic": Function2D(
+        "ill-conditioned quadratic", _quadratic, (-5, 5, -2.5, 2.5), (-4.5, 1.5), ((0, 0),)
+    ),
+    "Rosenbrock": Function2D("Rosenbrock", _rosenbrock, (-2, 2, -1, 3), (-1.5, 2.5), ((1, 1),)),
+    "Himmelblau": Function2D(
+        "Himmelblau",
+        _himmelblau,
+        (-5, 5, -5, 5),
+        (0.0, -0.5),
+        ((3, 2), (-2.805118, 3.131312), (-3.779310, -3.283186), (3.584428, -1.848126)),
+    ),
     "saddle": Function2D("saddle", _saddle, (-2, 2, -3, 3), (-1.5, 0.01), (), log=False),
-    "sharp vs flat minima": Function2D("sharp vs flat minima", _sharp_flat,
-                                         (-3, 3.5, -2.5, 2.5), (0.2, 1.6),
-                                         ((-1.5, 0), (1.5, 0)), log=False),
-    "multi-well": Function2D("multi-well", _multiwell, (-4, 4, -4, 4), (2.5, 2.9), (),
-                               log=False),
+    "sharp vs flat minima": Function2D(
+        "sharp vs flat minima",
+        _sharp_flat,
+        (-3, 3.5, -2.5, 2.5),
+        (0.2, 1.6),
+        ((-1.5, 0), (1.5, 0)),
+        log=False,
+    ),
+    "multi-well": Function2D("multi-well", _multiwell, (-4, 4, -4, 4), (2.5, 2.9), (), log=False),
 }
 
 
@@ -130,8 +145,17 @@ def sam_step(p: torch.Tensor, loss_fn, opt, rho: float) -> float:
     return float(loss.detach())
 
 
-def run(fn: Function2D, optimizer: str, *, lr: float, steps: int, momentum: float = 0.9,
-        rho: float = 0.05, kappa: float = 10.0, start=None) -> tuple[np.ndarray, np.ndarray]:
+def run(
+    fn: Function2D,
+    optimizer: str,
+    *,
+    lr: float,
+    steps: int,
+    momentum: float = 0.9,
+    rho: float = 0.05,
+    kappa: float = 10.0,
+    start=None,
+) -> tuple[np.ndarray, np.ndarray]:
     """``(trajectory (steps+1, 2), loss (steps+1,))`` of ``optimizer`` on ``fn``; stops
     early (the rest NaN) when it diverges."""
     if not (lr > 0 and math.isfinite(lr)):
@@ -139,8 +163,9 @@ def run(fn: Function2D, optimizer: str, *, lr: float, steps: int, momentum: floa
     if isinstance(steps, bool) or int(steps) != steps or steps < 1:
         raise LossvizError(f"steps must be a positive integer, got {steps!r}")
     steps = int(steps)
-    p = torch.tensor(start if start is not None else fn.start, dtype=torch.float64,
-                     requires_grad=True)
+    p = torch.tensor(
+        start if start is not None else fn.start, dtype=torch.float64, requires_grad=True
+    )
     opt = _opt(optimizer, [p], lr, momentum)
     traj = np.full((steps + 1, 2), np.nan)
     loss = np.full(steps + 1, np.nan)
@@ -216,9 +241,15 @@ class Playground(Dashboard):
     """See :func:`playground`; ``.widget`` is the root widget. The optimizer runs happen in
     a background thread (the latest settings win; ``wait()`` joins it)."""
 
-    def __init__(self, function: str = "ill-conditioned quadratic",
-                 optimizers=("SGD", "momentum", "Adam"), *, lr: float = 0.05,
-                 steps: int = 100, grid: int = 80):
+    def __init__(
+        self,
+        function: str = "ill-conditioned quadratic",
+        optimizers=("SGD", "momentum", "Adam"),
+        *,
+        lr: float = 0.05,
+        steps: int = 100,
+        grid: int = 80,
+    ):
         require()
         super().__init__()
         import ipywidgets as W
@@ -233,53 +264,131 @@ class Playground(Dashboard):
         self.grid = int(grid)
         self.start = None
         sl = W.Layout(width="330px")
-        self.function = W.Dropdown(options=list(FUNCTIONS), value=function,
-                                   description="function", layout=sl)
-        self.optimizers = W.SelectMultiple(options=OPTIMIZERS, value=tuple(optimizers),
-                                           description="optimizers", rows=8, layout=sl)
-        self.lr = W.FloatLogSlider(value=lr, base=10, min=-4, max=0.5, step=0.05,
-                                   description="lr", readout_format=".3g", layout=sl)
-        self.momentum = W.FloatSlider(value=0.9, min=0.0, max=0.99, step=0.01,
-                                      description="momentum / β₁", layout=sl,
-                                      style={"description_width": "initial"})
-        self.rho = W.FloatSlider(value=0.05, min=0.0, max=0.5, step=0.01,
-                                 description="SAM ρ", layout=sl)
-        self.steps = W.IntSlider(value=steps, min=5, max=400, step=5, description="steps",
-                                 layout=sl)
-        self.kappa = W.FloatLogSlider(value=10, base=10, min=0, max=3, step=0.1,
-                                      description="κ (quadratic)", layout=sl,
-                                      style={"description_width": "initial"})
+        self.function = W.Dropdown(
+            options=list(FUNCTIONS), value=function, description="function", layout=sl
+        )
+        self.optimizers = W.SelectMultiple(
+            options=OPTIMIZERS, value=tuple(optimizers), description="optimizers", rows=8, layout=sl
+        )
+        self.lr = W.FloatLogSlider(
+            value=lr,
+            base=10,
+            min=-4,
+            max=0.5,
+            step=0.05,
+            description="lr",
+            readout_format=".3g",
+            layout=sl,
+        )
+        self.momentum = W.FloatSlider(
+            value=0.9,
+            min=0.0,
+            max=0.99,
+            step=0.01,
+            description="momentum / β₁",
+            layout=sl,
+            style={"description_width": "initial"},
+        )
+        self.rho = W.FloatSlider(
+            value=0.05, min=0.0, max=0.5, step=0.01, description="SAM ρ", layout=sl
+        )
+        self.steps = W.IntSlider(
+            value=steps, min=5, max=400, step=5, description="steps", layout=sl
+        )
+        self.kappa = W.FloatLogSlider(
+            value=10,
+            base=10,
+            min=0,
+            max=3,
+            step=0.1,
+            description="κ (quadratic)",
+            layout=sl,
+            style={"description_width": "initial"},
+        )
         self.info = W.HTML("")
 
         fn = FUNCTIONS[function]
         cx, cy, z = self._contour(fn)
-        base = go.Figure(go.Contour(x=cx, y=cy, z=z, ncontours=30, colorscale="Viridis",
-                                    showscale=False, contours={"coloring": "heatmap"},
-                                    hoverinfo="skip"))
-        colors = ["#e41a1c", "#ff7f00", "#ffff33", "#4daf4a", "#f781bf", "#a65628", "#ffffff",
-                  "#00ffff"]
+        base = go.Figure(
+            go.Contour(
+                x=cx,
+                y=cy,
+                z=z,
+                ncontours=30,
+                colorscale="Viridis",
+                showscale=False,
+                contours={"coloring": "heatmap"},
+                hoverinfo="skip",
+            )
+        )
+        colors = [
+            "#e41a1c",
+            "#ff7f00",
+            "#ffff33",
+            "#4daf4a",
+            "#f781bf",
+            "#a65628",
+            "#ffffff",
+            "#00ffff",
+        ]
         for name, c in zip(OPTIMIZERS, colors):
-            base.add_trace(go.Scatter(x=[], y=[], mode="lines+markers", name=name,
-                                      line={"color": c, "width": 2}, marker={"size": 3}))
-        base.add_trace(go.Scatter(x=[fn.start[0]], y=[fn.start[1]], mode="markers",
-                                  name="start", marker={"symbol": "star", "size": 14,
-                                                        "color": "white",
-                                                        "line": {"color": "black",
-                                                                 "width": 1}}))
-        base.update_layout(width=560, height=460, margin={"l": 40, "r": 10, "t": 40, "b": 40},
-                           title={"text": function, "font": {"size": 13}},
-                           legend={"bgcolor": "rgba(255,255,255,0.7)", "x": 0.01, "y": 0.99},
-                           xaxis={"range": list(fn.box[:2])},
-                           yaxis={"range": list(fn.box[2:])}, template="plotly_white")
+            base.add_trace(
+                go.Scatter(
+                    x=[],
+                    y=[],
+                    mode="lines+markers",
+                    name=name,
+                    line={"color": c, "width": 2},
+                    marker={"size": 3},
+                )
+            )
+        base.add_trace(
+            go.Scatter(
+                x=[fn.start[0]],
+                y=[fn.start[1]],
+                mode="markers",
+                name="start",
+                marker={
+                    "symbol": "star",
+                    "size": 14,
+                    "color": "white",
+                    "line": {"color": "black", "width": 1},
+                },
+            )
+        )
+        base.update_layout(
+            width=560,
+            height=460,
+            margin={"l": 40, "r": 10, "t": 40, "b": 40},
+            title={"text": function, "font": {"size": 13}},
+            legend={"bgcolor": "rgba(255,255,255,0.7)", "x": 0.01, "y": 0.99},
+            xaxis={"range": list(fn.box[:2])},
+            yaxis={"range": list(fn.box[2:])},
+            template="plotly_white",
+        )
         self.fig = figure_widget(base)
-        lossf = go.Figure([go.Scatter(x=[], y=[], mode="lines", name=n,
-                                      line={"color": c if c != "#ffffff" else "#555",
-                                            "width": 2})
-                           for n, c in zip(OPTIMIZERS, colors)])
-        lossf.update_layout(width=460, height=460, yaxis_type="log", template="plotly_white",
-                            margin={"l": 50, "r": 10, "t": 40, "b": 40},
-                            title={"text": "loss − min vs step", "font": {"size": 13}},
-                            xaxis_title="step", showlegend=False)
+        lossf = go.Figure(
+            [
+                go.Scatter(
+                    x=[],
+                    y=[],
+                    mode="lines",
+                    name=n,
+                    line={"color": c if c != "#ffffff" else "#555", "width": 2},
+                )
+                for n, c in zip(OPTIMIZERS, colors)
+            ]
+        )
+        lossf.update_layout(
+            width=460,
+            height=460,
+            yaxis_type="log",
+            template="plotly_white",
+            margin={"l": 50, "r": 10, "t": 40, "b": 40},
+            title={"text": "loss − min vs step", "font": {"size": 13}},
+            xaxis_title="step",
+            showlegend=False,
+        )
         self.loss_fig = figure_widget(lossf)
         self.fig.data[0].on_click(self._on_click)
 
@@ -292,70 +401,153 @@ class Playground(Dashboard):
         # ---- edge of stability ----------------------------------------------------------
         self.eos_lam = np.array([20.0, 5.0, 1.0])
         lam = self.eos_lam[0]
-        self.eos_lr = W.FloatSlider(value=round(1.8 / lam, 4), min=0.005, max=0.15, step=0.0025,
-                                    description="GD lr", readout_format=".4f", layout=sl)
-        eos = make_subplots(rows=1, cols=2, subplot_titles=(
-            "GD on a quadratic: loss vs step", "|1 − lr·λ_max| (growth factor per step)"))
+        self.eos_lr = W.FloatSlider(
+            value=round(1.8 / lam, 4),
+            min=0.005,
+            max=0.15,
+            step=0.0025,
+            description="GD lr",
+            readout_format=".4f",
+            layout=sl,
+        )
+        eos = make_subplots(
+            rows=1,
+            cols=2,
+            subplot_titles=(
+                "GD on a quadratic: loss vs step",
+                "|1 − lr·λ_max| (growth factor per step)",
+            ),
+        )
         eos.add_trace(go.Scatter(x=[], y=[], mode="lines", name="loss"), row=1, col=1)
         lrs = np.linspace(0.005, 0.15, 200)
-        eos.add_trace(go.Scatter(x=lrs, y=np.abs(1 - lrs * lam), mode="lines",
-                                 name="|1 − lr·λ|"), row=1, col=2)
-        eos.add_trace(go.Scatter(x=[], y=[], mode="markers", marker={"size": 12},
-                                 name="current lr"), row=1, col=2)
-        eos.add_vline(x=2 / lam, line={"dash": "dash", "color": "#d62728"}, row=1, col=2,
-                      annotation_text="2/λ_max", annotation_position="bottom right")
+        eos.add_trace(
+            go.Scatter(x=lrs, y=np.abs(1 - lrs * lam), mode="lines", name="|1 − lr·λ|"),
+            row=1,
+            col=2,
+        )
+        eos.add_trace(
+            go.Scatter(x=[], y=[], mode="markers", marker={"size": 12}, name="current lr"),
+            row=1,
+            col=2,
+        )
+        eos.add_vline(
+            x=2 / lam,
+            line={"dash": "dash", "color": "#d62728"},
+            row=1,
+            col=2,
+            annotation_text="2/λ_max",
+            annotation_position="bottom right",
+        )
         eos.add_hline(y=1, line={"dash": "dot", "color": "#999"}, row=1, col=2)
         eos.update_yaxes(type="log", row=1, col=1)
         eos.update_xaxes(title_text="step", row=1, col=1)
         eos.update_xaxes(title_text="lr", row=1, col=2)
-        eos.update_layout(width=1000, height=320, showlegend=False, template="plotly_white",
-                          margin={"l": 50, "r": 10, "t": 50, "b": 40},
-                          title={"text": "", "font": {"size": 13}})
+        eos.update_layout(
+            width=1000,
+            height=320,
+            showlegend=False,
+            template="plotly_white",
+            margin={"l": 50, "r": 10, "t": 50, "b": 40},
+            title={"text": "", "font": {"size": 13}},
+        )
         self.eos_fig = figure_widget(eos)
         self.eos_lr.observe(lambda ch: self._update_eos(), names="value")
 
         # ---- Muon ----------------------------------------------------------------------
-        self.muon_lr = W.FloatLogSlider(value=0.02, base=10, min=-3, max=0, step=0.05,
-                                        description="Muon lr", readout_format=".3g", layout=sl)
-        self.sgd_lr = W.FloatLogSlider(value=0.02, base=10, min=-3, max=0, step=0.05,
-                                       description="SGD lr", readout_format=".3g", layout=sl)
-        mu = make_subplots(rows=1, cols=2, subplot_titles=(
-            "8×6 least squares (κ=100): loss vs step", "singular values of the last update"))
-        mu.add_trace(go.Scatter(x=[], y=[], mode="lines", name="SGD + momentum",
-                                 line={"color": "#1f77b4"}), row=1, col=1)
-        mu.add_trace(go.Scatter(x=[], y=[], mode="lines", name="Muon",
-                                 line={"color": "#d62728"}), row=1, col=1)
-        mu.add_trace(go.Bar(x=[], y=[], name="SGD + momentum", marker={"color": "#1f77b4"},
-                           showlegend=False), row=1, col=2)
-        mu.add_trace(go.Bar(x=[], y=[], name="Muon", marker={"color": "#d62728"},
-                           showlegend=False), row=1, col=2)
+        self.muon_lr = W.FloatLogSlider(
+            value=0.02,
+            base=10,
+            min=-3,
+            max=0,
+            step=0.05,
+            description="Muon lr",
+            readout_format=".3g",
+            layout=sl,
+        )
+        self.sgd_lr = W.FloatLogSlider(
+            value=0.02,
+            base=10,
+            min=-3,
+            max=0,
+            step=0.05,
+            description="SGD lr",
+            readout_format=".3g",
+            layout=sl,
+        )
+        mu = make_subplots(
+            rows=1,
+            cols=2,
+            subplot_titles=(
+                "8×6 least squares (κ=100): loss vs step",
+                "singular values of the last update",
+            ),
+        )
+        mu.add_trace(
+            go.Scatter(x=[], y=[], mode="lines", name="SGD + momentum", line={"color": "#1f77b4"}),
+            row=1,
+            col=1,
+        )
+        mu.add_trace(
+            go.Scatter(x=[], y=[], mode="lines", name="Muon", line={"color": "#d62728"}),
+            row=1,
+            col=1,
+        )
+        mu.add_trace(
+            go.Bar(
+                x=[], y=[], name="SGD + momentum", marker={"color": "#1f77b4"}, showlegend=False
+            ),
+            row=1,
+            col=2,
+        )
+        mu.add_trace(
+            go.Bar(x=[], y=[], name="Muon", marker={"color": "#d62728"}, showlegend=False),
+            row=1,
+            col=2,
+        )
         mu.update_yaxes(type="log", row=1, col=1)
-        mu.update_layout(width=1000, height=320, template="plotly_white",
-                         margin={"l": 50, "r": 10, "t": 50, "b": 40})
+        mu.update_layout(
+            width=1000,
+            height=320,
+            template="plotly_white",
+            margin={"l": 50, "r": 10, "t": 50, "b": 40},
+        )
         self.muon_fig = figure_widget(mu)
         self.muon_lr.observe(lambda ch: self._update_muon(), names="value")
         self.sgd_lr.observe(lambda ch: self._update_muon(), names="value")
 
-        controls = W.HBox([W.VBox([self.function, self.optimizers]),
-                           W.VBox([self.lr, self.momentum, self.rho, self.steps, self.kappa])])
-        tabs = W.Tab(children=[
-            W.VBox([controls, self.info, W.HBox([self.fig, self.loss_fig])]),
-            W.VBox([self.eos_lr, self.eos_fig]),
-            W.VBox([W.HBox([self.sgd_lr, self.muon_lr]), self.muon_fig]),
-        ])
+        controls = W.HBox(
+            [
+                W.VBox([self.function, self.optimizers]),
+                W.VBox([self.lr, self.momentum, self.rho, self.steps, self.kappa]),
+            ]
+        )
+        tabs = W.Tab(
+            children=[
+                W.VBox([controls, self.info, W.HBox([self.fig, self.loss_fig])]),
+                W.VBox([self.eos_lr, self.eos_fig]),
+                W.VBox([W.HBox([self.sgd_lr, self.muon_lr]), self.muon_fig]),
+            ]
+        )
         for i, t in enumerate(["optimizers", "edge of stability", "Muon"]):
             tabs.set_title(i, t)
-        self.widget = W.VBox([W.HTML("<b>lossviz optimization playground</b> — click the "
-                                     "contour to move the start point"), tabs])
+        self.widget = W.VBox(
+            [
+                W.HTML(
+                    "<b>lossviz optimization playground</b> — click the "
+                    "contour to move the start point"
+                ),
+                tabs,
+            ]
+        )
         self.widget.add_class("lossviz-playground")
         self.results: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._lock = threading.Lock()
-        self._draw_lock = threading.Lock()   # the worker and the contour share self.fig
+        self._draw_lock = threading.Lock()  # the worker and the contour share self.fig
         self._gen = 0
         self._request = None
         self._worker = None
         settings = self._settings()
-        self._draw(settings, self._runs(settings))   # complete before the first display
+        self._draw(settings, self._runs(settings))  # complete before the first display
         self._update_eos()
         self._update_muon()
 
@@ -364,8 +556,10 @@ class Playground(Dashboard):
         cx, cy = np.linspace(x0, x1, self.grid), np.linspace(y0, y1, self.grid)
         X, Y = np.meshgrid(cx, cy)
         with torch.no_grad():
-            z = fn(torch.tensor(np.stack([X, Y], -1)), self.kappa.value
-                   if hasattr(self, "kappa") else 10.0).numpy()
+            z = fn(
+                torch.tensor(np.stack([X, Y], -1)),
+                self.kappa.value if hasattr(self, "kappa") else 10.0,
+            ).numpy()
         if fn.log:
             z = np.log10(z - z.min() + 1e-3)
         return cx, cy, z
@@ -390,10 +584,16 @@ class Playground(Dashboard):
 
     def _settings(self) -> dict:
         fn = FUNCTIONS[self.function.value]
-        return {"fn": fn, "start": self.start or fn.start, "kappa": self.kappa.value,
-                "optimizers": tuple(self.optimizers.value), "lr": self.lr.value,
-                "steps": self.steps.value, "momentum": self.momentum.value,
-                "rho": self.rho.value}
+        return {
+            "fn": fn,
+            "start": self.start or fn.start,
+            "kappa": self.kappa.value,
+            "optimizers": tuple(self.optimizers.value),
+            "lr": self.lr.value,
+            "steps": self.steps.value,
+            "momentum": self.momentum.value,
+            "rho": self.rho.value,
+        }
 
     def _update(self, change=None):
         """Queue a recomputation with the current settings; one worker thread runs the
@@ -431,9 +631,16 @@ class Playground(Dashboard):
         for name in s["optimizers"]:
             if gen is not None and gen != self._gen:
                 return None
-            out[name] = run(s["fn"], name, lr=s["lr"], steps=s["steps"],
-                            momentum=s["momentum"], rho=s["rho"], kappa=s["kappa"],
-                            start=s["start"])
+            out[name] = run(
+                s["fn"],
+                name,
+                lr=s["lr"],
+                steps=s["steps"],
+                momentum=s["momentum"],
+                rho=s["rho"],
+                kappa=s["kappa"],
+                start=s["start"],
+            )
         return out
 
     def _draw(self, s: dict, results: dict) -> None:
@@ -441,8 +648,9 @@ class Playground(Dashboard):
         with torch.no_grad():
             grid_min = 0.0
             if fn.minima:
-                grid_min = min(float(fn(torch.tensor(m, dtype=torch.float64), kappa))
-                               for m in fn.minima)
+                grid_min = min(
+                    float(fn(torch.tensor(m, dtype=torch.float64), kappa)) for m in fn.minima
+                )
         self.results = results
         finals = []
         with self._draw_lock, self.fig.batch_update(), self.loss_fig.batch_update():
@@ -458,8 +666,11 @@ class Playground(Dashboard):
                     lt.x, lt.y = np.arange(len(loss))[okl], np.maximum(gap[okl], GAP_FLOOR)
                     t.visible = lt.visible = True
                     last = loss[np.isfinite(loss)]
-                    finals.append(f"{name}: {last[-1]:.4g}" if len(last) and
-                                  len(last) == len(loss) else f"{name}: diverged")
+                    finals.append(
+                        f"{name}: {last[-1]:.4g}"
+                        if len(last) and len(last) == len(loss)
+                        else f"{name}: diverged"
+                    )
                 else:
                     t.x, t.y, lt.x, lt.y = [], [], [], []
                     t.visible = lt.visible = False
@@ -488,7 +699,8 @@ class Playground(Dashboard):
             self.eos_fig.data[2].marker.color = "#2ca02c" if stable else "#d62728"
             self.eos_fig.layout.title.text = (
                 f"lr = {lr:.4f} {'<' if stable else '≥'} 2/λ_max = {2 / lam[0]:.4f}: "
-                f"{'converges' if stable else 'diverges'}")
+                f"{'converges' if stable else 'diverges'}"
+            )
 
     def _update_muon(self):
         steps = 150
@@ -504,8 +716,9 @@ class Playground(Dashboard):
                 self.muon_fig.data[i].y = s / (s.max() + 1e-300)
 
 
-def playground(function: str = "ill-conditioned quadratic",
-               optimizers=("SGD", "momentum", "Adam"), **kw) -> Playground:
+def playground(
+    function: str = "ill-conditioned quadratic", optimizers=("SGD", "momentum", "Adam"), **kw
+) -> Playground:
     """An optimization playground: 2-D test functions (an ill-conditioned quadratic with a
     condition-number slider, Rosenbrock, Himmelblau, a saddle, sharp vs flat minima, a
     multi-well function), ``torch.optim`` optimizers (SGD, momentum, Nesterov, Adam, AdamW,

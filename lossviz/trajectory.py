@@ -41,8 +41,15 @@ class TrajectoryRecorder:
     memory); reading :attr:`checkpoints` waits for them.
     """
 
-    def __init__(self, model: nn.Module, *, every: int = 1, max_points: int = 200,
-                 dtype: torch.dtype | None = None, buffers: bool = True):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        every: int = 1,
+        max_points: int = 200,
+        dtype: torch.dtype | None = None,
+        buffers: bool = True,
+    ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
@@ -135,9 +142,11 @@ class TrajectoryRecorder:
 
     def __repr__(self) -> str:
         span = f"steps {self._steps[0]}–{self._steps[-1]}" if self._steps else "empty"
-        return (f"TrajectoryRecorder({len(self)}/{self.max_points} snapshots, {span}, every "
-                f"{self._spacing} step(s), {self.nbytes / 2**20:.1f} MiB"
-                f"{', ' + str(self.dtype).replace('torch.', '') if self.dtype else ''})")
+        return (
+            f"TrajectoryRecorder({len(self)}/{self.max_points} snapshots, {span}, every "
+            f"{self._spacing} step(s), {self.nbytes / 2**20:.1f} MiB"
+            f"{', ' + str(self.dtype).replace('torch.', '') if self.dtype else ''})"
+        )
 
 
 @dataclass(repr=False)
@@ -168,12 +177,17 @@ class CurvatureTimeline:
         body = ", ".join(f"{s}: {_fmt(x)}" for s, x in list(zip(self.steps, v))[:8])
         more = ", …" if len(v) > 8 else ""
         thr = f"; 2/lr = {_fmt(2 / self.lr)}" if self.lr else ""
-        return (f"CurvatureTimeline({self._header()}: {body}{more}{thr}; "
-                f"{sum(self.n_hvp)} HVPs, {self.seconds:.2f} s)")
+        return (
+            f"CurvatureTimeline({self._header()}: {body}{more}{thr}; "
+            f"{sum(self.n_hvp)} HVPs, {self.seconds:.2f} s)"
+        )
 
     def _repr_html_(self) -> str:
-        cols = ["step"] + ([f"λ{i + 1}" for i in range(self.values.shape[1])]
-                           if self.kind == "sharpness" else ["trace", "std. error"])
+        cols = ["step"] + (
+            [f"λ{i + 1}" for i in range(self.values.shape[1])]
+            if self.kind == "sharpness"
+            else ["trace", "std. error"]
+        )
         rows = []
         for i, s in enumerate(self.steps):
             r = [s] + [_fmt(x) for x in self.values[i]]
@@ -188,18 +202,31 @@ class CurvatureTimeline:
         fig = go.Figure()
         if self.kind == "sharpness":
             for j in range(self.values.shape[1]):
-                fig.add_trace(go.Scatter(x=self.steps, y=self.values[:, j], mode="lines+markers",
-                                         name=f"λ{j + 1}"))
+                fig.add_trace(
+                    go.Scatter(
+                        x=self.steps, y=self.values[:, j], mode="lines+markers", name=f"λ{j + 1}"
+                    )
+                )
         else:
-            fig.add_trace(go.Scatter(
-                x=self.steps, y=self.values[:, 0], mode="lines+markers", name="tr(H)",
-                error_y={"type": "data", "array": 2 * np.asarray(self.stderr)}))
+            fig.add_trace(
+                go.Scatter(
+                    x=self.steps,
+                    y=self.values[:, 0],
+                    mode="lines+markers",
+                    name="tr(H)",
+                    error_y={"type": "data", "array": 2 * np.asarray(self.stderr)},
+                )
+            )
         if self.lr:
-            fig.add_hline(y=2 / self.lr, line={"dash": "dash"},
-                          annotation_text=f"2/lr = {_fmt(2 / self.lr)}")
-        fig.update_layout(title=self._header(), xaxis_title="step",
-                          yaxis_title="eigenvalue" if self.kind == "sharpness" else "trace",
-                          template="plotly_white")
+            fig.add_hline(
+                y=2 / self.lr, line={"dash": "dash"}, annotation_text=f"2/lr = {_fmt(2 / self.lr)}"
+            )
+        fig.update_layout(
+            title=self._header(),
+            xaxis_title="step",
+            yaxis_title="eigenvalue" if self.kind == "sharpness" else "trace",
+            template="plotly_white",
+        )
         return fig
 
 
@@ -209,8 +236,10 @@ def _points(checkpoints, steps):
     elif isinstance(checkpoints, Sequence) and not isinstance(checkpoints, (str, bytes)):
         pts, st = list(checkpoints), list(range(len(checkpoints)))
     else:
-        raise TypeError("checkpoints must be a TrajectoryRecorder or a list of points, got "
-                        f"{type(checkpoints).__name__}")
+        raise TypeError(
+            "checkpoints must be a TrajectoryRecorder or a list of points, got "
+            f"{type(checkpoints).__name__}"
+        )
     if not pts:
         raise LossvizError("no checkpoints: the list is empty")
     if steps is not None:
@@ -221,9 +250,18 @@ def _points(checkpoints, steps):
 
 
 @api
-def sharpness_along(obj: Objective, checkpoints, k: int = 1, *, steps=None,
-                    lr: float | None = None, tol: float = 1e-3, curvature: str = "hessian",
-                    warm_start: bool = True, seed: int = 0) -> CurvatureTimeline:
+def sharpness_along(
+    obj: Objective,
+    checkpoints,
+    k: int = 1,
+    *,
+    steps=None,
+    lr: float | None = None,
+    tol: float = 1e-3,
+    curvature: str = "hessian",
+    warm_start: bool = True,
+    seed: int = 0,
+) -> CurvatureTimeline:
     """The top-``k`` eigenvalues of the Hessian (sharpness ``λ_max`` for ``k = 1``) at each
     checkpoint, by Lanczos (:func:`~lossviz.hessian_eigs`), each solve warm-started from the
     previous point's eigenvectors. ``checkpoints``: a :class:`TrajectoryRecorder` (its
@@ -235,21 +273,37 @@ def sharpness_along(obj: Objective, checkpoints, k: int = 1, *, steps=None,
     t0 = time.perf_counter()
     vals, n_hvp, v0 = [], [], None
     for p in pts:
-        e = hessian_eigs(obj, k, at=p, tol=tol, seed=seed, curvature=curvature,
-                         v0=v0, progress=False)
+        e = hessian_eigs(
+            obj, k, at=p, tol=tol, seed=seed, curvature=curvature, v0=v0, progress=False
+        )
         vals.append(np.asarray(e.values, dtype=np.float64))
         n_hvp.append(e.n_hvp)
         v0 = e.vectors if warm_start else None
         obj.operator(p, curvature=curvature).release()
-    return CurvatureTimeline(steps=st, values=np.stack(vals), kind="sharpness",
-                             curvature=curvature, n_hvp=n_hvp, lr=lr,
-                             seconds=time.perf_counter() - t0)
+    return CurvatureTimeline(
+        steps=st,
+        values=np.stack(vals),
+        kind="sharpness",
+        curvature=curvature,
+        n_hvp=n_hvp,
+        lr=lr,
+        seconds=time.perf_counter() - t0,
+    )
 
 
 @api
-def trace_along(obj: Objective, checkpoints, *, steps=None, rtol: float = 0.02,
-                max_hvp: int = 500, method: str = "hutchinson", curvature: str = "hessian",
-                lr: float | None = None, seed: int = 0) -> CurvatureTimeline:
+def trace_along(
+    obj: Objective,
+    checkpoints,
+    *,
+    steps=None,
+    rtol: float = 0.02,
+    max_hvp: int = 500,
+    method: str = "hutchinson",
+    curvature: str = "hessian",
+    lr: float | None = None,
+    seed: int = 0,
+) -> CurvatureTimeline:
     """``tr(H)`` (Hutchinson / Hutch++, :func:`~lossviz.hessian_trace`) at each checkpoint,
     with its standard error. SGD at a linearly stable minimum has ``tr(H) <= 2/lr``
     (Wu & Su 2023): ``lr`` draws that line."""
@@ -259,12 +313,27 @@ def trace_along(obj: Objective, checkpoints, *, steps=None, rtol: float = 0.02,
     t0 = time.perf_counter()
     vals, errs, n_hvp = [], [], []
     for p in pts:
-        t = hessian_trace(obj, at=p, rtol=rtol, max_hvp=max_hvp, method=method, seed=seed,
-                          curvature=curvature, progress=False)
+        t = hessian_trace(
+            obj,
+            at=p,
+            rtol=rtol,
+            max_hvp=max_hvp,
+            method=method,
+            seed=seed,
+            curvature=curvature,
+            progress=False,
+        )
         vals.append([t.value])
         errs.append(t.stderr)
         n_hvp.append(t.n_hvp)
         obj.operator(p, curvature=curvature).release()
-    return CurvatureTimeline(steps=st, values=np.asarray(vals, dtype=np.float64), kind="trace",
-                             curvature=curvature, stderr=np.asarray(errs), n_hvp=n_hvp, lr=lr,
-                             seconds=time.perf_counter() - t0)
+    return CurvatureTimeline(
+        steps=st,
+        values=np.asarray(vals, dtype=np.float64),
+        kind="trace",
+        curvature=curvature,
+        stderr=np.asarray(errs),
+        n_hvp=n_hvp,
+        lr=lr,
+        seconds=time.perf_counter() - t0,
+    )

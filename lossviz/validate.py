@@ -37,15 +37,20 @@ def _show(value) -> str:
     return f"{s} ({type(value).__name__})"
 
 
-def integer(value, name: str, *, low: int | None = 1, high: int | None = None,
-            none: bool = False) -> int | None:
+def integer(
+    value, name: str, *, low: int | None = 1, high: int | None = None, none: bool = False
+) -> int | None:
     """An integer in ``[low, high]`` (``None`` allowed when ``none``). Booleans, floats
     (even ``3.0``) and strings are refused."""
     if value is None and none:
         return None
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (Integral, np.integer)):
-        if (isinstance(value, torch.Tensor) and value.numel() == 1
-                and not value.is_floating_point() and value.dtype != torch.bool):
+        if (
+            isinstance(value, torch.Tensor)
+            and value.numel() == 1
+            and not value.is_floating_point()
+            and value.dtype != torch.bool
+        ):
             value = int(value)
         else:
             raise ArgumentTypeError(f"{name} must be an integer, got {_show(value)}")
@@ -57,17 +62,28 @@ def integer(value, name: str, *, low: int | None = 1, high: int | None = None,
     return value
 
 
-def number(value, name: str, *, low: float | None = None, high: float | None = None,
-           low_open: bool = False, high_open: bool = False, none: bool = False,
-           finite: bool = True) -> float | None:
+def number(
+    value,
+    name: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    none: bool = False,
+    finite: bool = True,
+) -> float | None:
     """A real number (Python, NumPy or 0-d tensor) in the given range; NaN always refused,
     infinities unless ``finite=False``."""
     if value is None and none:
         return None
     if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype != torch.bool:
         value = value.item()
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (Real, np.number)) or \
-            isinstance(value, complex):
+    if (
+        isinstance(value, (bool, np.bool_))
+        or not isinstance(value, (Real, np.number))
+        or isinstance(value, complex)
+    ):
         raise ArgumentTypeError(f"{name} must be a number, got {_show(value)}")
     value = float(value)
     if math.isnan(value) or (finite and math.isinf(value)):
@@ -122,20 +138,26 @@ def device(value, name: str = "device") -> torch.device:
         except (RuntimeError, TypeError, ValueError) as e:
             raise LossvizError(f"{name}={value!r} is not a device ({e})") from None
     else:
-        raise ArgumentTypeError(f"{name} must be a torch.device or a string like 'cpu' or "
-                                f"'cuda', got {_show(value)}")
+        raise ArgumentTypeError(
+            f"{name} must be a torch.device or a string like 'cpu' or 'cuda', got {_show(value)}"
+        )
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            why = ("this torch build has no CUDA support" if torch.version.cuda is None
-                   else "no CUDA device is visible")
+            why = (
+                "this torch build has no CUDA support"
+                if torch.version.cuda is None
+                else "no CUDA device is visible"
+            )
             raise LossvizError(f"{name}={str(dev)!r} but {why}; use device='cpu'")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise LossvizError(f"{name}={str(dev)!r} but only {torch.cuda.device_count()} CUDA "
-                               "device(s) exist")
+            raise LossvizError(
+                f"{name}={str(dev)!r} but only {torch.cuda.device_count()} CUDA device(s) exist"
+            )
     elif dev.type == "mps":
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise LossvizError(f"{name}='mps' but no Apple GPU (MPS) is available; use "
-                               "device='cpu'")
+            raise LossvizError(
+                f"{name}='mps' but no Apple GPU (MPS) is available; use device='cpu'"
+            )
     elif dev.type not in ("cpu", "meta", "xpu", "hpu", "privateuseone"):
         raise LossvizError(f"{name}={str(dev)!r}: unsupported device type {dev.type!r}")
     return dev

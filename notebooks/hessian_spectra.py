@@ -124,8 +124,9 @@ per_layer
 # %%
 sl = obj.layout.slices()
 for name, row in zip(per_layer, per_layer.table):
-    idx = np.concatenate([np.arange(sl[p].start, sl[p].stop) for p in obj.names
-                          if p.startswith(name + ".")])
+    idx = np.concatenate(
+        [np.arange(sl[p].start, sl[p].stop) for p in obj.names if p.startswith(name + ".")]
+    )
     block_top = float(np.linalg.eigvalsh(H[idx][:, idx].numpy())[-1])
     print(f"layer {name}: λ1 {row['λ1']:.4f} (exact {block_top:.4f})")
     assert abs(row["λ1"] - block_top) < 1e-3 * block_top

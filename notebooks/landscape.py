@@ -38,7 +38,7 @@ from lossviz.data import digits, mlp
 
 x, y = digits()
 model = mlp((64, 32, 10), seed=0)
-recorder = lv.TrajectoryRecorder(model, every=5)      # snapshots on the host, thinned
+recorder = lv.TrajectoryRecorder(model, every=5)  # snapshots on the host, thinned
 opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
 gen = torch.Generator().manual_seed(0)
 for _ in range(300):
@@ -47,7 +47,7 @@ for _ in range(300):
     opt.zero_grad()
     torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
     opt.step()
-recorder.snapshot()                                   # the trained weights, last
+recorder.snapshot()  # the trained weights, last
 obj = Objective(model, torch.nn.functional.cross_entropy, (x, y))
 with torch.no_grad():
     acc = (model(x).argmax(1) == y).float().mean().item()
@@ -106,10 +106,14 @@ d.inspect(0.0, 0.0)
 d.wait()
 at_end = d.inspection
 init = obj.loss(at=recorder.checkpoints[0])
-print(f"start of the path: loss {at_start['values']['loss']:.4f} (the initialization "
-      f"itself: {init:.4f}), λ_max {at_start['lambda_max']:.4g}")
-print(f"trained model:     loss {at_end['values']['loss']:.4f}, λ_max "
-      f"{at_end['lambda_max']:.4g}, stable below {2 * (1 + 0.9) / 0.1:.0f}")
+print(
+    f"start of the path: loss {at_start['values']['loss']:.4f} (the initialization "
+    f"itself: {init:.4f}), λ_max {at_start['lambda_max']:.4g}"
+)
+print(
+    f"trained model:     loss {at_end['values']['loss']:.4f}, λ_max "
+    f"{at_end['lambda_max']:.4g}, stable below {2 * (1 + 0.9) / 0.1:.0f}"
+)
 assert abs(at_end["values"]["loss"] - obj.loss()) < 1e-5
 assert abs(at_end["lambda_max"] - lv.hessian_eigs(obj, k=1).values[0]) < 1e-6
 assert at_start["values"]["loss"] > 10 * at_end["values"]["loss"]

@@ -77,8 +77,9 @@ assert np.array_equal(d.fig.data[0].y, ys)
 assert np.allclose(ys, dens.smooth(xs, d.sigma)[1], rtol=1e-4, atol=1e-9 * ys.max())
 assert np.allclose(d.fig.data[2].x, top.values, rtol=1e-5)
 assert np.allclose(d.fig.data[3].x, dens.outliers(), rtol=1e-4)
-print(f"{shown.label}: λ_max {top.values[0]:.4f}, {len(dens.outliers())} outliers, "
-      f"σ = {d.sigma:.4g}")
+print(
+    f"{shown.label}: λ_max {top.values[0]:.4f}, {len(dens.outliers())} outliers, σ = {d.sigma:.4g}"
+)
 
 # %% [markdown]
 # ## Over training
@@ -90,16 +91,25 @@ print(f"{shown.label}: λ_max {top.values[0]:.4f}, {len(dens.outliers())} outlie
 # %%
 rows = []
 for p in d.points:
-    rows.append((p.label, p.eigs.values[0], len(p.outliers()), p.density.nodes.min(),
-                 [r["λ1"] for r in p.blocks.table]))
-    print(f"{p.label:>9}: λ_max {rows[-1][1]:7.3f}   outliers {rows[-1][2]:2d}   "
-          f"most negative Ritz value {rows[-1][3]:7.3f}   λ_max per layer "
-          + ", ".join(f"{v:.3f}" for v in rows[-1][4]))
+    rows.append(
+        (
+            p.label,
+            p.eigs.values[0],
+            len(p.outliers()),
+            p.density.nodes.min(),
+            [r["λ1"] for r in p.blocks.table],
+        )
+    )
+    print(
+        f"{p.label:>9}: λ_max {rows[-1][1]:7.3f}   outliers {rows[-1][2]:2d}   "
+        f"most negative Ritz value {rows[-1][3]:7.3f}   λ_max per layer "
+        + ", ".join(f"{v:.3f}" for v in rows[-1][4])
+    )
 lmax = np.array([r[1] for r in rows])
 n_out = [r[2] for r in rows]
 neg = np.array([r[3] for r in rows])
 assert lmax.max() > 3 * lmax[0] and lmax[-1] < 0.8 * lmax.max()  # sharpening, then not
-assert n_out[-1] >= 8 and n_out[-1] > n_out[0]                   # about one per class
-assert abs(neg[-1]) < 0.2 * abs(neg[0])                          # negative part shrinks
-np.testing.assert_allclose(d.lmax_fig.data[0].y, lmax)           # the λ_max plot
+assert n_out[-1] >= 8 and n_out[-1] > n_out[0]  # about one per class
+assert abs(neg[-1]) < 0.2 * abs(neg[0])  # negative part shrinks
+np.testing.assert_allclose(d.lmax_fig.data[0].y, lmax)  # the λ_max plot
 print("all checks passed")

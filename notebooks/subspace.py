@@ -51,8 +51,14 @@ STEPS, HALVE_AT = 1500, 500
 model = mlp((64, 64, 64, 10), nn.Tanh, seed=0)
 opt = torch.optim.SGD(model.parameters(), lr=0.4)
 schedule = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[HALVE_AT], gamma=0.5)
-tracker = SubspaceTracker(model, half_sse, k=10, every=10, optimizer=opt,
-                          track=("gradient_fraction", "overlap", "lambda_max"))
+tracker = SubspaceTracker(
+    model,
+    half_sse,
+    k=10,
+    every=10,
+    optimizer=opt,
+    track=("gradient_fraction", "overlap", "lambda_max"),
+)
 
 # %% [markdown]
 # Display the dashboard first; the training loop in the next cell fills it in live (it

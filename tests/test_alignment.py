@@ -35,14 +35,20 @@ class ResNet(nn.Module):
 
 def mlp(seed):
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 6), nn.Tanh(),
-                         nn.Linear(6, 3))
+    return nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 6), nn.Tanh(), nn.Linear(6, 3))
 
 
 def cnn(seed):
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Conv2d(3, 5, 3),
-                         nn.ReLU(), nn.Flatten(), nn.Linear(5 * 2 * 2, 3))
+    return nn.Sequential(
+        nn.Conv2d(1, 3, 3),
+        nn.BatchNorm2d(3),
+        nn.ReLU(),
+        nn.Conv2d(3, 5, 3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(5 * 2 * 2, 3),
+    )
 
 
 def resnet(seed):
@@ -101,8 +107,10 @@ def test_weight_matching(case):
     x = inputs()
     spec = permutation_spec(a)
     # a permuted copy of a is matched back exactly
-    perms = {s: torch.randperm(n, generator=torch.Generator().manual_seed(s))
-             for s, n in spec.sizes.items()}
+    perms = {
+        s: torch.randperm(n, generator=torch.Generator().manual_seed(s))
+        for s, n in spec.sizes.items()
+    }
     shuffled = apply_permutation(spec, a, perms)
     back = weight_matching(a, a, shuffled)
     for k, v in a.state_dict().items():
@@ -111,8 +119,10 @@ def test_weight_matching(case):
     aligned = weight_matching(a, a, b, seed=1)
     assert set(aligned) == set(b.state_dict())
     torch.testing.assert_close(_load(b, aligned)(x), b.eval()(x), atol=1e-5, rtol=0)
-    inner = lambda w: sum(float((a.state_dict()[k] * w[k]).sum())  # noqa: E731
-                          for k, _ in a.named_parameters())
+    inner = lambda w: sum(
+        float((a.state_dict()[k] * w[k]).sum())  # noqa: E731
+        for k, _ in a.named_parameters()
+    )
     assert inner(aligned) >= inner(b.state_dict()) - 1e-6
     assert_unchanged(a, snap_a)
     assert_unchanged(b, snap_b)
@@ -170,12 +180,15 @@ class Branchy(nn.Module):
         return x
 
 
-@pytest.mark.parametrize("model, match", [
-    (Attn(), r"'attn' \(MultiheadAttention\)"),
-    (Grouped(), r"'conv'.*groups=2"),
-    (RawParam(), r"'scale'"),
-    (Branchy(), "torch.fx"),
-])
+@pytest.mark.parametrize(
+    "model, match",
+    [
+        (Attn(), r"'attn' \(MultiheadAttention\)"),
+        (Grouped(), r"'conv'.*groups=2"),
+        (RawParam(), r"'scale'"),
+        (Branchy(), "torch.fx"),
+    ],
+)
 def test_unpermutable_layers_are_named(model, match):
     with pytest.raises(LossvizError, match=match):
         weight_matching(model, model, model)
@@ -254,8 +267,10 @@ def test_repair_matches_interpolated_statistics():
 def test_repair_with_batchnorm():
     a, b = _randomize_norms(cnn(1), 1).double(), _randomize_norms(cnn(2), 2).double()
     x = torch.randn(32, 1, 6, 6, dtype=torch.float64)
-    mid = {k: (0.5 * (v + b.state_dict()[k]) if v.is_floating_point() else v)
-           for k, v in a.state_dict().items()}
+    mid = {
+        k: (0.5 * (v + b.state_dict()[k]) if v.is_floating_point() else v)
+        for k, v in a.state_dict().items()
+    }
     m = _load(a, reset_bn(a, mid, x, repair=(a, b)))
     chan = lambda t: t.transpose(0, 1).reshape(t.shape[1], -1)  # noqa: E731
     out = {}

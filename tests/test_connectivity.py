@@ -36,8 +36,9 @@ def _mlp(seed, sizes=(6, 8, 7, 3)):
 
 def _data(n=40, d=6, c=3, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, d, generator=g, dtype=torch.float64), torch.randint(0, c, (n,),
-                                                                              generator=g)
+    return torch.randn(n, d, generator=g, dtype=torch.float64), torch.randint(
+        0, c, (n,), generator=g
+    )
 
 
 def _lerp_state(a, b, al):
@@ -61,8 +62,9 @@ def test_barrier_kinds_from_known_curves():
     assert r.barrier("loss", "mean") == pytest.approx(1.2)
     assert r.barrier_alpha("loss", "mean") == 0.75
     # accuracy: higher is better, the barrier is the largest drop
-    acc = PathResult(np.array([0, 0.5, 1.0]), {"accuracy": np.array([0.9, 0.5, 0.8])},
-                     {"accuracy": "accuracy"})
+    acc = PathResult(
+        np.array([0, 0.5, 1.0]), {"accuracy": np.array([0.9, 0.5, 0.8])}, {"accuracy": "accuracy"}
+    )
     assert acc.barrier("accuracy", "linear") == pytest.approx(0.35)
     assert acc.barrier("accuracy", "mean") == pytest.approx(0.35)
     # equal endpoints: the two kinds agree
@@ -86,7 +88,8 @@ def test_interpolate_matches_direct_evaluation(mlp_setup):
     acc_b = float((b(x).argmax(1) == y).double().mean())
     assert r.accuracy[-1] == pytest.approx(acc_b)
     assert r.barrier() == pytest.approx(
-        max(r.loss - ((1 - r.alphas) * r.loss[0] + r.alphas * r.loss[-1])))
+        max(r.loss - ((1 - r.alphas) * r.loss[0] + r.alphas * r.loss[-1]))
+    )
     assert barrier(obj, a, b, kind="mean", n=6) == pytest.approx(r.barrier("loss", "mean"))
     assert "barrier linear" in repr(r) and "<table>" in r._repr_html_()
     fig = r.plot()
@@ -100,8 +103,9 @@ def test_interpolate_batchnorm_eval_and_recompute():
 
     def cnn(seed):
         torch.manual_seed(seed)
-        m = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(3 * 4 * 4, 3)).double()
+        m = nn.Sequential(
+            nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 3)
+        ).double()
         m[1].running_mean.normal_()
         m[1].running_var.uniform_(0.5, 2)
         return m.eval()
@@ -169,14 +173,16 @@ def test_layerwise_barriers_equal_the_definition(mlp_setup):
     c = layerwise_barriers(obj, a, b, groups="cumulative")
     assert c.groups["2"] == ["0.weight", "0.bias", "2.weight", "2.bias"]
     assert c.table["2"]["B"] == pytest.approx(
-        obj.loss(_replace(b, a, b, c.groups["2"])) - ref, abs=1e-12)
+        obj.loss(_replace(b, a, b, c.groups["2"])) - ref, abs=1e-12
+    )
     assert c.table["4"]["A"] == pytest.approx(r.full, abs=1e-12)
     assert c.table["4"]["B"] == pytest.approx(r.full, abs=1e-12)
     # custom groups by module or parameter names, one base
     g = layerwise_barriers(obj, a, b, groups={"hidden": ["0", "2.weight"]}, base="B")
     assert list(g.barriers) == ["B"]
     assert g.table["hidden"]["B"] == pytest.approx(
-        obj.loss(_replace(b, a, b, ["0.weight", "0.bias", "2.weight"])) - ref, abs=1e-12)
+        obj.loss(_replace(b, a, b, ["0.weight", "0.bias", "2.weight"])) - ref, abs=1e-12
+    )
     assert "base A" in repr(r) and r.plot().data and "<table>" in r._repr_html_()
     assert_unchanged(obj.model, snap)
 
@@ -188,7 +194,8 @@ def test_layerwise_barriers_over_a_run(mlp_setup):
     single = layerwise_barriers(obj, a, c)
     assert over.labels == ["ep1", "ep2"]
     assert over.matrix("B")[1] == pytest.approx(
-        [single.table[g]["B"] for g in single.groups], abs=1e-12)
+        [single.table[g]["B"] for g in single.groups], abs=1e-12
+    )
     assert over.full[1] == pytest.approx(single.full, abs=1e-12)
     assert over.plot().data[0].z.shape == (2, 4)
 
@@ -226,5 +233,4 @@ def test_dashboard_is_delegated(mlp_setup, monkeypatch):
     monkeypatch.setattr(lossviz, "dash", fake, raising=False)
     r = interpolate(obj, a, b, n=3)
     assert r.dashboard(n=7) == "view"
-    assert calls[0][0] is obj and calls[0][1] is a and calls[0][2] is b and calls[0][3] == {
-        "n": 7}
+    assert calls[0][0] is obj and calls[0][1] is a and calls[0][2] is b and calls[0][3] == {"n": 7}

@@ -35,14 +35,17 @@ def two_models():
 
 
 def test_import_without_widgets_names_the_extra():
-    code = ("import sys; sys.modules['ipywidgets'] = None; sys.modules['anywidget'] = None\n"
-            "import lossviz.dash as d\n"
-            "import lossviz.teach as t\n"
-            "for f in (lambda: d.interpolation(None, None, None), t.playground):\n"
-            "    try:\n        f()\n"
-            "    except ImportError as e:\n        print('ERR', e)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
+    code = (
+        "import sys; sys.modules['ipywidgets'] = None; sys.modules['anywidget'] = None\n"
+        "import lossviz.dash as d\n"
+        "import lossviz.teach as t\n"
+        "for f in (lambda: d.interpolation(None, None, None), t.playground):\n"
+        "    try:\n        f()\n"
+        "    except ImportError as e:\n        print('ERR', e)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.count("ERR") == 2 and "pip install 'lossviz[widgets]'" in out
 
 
@@ -104,7 +107,7 @@ def test_interpolation_frontend_messages(two_models):
     # a dragged slider: one combined plotly message per move (batch_update)
     sent = []
     d.fig.comm.send = lambda data=None, metadata=None, buffers=None: sent.append(data)
-    d._rest.delay = 10.0   # keep the exact evaluation out of this count
+    d._rest.delay = 10.0  # keep the exact evaluation out of this count
     frontend_update(d.slider, value=0.25)
     updates = [m for m in sent if m and m.get("state", {}).get("_py2js_update")]
     assert len(updates) == 1
@@ -161,10 +164,16 @@ def test_interpolation_bn_recompute_and_decision_boundary():
     torch.manual_seed(0)
     x = torch.randn(200, 2)
     y = (x[:, 0] * x[:, 1] > 0).long()
+
     def net(seed):
         torch.manual_seed(seed)
-        return torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.BatchNorm1d(16),
-                                   torch.nn.ReLU(), torch.nn.Linear(16, 2))
+        return torch.nn.Sequential(
+            torch.nn.Linear(2, 16),
+            torch.nn.BatchNorm1d(16),
+            torch.nn.ReLU(),
+            torch.nn.Linear(16, 2),
+        )
+
     a, b = net(0), net(1)
     train(a, (x, y), steps=100, lr=0.05, seed=0)
     train(b, (x, y), steps=100, lr=0.05, seed=1)
@@ -177,8 +186,10 @@ def test_interpolation_bn_recompute_and_decision_boundary():
     d.wait()
     rec = d._current()["values"]["loss"]
     from lossviz.landscape import evaluate
-    direct = evaluate(obj, torch.stack([d._flat_at(al) for al in d.alphas]),
-                      at=d.point(0.0), bn="recompute")["loss"]
+
+    direct = evaluate(
+        obj, torch.stack([d._flat_at(al) for al in d.alphas]), at=d.point(0.0), bn="recompute"
+    )["loss"]
     np.testing.assert_allclose(rec, direct, rtol=1e-6)
     d.slider.value = 0.5
     d.wait()
@@ -302,21 +313,22 @@ def test_playground_runs_in_a_thread_and_the_latest_settings_win():
 
     p = teach.playground(optimizers=teach.OPTIMIZERS)
     msgs = []
-    p.fig.comm.send = lambda *a, **k: msgs.append(1)   # count redraws of the contour figure
+    p.fig.comm.send = lambda *a, **k: msgs.append(1)  # count redraws of the contour figure
     where = []
     runs = p._runs
     p._runs = lambda *a: (where.append(threading.current_thread()), runs(*a))[1]
-    for steps in (400, 395, 390, 385, 380, 50):     # a fast drag
+    for steps in (400, 395, 390, 385, 380, 50):  # a fast drag
         p.steps.value = steps
     p.wait()
     assert p.errors == []
     # the runs happen in the worker, never in the thread that moved the slider
     assert where and threading.main_thread() not in where
     assert len(p.fig.data[1].x) == 51 and set(p.results) == set(teach.OPTIMIZERS)
-    assert len(msgs) < 6              # superseded settings are dropped, not drawn
+    assert len(msgs) < 6  # superseded settings are dropped, not drawn
     # the drawn runs are those of the final settings
-    traj, _ = teach.run(teach.FUNCTIONS[p.function.value], "Adam", lr=p.lr.value, steps=50,
-                        kappa=p.kappa.value)
+    traj, _ = teach.run(
+        teach.FUNCTIONS[p.function.value], "Adam", lr=p.lr.value, steps=50, kappa=p.kappa.value
+    )
     np.testing.assert_allclose(np.array(p.fig.data[4].x, dtype=float), traj[:, 0])
     # a failing run is shown, and the next move works again
     p.lr.value = float("nan")

@@ -37,22 +37,37 @@ def run():
 
 def frontend_click(fig, trace: int, x: float, y: float):
     """What plotly.js sends for a click on a point of trace ``trace``."""
-    frontend_update(fig, _js2py_pointsCallback={
-        "event_type": "plotly_click",
-        "points": {"trace_indexes": [trace], "point_indexes": [0], "xs": [x], "ys": [y]},
-        "device_state": {"alt": False, "ctrl": False, "meta": False, "shift": False,
-                         "button": 0, "buttons": 0}, "selector": None})
+    frontend_update(
+        fig,
+        _js2py_pointsCallback={
+            "event_type": "plotly_click",
+            "points": {"trace_indexes": [trace], "point_indexes": [0], "xs": [x], "ys": [y]},
+            "device_state": {
+                "alt": False,
+                "ctrl": False,
+                "meta": False,
+                "shift": False,
+                "button": 0,
+                "buttons": 0,
+            },
+            "selector": None,
+        },
+    )
 
 
 def shown_z(fig, trace=0) -> np.ndarray:
-    return np.array([[np.nan if v is None else v for v in r] for r in fig.data[trace].z],
-                    dtype=float)
+    return np.array(
+        [[np.nan if v is None else v for v in r] for r in fig.data[trace].z], dtype=float
+    )
 
 
 def snapshot(model):
-    return ({k: v.clone() for k, v in model.state_dict().items()},
-            [p.requires_grad for p in model.parameters()], model.training,
-            [p.grad for p in model.parameters()])
+    return (
+        {k: v.clone() for k, v in model.state_dict().items()},
+        [p.requires_grad for p in model.parameters()],
+        model.training,
+        [p.grad for p in model.parameters()],
+    )
 
 
 def assert_unchanged(model, before):
@@ -106,7 +121,7 @@ def test_inspect_equals_line_and_hessian_eigs(run):
     d = dash.landscape(obj, n=9, metrics=("loss", "accuracy"))
     d.wait()
     s = d.surface
-    a, b = float(s.x[6]), float(s.y[2])   # a grid node
+    a, b = float(s.x[6]), float(s.y[2])  # a grid node
     d.inspect(a, b)
     d.wait()
     assert d.errors == []
@@ -118,10 +133,24 @@ def test_inspect_equals_line_and_hessian_eigs(run):
     # the point is the grid node: the grid value there is the same number
     assert r["values"]["loss"] == pytest.approx(s.loss[2, 6], rel=1e-5)
     (x0, x1), (y0, y1) = d.span
-    s1 = line(obj, at, d.directions[0], span=(x0 - a, x1 - a), n=17,
-              metrics=("loss", "accuracy"), progress=False)
-    s2 = line(obj, at, d.directions[1], span=(y0 - b, y1 - b), n=17,
-              metrics=("loss", "accuracy"), progress=False)
+    s1 = line(
+        obj,
+        at,
+        d.directions[0],
+        span=(x0 - a, x1 - a),
+        n=17,
+        metrics=("loss", "accuracy"),
+        progress=False,
+    )
+    s2 = line(
+        obj,
+        at,
+        d.directions[1],
+        span=(y0 - b, y1 - b),
+        n=17,
+        metrics=("loss", "accuracy"),
+        progress=False,
+    )
     np.testing.assert_allclose(r["slices"][0].loss, s1.loss, rtol=1e-6)
     np.testing.assert_allclose(r["slices"][1].loss, s2.loss, rtol=1e-6)
     # every other slice point is a grid node: the slices run along the grid's row / column
@@ -149,8 +178,10 @@ def test_click_messages_stale_results_and_double_clicks(run):
     frontend_click(d.fig, 0, float(x[1]), float(y[5]))
     d.wait()
     assert (d.inspection["a"], d.inspection["b"]) == (x[1], y[5])
-    assert d.inspection["lambda_max"] == lv.hessian_eigs(
-        obj, k=1, at=d.point(x[1], y[5]), progress=False).values[0]
+    assert (
+        d.inspection["lambda_max"]
+        == lv.hessian_eigs(obj, k=1, at=d.point(x[1], y[5]), progress=False).values[0]
+    )
     # the same point again (a double click): no new work
     n = len(d._threads)
     frontend_click(d.fig, 0, float(x[1]), float(y[5]))
@@ -173,10 +204,15 @@ def test_click_messages_stale_results_and_double_clicks(run):
     assert f"a = {x[4]:.4g}" in d.readout.value
     assert d.errors == []
     # a click on the other traces' handlers (plotly calls them all) with no points is ignored
-    frontend_update(d.fig, _js2py_pointsCallback={
-        "event_type": "plotly_click", "points": {"trace_indexes": [], "point_indexes": [],
-                                                 "xs": [], "ys": []},
-        "device_state": None, "selector": None})
+    frontend_update(
+        d.fig,
+        _js2py_pointsCallback={
+            "event_type": "plotly_click",
+            "points": {"trace_indexes": [], "point_indexes": [], "xs": [], "ys": []},
+            "device_state": None,
+            "selector": None,
+        },
+    )
     assert (d.inspection["a"], d.inspection["b"]) == (x[4], y[3])
 
 
@@ -184,8 +220,9 @@ def test_direction_picker_pca_eigen_plane(run):
     model, snaps, (m1, m2), data = run
     obj = Objective(model, F.cross_entropy, data)
     before = snapshot(model)
-    d = dash.landscape(obj, trajectory=snaps, models={"final": model, "seed 1": m1,
-                                                      "seed 2": m2}, n=7)
+    d = dash.landscape(
+        obj, trajectory=snaps, models={"final": model, "seed 1": m1, "seed 2": m2}, n=7
+    )
     d.wait()
     assert [v for _, v in d.direction.options] == ["random", "pca", "eigen", "plane"]
     random_grid = d.surface.loss.copy()
@@ -194,7 +231,7 @@ def test_direction_picker_pca_eigen_plane(run):
     assert d.direction.value == "pca"
     d.wait()
     pca = lv.pca_directions(snaps, 2)
-    ref = surface(obj, None, pca, n=7, progress=False)     # center and span from the PCAResult
+    ref = surface(obj, None, pca, n=7, progress=False)  # center and span from the PCAResult
     np.testing.assert_allclose(d.surface.x, ref.x)
     np.testing.assert_allclose(d.surface.y, ref.y)
     np.testing.assert_allclose(d.surface.loss, ref.loss, rtol=1e-6)
@@ -211,12 +248,13 @@ def test_direction_picker_pca_eigen_plane(run):
     d.wait()
     eig = lv.eigen_directions(obj, 2)
     for a, b in zip(d.directions, eig):
-        torch.testing.assert_close(torch.cat([a[k].reshape(-1) for k in a]),
-                                   torch.cat([b[k].reshape(-1) for k in b]))
+        torch.testing.assert_close(
+            torch.cat([a[k].reshape(-1) for k in a]), torch.cat([b[k].reshape(-1) for k in b])
+        )
     ref = surface(obj, None, eig, span=d.span, n=7, progress=False)
     np.testing.assert_allclose(d.surface.loss, ref.loss, rtol=1e-6)
     lam = lv.hessian_eigs(obj, k=2, progress=False).values
-    h = np.sqrt(8 / lam[0])      # ½·λ1·h² = 4 at the edge
+    h = np.sqrt(8 / lam[0])  # ½·λ1·h² = 4 at the edge
     assert d.span[0] == pytest.approx((-h, h))
     # the plane through the three models, the three marked where they lie
     d.direction.value = "plane"
@@ -226,8 +264,9 @@ def test_direction_picker_pca_eigen_plane(run):
     np.testing.assert_allclose(d.surface.loss, ref.loss, rtol=1e-6)
     pts = d.fig.data[3]
     assert list(pts.text) == ["final", "seed 1", "seed 2"]
-    np.testing.assert_allclose(np.c_[pts.x, pts.y], np.array(list(plane.points.values())),
-                               atol=1e-9)
+    np.testing.assert_allclose(
+        np.c_[pts.x, pts.y], np.array(list(plane.points.values())), atol=1e-9
+    )
     # the loss there is each model's own loss
     for name, (a, b) in plane.points.items():
         m = {"final": model, "seed 1": m1, "seed 2": m2}[name]
@@ -263,7 +302,7 @@ def test_resolution_span_and_kind_widgets(run):
     assert d.fig.data[1].visible is True and d.fig.data[0].visible is False
     np.testing.assert_allclose(shown_z(d.fig, 1), ref.loss, rtol=1e-6)
     # 3-D: the map box holds the 3-D figure, synced with the surface
-    assert d._box3d.children == ()          # no 3-D view before it is asked for
+    assert d._box3d.children == ()  # no 3-D view before it is asked for
     d.kind.value = "surface"
     assert d._box3d.children == (d.fig3d,) and d._box3d.layout.display is None
     assert d._box2d.layout.display == "none"
@@ -271,12 +310,13 @@ def test_resolution_span_and_kind_widgets(run):
     assert len(d.fig3d._widget_data[0]["z"]) == 11
     d.kind.value = "contour"
     assert d._box2d.layout.display is None and d._box3d.layout.display == "none"
-    assert d._box2d.children == (d.fig,)    # views are hidden, never removed
+    assert d._box2d.children == (d.fig,)  # views are hidden, never removed
     # the seed box recomputes the random directions
     d.seed.value = 5
     d.wait()
-    ref = surface(obj, None, lv.random_directions(obj, 2, seed=5), span=d.span, n=11,
-                  progress=False)
+    ref = surface(
+        obj, None, lv.random_directions(obj, 2, seed=5), span=d.span, n=11, progress=False
+    )
     np.testing.assert_allclose(d.surface.loss, ref.loss, rtol=1e-6)
     assert d.errors == []
 
@@ -285,8 +325,14 @@ def test_surface_callback_grows_coarse_to_fine(run):
     model, _, _, data = run
     obj = Objective(model, F.cross_entropy, data)
     seen = []
-    s = surface(obj, n=(17, 17), refine=True, chunk_size=8, progress=False,
-                callback=lambda r: seen.append(np.isfinite(r.loss).copy()))
+    s = surface(
+        obj,
+        n=(17, 17),
+        refine=True,
+        chunk_size=8,
+        progress=False,
+        callback=lambda r: seen.append(np.isfinite(r.loss).copy()),
+    )
     assert len(seen) == int(np.ceil(17 * 17 / 8))
     counts = [int(m.sum()) for m in seen]
     assert counts == sorted(counts) and counts[-1] == 17 * 17
@@ -302,7 +348,7 @@ def test_surface_callback_grows_coarse_to_fine(run):
         if r.n_evaluated >= 16:
             raise Stop
 
-    with pytest.raises(Stop):   # an exception in the callback stops the evaluation
+    with pytest.raises(Stop):  # an exception in the callback stops the evaluation
         surface(obj, n=(17, 17), refine=True, chunk_size=8, progress=False, callback=stop)
 
 
@@ -316,11 +362,17 @@ def test_partial_surfaces_are_drawn_throttled(run):
         d.fig.comm.send = lambda data=None, metadata=None, buffers=None: sent.append(data)
         d.recompute()
         d.wait()
-        ups = [m["state"]["_py2js_update"] for m in sent
-               if m and m.get("state", {}).get("_py2js_update")]
+        ups = [
+            m["state"]["_py2js_update"]
+            for m in sent
+            if m and m.get("state", {}).get("_py2js_update")
+        ]
         titles = [u["layout_data"].get("title.text") for u in ups if u.get("layout_data")]
-        gaps = [u["style_data"]["connectgaps"][0] for u in ups
-                if "connectgaps" in u.get("style_data", {})]
+        gaps = [
+            u["style_data"]["connectgaps"][0]
+            for u in ups
+            if "connectgaps" in u.get("style_data", {})
+        ]
         return [t for t in titles if t], gaps
 
     # no throttle: a partial surface per chunk (a drawable one), then the final one
@@ -340,18 +392,18 @@ def test_a_newer_setting_stops_the_running_surface(run):
     model, _, _, data = run
     gate = threading.Event()
 
-    def gated(out, y):   # holds the first computation inside surface()
+    def gated(out, y):  # holds the first computation inside surface()
         gate.wait(10)
         return (out.argmax(-1) == y).double().mean()
 
     obj = Objective(model, F.cross_entropy, data)
     d = dash.landscape(obj, n=9, metrics=("loss", gated), debounce_ms=0)
     first_key = d._job_key
-    d.resolution.value = 11        # replaces the running job
+    d.resolution.value = 11  # replaces the running job
     gate.set()
     d.wait()
     assert d.errors == []
-    assert first_key not in d._cache            # stopped, never shown as finished
+    assert first_key not in d._cache  # stopped, never shown as finished
     assert d.surface.loss.shape == (11, 11) and d.surface.complete
     assert d.fig.layout.title.text == "loss · random · 11×11"
     assert all(not t.is_alive() for t in d._threads)
@@ -398,7 +450,7 @@ def test_surface_without_objective_says_so(run):
     assert "carries no Objective" in d.status.value
     with pytest.raises(LossvizError, match="no Objective"):
         d.inspect(0.0, 0.0)
-    frontend_click(d.fig, 0, 0.0, 0.0)          # from the browser: shown, not raised
+    frontend_click(d.fig, 0, 0.0, 0.0)  # from the browser: shown, not raised
     assert "no Objective" in d.status.value
     d.resolution.value = 7
     d.wait()

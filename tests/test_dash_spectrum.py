@@ -41,8 +41,11 @@ def setup():
 
 
 def snapshot(model):
-    return ({k: v.clone() for k, v in model.state_dict().items()}, model.training,
-            [(p.requires_grad, p.grad) for p in model.parameters()])
+    return (
+        {k: v.clone() for k, v in model.state_dict().items()},
+        model.training,
+        [(p.requires_grad, p.grad) for p in model.parameters()],
+    )
 
 
 def assert_unchanged(model, snap):
@@ -56,8 +59,9 @@ def assert_unchanged(model, snap):
 def count_hvps(monkeypatch):
     calls = []
     orig = CurvatureOperator.apply
-    monkeypatch.setattr(CurvatureOperator, "apply",
-                        lambda self, V: (calls.append(len(V)), orig(self, V))[1])
+    monkeypatch.setattr(
+        CurvatureOperator, "apply", lambda self, V: (calls.append(len(V)), orig(self, V))[1]
+    )
     return calls
 
 
@@ -83,8 +87,7 @@ def test_numbers_equal_the_kernels(setup):
         assert x[0] < dens.nodes.min() and x[-1] > dens.nodes.max()
         # top-k markers and their labels are the Lanczos eigenvalues
         np.testing.assert_allclose(d.fig.data[2].x, eigs.values, rtol=1e-10)
-        assert np.allclose([v for v in d.fig.data[1].x if v is not None],
-                           np.repeat(eigs.values, 2))
+        assert np.allclose([v for v in d.fig.data[1].x if v is not None], np.repeat(eigs.values, 2))
         assert d.fig.data[2].text[0].startswith(f"λ1 = {eigs.values[0]:.4g}")
         # outliers: markers, count in the title and the readout
         outs = dens.outliers()
@@ -172,8 +175,12 @@ def test_shown_checkpoint_first_and_double_clicks(setup):
     d.wait()
     # the shown checkpoint first (all of it), then the others' spectra, then their tables
     assert order[:3] == [("step 20", "density"), ("step 20", "eigs"), ("step 20", "blocks")]
-    assert order[3:7] == [("step 0", "density"), ("step 0", "eigs"), ("step 40", "density"),
-                          ("step 40", "eigs")]
+    assert order[3:7] == [
+        ("step 0", "density"),
+        ("step 0", "eigs"),
+        ("step 40", "density"),
+        ("step 40", "eigs"),
+    ]
     assert sorted(order[7:]) == [("step 0", "blocks"), ("step 40", "blocks")]
     assert len(order) == len(set(order)) == 9
     assert "step 20 · σ" in d.fig.layout.title.text
@@ -207,15 +214,16 @@ def test_result_dashboards(setup):
     np.testing.assert_allclose(d.point.density.nodes, ref.nodes)
     assert "off" in d.table.value
     # the curvature of the result is kept: Gauss-Newton top-k next to a GGN density
-    ggn = lv.hessian_density(obj, n_probes=4, steps=30, seed=3, curvature="ggn",
-                             progress=False)
+    ggn = lv.hessian_density(obj, n_probes=4, steps=30, seed=3, curvature="ggn", progress=False)
     d = ggn.dashboard(k=2, seed=3, blocks=None)
     d.wait()
     ref = lv.hessian_eigs(obj, 2, seed=3, curvature="ggn", progress=False)
     np.testing.assert_allclose(d.point.eigs.values, ref.values, rtol=1e-10)
     # a dict of results: a checkpoint slider over them
-    res = {s: lv.hessian_density(obj, n_probes=4, steps=30, at=a, seed=3, progress=False)
-           for s, a in ckpts.items()}
+    res = {
+        s: lv.hessian_density(obj, n_probes=4, steps=30, at=a, seed=3, progress=False)
+        for s, a in ckpts.items()
+    }
     d = dash.spectrum(res, k=0, blocks=None)
     assert not d.running() and len(d.points) == 3
     d.ckpt.value = 2
@@ -224,8 +232,7 @@ def test_result_dashboards(setup):
 
 
 def test_results_without_their_objective():
-    A = torch.diag(torch.cat([torch.linspace(-0.1, 0.1, 200), torch.tensor([3.0, 5.0])])
-                   ).double()
+    A = torch.diag(torch.cat([torch.linspace(-0.1, 0.1, 200), torch.tensor([3.0, 5.0])])).double()
     dens = lv.hessian_density(A, n_probes=4, steps=40, progress=False)
     assert dens.objective is None
     d = dens.dashboard()

@@ -49,8 +49,16 @@ def data():
 def setup(data, *, momentum=0.0, full=False, k=3, every=5, optimizer=True, **kw):
     model = mlp((64, 16, 10), nn.Tanh, seed=0)
     opt = torch.optim.SGD(model.parameters(), lr=0.3, momentum=momentum)
-    tr = SubspaceTracker(model, CE, k=k, every=every, data=data if full else None,
-                         optimizer=opt if optimizer else None, track=TRACK, **kw)
+    tr = SubspaceTracker(
+        model,
+        CE,
+        k=k,
+        every=every,
+        data=data if full else None,
+        optimizer=opt if optimizer else None,
+        track=TRACK,
+        **kw,
+    )
     return model, opt, tr
 
 
@@ -73,7 +81,7 @@ def train(model, opt, tr, data, n, *, seed=0, sleep=0.0, on_step=None):
 
 def moving_average(y, w):
     y = np.asarray(y, dtype=float)
-    return np.array([np.nanmean(y[max(0, i - w + 1):i + 1]) for i in range(len(y))])
+    return np.array([np.nanmean(y[max(0, i - w + 1) : i + 1]) for i in range(len(y))])
 
 
 def col(tr, key):
@@ -85,9 +93,12 @@ def ys(trace):
 
 
 def model_state(model):
-    return ({k: v.clone() for k, v in model.state_dict().items()},
-            [None if p.grad is None else p.grad.clone() for p in model.parameters()],
-            [p.requires_grad for p in model.parameters()], [m.training for m in model.modules()])
+    return (
+        {k: v.clone() for k, v in model.state_dict().items()},
+        [None if p.grad is None else p.grad.clone() for p in model.parameters()],
+        [p.requires_grad for p in model.parameters()],
+        [m.training for m in model.modules()],
+    )
 
 
 def assert_same_state(a, b):
@@ -164,8 +175,9 @@ def test_figures_show_the_trackers_numbers(data):
     f = d.fig.data
     assert list(f[FRAC].x) == steps
     np.testing.assert_array_equal(ys(f[FRAC]), col(tr, "gradient_fraction"))
-    np.testing.assert_allclose(ys(f[FRAC_AVG]),
-                               moving_average(col(tr, "gradient_fraction"), 4), rtol=1e-12)
+    np.testing.assert_allclose(
+        ys(f[FRAC_AVG]), moving_average(col(tr, "gradient_fraction"), 4), rtol=1e-12
+    )
     ref = [r for r in tr.history if r["refreshed"]]
     assert list(f[FRAC_DATA].x) == [0, 5, 10, 15, 20]
     assert list(f[FRAC_DATA].y) == [r["gradient_fraction_data"] for r in ref]
@@ -180,8 +192,11 @@ def test_figures_show_the_trackers_numbers(data):
     expected = _log_ticks(np.array(losses))
     assert lay.type == "log" and lay.tickvals == (expected and tuple(expected))
     assert lay.ticktext == (expected and tuple(f"{t:g}" for t in expected))
-    for y, ticks in (([0.06, 0.5], [0.1, 0.2, 0.5]), ([0.06, 0.13], [0.06, 0.07, 0.08, 0.09, 0.1]),
-                     ([0.04, 2.3], [0.05, 0.1, 0.2, 0.5, 1, 2])):
+    for y, ticks in (
+        ([0.06, 0.5], [0.1, 0.2, 0.5]),
+        ([0.06, 0.13], [0.06, 0.07, 0.08, 0.09, 0.1]),
+        ([0.04, 2.3], [0.05, 0.1, 0.2, 0.5, 1, 2]),
+    ):
         assert _log_ticks(np.array(y)) == ticks
     hs, M = tr.overlap_matrix()
     assert list(d.heat.data[0].x) == hs == list(d.heat.data[0].y)
@@ -191,7 +206,8 @@ def test_figures_show_the_trackers_numbers(data):
     lam = float(hessian_eigs(obj, 4, tol=1e-6, progress=False).values[0])
     assert f[LAM].y[-1] == pytest.approx(lam, rel=1e-3)
     assert f[FRAC_DATA].y[-1] == pytest.approx(
-        gradient_fraction(obj.gradient(), tr.subspace), rel=1e-6)
+        gradient_fraction(obj.gradient(), tr.subspace), rel=1e-6
+    )
     # readouts
     r = d.readout.value
     last = ref[-1]
@@ -232,8 +248,9 @@ def test_sliders_change_the_figures(data):
     assert np.array(d.heat.data[0].z).shape == (3, 3)
     assert d.range_label.value.startswith("8 – 21")
     # the average still uses the steps before the range
-    np.testing.assert_allclose(ys(f[FRAC_AVG]),
-                               moving_average(col(tr, "gradient_fraction"), 6)[8:22])
+    np.testing.assert_allclose(
+        ys(f[FRAC_AVG]), moving_average(col(tr, "gradient_fraction"), 6)[8:22]
+    )
     # the range is a fraction of the run: it grows with it; at 100 % the newest step
     train(model, opt, tr, data, 10)
     d.wait()
@@ -291,8 +308,15 @@ def test_live_while_the_loop_runs_in_the_same_thread(data):
     model, opt, tr = setup(data, every=10)
     d = dash.subspace(tr, every_s=0.05)
     counts = []
-    train(model, opt, tr, data, 40, sleep=0.01,
-          on_step=lambda i: counts.append(len(d.fig.data[FRAC].x)))
+    train(
+        model,
+        opt,
+        tr,
+        data,
+        40,
+        sleep=0.01,
+        on_step=lambda i: counts.append(len(d.fig.data[FRAC].x)),
+    )
     d.wait()
     seen = sorted(set(counts))
     assert len(seen) >= 3 and seen[-1] < 40  # it grew while the loop ran
@@ -318,8 +342,9 @@ def test_live_while_the_loop_runs_in_a_thread(data):
     assert d.errors == [] and tr.listener_errors == []
     assert len(set(counts)) >= 3
     assert list(d.fig.data[FRAC].x) == list(range(50))
-    np.testing.assert_allclose(ys(d.fig.data[FRAC_AVG]),
-                               moving_average(col(tr, "gradient_fraction"), w))
+    np.testing.assert_allclose(
+        ys(d.fig.data[FRAC_AVG]), moving_average(col(tr, "gradient_fraction"), w)
+    )
     assert d.fig.data[LAM].x == (0, 10, 20, 30, 40)
     d.close()
 
@@ -401,8 +426,11 @@ def test_front_end_messages_wait_for_a_draw_in_progress(data):
     d = dash.subspace(tr, every_s=0)
     train(model, opt, tr, data, 3)
     d.wait()
-    msgs = [(d.steps, {"value": [50, 100]}), (d.fig, {"_js2py_layoutDelta": None}),
-            (d.heat, {"_js2py_traceDeltas": None})]
+    msgs = [
+        (d.steps, {"value": [50, 100]}),
+        (d.fig, {"_js2py_layoutDelta": None}),
+        (d.heat, {"_js2py_traceDeltas": None}),
+    ]
     for w, state in msgs:
         held = threading.Event()
 
@@ -415,8 +443,12 @@ def test_front_end_messages_wait_for_a_draw_in_progress(data):
         th.start()
         held.wait()
         t0 = time.monotonic()
-        w.comm._msg_callback({"content": {"data": {"method": "update", "state": state,
-                                                   "buffer_paths": []}}, "buffers": []})
+        w.comm._msg_callback(
+            {
+                "content": {"data": {"method": "update", "state": state, "buffer_paths": []}},
+                "buffers": [],
+            }
+        )
         assert time.monotonic() - t0 >= 0.2
         th.join()
     assert d.steps.value == (50, 100) and list(d.fig.data[FRAC].x) == [1, 2]

@@ -18,8 +18,15 @@ from lossviz.weights import Weights
 
 def cnn(dtype=torch.float32):
     torch.manual_seed(0)
-    m = nn.Sequential(nn.Conv2d(3, 5, 3), nn.BatchNorm2d(5), nn.ReLU(), nn.Flatten(),
-                      nn.Linear(5 * 4 * 4, 7), nn.ReLU(), nn.Linear(7, 3))
+    m = nn.Sequential(
+        nn.Conv2d(3, 5, 3),
+        nn.BatchNorm2d(5),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(5 * 4 * 4, 7),
+        nn.ReLU(),
+        nn.Linear(7, 3),
+    )
     return m.to(dtype)
 
 
@@ -57,8 +64,9 @@ def test_layer_norm_none_and_bias_options():
         if v.ndim == 1:  # a 1-D tensor is scaled as one filter
             torch.testing.assert_close(d[k].norm(), v.detach().norm(), rtol=1e-5, atol=0)
     d = random_directions(m, 1, norm="none", ignore=None, seed=0)[0]
-    raw = torch.randn(sum(v.numel() for v in p.values()), generator=torch.Generator()
-                      .manual_seed(0))
+    raw = torch.randn(
+        sum(v.numel() for v in p.values()), generator=torch.Generator().manual_seed(0)
+    )
     torch.testing.assert_close(d.flatten(), raw)  # plain N(0, I) draws
     with pytest.raises(LossvizError, match="norm"):
         random_directions(m, 1, norm="bogus")
@@ -76,8 +84,12 @@ def test_directions_follow_dtype_objective_and_state_dict():
     assert "1.running_mean" not in sd and "1.num_batches_tracked" not in sd
     assert torch.equal(sd["0.weight"], d["0.weight"])
     x = torch.randn(4, 3, 6, 6, dtype=torch.float64)
-    obj = Objective(m, nn.functional.cross_entropy, (x, torch.zeros(4, dtype=torch.long)),
-                    params=lambda n: n.startswith("4."))
+    obj = Objective(
+        m,
+        nn.functional.cross_entropy,
+        (x, torch.zeros(4, dtype=torch.long)),
+        params=lambda n: n.startswith("4."),
+    )
     od = random_directions(obj, 1)[0]
     assert list(od.keys()) == ["4.weight", "4.bias"]
 
@@ -114,8 +126,7 @@ def test_pca_directions_recover_plane_and_match_sklearn():
     np.testing.assert_allclose(r.coords[-1], 0, atol=1e-12)
     X = np.stack([t["w"].reshape(-1).numpy() for t in traj])
     sk = PCA(2).fit(X)
-    np.testing.assert_allclose(r.explained_variance_ratio, sk.explained_variance_ratio_,
-                               rtol=1e-8)
+    np.testing.assert_allclose(r.explained_variance_ratio, sk.explained_variance_ratio_, rtol=1e-8)
     np.testing.assert_allclose(np.abs(D.numpy() @ sk.components_.T), np.eye(2), atol=1e-8)
     rm = pca_directions(traj, 2, center="mean")
     np.testing.assert_allclose(rm.coords.mean(0), 0, atol=1e-10)
@@ -135,8 +146,9 @@ def test_plane_through():
     torch.testing.assert_close(e @ e.T, torch.eye(2, dtype=torch.float64))
     for name, p in zip("ABC", (a, b, c)):
         x, y = pl.points[name]
-        torch.testing.assert_close(pl.origin["w"] + x * pl.directions[0]["w"]
-                                   + y * pl.directions[1]["w"], p["w"])
+        torch.testing.assert_close(
+            pl.origin["w"] + x * pl.directions[0]["w"] + y * pl.directions[1]["w"], p["w"]
+        )
     (x0, x1), (y0, y1) = pl.span()
     assert all(x0 < x < x1 and y0 < y < y1 for x, y in pl.points.values())
     with pytest.raises(LossvizError, match="one line"):
@@ -156,8 +168,9 @@ class Quadratic(nn.Module):
 
 def test_eigen_directions_on_a_known_hessian():
     scales = torch.tensor([[1.0, 5.0, 2.0], [0.5, 9.0, 3.0]], dtype=torch.float64)
-    obj = Objective(Quadratic(), forward=lambda m, b: 0.5 * (scales * m.W ** 2).sum(),
-                    data=(torch.zeros(1),))
+    obj = Objective(
+        Quadratic(), forward=lambda m, b: 0.5 * (scales * m.W**2).sum(), data=(torch.zeros(1),)
+    )
     d1, d2 = eigen_directions(obj, 2, progress=False)
     assert isinstance(d1, Weights)
     assert abs(float(d1["W"][1, 1])) == pytest.approx(1.0, abs=1e-6)  # λ = 9

@@ -51,16 +51,24 @@ def test_line_equals_direct_loss(digits_obj):
 def test_surface_equals_direct_loss_and_accuracy(digits_obj):
     obj, x, y = digits_obj
     d1, d2 = random_directions(obj, 2, seed=0)
-    s = surface(obj, None, [d1, d2], span=((-1, 1), (-0.5, 0.5)), n=(5, 4),
-                metrics=("loss", "accuracy", "error"), progress=False)
+    s = surface(
+        obj,
+        None,
+        [d1, d2],
+        span=((-1, 1), (-0.5, 0.5)),
+        n=(5, 4),
+        metrics=("loss", "accuracy", "error"),
+        progress=False,
+    )
     assert s["loss"].shape == (4, 5) and s.x.shape == (5,) and s.y.shape == (4,)
     theta = obj.weights()
     for i in range(4):
         for j in range(5):
             w = theta + float(s.x[j]) * d1 + float(s.y[i]) * d2
             assert s.loss[i, j] == pytest.approx(obj.loss(w), rel=1e-12, abs=1e-13)
-            assert s["accuracy"][i, j] == pytest.approx(direct_accuracy(obj.model, w, x, y),
-                                                        abs=1e-12)
+            assert s["accuracy"][i, j] == pytest.approx(
+                direct_accuracy(obj.model, w, x, y), abs=1e-12
+            )
     np.testing.assert_allclose(s["error"], 1 - s["accuracy"], atol=1e-12)
     assert s.complete and s.n_evaluated == 20
 
@@ -90,8 +98,13 @@ def test_evaluate_points_and_callable_metric(digits_obj):
     assert list(r) == ["loss", "sq_logits", "metric2"]
     for k in range(3):
         assert r["loss"][k] == pytest.approx(obj.loss(obj.layout.to_weights(pts[k])), rel=1e-12)
-    direct = sum(float(obj.batch_outputs(pts[1], obj.resolve()[1], b).pow(2).mean()) * nb
-                 for b, nb in obj.batches()) / 300
+    direct = (
+        sum(
+            float(obj.batch_outputs(pts[1], obj.resolve()[1], b).pow(2).mean()) * nb
+            for b, nb in obj.batches()
+        )
+        / 300
+    )
     assert r["sq_logits"][1] == pytest.approx(direct, rel=1e-12)
     r2 = evaluate(obj, [obj.model, obj.layout.to_weights(pts[1])], progress=False)
     np.testing.assert_allclose(r2["loss"], r["loss"][:2], rtol=1e-12)
@@ -118,8 +131,9 @@ def test_bad_arguments(digits_obj):
         line(obj, None, d[0], chunksize=3)
     with pytest.raises(LossvizError, match="bn"):
         line(obj, None, d[0], bn="recompute")  # no BatchNorm layer
-    frozen = Objective(obj.model, F.cross_entropy, obj._batches,
-                       params=lambda n: n.startswith("2."))
+    frozen = Objective(
+        obj.model, F.cross_entropy, obj._batches, params=lambda n: n.startswith("2.")
+    )
     with pytest.raises(CheckpointError, match="do not vary"):
         line(frozen, None, d[0])
     dd = {k: v for k, v in d[0].items() if k.startswith("2.")}
@@ -157,8 +171,9 @@ def test_per_point_fallback_gives_the_same_numbers():
 
 def bn_setup():
     torch.manual_seed(0)
-    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
-                      nn.Linear(4 * 6 * 6, 3)).double()
+    m = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)
+    ).double()
     x = torch.randn(40, 3, 8, 8, dtype=torch.float64)
     y = torch.randint(0, 3, (40,))
     m.train()
@@ -198,8 +213,15 @@ def test_bn_recompute_matches_reference_and_never_writes_the_model():
     plain = surface(obj, None, d, n=(3, 2), progress=False)
     assert not np.allclose(plain.loss, s.loss)  # the statistics did change
     # bn_data: a bare input tensor is enough
-    s2 = surface(obj, None, d, n=(3, 2), bn="recompute", bn_data=torch.cat([b[0] for b in data]),
-                 progress=False)
+    s2 = surface(
+        obj,
+        None,
+        d,
+        n=(3, 2),
+        bn="recompute",
+        bn_data=torch.cat([b[0] for b in data]),
+        progress=False,
+    )
     assert np.isfinite(s2.loss).all()
     for k, v in m.state_dict().items():
         assert torch.equal(v, before[k]), k
@@ -219,8 +241,9 @@ def test_interrupted_surface_keeps_partial_results(digits_obj):
         return out.mean()
 
     with pytest.warns(UserWarning, match="interrupted"):
-        s = surface(obj, None, d, n=(4, 4), metrics=("loss", stop_after), chunk_size=3,
-                    progress=False)
+        s = surface(
+            obj, None, d, n=(4, 4), metrics=("loss", stop_after), chunk_size=3, progress=False
+        )
     assert not s.complete and s.n_evaluated == 6
     flat = s.loss.reshape(-1)
     np.testing.assert_allclose(flat[:6], full.loss.reshape(-1)[:6], rtol=1e-12)
@@ -301,8 +324,9 @@ def test_overlays_and_plots():
     sp = surface(obj, None, pl, n=(4, 4), progress=False)
     assert set(sp.points) == {"a", "b", "c"}
     assert sp.loss[0, 0] == pytest.approx(  # the grid corner, as a direct evaluation
-        obj.loss(pl.origin + float(sp.x[0]) * pl.directions[0] + float(sp.y[0])
-                 * pl.directions[1]), rel=1e-5)
+        obj.loss(pl.origin + float(sp.x[0]) * pl.directions[0] + float(sp.y[0]) * pl.directions[1]),
+        rel=1e-5,
+    )
     assert "<table>" in s._repr_html_()
 
 

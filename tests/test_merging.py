@@ -14,14 +14,18 @@ F = nn.functional
 
 def net(seed, hidden=7):
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(5, hidden), nn.BatchNorm1d(hidden), nn.Tanh(),
-                         nn.Linear(hidden, 3)).double().eval()
+    return (
+        nn.Sequential(nn.Linear(5, hidden), nn.BatchNorm1d(hidden), nn.Tanh(), nn.Linear(hidden, 3))
+        .double()
+        .eval()
+    )
 
 
 def data(n=30, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 5, generator=g, dtype=torch.float64), torch.randint(0, 3, (n,),
-                                                                              generator=g)
+    return torch.randn(n, 5, generator=g, dtype=torch.float64), torch.randint(
+        0, 3, (n,), generator=g
+    )
 
 
 def test_average_and_task_arithmetic_formulas():
@@ -40,11 +44,13 @@ def test_average_and_task_arithmetic_formulas():
     torch.testing.assert_close(w["0.weight"], (w0[0] + 2 * w0[1] + 5 * w0[2]) / 8)
     base = net(9).state_dict()
     t = merge(pts, method="task_arithmetic", base=base, weights=0.3)
-    torch.testing.assert_close(t["3.bias"], base["3.bias"] + 0.3 * sum(
-        s["3.bias"] - base["3.bias"] for s in st))
+    torch.testing.assert_close(
+        t["3.bias"], base["3.bias"] + 0.3 * sum(s["3.bias"] - base["3.bias"] for s in st)
+    )
     t2 = merge(pts, method="task_arithmetic", base=base, weights=[1, 0, -1])
-    torch.testing.assert_close(t2["3.weight"],
-                               base["3.weight"] + st[0]["3.weight"] - st[2]["3.weight"])
+    torch.testing.assert_close(
+        t2["3.weight"], base["3.weight"] + st[0]["3.weight"] - st[2]["3.weight"]
+    )
 
 
 def test_empirical_fisher_and_fisher_merge():
@@ -58,9 +64,9 @@ def test_empirical_fisher_and_fisher_merge():
     direct = {n: torch.zeros_like(p) for n, p in a.named_parameters()}
     for i in range(len(y)):
         a.zero_grad()
-        F.cross_entropy(a(x[i:i + 1]), y[i:i + 1]).backward()
+        F.cross_entropy(a(x[i : i + 1]), y[i : i + 1]).backward()
         for n, p in a.named_parameters():
-            direct[n] += p.grad ** 2 / len(y)
+            direct[n] += p.grad**2 / len(y)
     for n in direct:
         torch.testing.assert_close(fa[n], direct[n])
     fb = empirical_fisher(obj, b)
@@ -86,8 +92,10 @@ def test_greedy_soup_adds_only_improving_ingredients():
         F.cross_entropy(good(x), y).backward()
         opt.step()
     good.eval()
-    near = {k: v + 1e-4 * torch.randn_like(v) if v.is_floating_point() else v
-            for k, v in good.state_dict().items()}
+    near = {
+        k: v + 1e-4 * torch.randn_like(v) if v.is_floating_point() else v
+        for k, v in good.state_dict().items()
+    }
     bad = net(5)
     soup, chosen = greedy_soup(obj, {"bad": bad, "good": good, "near": near})
     acc = {k: obj_acc(obj, p) for k, p in {"bad": bad, "good": good, "near": near}.items()}
@@ -95,8 +103,12 @@ def test_greedy_soup_adds_only_improving_ingredients():
     assert chosen[0] == best and "bad" not in chosen
     assert obj_acc(obj, soup) >= acc[best]
     for extra in [k for k in acc if k not in chosen]:
-        with_extra = merge([{"bad": bad.state_dict(), "good": good.state_dict(),
-                             "near": near}[k] for k in chosen + [extra]])
+        with_extra = merge(
+            [
+                {"bad": bad.state_dict(), "good": good.state_dict(), "near": near}[k]
+                for k in chosen + [extra]
+            ]
+        )
         assert obj_acc(obj, with_extra) <= obj_acc(obj, soup)
 
 
@@ -113,9 +125,11 @@ def test_averaging_variance():
     assert list(rows) == ["0.weight", "2.weight"]
     ws = [n[0].weight.detach().double() for n in nets]
     assert rows["0.weight"]["before"] == pytest.approx(
-        sum(float(w.var(correction=0)) for w in ws) / 4)
+        sum(float(w.var(correction=0)) for w in ws) / 4
+    )
     assert rows["0.weight"]["after"] == pytest.approx(
-        float(torch.stack(ws).mean(0).var(correction=0)))
+        float(torch.stack(ws).mean(0).var(correction=0))
+    )
     assert rows["2.weight"]["xavier"] == pytest.approx(2 / (300 + 100))
     # independent initializations: averaging k of them divides the variance by about k
     assert rows["0.weight"]["ratio"] == pytest.approx(0.25, rel=0.05)

@@ -16,6 +16,7 @@ NB = Path(__file__).resolve().parent.parent / "notebooks"
 @pytest.mark.parametrize("name", ["hessian_spectra.py", "landscape.py", "spectrum.py"])
 def test_notebook_runs_with_its_assertions(name):
     env = dict(os.environ, LOSSVIZ_PROGRESS="0", PYTHONPATH=str(NB.parent))
-    r = subprocess.run([sys.executable, str(NB / name)], env=env, capture_output=True,
-                       text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, str(NB / name)], env=env, capture_output=True, text=True, timeout=600
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]

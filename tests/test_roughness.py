@@ -29,8 +29,9 @@ def analytic(fn, w0):
     return Objective(Param(w0), forward=lambda m, b: fn(m.W), data=(torch.zeros(1),))
 
 
-W0 = torch.tensor([[1.0, -2.0, 0.5, 1.5], [0.3, 2.0, -1.0, 0.7], [2.0, 0.1, 0.4, -0.6]],
-                  dtype=torch.float64)
+W0 = torch.tensor(
+    [[1.0, -2.0, 0.5, 1.5], [0.3, 2.0, -1.0, 0.7], [2.0, 0.1, 0.4, -0.6]], dtype=torch.float64
+)
 
 
 def test_total_variation_formula_and_flat_slices():
@@ -54,7 +55,7 @@ def test_quadratic_bowl_is_smooth_and_oscillation_is_rough():
     np.testing.assert_allclose(rl.tv, 1 / 0.4, rtol=1e-9)
     # oscillations at many frequencies: the TV depends strongly on the direction
     freq = torch.arange(1, 13, dtype=torch.float64).reshape(3, 4) * 3
-    osc = analytic(lambda w: torch.sin(freq * w).sum() + 0.1 * (w ** 2).sum(), W0)
+    osc = analytic(lambda w: torch.sin(freq * w).sum() + 0.1 * (w**2).sum(), W0)
     ro = roughness_index(osc, n_directions=30, radius=0.5, n_points=21, progress=False)
     assert ro.value > 0.1 and ro.ci[0] > 0.05  # vs 1e-8 for the bowl
     assert ro.ci[0] <= ro.value <= ro.ci[1]
@@ -62,8 +63,11 @@ def test_quadratic_bowl_is_smooth_and_oscillation_is_rough():
 
 def test_ri_formula_against_returned_slices_and_direct_losses():
     x, y = digits(dtype=torch.float64)
-    obj = Objective(mlp((64, 16, 10), nn.Tanh, seed=2).double(), F.cross_entropy,
-                    [(x[:150], y[:150]), (x[150:250], y[150:250])])
+    obj = Objective(
+        mlp((64, 16, 10), nn.Tanh, seed=2).double(),
+        F.cross_entropy,
+        [(x[:150], y[:150]), (x[150:250], y[150:250])],
+    )
     r = roughness_index(obj, n_directions=6, n_points=5, radius=0.2, seed=3, progress=False)
     assert isinstance(r, RoughnessResult) and r.slices.shape == (6, 5)
     np.testing.assert_allclose(r.ts, np.linspace(-0.2, 0.2, 5))
@@ -74,13 +78,18 @@ def test_ri_formula_against_returned_slices_and_direct_losses():
         ref = [obj.loss(theta + float(t) * ds[j]) for t in r.ts]
         np.testing.assert_allclose(r.slices[j], ref, rtol=1e-12)
     # TV_j and RI exactly as in formulas.md
-    tv = np.array([sum(abs(f[k + 1] - f[k]) for k in range(4)) / (2 * 0.2 * (max(f) - min(f)))
-                   for f in r.slices])
+    tv = np.array(
+        [
+            sum(abs(f[k + 1] - f[k]) for k in range(4)) / (2 * 0.2 * (max(f) - min(f)))
+            for f in r.slices
+        ]
+    )
     np.testing.assert_allclose(r.tv, tv, rtol=1e-12)
     assert r.value == pytest.approx(np.std(tv, ddof=1) / np.mean(tv), rel=1e-12)
     assert r.ci[0] <= r.ci[1]
-    loop = roughness_index(obj, n_directions=6, n_points=5, radius=0.2, seed=3, batched=False,
-                           progress=False)
+    loop = roughness_index(
+        obj, n_directions=6, n_points=5, radius=0.2, seed=3, batched=False, progress=False
+    )
     np.testing.assert_allclose(loop.slices, r.slices, rtol=1e-12)
     assert "RI =" in repr(r) and r.plot().data and "<table>" in r._repr_html_()
 
@@ -108,7 +117,7 @@ def test_roughness_along_checkpoints():
 
 
 def test_bad_arguments():
-    obj = analytic(lambda w: (w ** 2).sum(), W0)
+    obj = analytic(lambda w: (w**2).sum(), W0)
     with pytest.raises(LossvizError, match="n_directions"):
         roughness_index(obj, n_directions=1)
     with pytest.raises(LossvizError, match="radius"):

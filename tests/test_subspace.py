@@ -63,10 +63,12 @@ def linear_model(d=6, seed=0):
 
 def regression_data(n=64, d=6, seed=1):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, d, generator=g, dtype=torch.float64) * torch.linspace(0.3, 3.0, d,
-                                                                              dtype=torch.float64)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64) * torch.linspace(
+        0.3, 3.0, d, dtype=torch.float64
+    )
     y = x @ torch.randn(d, 1, generator=g, dtype=torch.float64) + 0.1 * torch.randn(
-        n, 1, generator=g, dtype=torch.float64)
+        n, 1, generator=g, dtype=torch.float64
+    )
     return x, y
 
 
@@ -84,7 +86,8 @@ def test_gradient_fraction_matches_projection():
     assert gradient_fraction(v, Q) == pytest.approx(expected, rel=1e-12)
     # a vector inside the span: 1; orthogonal to it: 0
     assert gradient_fraction(Q.T @ torch.arange(1.0, 5.0, dtype=torch.float64), Q) == (
-        pytest.approx(1.0, rel=1e-12))
+        pytest.approx(1.0, rel=1e-12)
+    )
     w = v - Q.T @ (Q @ v)
     assert gradient_fraction(w, Q) == pytest.approx(0.0, abs=1e-12)
     assert math.isnan(gradient_fraction(torch.zeros(30, dtype=torch.float64), Q))
@@ -141,8 +144,16 @@ def test_tracker_exact_on_linear_regression_full_data():
     model = linear_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     k = 3
-    tr = SubspaceTracker(model, mse, k=k, every=2, data=(x, y), optimizer=opt, tol=1e-10,
-                         track=("gradient_fraction", "overlap", "lambda_max"))
+    tr = SubspaceTracker(
+        model,
+        mse,
+        k=k,
+        every=2,
+        data=(x, y),
+        optimizer=opt,
+        tol=1e-10,
+        track=("gradient_fraction", "overlap", "lambda_max"),
+    )
     Xt = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
     H = 2 * Xt.T @ Xt / len(x)
     Hd, _, _ = dense_hessian(model, mse, (x, y))
@@ -171,7 +182,8 @@ def test_tracker_exact_on_linear_regression_full_data():
             if s:
                 assert rec["overlap_prev"] == pytest.approx(1.0, abs=1e-9)
             assert rec["gradient_fraction_data"] == pytest.approx(
-                float(gd @ P @ gd / (gd @ gd)), rel=1e-8)
+                float(gd @ P @ gd / (gd @ gd)), rel=1e-8
+            )
         else:
             assert not rec["refreshed"] and "lambda_max" not in rec
         assert rec["two_over_lr"] == pytest.approx(200.0)
@@ -190,9 +202,17 @@ def test_tracker_exact_on_minibatch_hessian_of_mlp():
     model = tiny_mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.5)
     k = 4
-    tr = SubspaceTracker(model, mse, k=k, every=3, optimizer=opt, tol=1e-10,
-                         track=("gradient_fraction", "overlap", "lambda_max", "trace"),
-                         trace_rtol=0.01, trace_max_hvp=400)
+    tr = SubspaceTracker(
+        model,
+        mse,
+        k=k,
+        every=3,
+        optimizer=opt,
+        tol=1e-10,
+        track=("gradient_fraction", "overlap", "lambda_max", "trace"),
+        trace_rtol=0.01,
+        trace_max_hvp=400,
+    )
     Vs, cur = [], None
     for s in range(7):
         idx = torch.randint(0, 40, (16,), generator=g)
@@ -211,16 +231,19 @@ def test_tracker_exact_on_minibatch_hessian_of_mlp():
             np.testing.assert_allclose(rec["eigenvalues"], lam.numpy(), rtol=1e-7)
             if Vs:
                 assert rec["overlap_prev"] == pytest.approx(
-                    float(((Vs[-1] @ cur.T) ** 2).sum() / k), abs=1e-7)
+                    float(((Vs[-1] @ cur.T) ** 2).sum() / k), abs=1e-7
+                )
                 assert rec["overlap_first"] == pytest.approx(
-                    float(((Vs[0] @ cur.T) ** 2).sum() / k), abs=1e-7)
+                    float(((Vs[0] @ cur.T) ** 2).sum() / k), abs=1e-7
+                )
             Vs.append(cur)
             exact_tr = float(torch.trace(H))
             assert abs(rec["trace"] - exact_tr) <= 5 * rec["trace_stderr"] + 1e-9
             assert rec["stability_threshold"] == pytest.approx(3.0 / 0.3)  # (2+2β)/lr
         gb = exact_gradient(f, theta)
         assert rec["gradient_fraction"] == pytest.approx(
-            float((cur @ gb).pow(2).sum() / (gb @ gb)), rel=1e-7)
+            float((cur @ gb).pow(2).sum() / (gb @ gb)), rel=1e-7
+        )
     # the overlap matrix has the recorded overlaps
     steps, M = tr.overlap_matrix()
     assert steps == [0, 3, 6]
@@ -244,19 +267,22 @@ def test_ggn_curvature_matches_dense_gauss_newton():
 
     J = torch.func.jacrev(out)(theta)  # (N·C, P)
     G = J.T @ J * (2 / y.numel())  # mse mean over N·C outputs: H_loss = 2/(N·C) I
-    tr = SubspaceTracker(model, mse, k=2, every=1, curvature="ggn", tol=1e-10,
-                         track=("lambda_max",))
+    tr = SubspaceTracker(
+        model, mse, k=2, every=1, curvature="ggn", tol=1e-10, track=("lambda_max",)
+    )
     tr.step((x, y))
     assert tr.history[0]["lambda_max"] == pytest.approx(
-        float(torch.linalg.eigvalsh(G)[-1]), rel=1e-8)
+        float(torch.linalg.eigvalsh(G)[-1]), rel=1e-8
+    )
 
 
 # --- tracker: training is unchanged ---------------------------------------------------------
 class Net(nn.Module):
     def __init__(self):
         super().__init__()
-        self.body = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Tanh(),
-                                  nn.Dropout(0.3), nn.Linear(16, 4))
+        self.body = nn.Sequential(
+            nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Dropout(0.3), nn.Linear(16, 4)
+        )
 
     def forward(self, x):
         return self.body(x)
@@ -270,8 +296,15 @@ def _train(track: bool, steps=8):
     y = torch.randint(0, 4, (64,))
     tracker = None
     if track:
-        tracker = SubspaceTracker(model, nn.functional.cross_entropy, k=3, every=3,
-                                  optimizer=opt, data=(x, y), trace_max_hvp=40)
+        tracker = SubspaceTracker(
+            model,
+            nn.functional.cross_entropy,
+            k=3,
+            every=3,
+            optimizer=opt,
+            data=(x, y),
+            trace_max_hvp=40,
+        )
     model.train()
     for _ in range(steps):
         idx = torch.randint(0, 64, (16,))  # the global RNG drives the batches and dropout
@@ -334,8 +367,15 @@ def test_warm_start_reduces_hvp_count():
     for warm in (True, False):
         model = mlp((64, 16, 10), nn.Tanh, seed=0)
         opt = torch.optim.SGD(model.parameters(), lr=0.2)
-        tr = SubspaceTracker(model, nn.functional.cross_entropy, k=5, every=1, data=(x, y),
-                             warm_start=warm, track=("lambda_max",))
+        tr = SubspaceTracker(
+            model,
+            nn.functional.cross_entropy,
+            k=5,
+            every=1,
+            data=(x, y),
+            warm_start=warm,
+            track=("lambda_max",),
+        )
         for _ in range(6):
             opt.zero_grad()
             nn.functional.cross_entropy(model(x), y).backward()
@@ -352,11 +392,17 @@ def test_history_plot_and_repr():
     x, y = regression_data()
     model = linear_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    tr = SubspaceTracker(model, mse, k=2, every=2, optimizer=opt,
-                         track=("gradient_fraction", "overlap", "lambda_max"))
+    tr = SubspaceTracker(
+        model,
+        mse,
+        k=2,
+        every=2,
+        optimizer=opt,
+        track=("gradient_fraction", "overlap", "lambda_max"),
+    )
     assert "0 steps" in repr(tr)
     for s in range(5):
-        xb, yb = x[s * 8:(s + 1) * 8], y[s * 8:(s + 1) * 8]
+        xb, yb = x[s * 8 : (s + 1) * 8], y[s * 8 : (s + 1) * 8]
         tr.step((xb, yb), loss=1.5)
     h = tr.history
     assert [r["step"] for r in h] == list(range(5))
@@ -380,8 +426,9 @@ def test_history_plot_and_repr():
 def test_subspace_memory_is_thinned():
     x, y = regression_data()
     model = linear_model()
-    tr = SubspaceTracker(model, mse, k=1, every=1, data=(x, y), max_subspaces=4,
-                         track=("lambda_max",))
+    tr = SubspaceTracker(
+        model, mse, k=1, every=1, data=(x, y), max_subspaces=4, track=("lambda_max",)
+    )
     for _ in range(10):
         tr.step((x, y))
     steps, M = tr.overlap_matrix()
@@ -413,8 +460,11 @@ def test_thresholds_per_optimizer():
     cases = [
         (torch.optim.SGD(model.parameters(), lr=0.1), 20.0, 20.0),
         (torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), 20.0, 38.0),
-        (torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True), 20.0,
-         3.8 / (2.8 * 0.1)),
+        (
+            torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True),
+            20.0,
+            3.8 / (2.8 * 0.1),
+        ),
         (torch.optim.Adam(model.parameters(), lr=0.1), 20.0, None),
     ]
     for opt, two, thr in cases:
@@ -422,8 +472,11 @@ def test_thresholds_per_optimizer():
         tr.step((x, y))
         r = tr.history[0]
         assert r["two_over_lr"] == pytest.approx(two)
-        assert (r["stability_threshold"] is None) if thr is None else (
-            r["stability_threshold"] == pytest.approx(thr))
+        assert (
+            (r["stability_threshold"] is None)
+            if thr is None
+            else (r["stability_threshold"] == pytest.approx(thr))
+        )
         assert r["lrs"] == (0.1,)
 
 
@@ -431,8 +484,7 @@ def test_objective_is_not_required_but_compatible():
     """The recorded subspace holds Weights over the varying parameters of an Objective."""
     x, y = regression_data()
     model = linear_model()
-    tr = SubspaceTracker(model, mse, k=2, every=1, data=(x, y), tol=1e-10,
-                         track=("lambda_max",))
+    tr = SubspaceTracker(model, mse, k=2, every=1, data=(x, y), tol=1e-10, track=("lambda_max",))
     tr.step((x, y))
     obj = Objective(model, mse, (x, y))
     g = obj.gradient()
@@ -441,7 +493,8 @@ def test_objective_is_not_required_but_compatible():
     _, U = top_k(2 * Xt.T @ Xt / len(x), 2)
     gf = obj.as_flat(g)
     assert gradient_fraction(g, V) == pytest.approx(
-        float((U @ gf).pow(2).sum() / (gf @ gf)), rel=1e-8)
+        float((U @ gf).pow(2).sum() / (gf @ gf)), rel=1e-8
+    )
     assert subspace_overlap(V, U) == pytest.approx(1.0, abs=1e-9)
 
 

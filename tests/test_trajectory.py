@@ -80,8 +80,7 @@ def test_recorder_float16_halves_memory_and_restores_dtypes():
     assert half.nbytes * 4 == full.nbytes  # float64 -> float16
     c = half.checkpoints[0]
     assert all(v.dtype == torch.float64 for v in c.values())
-    torch.testing.assert_close(c["0.weight"], full.checkpoints[0]["0.weight"], rtol=1e-3,
-                               atol=1e-3)
+    torch.testing.assert_close(c["0.weight"], full.checkpoints[0]["0.weight"], rtol=1e-3, atol=1e-3)
     assert "float16" in repr(half) and "5/50 snapshots" in repr(half)
 
 

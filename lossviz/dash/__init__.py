@@ -20,9 +20,21 @@ from ._common import EXTRA, require, widgets_dir
 __all__ = ["EXTRA", "interpolation", "landscape", "spectrum", "subspace", "widgets_dir"]
 
 
-def interpolation(obj, a, b, *, metrics=("loss", "accuracy"), layers=None, n: int = 25,
-                  samples=16, bn: bool = False, match: bool = False, rest_ms: float = 150,
-                  throttle_ms: int = 40, start: bool = True):
+def interpolation(
+    obj,
+    a,
+    b,
+    *,
+    metrics=("loss", "accuracy"),
+    layers=None,
+    n: int = 25,
+    samples=16,
+    bn: bool = False,
+    match: bool = False,
+    rest_ms: float = 150,
+    throttle_ms: int = 40,
+    start: bool = True,
+):
     """Scrub the straight path ``θ(α) = (1−α)·θ_a + α·θ_b`` between two checkpoints.
 
     Shows the metrics along the path (an ``n``-point α grid computed in a background
@@ -50,14 +62,35 @@ def interpolation(obj, a, b, *, metrics=("loss", "accuracy"), layers=None, n: in
     require()
     from ._interpolation import InterpolationDashboard
 
-    return InterpolationDashboard(obj, a, b, metrics=metrics, layers=layers, n=n,
-                                  samples=samples, bn=bn, match=match, rest_ms=rest_ms,
-                                  throttle_ms=throttle_ms, start=start)
+    return InterpolationDashboard(
+        obj,
+        a,
+        b,
+        metrics=metrics,
+        layers=layers,
+        n=n,
+        samples=samples,
+        bn=bn,
+        match=match,
+        rest_ms=rest_ms,
+        throttle_ms=throttle_ms,
+        start=start,
+    )
 
 
-def spectrum(source, checkpoints=None, *, n_probes: int = 10, steps: int = 60, k: int = 5,
-             blocks="module", log: bool = True, seed: int = 0, curvature: str = "hessian",
-             start: bool = True):
+def spectrum(
+    source,
+    checkpoints=None,
+    *,
+    n_probes: int = 10,
+    steps: int = 60,
+    k: int = 5,
+    blocks="module",
+    log: bool = True,
+    seed: int = 0,
+    curvature: str = "hessian",
+    start: bool = True,
+):
     """Explore the Hessian spectrum: the SLQ density (:func:`lossviz.hessian_density`) with
     a smoothing slider (σ as a fraction of the spectral range; re-smooths the stored
     nodes, no new products), a log/linear axis, the top-``k`` eigenvalues
@@ -84,13 +117,29 @@ def spectrum(source, checkpoints=None, *, n_probes: int = 10, steps: int = 60, k
     require()
     from ._spectrum import SpectrumDashboard
 
-    return SpectrumDashboard(source, checkpoints, n_probes=n_probes, steps=steps, k=k,
-                             blocks=blocks, log=log, seed=seed, curvature=curvature,
-                             start=start)
+    return SpectrumDashboard(
+        source,
+        checkpoints,
+        n_probes=n_probes,
+        steps=steps,
+        k=k,
+        blocks=blocks,
+        log=log,
+        seed=seed,
+        curvature=curvature,
+        start=start,
+    )
 
 
-def subspace(tracker, *, every_s: float = 0.3, window: int | None = None, smooth: int = 10,
-             total: int | None = None, max_points: int | None = 4000):
+def subspace(
+    tracker,
+    *,
+    every_s: float = 0.3,
+    window: int | None = None,
+    smooth: int = 10,
+    total: int | None = None,
+    max_points: int | None = 4000,
+):
     """Live monitor of a :class:`~lossviz.SubspaceTracker` while it trains (also
     ``tracker.dashboard()``): the gradient fraction ``‖V_kᵀg‖²/‖g‖²`` per step (with its
     moving average, and the full-data fraction at refreshes when the tracker has
@@ -109,14 +158,29 @@ def subspace(tracker, *, every_s: float = 0.3, window: int | None = None, smooth
     require()
     from ._subspace import SubspaceDashboard
 
-    return SubspaceDashboard(tracker, every_s=every_s, window=window, smooth=smooth,
-                             total=total, max_points=max_points)
+    return SubspaceDashboard(
+        tracker, every_s=every_s, window=window, smooth=smooth, total=total, max_points=max_points
+    )
 
 
-def landscape(obj_or_surface, center=None, *, directions: str | None = None, trajectory=None,
-              models=None, metrics=("loss",), n=None, span=None, kind: str = "contour",
-              log: bool = False, refine: bool = True, seed: int = 0, throttle_ms: float = 200,
-              debounce_ms: float = 250, start: bool = True):
+def landscape(
+    obj_or_surface,
+    center=None,
+    *,
+    directions: str | None = None,
+    trajectory=None,
+    models=None,
+    metrics=("loss",),
+    n=None,
+    span=None,
+    kind: str = "contour",
+    log: bool = False,
+    refine: bool = True,
+    seed: int = 0,
+    throttle_ms: float = 200,
+    debounce_ms: float = 250,
+    start: bool = True,
+):
     """Explore the 2-D loss surface ``f(a, b) = L(θ + a·d1 + b·d2)`` live (also
     ``surface.dashboard()``).
 
@@ -149,7 +213,20 @@ def landscape(obj_or_surface, center=None, *, directions: str | None = None, tra
     require()
     from ._landscape import LandscapeDashboard
 
-    return LandscapeDashboard(obj_or_surface, center, directions=directions,
-                              trajectory=trajectory, models=models, metrics=metrics, n=n,
-                              span=span, kind=kind, log=log, refine=refine, seed=seed,
-                              throttle_ms=throttle_ms, debounce_ms=debounce_ms, start=start)
+    return LandscapeDashboard(
+        obj_or_surface,
+        center,
+        directions=directions,
+        trajectory=trajectory,
+        models=models,
+        metrics=metrics,
+        n=n,
+        span=span,
+        kind=kind,
+        log=log,
+        refine=refine,
+        seed=seed,
+        throttle_ms=throttle_ms,
+        debounce_ms=debounce_ms,
+        start=start,
+    )

@@ -64,5 +64,6 @@ if anywidget is not None:
             m = [bool(v) for v in proposal["value"]]
             if len(m) != len(self.layers):
                 raise traitlets.TraitError(
-                    f"mask has {len(m)} entries for {len(self.layers)} layers")
+                    f"mask has {len(m)} entries for {len(self.layers)} layers"
+                )
             return m

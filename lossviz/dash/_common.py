@@ -40,7 +40,9 @@ def widgets_dir() -> Path:
             return cand
     raise FileNotFoundError(
         "lossviz's front-end modules (scrubber.js, mixer.js) were not found in any of "
-        + ", ".join(str(c) for c in cands) + "; reinstall lossviz")
+        + ", ".join(str(c) for c in cands)
+        + "; reinstall lossviz"
+    )
 
 
 def read_asset(name: str) -> str:

@@ -28,15 +28,17 @@ def layer_groups(obj: Objective, layers=None) -> dict[str, list[str]]:
     if layers == "param":
         return {n: [n] for n in names}
     if not isinstance(layers, Mapping):
-        raise LossvizError(f"layers must be 'module', 'param' or a mapping name -> parameter "
-                           f"names, got {layers!r}")
+        raise LossvizError(
+            f"layers must be 'module', 'param' or a mapping name -> parameter names, got {layers!r}"
+        )
     out = {str(k): list(v) for k, v in layers.items()}
     seen: dict[str, str] = {}
     for k, v in out.items():
         bad = [n for n in v if n not in obj.layout.names]
         if bad:
-            raise LossvizError(f"layer {k!r}: {bad[:5]} are not varying parameters of the "
-                               f"Objective ({names[:5]}…)")
+            raise LossvizError(
+                f"layer {k!r}: {bad[:5]} are not varying parameters of the Objective ({names[:5]}…)"
+            )
         if not v:
             raise LossvizError(f"layer {k!r} has no parameter")
         for n in v:
@@ -85,9 +87,22 @@ def _image_shape(x: torch.Tensor):
 class InterpolationDashboard(Dashboard):
     """See :func:`lossviz.dash.interpolation`."""
 
-    def __init__(self, obj, a, b, *, metrics=("loss", "accuracy"), layers=None, n: int = 25,
-                 samples=16, bn: bool = False, match: bool = False, rest_ms: float = 150,
-                 throttle_ms: int = 40, start: bool = True):
+    def __init__(
+        self,
+        obj,
+        a,
+        b,
+        *,
+        metrics=("loss", "accuracy"),
+        layers=None,
+        n: int = 25,
+        samples=16,
+        bn: bool = False,
+        match: bool = False,
+        rest_ms: float = 150,
+        throttle_ms: int = 40,
+        start: bool = True,
+    ):
         super().__init__()
         import ipywidgets as W
         import plotly.graph_objects as go
@@ -110,8 +125,10 @@ class InterpolationDashboard(Dashboard):
         self._fb_matched = None
         self.groups = layer_groups(obj, layers)
         sl = obj.layout.slices()
-        self._layer_idx = {k: torch.cat([torch.arange(sl[n].start, sl[n].stop) for n in v])
-                           for k, v in self.groups.items()}
+        self._layer_idx = {
+            k: torch.cat([torch.arange(sl[n].start, sl[n].stop) for n in v])
+            for k, v in self.groups.items()
+        }
         self._lock = threading.RLock()
         self._gen = 0
         self._cache: dict = {}
@@ -119,11 +136,18 @@ class InterpolationDashboard(Dashboard):
         self.exact: dict | None = None  # metrics at the resting α (exact)
 
         # BatchNorm recompute is possible only with running statistics in eval mode
-        has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-                     and m.track_running_stats for m in obj.model.modules())
+        has_bn = any(
+            isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+            for m in obj.model.modules()
+        )
         bn_ok = has_bn and obj.bn == "eval"
-        bn_msg = ("" if bn_ok else "no BatchNorm layer with running statistics" if not has_bn
-                  else "needs Objective(..., bn='eval')")
+        bn_msg = (
+            ""
+            if bn_ok
+            else "no BatchNorm layer with running statistics"
+            if not has_bn
+            else "needs Objective(..., bn='eval')"
+        )
         if bn and not bn_ok:
             raise LossvizError(f"bn=True (recompute BatchNorm statistics): {bn_msg}")
         try:
@@ -132,8 +156,10 @@ class InterpolationDashboard(Dashboard):
             weight_matching = None
         self._weight_matching = weight_matching
         if match and weight_matching is None:
-            raise LossvizError("match=True needs lossviz.alignment.weight_matching, which is not "
-                               "available in this installation")
+            raise LossvizError(
+                "match=True needs lossviz.alignment.weight_matching, which is not "
+                "available in this installation"
+            )
 
         # sample inputs for "what the model does at α"
         self._samples = None
@@ -167,21 +193,38 @@ class InterpolationDashboard(Dashboard):
             self._samples = (xs, torch.as_tensor(ys).to(obj.device))
 
         # ---- widgets ----------------------------------------------------------------
-        self.slider = W.FloatSlider(value=0.0, min=0.0, max=1.0, step=0.01, description="α",
-                                    continuous_update=True, readout_format=".2f",
-                                    layout=W.Layout(width="560px"))
-        self.scrubber = PathScrubber(value=0.0, throttle_ms=int(throttle_ms), step=0.01,
-                                     alphas=[float(x) for x in self.alphas],
-                                     metric=self.metrics[0])
+        self.slider = W.FloatSlider(
+            value=0.0,
+            min=0.0,
+            max=1.0,
+            step=0.01,
+            description="α",
+            continuous_update=True,
+            readout_format=".2f",
+            layout=W.Layout(width="560px"),
+        )
+        self.scrubber = PathScrubber(
+            value=0.0,
+            throttle_ms=int(throttle_ms),
+            step=0.01,
+            alphas=[float(x) for x in self.alphas],
+            metric=self.metrics[0],
+        )
         self._link = W.link((self.slider, "value"), (self.scrubber, "value"))
-        self.progress = W.IntProgress(value=0, min=0, max=1, description="α grid",
-                                      layout=W.Layout(width="360px"))
+        self.progress = W.IntProgress(
+            value=0, min=0, max=1, description="α grid", layout=W.Layout(width="360px")
+        )
         self.status = W.HTML("")
         self.readout = W.HTML("")
-        self.match_box = W.Checkbox(value=bool(match), description="weight matching",
-                                    disabled=weight_matching is None, indent=False)
-        self.bn_box = W.Checkbox(value=bool(bn), description="recompute BatchNorm",
-                                 disabled=not bn_ok, indent=False)
+        self.match_box = W.Checkbox(
+            value=bool(match),
+            description="weight matching",
+            disabled=weight_matching is None,
+            indent=False,
+        )
+        self.bn_box = W.Checkbox(
+            value=bool(bn), description="recompute BatchNorm", disabled=not bn_ok, indent=False
+        )
         notes = []
         if weight_matching is None:
             notes.append("weight matching unavailable (lossviz.alignment not installed)")
@@ -189,47 +232,88 @@ class InterpolationDashboard(Dashboard):
             notes.append(f"BatchNorm recompute off: {bn_msg}")
         self.toggle_note = W.HTML("<small>" + html.escape("; ".join(notes)) + "</small>")
         names = list(self.groups)
-        self.mixer = LayerMixer(layers=names,
-                                sizes=[int(self._layer_idx[k].numel()) for k in names],
-                                mask=[True] * len(names), barriers=[None] * len(names),
-                                note="bars: layer-wise barrier, A with only that layer "
-                                     "averaged, minus ½(L(a) + L(b))")
+        self.mixer = LayerMixer(
+            layers=names,
+            sizes=[int(self._layer_idx[k].numel()) for k in names],
+            mask=[True] * len(names),
+            barriers=[None] * len(names),
+            note="bars: layer-wise barrier, A with only that layer averaged, minus ½(L(a) + L(b))",
+        )
 
         # ---- figures (complete before wrapping) ---------------------------------------
         nm = len(self.metrics)
-        base = make_subplots(rows=1, cols=nm, subplot_titles=self.metrics,
-                             horizontal_spacing=0.12)
+        base = make_subplots(rows=1, cols=nm, subplot_titles=self.metrics, horizontal_spacing=0.12)
         nan = [None] * len(self.alphas)  # widget state is JSON: no NaN
         self._tr = {}
         for j, m in enumerate(self.metrics, 1):
             col = j
-            base.add_trace(go.Scatter(x=self.alphas, y=nan, mode="lines+markers",
-                                      name=f"{m}", marker={"size": 4},
-                                      line={"color": "#1f77b4"}), row=1, col=col)
+            base.add_trace(
+                go.Scatter(
+                    x=self.alphas,
+                    y=nan,
+                    mode="lines+markers",
+                    name=f"{m}",
+                    marker={"size": 4},
+                    line={"color": "#1f77b4"},
+                ),
+                row=1,
+                col=col,
+            )
             self._tr[(m, "curve")] = len(base.data) - 1
-            base.add_trace(go.Scatter(x=self.alphas, y=nan, mode="lines",
-                                      name=f"{m} before matching",
-                                      line={"color": "#ff7f0e", "dash": "dash"},
-                                      visible=True), row=1, col=col)
+            base.add_trace(
+                go.Scatter(
+                    x=self.alphas,
+                    y=nan,
+                    mode="lines",
+                    name=f"{m} before matching",
+                    line={"color": "#ff7f0e", "dash": "dash"},
+                    visible=True,
+                ),
+                row=1,
+                col=col,
+            )
             self._tr[(m, "before")] = len(base.data) - 1
-            base.add_trace(go.Scatter(x=[0.0], y=[None], mode="markers", name=f"{m} at α",
-                                      marker={"size": 12, "color": "black",
-                                              "symbol": "circle-open", "line": {"width": 3}}),
-                           row=1, col=col)
+            base.add_trace(
+                go.Scatter(
+                    x=[0.0],
+                    y=[None],
+                    mode="markers",
+                    name=f"{m} at α",
+                    marker={
+                        "size": 12,
+                        "color": "black",
+                        "symbol": "circle-open",
+                        "line": {"width": 3},
+                    },
+                ),
+                row=1,
+                col=col,
+            )
             self._tr[(m, "marker")] = len(base.data) - 1
             if j == 1:
-                base.add_trace(go.Scatter(x=[None], y=[None], mode="markers+text",
-                                          name="barrier", text=[""],
-                                          textposition="top center",
-                                          marker={"size": 11, "color": "#d62728",
-                                                  "symbol": "x"}), row=1, col=col)
+                base.add_trace(
+                    go.Scatter(
+                        x=[None],
+                        y=[None],
+                        mode="markers+text",
+                        name="barrier",
+                        text=[""],
+                        textposition="top center",
+                        marker={"size": 11, "color": "#d62728", "symbol": "x"},
+                    ),
+                    row=1,
+                    col=col,
+                )
                 self._tr["barrier"] = len(base.data) - 1
             base.update_xaxes(title_text="α", range=[-0.02, 1.02], row=1, col=col)
-        base.update_layout(height=330, width=max(400, 330 * nm + 60), showlegend=False,
-                           margin={"l": 50, "r": 20, "t": 60, "b": 40},
-                           template="plotly_white",
-                           title={"text": "α = 0.00 · waiting for the α grid", "x": 0.01,
-                                  "font": {"size": 13}})
+        base.update_layout(
+            height=330,
+            width=max(400, 330 * nm + 60),
+            showlegend=False,
+            margin={"l": 50, "r": 20, "t": 60, "b": 40},
+            template="plotly_white",
+            title={"text": "α = 0.00 · waiting for the α grid", "x": 0.01, "font": {"size": 13}},
+        )
         self.fig = figure_widget(base)
         self.pred_fig = self._build_pred_fig(go) if self._kind else None
 
@@ -245,12 +329,19 @@ class InterpolationDashboard(Dashboard):
         right = [W.HTML("<b>at α</b>"), self.readout]
         if self.pred_fig is not None:
             right.append(self.pred_fig)
-        self.widget = W.VBox([
-            W.HBox([W.VBox([self.slider, self.scrubber]),
-                    W.VBox([self.match_box, self.bn_box, self.toggle_note])]),
-            W.HBox([W.VBox(left), W.VBox(right)]),
-            self.mixer,
-        ], layout=W.Layout(padding="4px"))
+        self.widget = W.VBox(
+            [
+                W.HBox(
+                    [
+                        W.VBox([self.slider, self.scrubber]),
+                        W.VBox([self.match_box, self.bn_box, self.toggle_note]),
+                    ]
+                ),
+                W.HBox([W.VBox(left), W.VBox(right)]),
+                self.mixer,
+            ],
+            layout=W.Layout(padding="4px"),
+        )
         self.widget.add_class("lossviz-dash-interpolation")
         self._update_readout(0.0, None)
         if start:
@@ -269,8 +360,9 @@ class InterpolationDashboard(Dashboard):
         if not matched:
             return self._fb_orig
         if self._fb_matched is None:
-            wm = self._weight_matching(self.obj.model, self._state(self._fa),
-                                       self._state(self._fb_orig))
+            wm = self._weight_matching(
+                self.obj.model, self._state(self._fa), self._state(self._fb_orig)
+            )
             self._fb_matched = self.obj.resolve({**self._fixed, **dict(wm)})[0]
         return self._fb_matched
 
@@ -295,8 +387,14 @@ class InterpolationDashboard(Dashboard):
         return (tuple(self.mixer.mask), bool(self.match_box.value), bool(self.bn_box.value))
 
     def _eval(self, pts: torch.Tensor, bn: bool) -> dict:
-        return evaluate(self.obj, pts, metrics=self.metrics, at=self._state(self._fa),
-                        bn="recompute" if bn else None, progress=False)
+        return evaluate(
+            self.obj,
+            pts,
+            metrics=self.metrics,
+            at=self._state(self._fa),
+            bn="recompute" if bn else None,
+            progress=False,
+        )
 
     def _outputs(self, flat: torch.Tensor, bn: bool, inputs: torch.Tensor) -> np.ndarray:
         fixed = self._fixed
@@ -320,8 +418,10 @@ class InterpolationDashboard(Dashboard):
         xs, _ = self._samples
         if self._kind == "boundary":
             p = self._outputs(flat, bn, self._grid)
-            return {"grid": p.argmax(-1).reshape(len(self._gy), len(self._gx)),
-                    "samples": self._outputs(flat, bn, xs)}
+            return {
+                "grid": p.argmax(-1).reshape(len(self._gy), len(self._gx)),
+                "samples": self._outputs(flat, bn, xs),
+            }
         return {"samples": self._outputs(flat, bn, xs)}
 
     def recompute(self) -> None:
@@ -357,10 +457,10 @@ class InterpolationDashboard(Dashboard):
             for i in range(0, len(P), chunk):
                 if self._gen != gen:
                     return None
-                r = self._eval(P[i:i + chunk], bn)
+                r = self._eval(P[i : i + chunk], bn)
                 for k in self.metrics:
-                    vals[k][i:i + chunk] = r[k]
-                done = self.progress.value + len(P[i:i + chunk])
+                    vals[k][i : i + chunk] = r[k]
+                done = self.progress.value + len(P[i : i + chunk])
                 self.progress.value = min(self.progress.max, done)
                 self.status.value = f"{label}: {min(i + chunk, len(P))}/{len(P)}"
             return vals
@@ -389,8 +489,10 @@ class InterpolationDashboard(Dashboard):
             if all(mask):
                 ends = (vals[self.metrics[0]][0], vals[self.metrics[0]][-1])
             else:
-                ends = tuple(float(self._eval(torch.stack([self._fa, fb]), bn)[self.metrics[0]][i])
-                             for i in (0, 1))
+                ends = tuple(
+                    float(self._eval(torch.stack([self._fa, fb]), bn)[self.metrics[0]][i])
+                    for i in (0, 1)
+                )
             half = []
             for k in self.groups:
                 ml = torch.zeros_like(self._fa)
@@ -416,7 +518,8 @@ class InterpolationDashboard(Dashboard):
                 self.fig.data[self._tr[(k, "curve")]].y = finite_list(vals[k])
                 b = res.get("before")
                 self.fig.data[self._tr[(k, "before")]].y = (
-                    finite_list(b[k]) if b is not None else [None] * len(self.alphas))
+                    finite_list(b[k]) if b is not None else [None] * len(self.alphas)
+                )
             bt = self.fig.data[self._tr["barrier"]]
             has = math.isfinite(h) and h > 1e-9 * max(1.0, float(np.nanmax(np.abs(vals[first]))))
             bt.x = [ha] if has else [None]
@@ -494,25 +597,44 @@ class InterpolationDashboard(Dashboard):
             h, ha = res["barrier"]
             rows.append(f"<tr><td>barrier</td><td>{h:.4g} at α={ha:.2f}</td></tr>")
             if "barrier_before" in res:
-                rows.append(f"<tr><td>before matching</td><td>{res['barrier_before'][0]:.4g}"
-                            "</td></tr>")
+                rows.append(
+                    f"<tr><td>before matching</td><td>{res['barrier_before'][0]:.4g}</td></tr>"
+                )
         src = "exact" if exact else "cached grid (exact when the slider rests)"
-        self.readout.value = (f"<table class='lossviz-readout' data-exact='{int(exact)}'>"
-                              + "".join(rows) + f"</table><small>{src}</small>")
+        self.readout.value = (
+            f"<table class='lossviz-readout' data-exact='{int(exact)}'>"
+            + "".join(rows)
+            + f"</table><small>{src}</small>"
+        )
 
     def _build_pred_fig(self, go):
         xs, ys = self._samples
         if self._kind == "boundary":
             x = xs.detach().cpu().numpy()
-            fig = go.Figure([
-                go.Heatmap(x=self._gx, y=self._gy,
-                           z=np.zeros((len(self._gy), len(self._gx))), showscale=False,
-                           colorscale="Portland", opacity=0.45, zsmooth=False),
-                go.Scatter(x=x[:, 0], y=x[:, 1], mode="markers",
-                           marker={"color": ys.detach().cpu().numpy(), "size": 5,
-                                   "colorscale": "Portland",
-                                   "line": {"width": 0.5, "color": "white"}}),
-            ])
+            fig = go.Figure(
+                [
+                    go.Heatmap(
+                        x=self._gx,
+                        y=self._gy,
+                        z=np.zeros((len(self._gy), len(self._gx))),
+                        showscale=False,
+                        colorscale="Portland",
+                        opacity=0.45,
+                        zsmooth=False,
+                    ),
+                    go.Scatter(
+                        x=x[:, 0],
+                        y=x[:, 1],
+                        mode="markers",
+                        marker={
+                            "color": ys.detach().cpu().numpy(),
+                            "size": 5,
+                            "colorscale": "Portland",
+                            "line": {"width": 0.5, "color": "white"},
+                        },
+                    ),
+                ]
+            )
             fig.update_layout(title={"text": "decision regions at α", "font": {"size": 12}})
         elif self._kind == "images":
             h, w = self._img_shape
@@ -526,26 +648,48 @@ class InterpolationDashboard(Dashboard):
             for i in range(k):  # heatmap row 0 is drawn at the bottom: flip each image
                 r, c = divmod(i, cols)
                 r0 = (rows - 1 - r) * (h + gap)
-                mosaic[r0:r0 + h, c * (w + 1):c * (w + 1) + w] = imgs[i][::-1]
+                mosaic[r0 : r0 + h, c * (w + 1) : c * (w + 1) + w] = imgs[i][::-1]
                 tx.append(c * (w + 1) + w / 2 - 0.5)
                 ty.append(r0 + h - 0.5 + gap / 2)
-            fig = go.Figure([
-                go.Heatmap(z=mosaic, colorscale="Greys", showscale=False, hoverinfo="skip"),
-                go.Scatter(x=tx, y=ty, mode="text", text=["?"] * k,
-                           textfont={"size": 14, "color": ["#444"] * k}, hoverinfo="text"),
-            ])
+            fig = go.Figure(
+                [
+                    go.Heatmap(z=mosaic, colorscale="Greys", showscale=False, hoverinfo="skip"),
+                    go.Scatter(
+                        x=tx,
+                        y=ty,
+                        mode="text",
+                        text=["?"] * k,
+                        textfont={"size": 14, "color": ["#444"] * k},
+                        hoverinfo="text",
+                    ),
+                ]
+            )
             fig.update_xaxes(visible=False)
             fig.update_yaxes(visible=False, scaleanchor="x", range=[-0.5, rows * (h + gap) - 0.5])
-            fig.update_layout(title={"text": "predictions at α (green: correct)",
-                                     "font": {"size": 12}})
+            fig.update_layout(
+                title={"text": "predictions at α (green: correct)", "font": {"size": 12}}
+            )
         else:
             k = len(xs)
-            fig = go.Figure(go.Bar(x=[f"#{i}" for i in range(k)], y=np.zeros(k),
-                                   text=["?"] * k, marker={"color": ["#999"] * k}))
-            fig.update_layout(title={"text": "confidence of the predicted class at α",
-                                     "font": {"size": 12}}, yaxis={"range": [0, 1]})
-        fig.update_layout(height=300, width=340, margin={"l": 10, "r": 10, "t": 40, "b": 10},
-                          template="plotly_white", showlegend=False)
+            fig = go.Figure(
+                go.Bar(
+                    x=[f"#{i}" for i in range(k)],
+                    y=np.zeros(k),
+                    text=["?"] * k,
+                    marker={"color": ["#999"] * k},
+                )
+            )
+            fig.update_layout(
+                title={"text": "confidence of the predicted class at α", "font": {"size": 12}},
+                yaxis={"range": [0, 1]},
+            )
+        fig.update_layout(
+            height=300,
+            width=340,
+            margin={"l": 10, "r": 10, "t": 40, "b": 10},
+            template="plotly_white",
+            showlegend=False,
+        )
         return figure_widget(fig)
 
     def _show_preds(self, pred, exact):
@@ -571,7 +715,8 @@ class InterpolationDashboard(Dashboard):
                 t.text = [str(int(v)) for v in lab]
                 t.marker.color = colors
             self.pred_fig.layout.title.text = (
-                f"{'exact' if exact else 'nearest grid α'}: {int(ok.sum())}/{len(ok)} correct")
+                f"{'exact' if exact else 'nearest grid α'}: {int(ok.sum())}/{len(ok)} correct"
+            )
 
     def _on_error(self, e):
         self.status.value = f"<span style='color:#b00'>error: {html.escape(str(e))}</span>"

@@ -38,9 +38,11 @@ KINDS = (("contour", "contour"), ("heatmap", "heatmap"), ("3-D", "surface"))
 # default span of the eigenvector plane: ±h with ½·λ1·h² = EIGEN_RISE (the rise the
 # quadratic model predicts at the edge along the top eigenvector)
 EIGEN_RISE = 4.0
-NO_OBJECTIVE = ("this Surface carries no Objective (it was not made by lossviz.surface in "
-                "this session): recomputing and inspecting need one; set "
-                "surface.objective = Objective(...) or call dash.landscape(obj, ...)")
+NO_OBJECTIVE = (
+    "this Surface carries no Objective (it was not made by lossviz.surface in "
+    "this session): recomputing and inspecting need one; set "
+    "surface.objective = Objective(...) or call dash.landscape(obj, ...)"
+)
 _BUILTIN = ("loss", "accuracy", "error")
 _MAP, _HEAT, _PATH, _POINTS, _CLICK = range(5)  # traces of the 2-D map
 
@@ -88,18 +90,24 @@ def _span(span):
         (a0, a1), (b0, b1) = span
         out = ((float(a0), float(a1)), (float(b0), float(b1)))
     except (TypeError, ValueError):
-        raise LossvizError(f"span must be a half-width or ((a_lo, a_hi), (b_lo, b_hi)), "
-                           f"got {span!r}") from None
-    if not all(math.isfinite(v) for r in out for v in r) or out[0][0] >= out[0][1] \
-            or out[1][0] >= out[1][1]:
+        raise LossvizError(
+            f"span must be a half-width or ((a_lo, a_hi), (b_lo, b_hi)), got {span!r}"
+        ) from None
+    if (
+        not all(math.isfinite(v) for r in out for v in r)
+        or out[0][0] >= out[0][1]
+        or out[1][0] >= out[1][1]
+    ):
         raise LossvizError(f"span must be finite with low < high, got {span!r}")
     return out
 
 
 def _scaled(span, s: float):
     """``span`` widened (``s > 1``) or narrowed about its middle."""
-    return tuple((0.5 * (lo + hi) - 0.5 * s * (hi - lo), 0.5 * (lo + hi) + 0.5 * s * (hi - lo))
-                 for lo, hi in span)
+    return tuple(
+        (0.5 * (lo + hi) - 0.5 * s * (hi - lo), 0.5 * (lo + hi) + 0.5 * s * (hi - lo))
+        for lo, hi in span
+    )
 
 
 def _fmt(v) -> str:
@@ -109,10 +117,25 @@ def _fmt(v) -> str:
 class LandscapeDashboard(Dashboard):
     """See :func:`lossviz.dash.landscape`."""
 
-    def __init__(self, obj_or_surface, center=None, *, directions=None, trajectory=None,
-                 models=None, metrics=("loss",), n=None, span=None, kind: str = "contour",
-                 log: bool = False, refine: bool = True, seed: int = 0,
-                 throttle_ms: float = 200, debounce_ms: float = 250, start: bool = True):
+    def __init__(
+        self,
+        obj_or_surface,
+        center=None,
+        *,
+        directions=None,
+        trajectory=None,
+        models=None,
+        metrics=("loss",),
+        n=None,
+        span=None,
+        kind: str = "contour",
+        log: bool = False,
+        refine: bool = True,
+        seed: int = 0,
+        throttle_ms: float = 200,
+        debounce_ms: float = 250,
+        start: bool = True,
+    ):
         super().__init__()
         import ipywidgets as W
         import plotly.graph_objects as go
@@ -134,8 +157,9 @@ class LandscapeDashboard(Dashboard):
             names = list(resolve_metrics(obj, metrics))
             self._compute_metrics = metrics
         else:
-            raise TypeError(f"expected an Objective or a lossviz Surface, got "
-                            f"{type(obj_or_surface).__name__}")
+            raise TypeError(
+                f"expected an Objective or a lossviz Surface, got {type(obj_or_surface).__name__}"
+            )
         if obj is not None and not isinstance(obj, Objective):
             raise TypeError(f"the Surface's objective is not an Objective: {type(obj).__name__}")
         if kind not in [k for _, k in KINDS]:
@@ -169,130 +193,272 @@ class LandscapeDashboard(Dashboard):
             avail.append("plane")
         directions = directions or ("given" if given is not None else "random")
         if directions not in DIRECTIONS:
-            raise LossvizError(f"directions must be one of {list(DIRECTIONS)[1:]}, got "
-                               f"{directions!r}")
+            raise LossvizError(
+                f"directions must be one of {list(DIRECTIONS)[1:]}, got {directions!r}"
+            )
         if directions not in avail:
-            why = {"pca": "trajectory= with at least 3 checkpoints",
-                   "plane": "models=(a, b, c) (three models)",
-                   "given": "a Surface as the first argument"}[directions]
+            why = {
+                "pca": "trajectory= with at least 3 checkpoints",
+                "plane": "models=(a, b, c) (three models)",
+                "given": "a Surface as the first argument",
+            }[directions]
             raise LossvizError(f"directions={directions!r} needs {why}")
 
-        self._lock = threading.RLock()     # generations and the caches
+        self._lock = threading.RLock()  # generations and the caches
         self._draw_lock = threading.RLock()  # figure updates (main thread and workers)
         self._gen = 0
         self._job_key = None
         self._click_gen = 0
         self._click_key = None
         self._dir_cache: dict = {}
-        self._cache: dict = {}   # key -> (Surface, plane)
+        self._cache: dict = {}  # key -> (Surface, plane)
         self.surface: Surface | None = None
-        self.plane: dict | None = None   # what the shown surface is a slice of
+        self.plane: dict | None = None  # what the shown surface is a slice of
         self.inspection: dict | None = None
 
         # ---- widgets ------------------------------------------------------------------
-        self.direction = W.ToggleButtons(options=[(DIRECTIONS[k], k) for k in avail],
-                                         value=directions, tooltips=[TIPS[k] for k in avail],
-                                         style={"button_width": "auto"})
-        self.seed = W.BoundedIntText(value=int(seed), min=0, max=2**31 - 1, description="seed",
-                                     layout=W.Layout(width="150px"))
+        self.direction = W.ToggleButtons(
+            options=[(DIRECTIONS[k], k) for k in avail],
+            value=directions,
+            tooltips=[TIPS[k] for k in avail],
+            style={"button_width": "auto"},
+        )
+        self.seed = W.BoundedIntText(
+            value=int(seed),
+            min=0,
+            max=2**31 - 1,
+            description="seed",
+            layout=W.Layout(width="150px"),
+        )
         missing = []
         if "pca" not in avail:
             missing.append("PCA needs trajectory= (≥ 3 checkpoints)")
         if "plane" not in avail:
             missing.append("a plane needs models=(a, b, c)")
-        self.note = W.HTML("<small style='color:#777'>" + html.escape("; ".join(missing))
-                           + "</small>")
-        self.kind = W.ToggleButtons(options=list(KINDS), value=kind,
-                                    style={"button_width": "auto"})
-        self.resolution = W.IntSlider(value=nx, min=5, max=max(101, nx), step=2,
-                                      description="resolution", continuous_update=False,
-                                      layout=W.Layout(width="330px"))
-        self.span_scale = W.FloatLogSlider(value=1.0, base=2, min=-3, max=3, step=0.25,
-                                           description="span ×", continuous_update=False,
-                                           readout_format=".3g", layout=W.Layout(width="330px"))
-        self.log_box = W.Checkbox(value=bool(log), description="log scale", indent=False,
-                                  layout=W.Layout(width="100px"))
-        self.metric = W.Dropdown(options=names, value=names[0], description="metric",
-                                 layout=W.Layout(width="200px",
-                                                 display=None if len(names) > 1 else "none"))
-        self.progress = W.IntProgress(value=0, min=0, max=1, description="grid",
-                                      layout=W.Layout(width="330px"))
+        self.note = W.HTML(
+            "<small style='color:#777'>" + html.escape("; ".join(missing)) + "</small>"
+        )
+        self.kind = W.ToggleButtons(options=list(KINDS), value=kind, style={"button_width": "auto"})
+        self.resolution = W.IntSlider(
+            value=nx,
+            min=5,
+            max=max(101, nx),
+            step=2,
+            description="resolution",
+            continuous_update=False,
+            layout=W.Layout(width="330px"),
+        )
+        self.span_scale = W.FloatLogSlider(
+            value=1.0,
+            base=2,
+            min=-3,
+            max=3,
+            step=0.25,
+            description="span ×",
+            continuous_update=False,
+            readout_format=".3g",
+            layout=W.Layout(width="330px"),
+        )
+        self.log_box = W.Checkbox(
+            value=bool(log), description="log scale", indent=False, layout=W.Layout(width="100px")
+        )
+        self.metric = W.Dropdown(
+            options=names,
+            value=names[0],
+            description="metric",
+            layout=W.Layout(width="200px", display=None if len(names) > 1 else "none"),
+        )
+        self.progress = W.IntProgress(
+            value=0, min=0, max=1, description="grid", layout=W.Layout(width="330px")
+        )
         self.status = W.HTML("")
-        self.readout = W.HTML("<small>click a point of the map: 1-D slices through it and "
-                              "λ_max there</small>")
-        for w, c in ((self.resolution, "resolution"), (self.span_scale, "span"),
-                     (self.direction, "directions"), (self.kind, "kind"),
-                     (self.readout, "readout"), (self.status, "status")):
+        self.readout = W.HTML(
+            "<small>click a point of the map: 1-D slices through it and λ_max there</small>"
+        )
+        for w, c in (
+            (self.resolution, "resolution"),
+            (self.span_scale, "span"),
+            (self.direction, "directions"),
+            (self.kind, "kind"),
+            (self.readout, "readout"),
+            (self.status, "status"),
+        ):
             w.add_class(f"lossviz-landscape-{c}")
 
         # ---- figures (complete before wrapping) -----------------------------------------
         hover = "a=%{x:.4g}<br>b=%{y:.4g}<br>%{z:.5g}<extra></extra>"
         cbar = {"title": {"text": names[0], "side": "right"}, "len": 0.9}
-        m = go.Figure([
-            go.Contour(x=None, y=None, z=None, name="surface", colorscale="Viridis",
-                       ncontours=30, colorbar=cbar, hovertemplate=hover,
-                       contours={"coloring": "heatmap"}, line={"width": 0.5}),
-            go.Heatmap(x=None, y=None, z=None, name="surface", colorscale="Viridis",
-                       colorbar=cbar, hovertemplate=hover, visible=False),
-            go.Scatter(x=[], y=[], mode="lines+markers+text", name="trajectory",
-                       line={"color": "white", "width": 2},
-                       marker={"size": 5, "color": "white", "line": {"color": "#333",
-                                                                     "width": 1}},
-                       textposition="top right",
-                       textfont={"color": "white", "size": 12, "shadow": "1px 1px 2px black"},
-                       hovertemplate="%{customdata}<br>a=%{x:.4g}, b=%{y:.4g}<extra></extra>"),
-            go.Scatter(x=[], y=[], mode="markers+text", name="models", text=[],
-                       textposition="top center",
-                       textfont={"color": "white", "size": 13, "shadow": "1px 1px 2px black"},
-                       marker={"size": 11, "color": "white", "symbol": "diamond",
-                               "line": {"color": "black", "width": 1}},
-                       hovertemplate="%{text}<br>a=%{x:.4g}, b=%{y:.4g}<extra></extra>"),
-            go.Scatter(x=[], y=[], mode="markers", name="inspected",
-                       marker={"size": 15, "color": "#ff3b30", "symbol": "x-thin-open",
-                               "line": {"width": 3, "color": "#ff3b30"}},
-                       hovertemplate="inspected<br>a=%{x:.4g}, b=%{y:.4g}<extra></extra>"),
-        ])
-        m.update_layout(width=640, height=540, template="plotly_white", showlegend=False,
-                        margin={"l": 60, "r": 10, "t": 50, "b": 50}, hovermode="closest",
-                        title={"text": "waiting for the surface", "x": 0.02,
-                               "font": {"size": 14}},
-                        xaxis={"title": {"text": "a"}, "showgrid": False, "zeroline": False},
-                        yaxis={"title": {"text": "b"}, "showgrid": False, "zeroline": False})
+        m = go.Figure(
+            [
+                go.Contour(
+                    x=None,
+                    y=None,
+                    z=None,
+                    name="surface",
+                    colorscale="Viridis",
+                    ncontours=30,
+                    colorbar=cbar,
+                    hovertemplate=hover,
+                    contours={"coloring": "heatmap"},
+                    line={"width": 0.5},
+                ),
+                go.Heatmap(
+                    x=None,
+                    y=None,
+                    z=None,
+                    name="surface",
+                    colorscale="Viridis",
+                    colorbar=cbar,
+                    hovertemplate=hover,
+                    visible=False,
+                ),
+                go.Scatter(
+                    x=[],
+                    y=[],
+                    mode="lines+markers+text",
+                    name="trajectory",
+                    line={"color": "white", "width": 2},
+                    marker={"size": 5, "color": "white", "line": {"color": "#333", "width": 1}},
+                    textposition="top right",
+                    textfont={"color": "white", "size": 12, "shadow": "1px 1px 2px black"},
+                    hovertemplate="%{customdata}<br>a=%{x:.4g}, b=%{y:.4g}<extra></extra>",
+                ),
+                go.Scatter(
+                    x=[],
+                    y=[],
+                    mode="markers+text",
+                    name="models",
+                    text=[],
+                    textposition="top center",
+                    textfont={"color": "white", "size": 13, "shadow": "1px 1px 2px black"},
+                    marker={
+                        "size": 11,
+                        "color": "white",
+                        "symbol": "diamond",
+                        "line": {"color": "black", "width": 1},
+                    },
+                    hovertemplate="%{text}<br>a=%{x:.4g}, b=%{y:.4g}<extra></extra>",
+                ),
+                go.Scatter(
+                    x=[],
+                    y=[],
+                    mode="markers",
+                    name="inspected",
+                    marker={
+                        "size": 15,
+                        "color": "#ff3b30",
+                        "symbol": "x-thin-open",
+                        "line": {"width": 3, "color": "#ff3b30"},
+                    },
+                    hovertemplate="inspected<br>a=%{x:.4g}, b=%{y:.4g}<extra></extra>",
+                ),
+            ]
+        )
+        m.update_layout(
+            width=640,
+            height=540,
+            template="plotly_white",
+            showlegend=False,
+            margin={"l": 60, "r": 10, "t": 50, "b": 50},
+            hovermode="closest",
+            title={"text": "waiting for the surface", "x": 0.02, "font": {"size": 14}},
+            xaxis={"title": {"text": "a"}, "showgrid": False, "zeroline": False},
+            yaxis={"title": {"text": "b"}, "showgrid": False, "zeroline": False},
+        )
         self.fig = figure_widget(m)
 
-        s3 = go.Figure([
-            go.Surface(x=None, y=None, z=None, colorscale="Viridis", colorbar=cbar,
-                       name="surface", hovertemplate=hover),
-            go.Scatter3d(x=[], y=[], z=[], mode="lines+markers", name="trajectory",
-                         line={"color": "white", "width": 4}, marker={"size": 3}),
-            go.Scatter3d(x=[], y=[], z=[], mode="markers+text", name="models", text=[],
-                         marker={"size": 5, "color": "white"}),
-            go.Scatter3d(x=[], y=[], z=[], mode="markers", name="inspected",
-                         marker={"size": 6, "color": "#ff3b30"}),
-        ])
-        s3.update_layout(width=640, height=540, template="plotly_white", showlegend=False,
-                         margin={"l": 0, "r": 0, "t": 50, "b": 0},
-                         title={"text": "", "x": 0.02, "font": {"size": 14}},
-                         scene={"camera": {"eye": {"x": 1.55, "y": 1.55, "z": 1.05}},
-                                "xaxis": {"title": {"text": "a"}},
-                                "yaxis": {"title": {"text": "b"}},
-                                "zaxis": {"title": {"text": names[0]}}})
+        s3 = go.Figure(
+            [
+                go.Surface(
+                    x=None,
+                    y=None,
+                    z=None,
+                    colorscale="Viridis",
+                    colorbar=cbar,
+                    name="surface",
+                    hovertemplate=hover,
+                ),
+                go.Scatter3d(
+                    x=[],
+                    y=[],
+                    z=[],
+                    mode="lines+markers",
+                    name="trajectory",
+                    line={"color": "white", "width": 4},
+                    marker={"size": 3},
+                ),
+                go.Scatter3d(
+                    x=[],
+                    y=[],
+                    z=[],
+                    mode="markers+text",
+                    name="models",
+                    text=[],
+                    marker={"size": 5, "color": "white"},
+                ),
+                go.Scatter3d(
+                    x=[],
+                    y=[],
+                    z=[],
+                    mode="markers",
+                    name="inspected",
+                    marker={"size": 6, "color": "#ff3b30"},
+                ),
+            ]
+        )
+        s3.update_layout(
+            width=640,
+            height=540,
+            template="plotly_white",
+            showlegend=False,
+            margin={"l": 0, "r": 0, "t": 50, "b": 0},
+            title={"text": "", "x": 0.02, "font": {"size": 14}},
+            scene={
+                "camera": {"eye": {"x": 1.55, "y": 1.55, "z": 1.05}},
+                "xaxis": {"title": {"text": "a"}},
+                "yaxis": {"title": {"text": "b"}},
+                "zaxis": {"title": {"text": names[0]}},
+            },
+        )
         self.fig3d = figure_widget(s3)
 
-        sl = make_subplots(rows=2, cols=1, vertical_spacing=0.2,
-                           subplot_titles=("along d1 (b fixed)", "along d2 (a fixed)"))
+        sl = make_subplots(
+            rows=2,
+            cols=1,
+            vertical_spacing=0.2,
+            subplot_titles=("along d1 (b fixed)", "along d2 (a fixed)"),
+        )
         for r in (1, 2):
-            sl.add_trace(go.Scatter(x=[], y=[], mode="lines", name=f"slice {r}",
-                                    line={"color": "#1f77b4"}), row=r, col=1)
-            sl.add_trace(go.Scatter(x=[], y=[], mode="markers", name=f"point {r}",
-                                    marker={"size": 11, "color": "#ff3b30", "symbol": "x"}),
-                         row=r, col=1)
+            sl.add_trace(
+                go.Scatter(x=[], y=[], mode="lines", name=f"slice {r}", line={"color": "#1f77b4"}),
+                row=r,
+                col=1,
+            )
+            sl.add_trace(
+                go.Scatter(
+                    x=[],
+                    y=[],
+                    mode="markers",
+                    name=f"point {r}",
+                    marker={"size": 11, "color": "#ff3b30", "symbol": "x"},
+                ),
+                row=r,
+                col=1,
+            )
         sl.update_xaxes(title_text="a", row=1, col=1)
         sl.update_xaxes(title_text="b", row=2, col=1)
-        sl.update_layout(width=420, height=540, template="plotly_white", showlegend=False,
-                         margin={"l": 60, "r": 15, "t": 60, "b": 50},
-                         title={"text": "1-D slices through the inspected point", "x": 0.02,
-                                "font": {"size": 13}})
+        sl.update_layout(
+            width=420,
+            height=540,
+            template="plotly_white",
+            showlegend=False,
+            margin={"l": 60, "r": 15, "t": 60, "b": 50},
+            title={
+                "text": "1-D slices through the inspected point",
+                "x": 0.02,
+                "font": {"size": 13},
+            },
+        )
         self.slice_fig = figure_widget(sl)
 
         for t in self.fig.data:
@@ -314,43 +480,55 @@ class LandscapeDashboard(Dashboard):
         # the model, and a removed view's failing listener would block the next view's
         three = kind == "surface"
         self._box2d = W.Box([self.fig], layout=W.Layout(display="none" if three else None))
-        self._box3d = W.Box([self.fig3d] if three else [],
-                            layout=W.Layout(display=None if three else "none"))
+        self._box3d = W.Box(
+            [self.fig3d] if three else [], layout=W.Layout(display=None if three else "none")
+        )
         self.map_box = W.Box([self._box2d, self._box3d])
         self._box2d.add_class("lossviz-landscape-map")
         self._box3d.add_class("lossviz-landscape-3d")
         slices = W.Box([self.slice_fig])
         slices.add_class("lossviz-landscape-slices")
         self.seed.layout.display = None if directions == "random" else "none"
-        self.widget = W.VBox([
-            W.HBox([self.direction, self.seed]),
-            self.note,
-            W.HBox([self.kind, self.log_box, self.metric]),
-            W.HBox([self.resolution, self.span_scale]),
-            W.HBox([self.map_box, W.VBox([self.readout, slices])]),
-            W.HBox([self.progress, self.status]),
-        ], layout=W.Layout(padding="4px"))
+        self.widget = W.VBox(
+            [
+                W.HBox([self.direction, self.seed]),
+                self.note,
+                W.HBox([self.kind, self.log_box, self.metric]),
+                W.HBox([self.resolution, self.span_scale]),
+                W.HBox([self.map_box, W.VBox([self.readout, slices])]),
+                W.HBox([self.progress, self.status]),
+            ],
+            layout=W.Layout(padding="4px"),
+        )
         self.widget.add_class("lossviz-dash-landscape")
 
         if given is not None:
             key = ("given", None, len(given.x), len(given.y), 1.0)
             plane = None
             if obj is not None:
-                info = {"center": given.center, "dirs": list(given.directions),
-                        "span": ((float(given.x[0]), float(given.x[-1])),
-                                 (float(given.y[0]), float(given.y[-1]))),
-                        "labels": ("a", "b"), "points": dict(given.points)}
+                info = {
+                    "center": given.center,
+                    "dirs": list(given.directions),
+                    "span": (
+                        (float(given.x[0]), float(given.x[-1])),
+                        (float(given.y[0]), float(given.y[-1])),
+                    ),
+                    "labels": ("a", "b"),
+                    "points": dict(given.points),
+                }
                 self._dir_cache[("given", None)] = info
-                plane = self._plane(key, info, ((given.x[0], given.x[-1]),
-                                                (given.y[0], given.y[-1])))
+                plane = self._plane(
+                    key, info, ((given.x[0], given.x[-1]), (given.y[0], given.y[-1]))
+                )
             self._cache[key] = (given, plane)
         if given is not None and key == self._key():
             self.surface, self.plane = given, plane
             self._job_key = key
             self._draw(given, partial=False)
             self.progress.max = self.progress.value = given.x.size * given.y.size
-            self.status.value = ("the given surface" + ("" if obj is not None else
-                                 " · " + html.escape(NO_OBJECTIVE)))
+            self.status.value = "the given surface" + (
+                "" if obj is not None else " · " + html.escape(NO_OBJECTIVE)
+            )
         elif start:
             self.recompute()
 
@@ -359,8 +537,13 @@ class LandscapeDashboard(Dashboard):
         d = self.direction.value
         nx = int(self.resolution.value)
         ny = max(3, int(round(nx * self._ratio)))
-        return (d, int(self.seed.value) if d == "random" else None, nx, ny,
-                float(self.span_scale.value))
+        return (
+            d,
+            int(self.seed.value) if d == "random" else None,
+            nx,
+            ny,
+            float(self.span_scale.value),
+        )
 
     def _on_direction(self, change):
         self.seed.layout.display = None if change["new"] == "random" else "none"
@@ -427,37 +610,56 @@ class LandscapeDashboard(Dashboard):
         if d == "random":
             theta, _ = obj.resolve(self.center)
             dirs = random_directions(obj.layout.to_weights(theta), 2, seed=seed)
-            info = {"center": self.center, "dirs": dirs, "span": ((-1.0, 1.0), (-1.0, 1.0)),
-                    "labels": (f"a · d1 (random, seed {seed})", "b · d2"), "points": others}
+            info = {
+                "center": self.center,
+                "dirs": dirs,
+                "span": ((-1.0, 1.0), (-1.0, 1.0)),
+                "labels": (f"a · d1 (random, seed {seed})", "b · d2"),
+                "points": others,
+            }
         elif d == "pca":
             pca = pca_directions(dict(zip(self.traj_labels, self.trajectory)), 2)
             xy = pca.coords[:, :2]
             lo, hi = xy.min(0), xy.max(0)
-            w = max(float((hi - lo).max()), 1e-12)   # as surface() frames a PCA trajectory
+            w = max(float((hi - lo).max()), 1e-12)  # as surface() frames a PCA trajectory
             ev = pca.explained_variance_ratio
-            info = {"center": pca.center, "dirs": list(pca.directions[:2]),
-                    "span": tuple((float(lo[i] - 0.25 * w), float(hi[i] + 0.25 * w))
-                                  for i in range(2)),
-                    "labels": (f"PC1 ({100 * ev[0]:.1f}% of the variance)",
-                               f"PC2 ({100 * ev[1]:.1f}%)"),
-                    "points": others, "pca": pca}
+            info = {
+                "center": pca.center,
+                "dirs": list(pca.directions[:2]),
+                "span": tuple((float(lo[i] - 0.25 * w), float(hi[i] + 0.25 * w)) for i in range(2)),
+                "labels": (
+                    f"PC1 ({100 * ev[0]:.1f}% of the variance)",
+                    f"PC2 ({100 * ev[1]:.1f}%)",
+                ),
+                "points": others,
+                "pca": pca,
+            }
         elif d == "eigen":
             self.status.value = "computing the top-2 Hessian eigenvectors…"
             r = hessian_eigs(obj, k=2, at=self.center, progress=False)
             lam = [float(v) for v in r.values]
             h = math.sqrt(2 * EIGEN_RISE / lam[0]) if lam[0] > 0 else 1.0
-            info = {"center": self.center, "dirs": list(r.vectors), "span": ((-h, h), (-h, h)),
-                    "labels": (f"v1 (λ1 = {lam[0]:.4g})", f"v2 (λ2 = {lam[1]:.4g})"),
-                    "points": others, "eigenvalues": lam}
+            info = {
+                "center": self.center,
+                "dirs": list(r.vectors),
+                "span": ((-h, h), (-h, h)),
+                "labels": (f"v1 (λ1 = {lam[0]:.4g})", f"v2 (λ2 = {lam[1]:.4g})"),
+                "points": others,
+                "eigenvalues": lam,
+            }
         elif d == "plane":
             names = list(self.models)[:3]
             plane = plane_through(*(self.models[k] for k in names), names=names)
             pts = dict(plane.points)
             pts.update({k: v for k, v in self.models.items() if k not in names})
-            info = {"center": plane.origin, "dirs": list(plane.directions),
-                    "span": plane.span(),
-                    "labels": (f"e1 ({names[0]} → {names[1]})", f"e2 (toward {names[2]})"),
-                    "points": pts, "plane": plane}
+            info = {
+                "center": plane.origin,
+                "dirs": list(plane.directions),
+                "span": plane.span(),
+                "labels": (f"e1 ({names[0]} → {names[1]})", f"e2 (toward {names[2]})"),
+                "points": pts,
+                "plane": plane,
+            }
         else:
             raise LossvizError(f"no direction choice {d!r} here")
         self._dir_cache[ck] = info
@@ -467,9 +669,16 @@ class LandscapeDashboard(Dashboard):
         theta, fixed = self.obj.resolve(info["center"])
         D = torch.stack([_flat_direction(self.obj, v) for v in info["dirs"]])
         span = tuple((float(lo), float(hi)) for lo, hi in span)
-        return {"key": key[:2], "theta": theta, "fixed": fixed, "D": D,
-                "dirs": list(info["dirs"]), "span": span, "n": key[2:4],
-                "labels": info.get("labels", ("a", "b"))}
+        return {
+            "key": key[:2],
+            "theta": theta,
+            "fixed": fixed,
+            "D": D,
+            "dirs": list(info["dirs"]),
+            "span": span,
+            "n": key[2:4],
+            "labels": info.get("labels", ("a", "b")),
+        }
 
     def _set_plane(self, s, plane):
         old = self.plane
@@ -495,8 +704,9 @@ class LandscapeDashboard(Dashboard):
                 if plane is not None:
                     lay.xaxis.title.text, lay.xaxis2.title.text = plane["labels"]
                     lay.xaxis.range, lay.xaxis2.range = plane["span"]
-        self.readout.value = ("<small>click a point of the map: 1-D slices through it and "
-                              "λ_max there</small>")
+        self.readout.value = (
+            "<small>click a point of the map: 1-D slices through it and λ_max there</small>"
+        )
 
     def _surface_job(self, key, gen):
         d, seed, nx, ny, scale = key
@@ -528,10 +738,19 @@ class LandscapeDashboard(Dashboard):
                 self._draw(res, partial=True, gen=gen)
 
         try:
-            s = surface(self.obj, info["center"], info["dirs"], span=span, n=(nx, ny),
-                        metrics=self._compute_metrics, refine=self.refine,
-                        trajectory=self.trajectory, points=info["points"], callback=progress,
-                        progress=False)
+            s = surface(
+                self.obj,
+                info["center"],
+                info["dirs"],
+                span=span,
+                n=(nx, ny),
+                metrics=self._compute_metrics,
+                refine=self.refine,
+                trajectory=self.trajectory,
+                points=info["points"],
+                callback=progress,
+                progress=False,
+            )
         except _Stale:
             return
         if d == "given":
@@ -548,8 +767,9 @@ class LandscapeDashboard(Dashboard):
         sync_figures(*self.figures())  # a reload / later view shows the finished surface
         self.progress.value = nx * ny
         done = "" if s.complete else " (incomplete)"
-        self.status.value = (f"{DIRECTIONS[d]}: {nx}×{ny} points in {s.seconds:.2f} s "
-                             f"({s.strategy}){done}")
+        self.status.value = (
+            f"{DIRECTIONS[d]}: {nx}×{ny} points in {s.seconds:.2f} s ({s.strategy}){done}"
+        )
 
     # ---- drawing --------------------------------------------------------------------
     def _z(self, values: np.ndarray) -> np.ndarray:
@@ -572,8 +792,11 @@ class LandscapeDashboard(Dashboard):
                 text.append("")
                 custom.append("")
                 where.append("top right")
-            labels = (self.traj_labels if name == "trajectory"
-                      and len(self.traj_labels) == len(xy) else [str(i) for i in range(len(xy))])
+            labels = (
+                self.traj_labels
+                if name == "trajectory" and len(self.traj_labels) == len(xy)
+                else [str(i) for i in range(len(xy))]
+            )
             for i, (a, b) in enumerate(xy):
                 xs.append(float(a))
                 ys.append(float(b))
@@ -601,8 +824,7 @@ class LandscapeDashboard(Dashboard):
             (px, py, pt, pc, pw), pts = self._overlays(s)
             labels = self.plane["labels"] if self.plane else ("a", "b")
             nx, ny = len(s.x), len(s.y)
-            title = f"{label} · {DIRECTIONS[self._job_key[0]] if self._job_key else ''} · " \
-                    f"{nx}×{ny}"
+            title = f"{label} · {DIRECTIONS[self._job_key[0]] if self._job_key else ''} · {nx}×{ny}"
             if partial:
                 title += f" · refining {int(fin.sum())}/{nx * ny}"
             if self.kind.value == "surface":
@@ -611,8 +833,13 @@ class LandscapeDashboard(Dashboard):
                     t = f.data[0]
                     t.x, t.y, t.z = s.x, s.y, zl
                     t.colorbar.title.text = label
-                    xy = np.array([[np.nan if a is None else a, np.nan if b is None else b]
-                                   for a, b in zip(px, py)], dtype=np.float64).reshape(-1, 2)
+                    xy = np.array(
+                        [
+                            [np.nan if a is None else a, np.nan if b is None else b]
+                            for a, b in zip(px, py)
+                        ],
+                        dtype=np.float64,
+                    ).reshape(-1, 2)
                     f.data[1].x, f.data[1].y = px, py
                     f.data[1].z = finite_list(s._interp(z, xy)) if len(xy) else []
                     pxy = np.array(list(pts.values()), dtype=np.float64).reshape(-1, 2)
@@ -647,8 +874,11 @@ class LandscapeDashboard(Dashboard):
 
     def _redraw(self):
         if self.surface is not None:
-            self._draw(self.surface, partial=not self.surface.complete
-                       and self.surface.n_evaluated < self.surface.x.size * self.surface.y.size)
+            self._draw(
+                self.surface,
+                partial=not self.surface.complete
+                and self.surface.n_evaluated < self.surface.x.size * self.surface.y.size,
+            )
         if self.inspection is not None:
             self._show_inspection(self.inspection)
 
@@ -712,8 +942,9 @@ class LandscapeDashboard(Dashboard):
         with self._draw_lock:
             with self.fig.batch_update():
                 self.fig.data[_CLICK].x, self.fig.data[_CLICK].y = [a], [b]
-        self.readout.value = (f"<div class='lossviz-inspecting'>inspecting a = {a:.4g}, "
-                              f"b = {b:.4g}…</div>")
+        self.readout.value = (
+            f"<div class='lossviz-inspecting'>inspecting a = {a:.4g}, b = {b:.4g}…</div>"
+        )
         self._spawn(self._inspect_job, a, b, gen, plane, name="lossviz-inspect")
 
     def _inspect_job(self, a, b, gen, plane):
@@ -722,24 +953,42 @@ class LandscapeDashboard(Dashboard):
         flat, _ = obj.resolve(state)
         (x0, x1), (y0, y1) = plane["span"]
         nx, ny = plane["n"]
-        here = evaluate(obj, flat[None], metrics=self._compute_metrics, at=state,
-                        progress=False)
-        s1 = line(obj, state, plane["dirs"][0], span=(x0 - a, x1 - a),
-                  n=min(2 * nx - 1, 201), metrics=self._compute_metrics, progress=False)
+        here = evaluate(obj, flat[None], metrics=self._compute_metrics, at=state, progress=False)
+        s1 = line(
+            obj,
+            state,
+            plane["dirs"][0],
+            span=(x0 - a, x1 - a),
+            n=min(2 * nx - 1, 201),
+            metrics=self._compute_metrics,
+            progress=False,
+        )
         if gen != self._click_gen:
             return
-        s2 = line(obj, state, plane["dirs"][1], span=(y0 - b, y1 - b),
-                  n=min(2 * ny - 1, 201), metrics=self._compute_metrics, progress=False)
+        s2 = line(
+            obj,
+            state,
+            plane["dirs"][1],
+            span=(y0 - b, y1 - b),
+            n=min(2 * ny - 1, 201),
+            metrics=self._compute_metrics,
+            progress=False,
+        )
         if gen != self._click_gen:
             return
         eig = hessian_eigs(obj, k=1, at=state, progress=False)
         with self._lock:
             if gen != self._click_gen:
                 return  # a newer click
-            self.inspection = {"a": a, "b": b, "values": {k: float(v[0]) for k, v in
-                                                          here.items()},
-                               "lambda_max": float(eig.values[0]), "slices": (s1, s2),
-                               "eig": eig, "span": plane["span"]}
+            self.inspection = {
+                "a": a,
+                "b": b,
+                "values": {k: float(v[0]) for k, v in here.items()},
+                "lambda_max": float(eig.values[0]),
+                "slices": (s1, s2),
+                "eig": eig,
+                "span": plane["span"],
+            }
             res = self.inspection
         self._show_inspection(res)
         sync_figures(self.slice_fig)
@@ -776,15 +1025,22 @@ class LandscapeDashboard(Dashboard):
         lam = res["lambda_max"]
         rows = [f"<tr><td>point</td><td>a = {a:.4g}, b = {b:.4g}</td></tr>"]
         for k, val in res["values"].items():
-            rows.append(f"<tr><td>{html.escape(k)}</td><td class='lv-{html.escape(k)}'>"
-                        f"{_fmt(val)}</td></tr>")
+            rows.append(
+                f"<tr><td>{html.escape(k)}</td><td class='lv-{html.escape(k)}'>"
+                f"{_fmt(val)}</td></tr>"
+            )
         rows.append(f"<tr><td>λ_max</td><td class='lv-lambda'>{_fmt(lam)}</td></tr>")
         if lam > 0:
-            rows.append(f"<tr><td>2/λ_max</td><td>{2 / lam:.4g} <small>(largest stable "
-                        "GD step)</small></td></tr>")
-        self.readout.value = (f"<table class='lossviz-readout' data-lambda='{lam!r}'>"
-                              + "".join(rows) + "</table><small>exact at the point: "
-                              "metrics, slices (line) and λ_max (hessian_eigs)</small>")
+            rows.append(
+                f"<tr><td>2/λ_max</td><td>{2 / lam:.4g} <small>(largest stable "
+                "GD step)</small></td></tr>"
+            )
+        self.readout.value = (
+            f"<table class='lossviz-readout' data-lambda='{lam!r}'>"
+            + "".join(rows)
+            + "</table><small>exact at the point: "
+            "metrics, slices (line) and λ_max (hessian_eigs)</small>"
+        )
 
     # ---- errors and closing ------------------------------------------------------------
     def _on_error(self, e):

@@ -74,8 +74,10 @@ def _result_point(res, label: str, x: float) -> SpectrumPoint:
     if not isinstance(obj, Objective):
         p.why = f"this {what} carries no Objective (computed on an operator, or unpickled)"
     elif point_version(obj, res.at) != res.at_version:
-        p.why = (f"the weights this {what} was computed at have changed since "
-                 "(e.g. the model was trained further)")
+        p.why = (
+            f"the weights this {what} was computed at have changed since "
+            "(e.g. the model was trained further)"
+        )
     else:
         p.obj, p.at = obj, res.at
     return p
@@ -97,8 +99,10 @@ def _points(source, checkpoints, curvature) -> list[SpectrumPoint]:
         elif isinstance(checkpoints, (list, tuple)):
             items = [(f"checkpoint {i}", v) for i, v in enumerate(checkpoints)]
         else:
-            raise LossvizError("checkpoints must be a dict step -> point or a list of points, "
-                               f"got {type(checkpoints).__name__}")
+            raise LossvizError(
+                "checkpoints must be a dict step -> point or a list of points, "
+                f"got {type(checkpoints).__name__}"
+            )
         if not items:
             raise LossvizError("checkpoints is empty")
         out = []
@@ -106,39 +110,67 @@ def _points(source, checkpoints, curvature) -> list[SpectrumPoint]:
             if not isinstance(at, str) and not hasattr(at, "__fspath__"):
                 source.resolve(at)  # a clear error now for a point that does not fit
             label, x = _label(k)
-            out.append(SpectrumPoint(label, float(i) if x is None else x, at, source, curvature,
-                                     stepped=x is not None))
+            out.append(
+                SpectrumPoint(
+                    label,
+                    float(i) if x is None else x,
+                    at,
+                    source,
+                    curvature,
+                    stepped=x is not None,
+                )
+            )
         if len({p.x for p in out}) < len(out):
             for i, p in enumerate(out):  # repeated steps: plot by position
                 p.x, p.stepped = float(i), False
         return out
     if checkpoints is not None:
-        raise LossvizError("checkpoints= needs an Objective as the source (a result holds "
-                           "one point; pass a dict label -> result instead)")
+        raise LossvizError(
+            "checkpoints= needs an Objective as the source (a result holds "
+            "one point; pass a dict label -> result instead)"
+        )
     if isinstance(source, results):
         return [_result_point(source, "this result", 0.0)]
     if isinstance(source, Mapping) or isinstance(source, (list, tuple)):
-        items = list(source.items()) if isinstance(source, Mapping) else [
-            (f"checkpoint {i}", v) for i, v in enumerate(source)]
+        items = (
+            list(source.items())
+            if isinstance(source, Mapping)
+            else [(f"checkpoint {i}", v) for i, v in enumerate(source)]
+        )
         if not items or not all(isinstance(v, results) for _, v in items):
-            raise TypeError("a dict/list source must hold SpectralDensity or EigenResult "
-                            "objects (one per checkpoint)")
+            raise TypeError(
+                "a dict/list source must hold SpectralDensity or EigenResult "
+                "objects (one per checkpoint)"
+            )
         out = []
         for i, (k, r) in enumerate(items):
             label, x = _label(k)
             out.append(_result_point(r, label, float(i) if x is None else x))
             out[-1].stepped = x is not None
         return out
-    raise TypeError("source must be a lossviz.Objective, a SpectralDensity, an EigenResult, "
-                    f"or a dict/list of them; got {type(source).__name__}")
+    raise TypeError(
+        "source must be a lossviz.Objective, a SpectralDensity, an EigenResult, "
+        f"or a dict/list of them; got {type(source).__name__}"
+    )
 
 
 class SpectrumDashboard(Dashboard):
     """See :func:`lossviz.dash.spectrum`."""
 
-    def __init__(self, source, checkpoints=None, *, n_probes: int = 10, steps: int = 60,
-                 k: int = 5, blocks="module", log: bool = True, seed: int = 0,
-                 curvature: str = "hessian", start: bool = True):
+    def __init__(
+        self,
+        source,
+        checkpoints=None,
+        *,
+        n_probes: int = 10,
+        steps: int = 60,
+        k: int = 5,
+        blocks="module",
+        log: bool = True,
+        seed: int = 0,
+        curvature: str = "hessian",
+        start: bool = True,
+    ):
         super().__init__()
         import ipywidgets as W
         import plotly.graph_objects as go
@@ -161,73 +193,152 @@ class SpectrumDashboard(Dashboard):
 
         # ---- widgets ----------------------------------------------------------------
         self.smoothing = W.FloatLogSlider(
-            value=1 / 200, base=10, min=SIGMA_EXP[0], max=SIGMA_EXP[1], step=0.05,
-            description="σ / range", readout_format=".4f", continuous_update=True,
-            layout=W.Layout(width="380px"))
+            value=1 / 200,
+            base=10,
+            min=SIGMA_EXP[0],
+            max=SIGMA_EXP[1],
+            step=0.05,
+            description="σ / range",
+            readout_format=".4f",
+            continuous_update=True,
+            layout=W.Layout(width="380px"),
+        )
         self.sigma_label = W.HTML("", layout=W.Layout(width="130px"))
-        self.axis = W.ToggleButtons(options=["log", "linear"], value="log" if log else "linear",
-                                    style={"button_width": "60px"},
-                                    tooltips=["logarithmic density axis: outliers visible",
-                                              "linear density axis: the bulk"])
+        self.axis = W.ToggleButtons(
+            options=["log", "linear"],
+            value="log" if log else "linear",
+            style={"button_width": "60px"},
+            tooltips=[
+                "logarithmic density axis: outliers visible",
+                "linear density axis: the bulk",
+            ],
+        )
         self.ckpt = W.SelectionSlider(
-            options=[(p.label, i) for i, p in enumerate(self.points)], value=0,
-            description="checkpoint", continuous_update=True,
-            layout=W.Layout(width="520px"))
+            options=[(p.label, i) for i, p in enumerate(self.points)],
+            value=0,
+            description="checkpoint",
+            continuous_update=True,
+            layout=W.Layout(width="520px"),
+        )
         self.ckpt_status = W.HTML("")
         self.progress = W.IntProgress(value=0, min=0, max=1, layout=W.Layout(width="260px"))
         self.status = W.HTML("")
-        self.button = W.Button(description="compute", icon="play",
-                               layout=W.Layout(width="130px"))
+        self.button = W.Button(description="compute", icon="play", layout=W.Layout(width="130px"))
         self.readout = W.HTML("", layout=W.Layout(width="290px"))
         self.table = W.HTML("")
         self.note = W.HTML("")
 
         # ---- figures (complete before wrapping) ---------------------------------------
-        base = go.Figure([
-            go.Scatter(x=[], y=[], mode="lines", name="density (SLQ)",
-                       line={"color": "#1f77b4", "width": 1.6},
-                       hovertemplate="λ = %{x:.4g}<br>φ = %{y:.3g}<extra></extra>"),
-            go.Scatter(x=[], y=[], mode="lines", name=f"top-{self.k} (Lanczos)", yaxis="y2",
-                       line={"color": "#d62728", "width": 1.2, "dash": "dot"},
-                       hoverinfo="skip"),
-            go.Scatter(x=[], y=[], mode="text", text=[], yaxis="y2", showlegend=False,
-                       textposition="middle left", textfont={"size": 11, "color": "#a11"},
-                       hoverinfo="skip", cliponaxis=False),
-            go.Scatter(x=[], y=[], mode="markers", name="outliers", yaxis="y2",
-                       marker={"symbol": "triangle-up", "size": 10, "color": "#ff7f0e",
-                               "line": {"width": 1, "color": "#8a4500"}},
-                       hovertemplate="outlier λ = %{x:.5g}<extra></extra>"),
-        ])
+        base = go.Figure(
+            [
+                go.Scatter(
+                    x=[],
+                    y=[],
+                    mode="lines",
+                    name="density (SLQ)",
+                    line={"color": "#1f77b4", "width": 1.6},
+                    hovertemplate="λ = %{x:.4g}<br>φ = %{y:.3g}<extra></extra>",
+                ),
+                go.Scatter(
+                    x=[],
+                    y=[],
+                    mode="lines",
+                    name=f"top-{self.k} (Lanczos)",
+                    yaxis="y2",
+                    line={"color": "#d62728", "width": 1.2, "dash": "dot"},
+                    hoverinfo="skip",
+                ),
+                go.Scatter(
+                    x=[],
+                    y=[],
+                    mode="text",
+                    text=[],
+                    yaxis="y2",
+                    showlegend=False,
+                    textposition="middle left",
+                    textfont={"size": 11, "color": "#a11"},
+                    hoverinfo="skip",
+                    cliponaxis=False,
+                ),
+                go.Scatter(
+                    x=[],
+                    y=[],
+                    mode="markers",
+                    name="outliers",
+                    yaxis="y2",
+                    marker={
+                        "symbol": "triangle-up",
+                        "size": 10,
+                        "color": "#ff7f0e",
+                        "line": {"width": 1, "color": "#8a4500"},
+                    },
+                    hovertemplate="outlier λ = %{x:.5g}<extra></extra>",
+                ),
+            ]
+        )
         base.update_layout(
-            width=680, height=400, template="plotly_white",
+            width=680,
+            height=400,
+            template="plotly_white",
             margin={"l": 60, "r": 20, "t": 50, "b": 50},
             title={"text": "waiting for the spectrum", "x": 0.01, "font": {"size": 13}},
             xaxis={"title": {"text": "eigenvalue λ"}, "zeroline": False},
-            yaxis={"title": {"text": "density φ(λ)"}, "type": "log" if log else "linear",
-                   "exponentformat": "power"},
+            yaxis={
+                "title": {"text": "density φ(λ)"},
+                "type": "log" if log else "linear",
+                "exponentformat": "power",
+            },
             yaxis2={"overlaying": "y", "range": [0, 1], "visible": False, "fixedrange": True},
-            legend={"orientation": "h", "x": 1, "xanchor": "right", "y": 1.0,
-                    "yanchor": "bottom", "font": {"size": 11}},
+            legend={
+                "orientation": "h",
+                "x": 1,
+                "xanchor": "right",
+                "y": 1.0,
+                "yanchor": "bottom",
+                "font": {"size": 11},
+            },
         )
         self.fig = figure_widget(base)
         self.lmax_fig = None
         if len(self.points) > 1:
             xs = [p.x for p in self.points]
-            lf = go.Figure([
-                go.Scatter(x=xs, y=[None] * len(xs), mode="lines+markers", name="λ_max",
-                           text=[p.label for p in self.points], line={"color": "#d62728"},
-                           hovertemplate="%{text}: λ_max = %{y:.4g}<extra></extra>"),
-                go.Scatter(x=[xs[0]], y=[None], mode="markers", name="shown",
-                           marker={"size": 14, "symbol": "circle-open", "color": "black",
-                                   "line": {"width": 2.5}}, hoverinfo="skip"),
-            ])
+            lf = go.Figure(
+                [
+                    go.Scatter(
+                        x=xs,
+                        y=[None] * len(xs),
+                        mode="lines+markers",
+                        name="λ_max",
+                        text=[p.label for p in self.points],
+                        line={"color": "#d62728"},
+                        hovertemplate="%{text}: λ_max = %{y:.4g}<extra></extra>",
+                    ),
+                    go.Scatter(
+                        x=[xs[0]],
+                        y=[None],
+                        mode="markers",
+                        name="shown",
+                        marker={
+                            "size": 14,
+                            "symbol": "circle-open",
+                            "color": "black",
+                            "line": {"width": 2.5},
+                        },
+                        hoverinfo="skip",
+                    ),
+                ]
+            )
             numeric = all(p.stepped for p in self.points)
             lf.update_layout(
-                width=400, height=260, template="plotly_white", showlegend=False,
+                width=400,
+                height=260,
+                template="plotly_white",
+                showlegend=False,
                 margin={"l": 50, "r": 15, "t": 40, "b": 45},
                 title={"text": "λ_max over checkpoints", "x": 0.02, "font": {"size": 12}},
                 xaxis={"title": {"text": "step" if numeric else "checkpoint"}},
-                yaxis={"title": {"text": "λ_max"}, "rangemode": "tozero"})
+                yaxis={"title": {"text": "λ_max"}, "rangemode": "tozero"},
+            )
             if not numeric:
                 lf.update_xaxes(tickvals=xs, ticktext=[p.label for p in self.points])
             self.lmax_fig = figure_widget(lf)
@@ -240,32 +351,67 @@ class SpectrumDashboard(Dashboard):
 
         notes = sorted({p.why for p in self.points if p.why})
         if notes:
-            missing = [t for t, have in (
-                ("the density", any(p.density is None for p in self.points)),
-                (f"the top-{self.k} markers", self.k and any(p.eigs is None for p in self.points)),
-                ("the per-layer table", blocks is not None)) if have]
-            self.note.value = ("<div class='lossviz-spectrum-note' style='color:#8a4500'>"
-                               + html.escape(f"{' and '.join(missing) or 'nothing more'} "
-                                             "cannot be computed: " + "; ".join(notes))
-                               + "</div>")
-        controls = [W.HBox([self.smoothing, self.sigma_label,
-                            W.HTML("density axis", layout=W.Layout(margin="0 6px 0 12px")),
-                            self.axis])]
+            missing = [
+                t
+                for t, have in (
+                    ("the density", any(p.density is None for p in self.points)),
+                    (
+                        f"the top-{self.k} markers",
+                        self.k and any(p.eigs is None for p in self.points),
+                    ),
+                    ("the per-layer table", blocks is not None),
+                )
+                if have
+            ]
+            self.note.value = (
+                "<div class='lossviz-spectrum-note' style='color:#8a4500'>"
+                + html.escape(
+                    f"{' and '.join(missing) or 'nothing more'} "
+                    "cannot be computed: " + "; ".join(notes)
+                )
+                + "</div>"
+            )
+        controls = [
+            W.HBox(
+                [
+                    self.smoothing,
+                    self.sigma_label,
+                    W.HTML("density axis", layout=W.Layout(margin="0 6px 0 12px")),
+                    self.axis,
+                ]
+            )
+        ]
         if len(self.points) > 1:
             controls.append(W.HBox([self.ckpt, self.ckpt_status]))
-        layers = W.VBox([
-            W.HTML("<b>curvature per layer</b><br><small>diagonal blocks H<sub>SS</sub>: top "
-                   "eigenvalue (Lanczos), trace (Hutchinson)</small>"), self.table],
-            layout=W.Layout(margin="0 0 0 12px"))
+        layers = W.VBox(
+            [
+                W.HTML(
+                    "<b>curvature per layer</b><br><small>diagonal blocks H<sub>SS</sub>: top "
+                    "eigenvalue (Lanczos), trace (Hutchinson)</small>"
+                ),
+                self.table,
+            ],
+            layout=W.Layout(margin="0 0 0 12px"),
+        )
         bottom = [layers] if self.lmax_fig is None else [self.lmax_fig, layers]
-        self.widget = W.VBox([
-            *controls,
-            W.HBox([self.fig, W.VBox([W.HTML("<b>spectrum</b>"), self.readout],
-                                     layout=W.Layout(margin="0 0 0 8px"))]),
-            W.HBox([self.button, self.progress, self.status]),
-            self.note,
-            W.HBox(bottom),
-        ], layout=W.Layout(padding="4px"))
+        self.widget = W.VBox(
+            [
+                *controls,
+                W.HBox(
+                    [
+                        self.fig,
+                        W.VBox(
+                            [W.HTML("<b>spectrum</b>"), self.readout],
+                            layout=W.Layout(margin="0 0 0 8px"),
+                        ),
+                    ]
+                ),
+                W.HBox([self.button, self.progress, self.status]),
+                self.note,
+                W.HBox(bottom),
+            ],
+            layout=W.Layout(padding="4px"),
+        )
         self.widget.add_class("lossviz-dash-spectrum")
         self._update_lmax()
         self._show()
@@ -381,9 +527,12 @@ class SpectrumDashboard(Dashboard):
         sync_figures(*self.figures())  # a reload / second view shows the results
         n_err = sum(len(p.failed) for p in self.points)
         dt = time.perf_counter() - t0
-        self.status.value = (f"done in {dt:.1f} s" if not n_err else
-                             f"<span style='color:#b00'>done, {n_err} failed: "
-                             f"{html.escape(self.errors[-1])}</span>")
+        self.status.value = (
+            f"done in {dt:.1f} s"
+            if not n_err
+            else f"<span style='color:#b00'>done, {n_err} failed: "
+            f"{html.escape(self.errors[-1])}</span>"
+        )
         self._worker = None
         self._update_button()
 
@@ -414,8 +563,11 @@ class SpectrumDashboard(Dashboard):
             return "ready"
         if task in p.failed:
             return "failed"
-        if p.obj is None or (task == "eigs" and not self.k) or (
-                task == "blocks" and self.blocks_spec is None):
+        if (
+            p.obj is None
+            or (task == "eigs" and not self.k)
+            or (task == "blocks" and self.blocks_spec is None)
+        ):
             return "unavailable"
         return "computing…" if self.running() else "not computed"
 
@@ -453,11 +605,13 @@ class SpectrumDashboard(Dashboard):
                     peak = max(float(np.max(y)), 1e-300)
                     if log:
                         top = math.log10(peak)
-                        f.layout.yaxis.update(type="log", range=[top - 7, top + 0.35],
-                                              autorange=False)
+                        f.layout.yaxis.update(
+                            type="log", range=[top - 7, top + 0.35], autorange=False
+                        )
                     else:
-                        f.layout.yaxis.update(type="linear", range=[0, 1.08 * peak],
-                                              autorange=False)
+                        f.layout.yaxis.update(
+                            type="linear", range=[0, 1.08 * peak], autorange=False
+                        )
                     o = p.outliers()
                     outs.x, outs.y = finite_list(o), [0.025] * len(o)
                 else:
@@ -474,8 +628,11 @@ class SpectrumDashboard(Dashboard):
                 else:
                     lines.x, lines.y, labels.x, labels.y, labels.text = [], [], [], [], []
                 f.layout.title.text = self._title(p)
-            self.sigma_label.value = ("" if self.sigma is None else
-                                      f"<span class='lossviz-sigma'>σ = {self.sigma:.4g}</span>")
+            self.sigma_label.value = (
+                ""
+                if self.sigma is None
+                else f"<span class='lossviz-sigma'>σ = {self.sigma:.4g}</span>"
+            )
             self.readout.value = self._readout(p)
             self.table.value = self._table(p)
             if self.lmax_fig is not None:
@@ -508,16 +665,28 @@ class SpectrumDashboard(Dashboard):
         if p.density is not None:
             o = p.outliers()
             shown = ", ".join(f"{v:.4g}" for v in o[:10]) + (" …" if len(o) > 10 else "")
-            rows.append(("outliers", f"<span class='lv-outliers' data-n='{len(o)}'>{len(o)}"
-                                     f"</span>{': ' + shown if len(o) else ''}"))
+            rows.append(
+                (
+                    "outliers",
+                    f"<span class='lv-outliers' data-n='{len(o)}'>{len(o)}"
+                    f"</span>{': ' + shown if len(o) else ''}",
+                )
+            )
             d = p.density
             rows.append(("support", f"[{d.nodes.min():.4g}, {d.nodes.max():.4g}]"))
-            rows.append(("SLQ", f"{d.nodes.shape[0]} probes × {d.nodes.shape[1]} steps, "
-                                f"{d.n_hvp} HVPs, {d.seconds:.2f} s"))
+            rows.append(
+                (
+                    "SLQ",
+                    f"{d.nodes.shape[0]} probes × {d.nodes.shape[1]} steps, "
+                    f"{d.n_hvp} HVPs, {d.seconds:.2f} s",
+                )
+            )
         else:
             rows.append(("density", self._why(p, "density")))
-        body = "".join(f"<tr><td style='padding-right:8px;color:#555'>{a}</td><td>{b}</td></tr>"
-                       for a, b in rows)
+        body = "".join(
+            f"<tr><td style='padding-right:8px;color:#555'>{a}</td><td>{b}</td></tr>"
+            for a, b in rows
+        )
         return f"<table class='lossviz-spectrum-readout'>{body}</table>"
 
     def _why(self, p: SpectrumPoint, task: str) -> str:
@@ -541,15 +710,27 @@ class SpectrumDashboard(Dashboard):
                 name += f" ({type(p.obj.model.get_submodule(name)).__name__})"
             except (AttributeError, TypeError):
                 pass
-            rows.append([html.escape(name), f"{r['params']:,}", f"{r['λ1']:.6g}",
-                         f"{r['trace']:.6g}", f"{r['std. error']:.3g}"])
-        cell = lambda tag, c, j: (f"<{tag} style='padding:2px 10px;text-align:"
-                                  f"{'left' if j == 0 else 'right'}'>{c}</{tag}>")
+            rows.append(
+                [
+                    html.escape(name),
+                    f"{r['params']:,}",
+                    f"{r['λ1']:.6g}",
+                    f"{r['trace']:.6g}",
+                    f"{r['std. error']:.3g}",
+                ]
+            )
+        cell = lambda tag, c, j: (
+            f"<{tag} style='padding:2px 10px;text-align:"
+            f"{'left' if j == 0 else 'right'}'>{c}</{tag}>"
+        )
         th = "".join(cell("th", h, j) for j, h in enumerate(head))
-        body = "".join("<tr>" + "".join(cell("td", c, j) for j, c in enumerate(r)) + "</tr>"
-                       for r in rows)
-        return (f"<table class='lossviz-spectrum-layers'><thead><tr>{th}</tr></thead>"
-                f"<tbody>{body}</tbody></table>")
+        body = "".join(
+            "<tr>" + "".join(cell("td", c, j) for j, c in enumerate(r)) + "</tr>" for r in rows
+        )
+        return (
+            f"<table class='lossviz-spectrum-layers'><thead><tr>{th}</tr></thead>"
+            f"<tbody>{body}</tbody></table>"
+        )
 
     def _update_lmax(self):
         if self.lmax_fig is None:
@@ -558,5 +739,8 @@ class SpectrumDashboard(Dashboard):
         self.lmax_fig.data[0].y = y
 
 
-_TASK_NAMES = {"density": "spectral density (SLQ)", "eigs": "top eigenvalues (Lanczos)",
-               "blocks": "per-layer curvature"}
+_TASK_NAMES = {
+    "density": "spectral density (SLQ)",
+    "eigs": "top eigenvalues (Lanczos)",
+    "blocks": "per-layer curvature",
+}

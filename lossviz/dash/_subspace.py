@@ -76,8 +76,16 @@ class _Series:
 class SubspaceDashboard(Dashboard):
     """See :func:`lossviz.dash.subspace`."""
 
-    def __init__(self, tracker, *, every_s: float = 0.3, window: int | None = None,
-                 smooth: int = 10, total: int | None = None, max_points: int | None = 4000):
+    def __init__(
+        self,
+        tracker,
+        *,
+        every_s: float = 0.3,
+        window: int | None = None,
+        smooth: int = 10,
+        total: int | None = None,
+        max_points: int | None = 4000,
+    ):
         super().__init__()
         import ipywidgets as W
         import plotly.graph_objects as go
@@ -110,84 +118,200 @@ class SubspaceDashboard(Dashboard):
         self._closed = False
 
         # ---- widgets ----------------------------------------------------------------
-        self.smooth = W.IntSlider(value=smooth, min=1, max=max(200, smooth), step=1,
-                                  description="smooth", continuous_update=True,
-                                  tooltip="moving-average window (steps)",
-                                  layout=W.Layout(width="330px"))
+        self.smooth = W.IntSlider(
+            value=smooth,
+            min=1,
+            max=max(200, smooth),
+            step=1,
+            description="smooth",
+            continuous_update=True,
+            tooltip="moving-average window (steps)",
+            layout=W.Layout(width="330px"),
+        )
         # in percent of the run: the kernel never moves it (a slider moved by the kernel
         # while the browser drags it sends stale values back), and 100 % is the newest step
-        self.steps = W.FloatRangeSlider(value=(0.0, 100.0), min=0.0, max=100.0, step=0.5,
-                                        description="steps", readout=False,
-                                        continuous_update=True, layout=W.Layout(width="420px"))
+        self.steps = W.FloatRangeSlider(
+            value=(0.0, 100.0),
+            min=0.0,
+            max=100.0,
+            step=0.5,
+            description="steps",
+            readout=False,
+            continuous_update=True,
+            layout=W.Layout(width="420px"),
+        )
         self.range_label = W.HTML("", layout=W.Layout(width="170px"))
         self.range_label.add_class("lossviz-range-label")
-        self.pause = W.ToggleButton(value=False, description="pause redraws", icon="pause",
-                                    tooltip="stop redrawing (training goes on)",
-                                    layout=W.Layout(width="150px"))
-        self.progress = W.IntProgress(value=0, min=0, max=total or 1, description="training",
-                                      layout=W.Layout(width="360px",
-                                                      display=None if total else "none"))
+        self.pause = W.ToggleButton(
+            value=False,
+            description="pause redraws",
+            icon="pause",
+            tooltip="stop redrawing (training goes on)",
+            layout=W.Layout(width="150px"),
+        )
+        self.progress = W.IntProgress(
+            value=0,
+            min=0,
+            max=total or 1,
+            description="training",
+            layout=W.Layout(width="360px", display=None if total else "none"),
+        )
         self.status = W.HTML("")
         self.readout = W.HTML("")
 
         # ---- figures (complete before wrapping) -------------------------------------
         k = tracker.k
         base = make_subplots(
-            rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+            rows=3,
+            cols=1,
+            shared_xaxes=True,
+            vertical_spacing=0.08,
             row_heights=[0.36, 0.36, 0.28],
-            subplot_titles=(f"gradient fraction ‖V_kᵀg‖²/‖g‖² in the top-{k} subspace",
-                            "sharpness λ_max and the stability threshold 2/lr",
-                            "training loss"))
+            subplot_titles=(
+                f"gradient fraction ‖V_kᵀg‖²/‖g‖² in the top-{k} subspace",
+                "sharpness λ_max and the stability threshold 2/lr",
+                "training loss",
+            ),
+        )
         e: list = []
-        base.add_trace(go.Scatter(x=e, y=e, mode="lines", name="gradient fraction",
-                                  line={"color": "#9ecae1", "width": 1}), 1, 1)
-        base.add_trace(go.Scatter(x=e, y=e, mode="lines", name=f"moving average ({smooth})",
-                                  line={"color": "#1f77b4", "width": 2.5}), 1, 1)
-        base.add_trace(go.Scatter(x=e, y=e, mode="markers+lines", name="full-data gradient",
-                                  marker={"size": 6, "color": "#ff7f0e"},
-                                  line={"color": "#ff7f0e", "width": 1}), 1, 1)
-        base.add_trace(go.Scatter(x=e, y=e, mode="lines+markers", name="λ_max",
-                                  marker={"size": 5}, line={"color": "#d62728", "width": 2}),
-                       2, 1)
-        base.add_trace(go.Scatter(x=e, y=e, mode="lines", name="2/lr",
-                                  line={"color": "black", "dash": "dash", "width": 1.5}), 2, 1)
-        base.add_trace(go.Scatter(x=e, y=e, mode="lines", name="(2+2β)/lr (momentum)",
-                                  visible=False,
-                                  line={"color": "#7f7f7f", "dash": "dot", "width": 1.5}), 2, 1)
-        base.add_trace(go.Scatter(x=e, y=e, mode="lines", name="loss",
-                                  line={"color": "#a1d99b", "width": 1}), 3, 1)
-        base.add_trace(go.Scatter(x=e, y=e, mode="lines", name=f"loss, average ({smooth})",
-                                  line={"color": "#2ca02c", "width": 2.5}), 3, 1)
+        base.add_trace(
+            go.Scatter(
+                x=e,
+                y=e,
+                mode="lines",
+                name="gradient fraction",
+                line={"color": "#9ecae1", "width": 1},
+            ),
+            1,
+            1,
+        )
+        base.add_trace(
+            go.Scatter(
+                x=e,
+                y=e,
+                mode="lines",
+                name=f"moving average ({smooth})",
+                line={"color": "#1f77b4", "width": 2.5},
+            ),
+            1,
+            1,
+        )
+        base.add_trace(
+            go.Scatter(
+                x=e,
+                y=e,
+                mode="markers+lines",
+                name="full-data gradient",
+                marker={"size": 6, "color": "#ff7f0e"},
+                line={"color": "#ff7f0e", "width": 1},
+            ),
+            1,
+            1,
+        )
+        base.add_trace(
+            go.Scatter(
+                x=e,
+                y=e,
+                mode="lines+markers",
+                name="λ_max",
+                marker={"size": 5},
+                line={"color": "#d62728", "width": 2},
+            ),
+            2,
+            1,
+        )
+        base.add_trace(
+            go.Scatter(
+                x=e,
+                y=e,
+                mode="lines",
+                name="2/lr",
+                line={"color": "black", "dash": "dash", "width": 1.5},
+            ),
+            2,
+            1,
+        )
+        base.add_trace(
+            go.Scatter(
+                x=e,
+                y=e,
+                mode="lines",
+                name="(2+2β)/lr (momentum)",
+                visible=False,
+                line={"color": "#7f7f7f", "dash": "dot", "width": 1.5},
+            ),
+            2,
+            1,
+        )
+        base.add_trace(
+            go.Scatter(x=e, y=e, mode="lines", name="loss", line={"color": "#a1d99b", "width": 1}),
+            3,
+            1,
+        )
+        base.add_trace(
+            go.Scatter(
+                x=e,
+                y=e,
+                mode="lines",
+                name=f"loss, average ({smooth})",
+                line={"color": "#2ca02c", "width": 2.5},
+            ),
+            3,
+            1,
+        )
         base.update_yaxes(range=[0, 1.02], row=1, col=1)
         base.update_xaxes(title_text="step", row=3, col=1)
-        base.update_layout(height=640, width=620, template="plotly_white",
-                           margin={"l": 55, "r": 20, "t": 40, "b": 40},
-                           legend={"orientation": "h", "y": -0.12, "x": 0, "font": {"size": 11}})
+        base.update_layout(
+            height=640,
+            width=620,
+            template="plotly_white",
+            margin={"l": 55, "r": 20, "t": 40, "b": 40},
+            legend={"orientation": "h", "y": -0.12, "x": 0, "font": {"size": 11}},
+        )
         for a in base.layout.annotations:
             a.font.size = 13
         self.fig = figure_widget(base)
 
-        heat = go.Figure(go.Heatmap(z=[], x=[], y=[], zmin=0, zmax=1, colorscale="Viridis",
-                                    colorbar={"thickness": 12, "len": 0.9},
-                                    hovertemplate="steps %{y} and %{x}: %{z:.3f}<extra></extra>"))
+        heat = go.Figure(
+            go.Heatmap(
+                z=[],
+                x=[],
+                y=[],
+                zmin=0,
+                zmax=1,
+                colorscale="Viridis",
+                colorbar={"thickness": 12, "len": 0.9},
+                hovertemplate="steps %{y} and %{x}: %{z:.3f}<extra></extra>",
+            )
+        )
         # numeric axes: a cell spans the steps around its refresh (thinned ones are wider)
         heat.update_xaxes(title_text="refresh step", nticks=6)
         heat.update_yaxes(autorange="reversed", nticks=6)
-        heat.update_layout(height=370, width=370, template="plotly_white",
-                           margin={"l": 50, "r": 10, "t": 50, "b": 45},
-                           title={"text": f"overlap ‖V_iᵀV_j‖²_F/{k} of the top-{k} subspaces",
-                                  "font": {"size": 13}, "x": 0.02})
+        heat.update_layout(
+            height=370,
+            width=370,
+            template="plotly_white",
+            margin={"l": 50, "r": 10, "t": 50, "b": 45},
+            title={
+                "text": f"overlap ‖V_iᵀV_j‖²_F/{k} of the top-{k} subspaces",
+                "font": {"size": 13},
+                "x": 0.02,
+            },
+        )
         self.heat = figure_widget(heat)
 
         # ---- wiring -----------------------------------------------------------------
         self.smooth.observe(self._on_view, names="value")
         self.steps.observe(self._on_range, names="value")
         self.pause.observe(self._on_pause, names="value")
-        self.widget = W.VBox([
-            W.HBox([self.smooth, self.steps, self.range_label, self.pause]),
-            W.HBox([self.fig, W.VBox([self.heat, self.readout])]),
-            W.HBox([self.progress, self.status]),
-        ], layout=W.Layout(padding="4px"))
+        self.widget = W.VBox(
+            [
+                W.HBox([self.smooth, self.steps, self.range_label, self.pause]),
+                W.HBox([self.fig, W.VBox([self.heat, self.readout])]),
+                W.HBox([self.progress, self.status]),
+            ],
+            layout=W.Layout(padding="4px"),
+        )
         self.widget.add_class("lossviz-dash-subspace")
         self._guard(self.fig, self.heat, self.steps)
         self._remove_listener = tracker.add_listener(self._on_step)
@@ -304,8 +428,11 @@ class SubspaceDashboard(Dashboard):
         two, thr = np.asarray(d.two), np.asarray(d.thr)
         R = [r for r in d.refresh if lo <= r["step"] <= hi]
         rs = [r["step"] for r in R]
-        fd = [(r["step"], r["gradient_fraction_data"]) for r in R
-              if r.get("gradient_fraction_data") is not None]
+        fd = [
+            (r["step"], r["gradient_fraction_data"])
+            for r in R
+            if r.get("gradient_fraction_data") is not None
+        ]
         shown = loss[idx]
         log = bool(len(shown)) and bool(np.all(shown[np.isfinite(shown)] > 0))
         momentum = bool(np.any(np.isfinite(thr) & (np.abs(thr - two) > 1e-12 * np.abs(two))))
@@ -355,17 +482,24 @@ class SubspaceDashboard(Dashboard):
         i = len(d.steps) - 1
         frac = moving_average(d.frac, w)
         loss = moving_average(d.train_loss if lkey == "train_loss" else d.loss, w)
-        rows = [("step", f"{d.steps[i]}"),
-                ("gradient fraction", f"{_f(d.frac[i])} (average {_f(frac[i])})")]
+        rows = [
+            ("step", f"{d.steps[i]}"),
+            ("gradient fraction", f"{_f(d.frac[i])} (average {_f(frac[i])})"),
+        ]
         last = d.refresh[-1] if d.refresh else None
         if last is not None and last.get("gradient_fraction_data") is not None:
-            rows.append(("full-data gradient fraction",
-                         f"{_f(last['gradient_fraction_data'])} (step {last['step']})"))
+            rows.append(
+                (
+                    "full-data gradient fraction",
+                    f"{_f(last['gradient_fraction_data'])} (step {last['step']})",
+                )
+            )
         lam = _num(last, "lambda_max") if last is not None else math.nan
         rows.append(("λ_max", f"{_f(lam)}" + (f" (step {last['step']})" if last else "")))
         two_now = d.two[i]
-        rows.append(("2/lr", _f(two_now) if math.isfinite(two_now)
-                     else "– (give the tracker optimizer=)"))
+        rows.append(
+            ("2/lr", _f(two_now) if math.isfinite(two_now) else "– (give the tracker optimizer=)")
+        )
         two_at = _num(last, "two_over_lr") if last is not None else math.nan
         rows.append(("λ_max·lr/2", _f(lam / two_at) if math.isfinite(lam / two_at) else "–"))
         thr_at = _num(last, "stability_threshold") if last is not None else math.nan
@@ -374,11 +508,14 @@ class SubspaceDashboard(Dashboard):
         raw = (d.train_loss if lkey == "train_loss" else d.loss)[i]
         rows.append((lkey.replace("_", " "), f"{_f(raw)} (average {_f(loss[i])})"))
         rows.append(("refreshes · HVPs", f"{len(d.refresh)} · {self.tracker.n_hvp}"))
-        body = "".join(f"<tr><td>{html.escape(a)}</td><td>{html.escape(b)}</td></tr>"
-                       for a, b in rows)
-        self.readout.value = (f"<table class='lossviz-readout lossviz-subspace-readout'>{body}"
-                              "</table><small>λ_max·lr/2 ≈ 1: the edge of stability "
-                              "(Cohen et al. 2021)</small>")
+        body = "".join(
+            f"<tr><td>{html.escape(a)}</td><td>{html.escape(b)}</td></tr>" for a, b in rows
+        )
+        self.readout.value = (
+            f"<table class='lossviz-readout lossviz-subspace-readout'>{body}"
+            "</table><small>λ_max·lr/2 ≈ 1: the edge of stability "
+            "(Cohen et al. 2021)</small>"
+        )
 
     def _render_status(self) -> None:
         n = len(self.data.steps)
@@ -416,13 +553,19 @@ def _log_ticks(y: np.ndarray) -> list[float] | None:
     if not len(y):
         return None
     lo, hi = float(y.min()), float(y.max())
-    ticks = [m * 10.0 ** e for e in range(math.floor(math.log10(lo)) - 1,
-                                          math.ceil(math.log10(hi)) + 1) for m in (1, 2, 5)]
+    ticks = [
+        m * 10.0**e
+        for e in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1)
+        for m in (1, 2, 5)
+    ]
     inside = [t for t in ticks if lo <= t <= hi]
     if len(inside) < 2:  # a narrow range: every digit
-        inside = [m * 10.0 ** e for e in range(math.floor(math.log10(lo)),
-                                               math.ceil(math.log10(hi)) + 1)
-                  for m in range(1, 10) if lo <= m * 10.0 ** e <= hi]
+        inside = [
+            m * 10.0**e
+            for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+            for m in range(1, 10)
+            if lo <= m * 10.0**e <= hi
+        ]
     if len(inside) < 2:  # within one digit: plotly's ticks are fine there
         return None
     return [float(f"{t:.6g}") for t in inside]

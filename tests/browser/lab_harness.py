@@ -23,15 +23,25 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "out" / "browser"
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-    "--no-first-run", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--disable-extensions",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-extensions",
 ]
 
 
 def chromium_path() -> str | None:
-    for c in (os.environ.get("LOSSVIZ_CHROMIUM"), shutil.which("chromium"),
-              shutil.which("chromium-browser"), "/usr/bin/chromium"):
+    for c in (
+        os.environ.get("LOSSVIZ_CHROMIUM"),
+        shutil.which("chromium"),
+        shutil.which("chromium-browser"),
+        "/usr/bin/chromium",
+    ):
         if c and Path(c).is_file():
             return c
     return None
@@ -70,8 +80,7 @@ def notebook(name: str, dest: Path) -> Path:
 
 def _env(**extra) -> dict:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in
-                                                       [env.get("PYTHONPATH")] if p])
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
     env["LOSSVIZ_PROGRESS"] = "0"
     env.update(extra)
     return env
@@ -97,21 +106,33 @@ class Lab:
         d = settings / "@jupyterlab" / "apputils-extension"
         d.mkdir(parents=True)
         (d / "notification.jupyterlab-settings").write_text(
-            json.dumps({"fetchNews": "false", "checkForUpdates": False}))
-        env = _env(JUPYTER_CONFIG_DIR=tempfile.mkdtemp(prefix="lv-jcfg-"),
-                   JUPYTERLAB_SETTINGS_DIR=str(settings),
-                   JUPYTER_RUNTIME_DIR=tempfile.mkdtemp(prefix="lv-jrt-"))
-        cmd = [sys.executable, "-m", "jupyterlab", "--no-browser",
-               "--ServerApp.ip=127.0.0.1", "--ServerApp.allow_root=True",
-               f"--ServerApp.port={self.port}", "--ServerApp.port_retries=0",
-               f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={root}",
-               "--LabApp.expose_app_in_browser=True",
-               f"--LabApp.workspaces_dir={tempfile.mkdtemp(prefix='lv-jws-')}",
-               "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+            json.dumps({"fetchNews": "false", "checkForUpdates": False})
+        )
+        env = _env(
+            JUPYTER_CONFIG_DIR=tempfile.mkdtemp(prefix="lv-jcfg-"),
+            JUPYTERLAB_SETTINGS_DIR=str(settings),
+            JUPYTER_RUNTIME_DIR=tempfile.mkdtemp(prefix="lv-jrt-"),
+        )
+        cmd = [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            "--ServerApp.ip=127.0.0.1",
+            "--ServerApp.allow_root=True",
+            f"--ServerApp.port={self.port}",
+            "--ServerApp.port_retries=0",
+            f"--IdentityProvider.token={self.token}",
+            f"--ServerApp.root_dir={root}",
+            "--LabApp.expose_app_in_browser=True",
+            f"--LabApp.workspaces_dir={tempfile.mkdtemp(prefix='lv-jws-')}",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        ]
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         self.log = open(ARTIFACTS / "jupyter.log", "w")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         url = f"http://127.0.0.1:{self.port}/api/status?token={self.token}"
         for _ in range(240):
             try:
@@ -128,8 +149,9 @@ class Lab:
         # a fresh workspace per page: otherwise JupyterLab reopens the notebooks of the
         # previous test next to this one
         ws = secrets.token_hex(4)
-        return (f"http://127.0.0.1:{self.port}/lab/workspaces/{ws}/tree/{nb}"
-                f"?reset&token={self.token}")
+        return (
+            f"http://127.0.0.1:{self.port}/lab/workspaces/{ws}/tree/{nb}?reset&token={self.token}"
+        )
 
     def close(self):
         kill(self.proc)
@@ -164,8 +186,7 @@ def browser(browser_ok):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium_path(), headless=True,
-                              args=CHROMIUM_ARGS)
+        b = p.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
         yield b
         b.close()
 
@@ -191,12 +212,14 @@ def page(browser):
     ctx.close()
 
 
-KERNEL_IDLE = ("window.jupyterapp && window.jupyterapp.shell.currentWidget"
-               " && window.jupyterapp.shell.currentWidget.sessionContext"
-               " && window.jupyterapp.shell.currentWidget.sessionContext.session"
-               " && window.jupyterapp.shell.currentWidget.sessionContext.session.kernel"
-               " && window.jupyterapp.shell.currentWidget.sessionContext.session.kernel"
-               ".status === 'idle'")
+KERNEL_IDLE = (
+    "window.jupyterapp && window.jupyterapp.shell.currentWidget"
+    " && window.jupyterapp.shell.currentWidget.sessionContext"
+    " && window.jupyterapp.shell.currentWidget.sessionContext.session"
+    " && window.jupyterapp.shell.currentWidget.sessionContext.session.kernel"
+    " && window.jupyterapp.shell.currentWidget.sessionContext.session.kernel"
+    ".status === 'idle'"
+)
 
 
 def open_and_run(page, lab, nb: str) -> None:
@@ -215,14 +238,18 @@ def shot(page, name: str) -> Path:
 
 def plot_js(i: int, expr: str) -> str:
     """JS evaluating ``expr`` with ``gd`` = the i-th plotly graph on the page."""
-    return (f"(() => {{ const gd = document.querySelectorAll('.js-plotly-plot')[{i}];"
-            f" if (!gd || !gd.layout) return null; return {expr}; }})()")
+    return (
+        f"(() => {{ const gd = document.querySelectorAll('.js-plotly-plot')[{i}];"
+        f" if (!gd || !gd.layout) return null; return {expr}; }})()"
+    )
 
 
 def wait_plot(page, i: int, cond: str, timeout=60_000):
     page.wait_for_function(
         f"(() => {{ const gd = document.querySelectorAll('.js-plotly-plot')[{i}];"
-        f" return !!(gd && gd.layout && gd.data && ({cond})); }})()", timeout=timeout)
+        f" return !!(gd && gd.layout && gd.data && ({cond})); }})()",
+        timeout=timeout,
+    )
 
 
 def cell_errors(page) -> list[str]:
@@ -231,4 +258,5 @@ def cell_errors(page) -> list[str]:
     return page.evaluate(
         "Array.from(document.querySelectorAll("
         "'.jp-OutputArea-output[data-mime-type=\"application/vnd.jupyter.error\"]'))"
-        ".map(e => e.textContent.slice(0, 2000))")
+        ".map(e => e.textContent.slice(0, 2000))"
+    )

@@ -15,9 +15,11 @@ def test_interpolation_dashboard(page, lab):
     wait_plot(page, 0, f"{TITLE}.startsWith('α = 0.00 · exact')", timeout=180_000)
     curve = page.evaluate(plot_js(0, "Array.from(gd.data[0].y)"))
     assert len(curve) == 25 and all(v is not None for v in curve)
-    page.wait_for_function("document.querySelector('.lossviz-scrubber-curve')"
-                           " && document.querySelector('.lossviz-scrubber-curve')"
-                           ".getAttribute('d').length > 50")
+    page.wait_for_function(
+        "document.querySelector('.lossviz-scrubber-curve')"
+        " && document.querySelector('.lossviz-scrubber-curve')"
+        ".getAttribute('d').length > 50"
+    )
     shot(page, "interpolation_01_initial")
     marker0 = page.evaluate(plot_js(0, "[gd.data[2].x[0], gd.data[2].y[0]]"))
 
@@ -48,7 +50,7 @@ def test_interpolation_dashboard(page, lab):
 
     # 3) mouse drag on lossviz's scrubber to the middle of its track -> α ≈ 0.5
     svg = page.locator(".lossviz-scrubber-svg").first.bounding_box()
-    x0, x1 = svg["x"] + 44, svg["x"] + svg["width"] - 12     # PAD.l / PAD.r of scrubber.js
+    x0, x1 = svg["x"] + 44, svg["x"] + svg["width"] - 12  # PAD.l / PAD.r of scrubber.js
     ys = svg["y"] + svg["height"] / 2
     page.mouse.move(x0 + 2, ys)
     page.mouse.down()
@@ -56,10 +58,14 @@ def test_interpolation_dashboard(page, lab):
         page.mouse.move(x0 + (x1 - x0) * 0.5 * (i + 1) / 20, ys)
         page.wait_for_timeout(15)
     page.mouse.up()
-    wait_plot(page, 0, f"{TITLE}.endsWith('exact') && Math.abs(gd.data[2].x[0] - 0.5) < 0.02",
-              timeout=60_000)
+    wait_plot(
+        page,
+        0,
+        f"{TITLE}.endsWith('exact') && Math.abs(gd.data[2].x[0] - 0.5) < 0.02",
+        timeout=60_000,
+    )
     slider_readout = page.locator(".widget-readout").first.inner_text()
-    assert abs(float(slider_readout) - 0.5) < 0.02      # linked to the ipywidgets slider
+    assert abs(float(slider_readout) - 0.5) < 0.02  # linked to the ipywidgets slider
     shot(page, "interpolation_04_scrubber_drag")
 
     # 4) scrubber keys: End -> α = 1
@@ -72,11 +78,16 @@ def test_interpolation_dashboard(page, lab):
     page.evaluate(plot_js(0, "(window.__lvBefore = JSON.stringify(Array.from(gd.data[0].y)))"))
     page.locator(".lossviz-mixer-row").first.click()
     page.wait_for_function(
-        "document.querySelector('.lossviz-mixer-row').getAttribute('aria-checked') === 'false'")
-    wait_plot(page, 0, "JSON.stringify(Array.from(gd.data[0].y)) !== window.__lvBefore",
-              timeout=60_000)
-    page.wait_for_function("Array.from(document.querySelectorAll('.lossviz-mixer-val'))"
-                           ".every(e => e.textContent !== '…')", timeout=60_000)
+        "document.querySelector('.lossviz-mixer-row').getAttribute('aria-checked') === 'false'"
+    )
+    wait_plot(
+        page, 0, "JSON.stringify(Array.from(gd.data[0].y)) !== window.__lvBefore", timeout=60_000
+    )
+    page.wait_for_function(
+        "Array.from(document.querySelectorAll('.lossviz-mixer-val'))"
+        ".every(e => e.textContent !== '…')",
+        timeout=60_000,
+    )
     after = page.evaluate(plot_js(0, "Array.from(gd.data[0].y)"))
     assert after != before
     shot(page, "interpolation_05_mixer")
@@ -85,19 +96,28 @@ def test_interpolation_dashboard(page, lab):
     # curve before matching stays, dashed
     page.evaluate(plot_js(0, "(window.__lvBefore = JSON.stringify(Array.from(gd.data[0].y)))"))
     page.locator(".lossviz-mixer button", has_text="all").click()
-    page.wait_for_function("Array.from(document.querySelectorAll('.lossviz-mixer-row'))"
-                           ".every(e => e.getAttribute('aria-checked') === 'true')")
-    wait_plot(page, 0, "JSON.stringify(Array.from(gd.data[0].y)) !== window.__lvBefore",
-              timeout=60_000)
+    page.wait_for_function(
+        "Array.from(document.querySelectorAll('.lossviz-mixer-row'))"
+        ".every(e => e.getAttribute('aria-checked') === 'true')"
+    )
+    wait_plot(
+        page, 0, "JSON.stringify(Array.from(gd.data[0].y)) !== window.__lvBefore", timeout=60_000
+    )
     full = page.evaluate(plot_js(0, "Array.from(gd.data[0].y)"))
-    assert np.allclose(full, before, rtol=1e-5)             # the full path again
+    assert np.allclose(full, before, rtol=1e-5)  # the full path again
     page.evaluate(plot_js(0, "(window.__lvBefore = JSON.stringify(Array.from(gd.data[0].y)))"))
     page.locator(".widget-checkbox", has_text="weight matching").locator("input").click()
-    wait_plot(page, 0, "Array.from(gd.data[1].y).every(v => v !== null)"
-              " && JSON.stringify(Array.from(gd.data[0].y)) !== window.__lvBefore",
-              timeout=180_000)
-    page.wait_for_function("document.querySelector('.lossviz-readout')"
-                           ".textContent.includes('before matching')", timeout=60_000)
+    wait_plot(
+        page,
+        0,
+        "Array.from(gd.data[1].y).every(v => v !== null)"
+        " && JSON.stringify(Array.from(gd.data[0].y)) !== window.__lvBefore",
+        timeout=180_000,
+    )
+    page.wait_for_function(
+        "document.querySelector('.lossviz-readout').textContent.includes('before matching')",
+        timeout=60_000,
+    )
     matched = page.evaluate(plot_js(0, "Array.from(gd.data[0].y)"))
     unmatched = page.evaluate(plot_js(0, "Array.from(gd.data[1].y)"))
     # two seeds of the same MLP: aligning the hidden units lowers the middle of the path

@@ -7,7 +7,7 @@ from lab_harness import cell_errors, open_and_run, shot
 
 TITLE = "gd.layout.title.text"
 READOUT = ".lossviz-landscape-readout"
-MAP, SLICES, THREE_D = "map", "slices", "3d"   # the boxes holding the three figures
+MAP, SLICES, THREE_D = "map", "slices", "3d"  # the boxes holding the three figures
 
 
 def _gd(box: str) -> str:
@@ -16,26 +16,32 @@ def _gd(box: str) -> str:
 
 def plot_js(box: str, expr: str) -> str:
     """JS evaluating ``expr`` with ``gd`` = the plotly graph in the dashboard's ``box``."""
-    return (f"(() => {{ const gd = {_gd(box)}; if (!gd || !gd.layout) return null;"
-            f" return {expr}; }})()")
+    return (
+        f"(() => {{ const gd = {_gd(box)}; if (!gd || !gd.layout) return null; return {expr}; }})()"
+    )
 
 
 def wait_plot(page, box: str, cond: str, timeout=60_000):
-    page.wait_for_function(f"(() => {{ const gd = {_gd(box)};"
-                           f" return !!(gd && gd.layout && gd.data && ({cond})); }})()",
-                           timeout=timeout)
+    page.wait_for_function(
+        f"(() => {{ const gd = {_gd(box)};"
+        f" return !!(gd && gd.layout && gd.data && ({cond})); }})()",
+        timeout=timeout,
+    )
 
 
 def _z_ok(n: int) -> str:
     """The map's trace shows an n×n grid with no gap."""
-    return (f"gd.data.some(t => t.visible !== false && t.z && t.z.length === {n}"
-            f" && t.z.every(r => r.length === {n} && r.every(v => v !== null)))")
+    return (
+        f"gd.data.some(t => t.visible !== false && t.z && t.z.length === {n}"
+        f" && t.z.every(r => r.length === {n} && r.every(v => v !== null)))"
+    )
 
 
 def _shot(page, name):
     """A screenshot with the dashboard scrolled to the top of the notebook panel."""
-    page.evaluate("document.querySelector('.lossviz-dash-landscape')"
-                  ".scrollIntoView({block: 'start'})")
+    page.evaluate(
+        "document.querySelector('.lossviz-dash-landscape').scrollIntoView({block: 'start'})"
+    )
     page.wait_for_timeout(300)
     shot(page, name)
 
@@ -43,14 +49,19 @@ def _shot(page, name):
 def test_landscape_dashboard(page, lab):
     open_and_run(page, lab, "landscape.ipynb")
     page.locator(".lossviz-dash-landscape").first.wait_for(state="visible", timeout=180_000)
-    wait_plot(page, MAP, f"{TITLE} === 'loss · PCA of the trajectory · 31×31' && {_z_ok(31)}",
-              timeout=180_000)
+    wait_plot(
+        page,
+        MAP,
+        f"{TITLE} === 'loss · PCA of the trajectory · 31×31' && {_z_ok(31)}",
+        timeout=180_000,
+    )
     # the notebook inspected the trained model (a = b = 0): λ_max and both slices shown
-    page.wait_for_function(f"document.querySelector('{READOUT} .lv-lambda') !== null",
-                           timeout=180_000)
+    page.wait_for_function(
+        f"document.querySelector('{READOUT} .lv-lambda') !== null", timeout=180_000
+    )
     wait_plot(page, SLICES, "gd.data[0].x.length === 61 && gd.data[2].x.length === 61")
     path = page.evaluate(plot_js(MAP, "[gd.data[2].x.length, gd.data[2].text[0]]"))
-    assert path == [61, "start"]          # every 5th of 300 steps and the final weights
+    assert path == [61, "start"]  # every 5th of 300 steps and the final weights
     lam0 = page.locator(f"{READOUT} .lv-lambda").inner_text()
     assert float(lam0) > 0
     _shot(page, "landscape_01_initial")
@@ -60,8 +71,12 @@ def test_landscape_dashboard(page, lab):
     handle.focus()
     handle.press("ArrowRight")
     handle.press("ArrowRight")
-    wait_plot(page, MAP, f"{TITLE} === 'loss · PCA of the trajectory · 35×35' && {_z_ok(35)}",
-              timeout=120_000)
+    wait_plot(
+        page,
+        MAP,
+        f"{TITLE} === 'loss · PCA of the trajectory · 35×35' && {_z_ok(35)}",
+        timeout=120_000,
+    )
     _shot(page, "landscape_02_resolution_keys")
 
     # 2) mouse drag on the span slider: one sixth of the track to the right -> span × 2
@@ -76,8 +91,12 @@ def test_landscape_dashboard(page, lab):
         page.mouse.move(x0 + track["width"] / 6 * (i + 1) / 12, y)
         page.wait_for_timeout(20)
     page.mouse.up()
-    wait_plot(page, MAP, f"gd.data[0].x[0] !== {x_before[0]} && {_z_ok(35)}"
-              f" && !{TITLE}.includes('refining')", timeout=120_000)
+    wait_plot(
+        page,
+        MAP,
+        f"gd.data[0].x[0] !== {x_before[0]} && {_z_ok(35)} && !{TITLE}.includes('refining')",
+        timeout=120_000,
+    )
     readout = page.locator(".lossviz-landscape-span .widget-readout").first.inner_text()
     assert float(readout) == 2.0
     x_after = page.evaluate(plot_js(MAP, "[gd.data[0].x[0], gd.data[0].x[34]]"))
@@ -86,8 +105,11 @@ def test_landscape_dashboard(page, lab):
 
     # 3) heatmap instead of contours: the same grid, another trace
     page.locator(".lossviz-landscape-kind button", has_text="heatmap").click()
-    wait_plot(page, MAP, "gd.data[1].visible === true && gd.data[0].visible === false"
-              " && gd.data[1].z.length === 35")
+    wait_plot(
+        page,
+        MAP,
+        "gd.data[1].visible === true && gd.data[0].visible === false && gd.data[1].z.length === 35",
+    )
 
     # 4) click on the map: the nearest grid node is inspected, slices and λ_max follow
     drag = page.locator(".js-plotly-plot").first.locator(".nsewdrag").first.bounding_box()
@@ -99,7 +121,8 @@ def test_landscape_dashboard(page, lab):
     page.wait_for_function(
         f"document.querySelector('{READOUT} .lv-lambda') !== null"
         f" && document.querySelector('{READOUT} .lv-lambda').textContent !== '{lam0}'",
-        timeout=120_000)
+        timeout=120_000,
+    )
     assert f"a = {clicked[0]:.4g}" in page.locator(READOUT).inner_text()
     wait_plot(page, SLICES, f"gd.data[1].x[0] === {clicked[0]} && gd.data[3].x[0] === {clicked[1]}")
     assert page.evaluate(plot_js(SLICES, "gd.data[0].x.length")) == 69
@@ -116,8 +139,9 @@ def test_landscape_dashboard(page, lab):
 
     # 6) the 3-D view replaces the map (same numbers)
     page.locator(".lossviz-landscape-kind button", has_text="3-D").click()
-    wait_plot(page, THREE_D, "gd.data[0].type === 'surface' && gd.data[0].z.length === 35",
-              timeout=60_000)
+    wait_plot(
+        page, THREE_D, "gd.data[0].type === 'surface' && gd.data[0].z.length === 35", timeout=60_000
+    )
     page.wait_for_timeout(1500)
     _shot(page, "landscape_06_3d")
 
@@ -134,16 +158,17 @@ def test_landscape_dashboard(page, lab):
         page.wait_for_timeout(20)
     page.mouse.up()
     try:
-        wait_plot(page, MAP, f"{TITLE}.startsWith('loss · random · 101×101 · refining')",
-                  timeout=120_000)
+        wait_plot(
+            page, MAP, f"{TITLE}.startsWith('loss · random · 101×101 · refining')", timeout=120_000
+        )
     except Exception:
         _shot(page, "landscape_failed_refining")
         res = page.locator(".lossviz-landscape-resolution .widget-readout").first.inner_text()
-        raise AssertionError(f"title {page.evaluate(plot_js(MAP, TITLE))!r}, resolution "
-                             f"{res!r}") from None
+        raise AssertionError(
+            f"title {page.evaluate(plot_js(MAP, TITLE))!r}, resolution {res!r}"
+        ) from None
     _shot(page, "landscape_07_refining")
-    wait_plot(page, MAP, f"{TITLE} === 'loss · random · 101×101' && {_z_ok(101)}",
-              timeout=180_000)
+    wait_plot(page, MAP, f"{TITLE} === 'loss · random · 101×101' && {_z_ok(101)}", timeout=180_000)
     _shot(page, "landscape_08_refined")
     assert page.console_errors == [], page.console_errors
     assert cell_errors(page) == []

@@ -36,12 +36,11 @@ def _exercise(page, prefix):
     wait_plot(page, 0, "gd.data[1].x && gd.data[1].x.length > 10", timeout=120_000)
     shot(page, f"{prefix}_01_initial")
     page.evaluate(plot_js(0, "(window.__lvT = JSON.stringify(Array.from(gd.data[1].x)))"))
-    handle = page.locator(".widget-slider .noUi-handle").first   # lr
+    handle = page.locator(".widget-slider .noUi-handle").first  # lr
     handle.focus()
     for _ in range(4):
         handle.press("ArrowRight")
-    wait_plot(page, 0, "JSON.stringify(Array.from(gd.data[1].x)) !== window.__lvT",
-              timeout=60_000)
+    wait_plot(page, 0, "JSON.stringify(Array.from(gd.data[1].x)) !== window.__lvT", timeout=60_000)
     # mouse drag on the steps slider (4th slider) to its right end -> longer trajectories
     page.wait_for_timeout(500)
     n_before = page.evaluate(plot_js(0, "gd.data[1].x.length"))
@@ -51,9 +50,11 @@ def _exercise(page, prefix):
         wait_plot(page, 0, f"gd.data[1].x.length > {n_before}", timeout=60_000)
     except Exception:
         shot(page, f"{prefix}_failed_drag")
-        raise AssertionError(f"steps slider after drag: {steps.inner_text()!r}, "
-                             f"trajectory {page.evaluate(plot_js(0, 'gd.data[1].x.length'))} "
-                             f"points (before {n_before})") from None
+        raise AssertionError(
+            f"steps slider after drag: {steps.inner_text()!r}, "
+            f"trajectory {page.evaluate(plot_js(0, 'gd.data[1].x.length'))} "
+            f"points (before {n_before})"
+        ) from None
     shot(page, f"{prefix}_02_moved")
     # edge of stability tab: push lr past 2/λ_max -> the title says it diverges
     page.locator(".widget-tab .lm-TabBar-tab", has_text="edge of stability").first.click()
@@ -61,16 +62,20 @@ def _exercise(page, prefix):
     eos.wait_for(state="visible")
     readout = page.locator(".widget-slider .widget-readout").nth(5)
     eos.focus()
-    for _ in range(6):      # 0.09 -> 0.105, past 2/λ_max = 0.1
+    for _ in range(6):  # 0.09 -> 0.105, past 2/λ_max = 0.1
         eos.press("ArrowRight")
-    titles = ("Array.from(document.querySelectorAll('.js-plotly-plot'))"
-              ".map(g => g.layout && g.layout.title && g.layout.title.text).filter(t => t)")
+    titles = (
+        "Array.from(document.querySelectorAll('.js-plotly-plot'))"
+        ".map(g => g.layout && g.layout.title && g.layout.title.text).filter(t => t)"
+    )
     try:
         page.wait_for_function(f"{titles}.some(t => t.includes('diverges'))", timeout=60_000)
     except Exception:
         shot(page, f"{prefix}_failed_eos")
-        raise AssertionError(f"edge-of-stability lr slider reads {readout.inner_text()!r}; "
-                             f"plot titles {page.evaluate(titles)}") from None
+        raise AssertionError(
+            f"edge-of-stability lr slider reads {readout.inner_text()!r}; "
+            f"plot titles {page.evaluate(titles)}"
+        ) from None
     shot(page, f"{prefix}_03_eos")
     page.locator(".widget-tab .lm-TabBar-tab", has_text="Muon").first.click()
     # the fourth figure must still take the kernel's updates (anywidget drops every message
@@ -81,8 +86,7 @@ def _exercise(page, prefix):
     muon.focus()
     for _ in range(3):
         muon.press("ArrowLeft")
-    wait_plot(page, 3, "JSON.stringify(Array.from(gd.data[1].y)) !== window.__lvM",
-              timeout=60_000)
+    wait_plot(page, 3, "JSON.stringify(Array.from(gd.data[1].y)) !== window.__lvM", timeout=60_000)
     shot(page, f"{prefix}_04_muon")
 
 
@@ -99,13 +103,25 @@ def test_playground_voila(browser_ok, page, tmp_path):
     port = free_port()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     log = open(ARTIFACTS / "voila.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "voila", nb.name, "--no-browser",
-                             f"--port={port}", "--Voila.ip=127.0.0.1",
-                             # jupytext's JupyterLab extension needs JupyterLab's shared
-                             # modules and fails to load in Voila (a console error)
-                             "--VoilaConfiguration.extension_denylist=jupyterlab-jupytext"],
-                            cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True, env=_env())
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "voila",
+            nb.name,
+            "--no-browser",
+            f"--port={port}",
+            "--Voila.ip=127.0.0.1",
+            # jupytext's JupyterLab extension needs JupyterLab's shared
+            # modules and fails to load in Voila (a console error)
+            "--VoilaConfiguration.extension_denylist=jupyterlab-jupytext",
+        ],
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env=_env(),
+    )
     try:
         import socket
 

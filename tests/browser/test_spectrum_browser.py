@@ -15,8 +15,12 @@ def remember(page):
 
 
 def changed(page, timeout=60_000):
-    wait_plot(page, 0, f"gd.data[0].y && gd.data[0].y.length === 1500 && {SUM} !== window.__lvSum",
-              timeout=timeout)
+    wait_plot(
+        page,
+        0,
+        f"gd.data[0].y && gd.data[0].y.length === 1500 && {SUM} !== window.__lvSum",
+        timeout=timeout,
+    )
 
 
 def drag(page, handle, track, frac):
@@ -37,11 +41,16 @@ def test_spectrum_dashboard(page, lab):
     open_and_run(page, lab, "spectrum.ipynb")
     page.locator(".lossviz-dash-spectrum").first.wait_for(state="visible", timeout=180_000)
     # the density of the shown checkpoint arrives from the background thread
-    wait_plot(page, 0, f"{TITLE}.startsWith('step 0 · σ') && gd.data[0].y.length === 1500",
-              timeout=180_000)
+    wait_plot(
+        page,
+        0,
+        f"{TITLE}.startsWith('step 0 · σ') && gd.data[0].y.length === 1500",
+        timeout=180_000,
+    )
     # the notebook's last cell waits for every checkpoint and checks the numbers
     page.locator(".jp-OutputArea-output", has_text="all checks passed").first.wait_for(
-        timeout=240_000)
+        timeout=240_000
+    )
     wait_plot(page, 1, "Array.from(gd.data[0].y).every(v => v !== null)", timeout=60_000)
     assert page.evaluate(plot_js(0, "gd.layout.yaxis.type")) == "log"
     n_markers = page.evaluate(plot_js(0, "gd.data[2].x.length"))
@@ -73,12 +82,13 @@ def test_spectrum_dashboard(page, lab):
     remember(page)
     drag(page, sigma_handle, sliders.nth(0).locator(".noUi-target").bounding_box(), 0.0)
     changed(page)
-    page.wait_for_function("(() => { const r = document.querySelectorAll("
-                           "'.lossviz-dash-spectrum .widget-readout')[0];"
-                           " return r && parseFloat(r.textContent) < 0.0012; })()",
-                           timeout=60_000)
-    wait_plot(page, 0, "Math.max(...Array.from(gd.data[0].y)) > 2 * " + repr(peak0),
-              timeout=60_000)
+    page.wait_for_function(
+        "(() => { const r = document.querySelectorAll("
+        "'.lossviz-dash-spectrum .widget-readout')[0];"
+        " return r && parseFloat(r.textContent) < 0.0012; })()",
+        timeout=60_000,
+    )
+    wait_plot(page, 0, "Math.max(...Array.from(gd.data[0].y)) > 2 * " + repr(peak0), timeout=60_000)
     shot(page, "spectrum_03_sigma_drag")
 
     # 3) log / linear axis
@@ -112,7 +122,8 @@ def test_spectrum_dashboard(page, lab):
     shot(page, "spectrum_06_checkpoint_drag")
     # the lower half: λ_max over checkpoints and the per-layer table
     page.locator(".lossviz-spectrum-layers").first.evaluate(
-        "e => e.closest('.lossviz-dash-spectrum').scrollIntoView({block: 'end'})")
+        "e => e.closest('.lossviz-dash-spectrum').scrollIntoView({block: 'end'})"
+    )
     page.wait_for_timeout(300)
     assert "Linear" in page.locator(".lossviz-spectrum-layers").first.inner_text()
     shot(page, "spectrum_07_layers")

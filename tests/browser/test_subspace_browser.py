@@ -13,14 +13,17 @@ BUSY = KERNEL_IDLE.replace("=== 'idle'", "=== 'busy'")
 
 def _run(page, command: str, before: str) -> None:
     """Make the cell whose source contains ``before`` active and run a notebook command."""
-    page.evaluate("""([cmd, text]) => {
+    page.evaluate(
+        """([cmd, text]) => {
         const nb = window.jupyterapp.shell.currentWidget.content;
         const i = nb.widgets.findIndex(c => c.model.sharedModel.getSource().includes(text));
         if (i < 0) throw new Error('no cell with ' + text);
         nb.activeCellIndex = i;
         window.jupyterapp.commands.execute(cmd);  // its promise ends with the cells: not awaited
         return null;
-    }""", [command, before])
+    }""",
+        [command, before],
+    )
 
 
 def _shown_range(page, timeout=60_000) -> tuple[int, int]:
@@ -30,7 +33,9 @@ def _shown_range(page, timeout=60_000) -> tuple[int, int]:
         "(() => { const gd = document.querySelectorAll('.js-plotly-plot')[0];"
         " const m = document.querySelector('.lossviz-range-label').textContent.match(/\\d+/g);"
         " return m && gd.data[0].x[0] === +m[0]"
-        " && gd.data[0].x[gd.data[0].x.length - 1] === +m[1]; })()", timeout=timeout)
+        " && gd.data[0].x[gd.data[0].x.length - 1] === +m[1]; })()",
+        timeout=timeout,
+    )
     text = page.locator(".lossviz-range-label").first.inner_text()
     lo, hi = map(int, re.findall(r"\d+", text)[:2])
     return lo, hi
@@ -76,10 +81,10 @@ def test_subspace_dashboard(page, lab):
     wait_plot(page, 0, f"{N} === {STEPS}", timeout=240_000)
     page.wait_for_function(KERNEL_IDLE, timeout=240_000)
     page.get_by_text("median λ_max·lr/2").first.wait_for(timeout=60_000)
-    wait_plot(page, 1, "gd.data[0].z && gd.data[0].z.length > 10")   # overlap heatmap
+    wait_plot(page, 1, "gd.data[0].z && gd.data[0].z.length > 10")  # overlap heatmap
     lam = page.evaluate(plot_js(0, "Array.from(gd.data[3].y)"))
     two = page.evaluate(plot_js(0, "Array.from(gd.data[4].y)"))
-    assert len(lam) == 151 and two[0] == 5 and two[-1] == 10     # lr halved at step 500
+    assert len(lam) == 151 and two[0] == 5 and two[-1] == 10  # lr halved at step 500
     readout = page.locator(".lossviz-subspace-readout").first.inner_text()
     assert "λ_max·lr/2" in readout and "1500" in readout
     shot(page, "subspace_02_done")
@@ -102,7 +107,7 @@ def test_subspace_dashboard(page, lab):
     lower = sliders.nth(1).locator(".noUi-handle").first
     heat0 = page.evaluate(plot_js(1, "gd.data[0].x.length"))
     _drag(page, lower, track["x"] + track["width"] * 0.5)
-    page.wait_for_timeout(1000)   # the last value of the drag wins
+    page.wait_for_timeout(1000)  # the last value of the drag wins
     lo, hi = _shown_range(page)
     assert 500 <= lo < 1000 and hi == STEPS - 1
     x = page.evaluate(plot_js(0, "[gd.data[0].x[0], gd.data[0].x[gd.data[0].x.length - 1]]"))
