@@ -9,7 +9,7 @@ import itertools
 import math
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -181,6 +181,32 @@ def _structural_copy(m: nn.Module, memo: dict) -> nn.Module:
     return new
 
 
+class _CompositeWeightNorm(torch.overrides.TorchFunctionMode):
+    """``torch._weight_norm`` (behind ``nn.utils.weight_norm`` and
+    ``nn.utils.parametrizations.weight_norm``) through composite ops: its fused double
+    backward is wrong in torch 2.13 (``gradgradcheck`` fails; Hessians through it are off
+    by tens of percent), the composite ``v · g / ||v||`` is exact."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch._weight_norm:
+            v, g, *rest = args
+            dim = rest[0] if rest else kwargs.get("dim", 0)
+            return v * (g / torch.norm_except_dim(v, 2, dim))
+        return func(*args, **kwargs)
+
+
+def _uses_weight_norm(model: nn.Module) -> bool:
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    for m in model.modules():
+        if any(isinstance(h, WeightNorm) for h in m._forward_pre_hooks.values()):
+            return True
+        if type(m).__name__ == "_WeightNorm":  # torch.nn.utils.parametrizations
+            return True
+    return False
+
+
 def _math_sdpa():
     """Attention through the composite (math) kernel: it supports double backward and
     forward-mode AD, which the fused kernels do not."""
@@ -338,6 +364,7 @@ class Objective:
             (m, m.training, getattr(m, "track_running_stats", None)) for m in self._shadow.modules()
         ]
         self._lock = threading.RLock()
+        self._op_fix = _CompositeWeightNorm if _uses_weight_norm(model) else None
 
         self._data = None
         self._stream_shape: tuple[int, int] | None = None  # (batches, samples) of a pass
@@ -408,7 +435,7 @@ class Objective:
             if self.max_batches is not None:
                 src = src[: self.max_batches]
         elif isinstance(data, Iterable):
-            if iter(data) is not data:  # re-iterable (a DataLoader): read at every pass
+            if not isinstance(data, Iterator):  # re-iterable (a DataLoader): every pass
                 self._data = data
                 return None, None
             src = self._read_once(data)
@@ -499,12 +526,12 @@ class Objective:
             except Exception as e:  # noqa: BLE001 - reported with what lossviz was given
                 raise LossvizError(self._explain(e, batch)) from e
         loss = self._scalar(loss)
+        what = (
+            "forward(model, batch)"
+            if self.forward is not None
+            else "loss_fn(model(inputs), targets)"
+        )
         if not loss.requires_grad:
-            what = (
-                "forward(model, batch)"
-                if self.forward is not None
-                else "loss_fn(model(inputs), targets)"
-            )
             raise LossvizError(
                 f"{what} returned a loss with no gradient with respect to the parameters: "
                 "does it .detach(), go through .item() / NumPy, run under torch.no_grad(), "
@@ -512,6 +539,18 @@ class Objective:
                     "or use a model other than the one it is given?"
                     if self.forward
                     else "or does the model detach its output?"
+                )
+            )
+        with torch.enable_grad():
+            grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+        if all(g is None for g in grads):
+            raise LossvizError(
+                f"{what}: the loss does not depend on the parameters lossviz varies"
+                + (
+                    " (forward= must compute the loss with the model it is given, not a "
+                    "model captured from outside)"
+                    if self.forward is not None
+                    else ""
                 )
             )
 
@@ -738,9 +777,13 @@ class Objective:
         tensors.update(flat if isinstance(flat, Mapping) else self.layout.unflatten(flat))
         with self._lock:
             try:
+                fix = self._op_fix() if self._op_fix is not None else contextlib.nullcontext()
                 if _reparametrize_module is not None:
-                    with _reparametrize_module(
-                        self._shadow, tensors, tie_weights=True, strict=False
+                    with (
+                        _reparametrize_module(
+                            self._shadow, tensors, tie_weights=True, strict=False
+                        ),
+                        fix,
                     ):
                         yield self._shadow
                 else:  # pragma: no cover

@@ -125,18 +125,22 @@ class Weights(Mapping):
         return self._zip(other, lambda a, b: b - a)
 
     def __mul__(self, s):
-        s = self._scalar(s)
-        if s is None:
-            return NotImplemented
-        return self._map(lambda v: v * s)
+        f = self._scalar(s)
+        if f is None:
+            raise TypeError(
+                f"Weights can be multiplied by a scalar (a number or a 0-d tensor), "
+                f"not by {type(s).__name__}"
+                + (f" of shape {tuple(s.shape)}" if hasattr(s, "shape") else "")
+            )
+        return self._map(lambda v: v * f)
 
     __rmul__ = __mul__
 
     def __truediv__(self, s):
-        s = self._scalar(s)
-        if s is None:
-            return NotImplemented
-        return self._map(lambda v: v / s)
+        f = self._scalar(s)
+        if f is None:
+            raise TypeError(f"Weights can be divided by a scalar, not by {type(s).__name__}")
+        return self._map(lambda v: v / f)
 
     def __neg__(self):
         return self._map(torch.neg)

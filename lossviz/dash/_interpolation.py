@@ -10,6 +10,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
+from .. import validate
 from ..errors import LossvizError
 from ..landscape import _Engine, evaluate, resolve_metrics
 from ..objective import Objective
@@ -112,8 +113,7 @@ class InterpolationDashboard(Dashboard):
 
         if not isinstance(obj, Objective):
             raise TypeError(f"obj must be a lossviz.Objective, got {type(obj).__name__}")
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 3:
-            raise LossvizError(f"n (points on the α grid) must be an integer >= 3, got {n!r}")
+        validate.integer(n, "n (points on the α grid)", low=3)
         if obj.forward is not None:
             metrics = ("loss",)
         self.metrics = list(resolve_metrics(obj, metrics))

@@ -13,6 +13,7 @@ from numbers import Real
 
 import numpy as np
 
+from .. import validate
 from ..errors import LossvizError
 from ..hessian import (
     hessian_blocks,
@@ -176,10 +177,8 @@ class SpectrumDashboard(Dashboard):
         import plotly.graph_objects as go
 
         for name, v, lo in (("n_probes", n_probes, 1), ("steps", steps, 2), ("k", k, 0)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-                raise LossvizError(f"{name} must be an integer >= {lo}, got {v!r}")
-        if curvature not in ("hessian", "ggn"):
-            raise LossvizError(f"curvature must be 'hessian' or 'ggn', got {curvature!r}")
+            validate.integer(v, name, low=lo)
+        validate.choice(curvature, "curvature", ("hessian", "ggn"))
         self.points = _points(source, checkpoints, curvature)
         if blocks is not None:
             for obj in {id(p.obj): p.obj for p in self.points if p.obj is not None}.values():

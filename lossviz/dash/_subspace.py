@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from ..errors import LossvizError
+from .. import validate
 from ._common import Dashboard, figure_widget, finite_list, sync_figures
 
 # trace indices of the line figure (rows: fraction, λ_max, loss)
@@ -95,13 +95,10 @@ class SubspaceDashboard(Dashboard):
 
         if not isinstance(tracker, SubspaceTracker):
             raise TypeError(f"expected a lossviz.SubspaceTracker, got {type(tracker).__name__}")
-        if not (isinstance(every_s, (int, float)) and every_s >= 0):
-            raise LossvizError(f"every_s must be a number of seconds >= 0, got {every_s!r}")
+        validate.number(every_s, "every_s (seconds)", low=0)
         for name, v in (("window", window), ("total", total), ("max_points", max_points)):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise LossvizError(f"{name} must be a positive integer or None, got {v!r}")
-        if isinstance(smooth, bool) or not isinstance(smooth, int) or smooth < 1:
-            raise LossvizError(f"smooth must be a positive integer, got {smooth!r}")
+            validate.integer(v, name, none=True)
+        validate.integer(smooth, "smooth")
         self.tracker = tracker
         self.every_s = float(every_s)
         self.window = window
