@@ -21,7 +21,13 @@ from .directions import (
     plane_through,
     random_directions,
 )
-from .errors import CheckpointError, DataError, LossvizError, NonFiniteLossError
+from .errors import (
+    ArgumentTypeError,
+    CheckpointError,
+    DataError,
+    LossvizError,
+    NonFiniteLossError,
+)
 from .hessian import (
     hessian_blocks,
     hessian_density,
@@ -41,6 +47,7 @@ from .weights import Weights, load_checkpoint
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArgumentTypeError",
     "BarrierMatrix",
     "BlockResults",
     "CheckpointError",
