@@ -10,10 +10,19 @@ The permutation structure is derived from the model by tracing it with ``torch.f
 (:func:`permutation_spec`): which axes of which tensors share a permutation follows from
 the data flow (Linear / Conv in and out features, BatchNorm / LayerNorm / GroupNorm
 parameters and running statistics, elementwise activations, pooling, flattening, and
-residual additions that tie the spaces they add). Spaces that reach the output, come from
-the input, or pass through an operation whose permutation behaviour is unknown stay fixed
+residual additions that tie the spaces they add). Given ``data``, the tracer also runs the
+model once and knows every tensor's shape; without it, a layer whose behaviour depends on
+the input's rank (``BatchNorm1d`` / ``PReLU`` after a Linear layer: dim 1 is the features
+only for 2-D inputs) keeps its units fixed. Spaces that reach the output, come from the
+input, or pass through an operation whose permutation behaviour is unknown stay fixed
 (always correct, only less aligned). Layers with parameters lossviz does not know how to
 permute raise a :class:`~lossviz.errors.LossvizError` naming them.
+
+Every result of :func:`weight_matching` is checked: the permuted B and B run on a few
+inputs (``data``, or random inputs shaped for the model's first layer) in float64 and must
+agree to a tolerance relative to the output scale; otherwise a ``LossvizError`` names the
+permutation spaces (layers and axes) that change the function. No silently different model
+is returned.
 
 :func:`reset_bn` re-estimates BatchNorm running statistics of a point
 (``torch.optim.swa_utils.update_bn``), optionally with REPAIR (Jordan, Sedghi, Saukh,
@@ -23,18 +32,21 @@ activation mean and standard deviation are the interpolation of the endpoints'.
 
 from __future__ import annotations
 
-import copy
+import itertools
 import operator
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import os
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .errors import CheckpointError, DataError, LossvizError
+from . import validate
+from .errors import ArgumentTypeError, CheckpointError, DataError, LossvizError
 from .interrupt import api
-from .objective import Objective, is_single_batch
+from .objective import MAX_BATCHES, Objective, call_model, is_single_batch, private_copy
 from .weights import Weights, as_state
 
 FIXED = 0
@@ -163,6 +175,8 @@ _MUL_METHODS = {"mul", "mul_", "div", "div_"}
 _REDUCE = {"mean", "sum", "amax", "amin"}
 _REDUCE_FUNCS = {torch.mean, torch.sum, torch.amax, torch.amin}
 _SHAPE_METHODS = {"size", "dim", "numel"}
+# attributes of a tensor that carry no values (``x.T`` / ``x.mT`` move axes: unknown)
+_META_ATTRS = {"shape", "dtype", "device", "ndim", "is_cuda", "requires_grad", "layout"}
 
 
 class _UF:
@@ -214,21 +228,36 @@ class PermutationSpec:
     ``spaces[s]`` lists ``(tensor name, axis, flat)`` entries of permutation space ``s``
     (``flat``: None, or ``"cmajor"`` / ``"cminor"`` for the input axis of a Linear layer after
     a flatten, whose ``C·k`` features are permuted in blocks); ``sizes[s]`` is the number of
-    units. Tensors not listed are never permuted.
+    units. Tensors not listed are never permuted. ``aliases`` maps the other names of a
+    shared (tied) tensor to the name used in ``spaces``; ``fixed_by`` says which operations
+    kept units fixed; ``shaped`` is True when the model was traced with example inputs
+    (every tensor's rank known).
     """
 
     spaces: dict = field(default_factory=dict)
     sizes: dict = field(default_factory=dict)
     names: dict = field(default_factory=dict)
     fixed_by: list = field(default_factory=list)
+    aliases: dict = field(default_factory=dict)
+    shaped: bool = False
+    rank_unknown: list = field(default_factory=list)
 
     def axes_of(self) -> dict:
-        """``tensor name -> [(axis, space, flat)]``."""
+        """``tensor name -> [(axis, space, flat)]`` (tied tensors under each of their names)."""
         out: dict = {}
         for s, entries in self.spaces.items():
             for name, axis, flat in entries:
                 out.setdefault(name, []).append((axis, s, flat))
+        for alias, name in self.aliases.items():
+            if name in out:
+                out[alias] = out[name]
         return out
+
+    def describe(self, s: int) -> str:
+        """Space ``s``: its layers and the tensor axes it permutes."""
+        entries = ", ".join(f"{n}[{a}]" for n, a, _ in self.spaces[s][:8])
+        more = " …" if len(self.spaces[s]) > 8 else ""
+        return f"space {s} '{self.names.get(s, s)}' ({self.sizes[s]} units: {entries}{more})"
 
     def __repr__(self) -> str:
         lines = [
@@ -245,49 +274,364 @@ class PermutationSpec:
         return "\n".join(lines)
 
 
-def _model_of(model) -> nn.Module:
+def _model_of(model, name: str = "model") -> nn.Module:
     if isinstance(model, Objective):
         return model.model
     if not isinstance(model, nn.Module):
-        raise TypeError(f"expected an nn.Module (the architecture), got {type(model).__name__}")
+        raise ArgumentTypeError(
+            f"{name} must be an nn.Module (the architecture) or an Objective, got "
+            f"{type(model).__name__}"
+        )
     return model
 
 
+def _point(p, name: str) -> dict:
+    """``as_state`` with errors that name the argument."""
+    if p is None:
+        raise ArgumentTypeError(
+            f"{name} must be a point (a model, a state dict, Weights or a checkpoint path), "
+            "got None"
+        )
+    try:
+        st = as_state(p)
+    except CheckpointError as e:
+        raise CheckpointError(f"{name}: {e}") from None
+    except TypeError as e:
+        raise ArgumentTypeError(f"{name}: {e}") from None
+    if not st:
+        raise CheckpointError(f"{name} is empty: no tensor")
+    return st
+
+
+# inputs: from data, or made up for the model's first layer -------------------------------
+def _has_tensor(x) -> bool:
+    if isinstance(x, Tensor):
+        return True
+    if isinstance(x, Mapping):
+        return any(_has_tensor(v) for v in x.values())
+    if isinstance(x, (list, tuple)):
+        return any(_has_tensor(v) for v in x)
+    return False
+
+
+def _batch_inputs(batch, name: str):
+    """The model inputs of one batch: a tensor, ``batch[0]`` of ``(inputs, targets)``,
+    or a mapping of keyword inputs."""
+    x = batch[0] if isinstance(batch, (list, tuple)) and batch else batch
+    if not _has_tensor(x):
+        raise DataError(
+            f"{name} must hold model inputs: a tensor, a batch (inputs, targets) or an "
+            f"iterable of batches; got a batch whose inputs are {type(x).__name__}"
+        )
+    t = _lead(x)
+    if t is not None and t.ndim > 0 and t.shape[0] == 0:
+        raise DataError(f"{name}: a batch with 0 samples")
+    return x
+
+
+def _lead(x):
+    if isinstance(x, Tensor):
+        return x
+    vals = list(x.values()) if isinstance(x, Mapping) else list(x)
+    for v in vals:
+        t = _lead(v) if isinstance(v, (Tensor, Mapping, list, tuple)) else None
+        if t is not None:
+            return t
+    return None
+
+
+_END = object()
+
+
+def _first_inputs(data, name: str = "data"):
+    """The inputs of the first batch of ``data`` (None when ``data`` is None)."""
+    if data is None:
+        return None
+    if isinstance(data, Objective):
+        if data.forward is not None:
+            return None
+        batch, _ = next(iter(data.batches()))
+        return _batch_inputs(batch, name)
+    if isinstance(data, (str, bytes, os.PathLike)) or not (
+        is_single_batch(data) or isinstance(data, Iterable)
+    ):
+        raise ArgumentTypeError(
+            f"{name} must be an inputs tensor, a batch (inputs, targets) or an iterable of "
+            f"batches, got {type(data).__name__}"
+        )
+    if is_single_batch(data):
+        return _batch_inputs(data, name)
+    first = next(iter(data), _END)
+    if first is _END:
+        raise DataError(f"{name} is empty: no batch")
+    return _batch_inputs(first, f"{name} batch 0")
+
+
+def _all_inputs(data, name: str = "data") -> list:
+    """The inputs of every batch of ``data`` (an endless iterator is refused)."""
+    if isinstance(data, (str, bytes, os.PathLike)) or not (
+        is_single_batch(data) or isinstance(data, Iterable)
+    ):
+        raise ArgumentTypeError(
+            f"{name} must be an inputs tensor, a batch (inputs, targets) or an iterable of "
+            f"batches, got {type(data).__name__}"
+        )
+    if is_single_batch(data):
+        return [_batch_inputs(data, name)]
+    batches = list(itertools.islice(iter(data), MAX_BATCHES + 1))
+    if len(batches) > MAX_BATCHES:
+        raise DataError(
+            f"{name} yielded more than {MAX_BATCHES:,} batches and may be endless (an "
+            "itertools.cycle?): pass a list of batches or a DataLoader"
+        )
+    if not batches:
+        raise DataError(f"{name} is empty: no batch")
+    return [_batch_inputs(b, f"{name} batch {i}") for i, b in enumerate(batches)]
+
+
+def _map_tensors(x, fn):
+    if isinstance(x, Tensor):
+        return fn(x)
+    if isinstance(x, Mapping):
+        return {k: _map_tensors(v, fn) for k, v in x.items()}
+    if isinstance(x, tuple) and hasattr(x, "_fields"):
+        return type(x)(*(_map_tensors(v, fn) for v in x))
+    if isinstance(x, (list, tuple)):
+        return type(x)(_map_tensors(v, fn) for v in x)
+    return x
+
+
+def _cast(x, device, dtype=None):
+    """Inputs on ``device``; floating tensors in ``dtype`` (when given)."""
+
+    def one(t: Tensor) -> Tensor:
+        t = t.to(device)
+        if dtype is not None and t.is_floating_point():
+            t = t.to(dtype)
+        return t.clone() if t.is_inference() else t
+
+    return _map_tensors(x, one)
+
+
+def _few(x, n: int = 16):
+    """At most ``n`` samples of the inputs (when every tensor has the same leading size)."""
+    ts = []
+    _map_tensors(x, lambda t: ts.append(t) or t)
+    lead = {t.shape[0] if t.ndim else None for t in ts}
+    if len(lead) != 1 or None in lead or lead.pop() <= n:
+        return x
+    return _map_tensors(x, lambda t: t[:n])
+
+
+def _float_dtype(model: nn.Module) -> torch.dtype:
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return torch.get_default_dtype()
+
+
+def _device(model: nn.Module) -> torch.device:
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def _private_copy(model: nn.Module) -> nn.Module:
+    """A copy of the module tree in eval mode with its own copies of every parameter and
+    buffer (the user's modules and tensors are never touched; tied tensors stay tied). No
+    deep copy of arbitrary attributes is needed (see ``objective.private_copy``)."""
+    m = private_copy(model)
+    memo: dict = {}
+    with torch.no_grad():
+        for mod in m.modules():
+            for k, p in list(mod._parameters.items()):
+                if p is not None:
+                    if id(p) not in memo:
+                        memo[id(p)] = nn.Parameter(p.detach().clone(), requires_grad=False)
+                    mod._parameters[k] = memo[id(p)]
+            for k, b in list(mod._buffers.items()):
+                if b is not None:
+                    if id(b) not in memo:
+                        memo[id(b)] = b.detach().clone()
+                    mod._buffers[k] = memo[id(b)]
+    return m.eval()
+
+
+def _trace(model: nn.Module):
+    try:
+        return torch.fx.symbolic_trace(model)
+    except Exception as e:  # noqa: BLE001 - reported with advice
+        raise LossvizError(
+            f"weight_matching traces the model with torch.fx to find its permutation "
+            f"symmetries, and tracing {type(model).__name__} failed ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:300] if str(e) else ''}); data-dependent control flow "
+            "in forward() cannot be traced"
+        ) from None
+
+
+class _ShapeRecorder(torch.fx.Interpreter):
+    """Runs the traced graph once and records the shape of every tensor it produces."""
+
+    def __init__(self, gm):
+        super().__init__(gm)
+        self.shapes: dict = {}
+
+    def run_node(self, n):
+        out = super().run_node(n)
+        if isinstance(out, Tensor):
+            self.shapes[n] = tuple(out.shape)
+        return out
+
+
+def _graph_args(gm, inputs) -> list:
+    """Positional arguments for the traced graph from model inputs (a tensor, a tuple of
+    positional inputs, or a mapping of keyword inputs)."""
+    if isinstance(inputs, Mapping):
+        names = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
+        missing = [k for k in inputs if k not in names]
+        if missing:
+            raise DataError(f"data: inputs {missing} are not arguments of the model's forward")
+        args, n_given = [], 0
+        for nm in names:
+            if nm in inputs:
+                args.append(inputs[nm])
+                n_given += 1
+            elif n_given == len(inputs):
+                break
+            else:
+                raise DataError(f"data: the model's forward needs input {nm!r}")
+        return args
+    if isinstance(inputs, (list, tuple)):
+        return list(inputs)
+    return [inputs]
+
+
+def _shapes_of(gm, inputs) -> dict:
+    rec = _ShapeRecorder(gm)
+    try:
+        with torch.no_grad():
+            rec.run(*_graph_args(gm, inputs))
+    except LossvizError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the data does not fit the model
+        raise DataError(
+            f"data: the model cannot run on these inputs ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:300] if str(e) else ''})"
+        ) from None
+    return rec.shapes
+
+
+def _made_up_inputs(model: nn.Module):
+    """Candidate inputs for a model without data, from its first layer (a few samples,
+    seeded): ``(n, in)`` for a Linear layer, ``(n, C, s, …)`` over a range of sizes ``s``
+    for a convolution, integer indices for an Embedding."""
+    g = torch.Generator().manual_seed(0)
+    dt, n = _float_dtype(model), 4
+    first = next(
+        (
+            m
+            for m in model.modules()
+            if isinstance(
+                m,
+                (
+                    nn.Linear,
+                    nn.modules.conv._ConvNd,
+                    nn.Embedding,
+                    nn.modules.batchnorm._BatchNorm,
+                    nn.LayerNorm,
+                    nn.GroupNorm,
+                ),
+            )
+        ),
+        None,
+    )
+    sizes = list(range(8, 65)) + [96, 128, 160, 192, 224, 256] + list(range(1, 8))
+    if isinstance(first, nn.Linear):
+        for lead in ((), (5,), (5, 5)):
+            yield torch.randn(n, *lead, first.in_features, generator=g, dtype=dt)
+    elif isinstance(first, nn.Embedding):
+        for shape in ((n, 5), (n,)):
+            yield torch.randint(0, first.num_embeddings, shape, generator=g)
+    elif isinstance(first, nn.LayerNorm):
+        yield torch.randn(n, *first.normalized_shape, generator=g, dtype=dt)
+    elif isinstance(first, (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm)):
+        if isinstance(first, nn.modules.conv._ConvNd):
+            c, nd = first.in_channels, len(first.kernel_size)
+        else:
+            c = first.num_features
+            nd = {nn.BatchNorm1d: 0, nn.BatchNorm2d: 2, nn.BatchNorm3d: 3}.get(type(first), 2)
+            if nd == 0:
+                yield torch.randn(n, c, generator=g, dtype=dt)
+                nd = 1
+        for s in sizes:
+            yield torch.randn(n, c, *([s] * nd), generator=g, dtype=dt)
+    elif isinstance(first, nn.GroupNorm):
+        for s in sizes:
+            yield torch.randn(n, first.num_channels, s, s, generator=g, dtype=dt)
+
+
+def _runs(model: nn.Module, x) -> bool:
+    try:
+        with torch.no_grad():
+            call_model(model, x)
+        return True
+    except Exception:  # noqa: BLE001 - this shape does not fit: try the next
+        return False
+
+
+def _traced(model: nn.Module, data, *, need_inputs: bool):
+    """``(private copy, traced graph, shapes or None, inputs or None)``."""
+    private = _private_copy(model)
+    gm = _trace(private)
+    dev, dt = _device(private), _float_dtype(private)
+    inputs = _first_inputs(data)
+    shapes = None
+    if inputs is not None:
+        inputs = _cast(_few(inputs), dev, dt)
+        shapes = _shapes_of(gm, inputs)
+    elif need_inputs:
+        inputs = next(
+            (x.to(dev) for x in _made_up_inputs(private) if _runs(private, x.to(dev))), None
+        )
+    return private, gm, shapes, inputs
+
+
 @api
-def permutation_spec(model: nn.Module) -> PermutationSpec:
+def permutation_spec(model: nn.Module, data=None) -> PermutationSpec:
     """The permutation symmetries of ``model``, found by tracing it with ``torch.fx``.
+
+    ``data`` (optional; a batch, an inputs tensor or an iterable of batches, or taken from
+    an Objective given as ``model``): the model runs once on its first batch so that every
+    tensor's rank is known. Without it, layers whose axes depend on the input's rank
+    (``BatchNorm1d`` or ``PReLU`` right after a Linear layer) keep their units fixed
+    (listed in ``spec.fixed_by``).
 
     >>> spec = permutation_spec(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)))
     >>> [(spec.sizes[s], [f"{n}[{a}]" for n, a, _ in e]) for s, e in spec.spaces.items()]
     [(8, ['0.weight[0]', '0.bias[0]', '2.weight[1]'])]
     """
-    model = _model_of(model)
-    try:
-        gm = torch.fx.symbolic_trace(model)
-    except Exception as e:  # noqa: BLE001 - reported with advice
-        raise LossvizError(
-            f"weight_matching traces the model with torch.fx to find its permutation "
-            f"symmetries, and tracing {type(model).__name__} failed ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:300]}); data-dependent control flow in forward() "
-            "cannot be traced"
-        ) from None
-    return _Tracer(model).run(gm)
+    if data is None and isinstance(model, Objective):
+        data = model
+    m = _model_of(model)
+    private, gm, shapes, _ = _traced(m, data, need_inputs=False)
+    return _Tracer(private, shapes).run(gm)
 
 
 class _Tracer:
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, shapes: dict | None = None):
         self.model = model
+        self.shapes = shapes  # node -> output shape, when traced with inputs
         self.uf = _UF()
         self.info: dict = {}
         self.axes: dict[str, dict[int, _Axis]] = {}  # tensor name -> axis -> space
         self.module_spaces: dict[str, dict] = {}
         self.space_names: dict[int, str] = {}
         self.fixed_by: list[str] = []
-        self.canon = {}
-        for n, p in model.named_parameters():
-            self.canon.setdefault(id(p), n)
-        for n, b in model.named_buffers():
-            self.canon.setdefault(id(b), n)
+        self.rank_unknown: list[str] = []
+        self.canon: dict = {}
+        for n, t in itertools.chain(model.named_parameters(), model.named_buffers()):
+            self.canon.setdefault(id(t), n)
+        self.aliases = _aliases(model)
 
     # helpers ------------------------------------------------------------------------------
     def new(self, name: str) -> int:
@@ -295,12 +639,32 @@ class _Tracer:
         self.space_names[s] = name
         return s
 
-    def fix(self, info: _Info | None, why: str | None = None):
+    def fix(self, info: _Info | None, why: str | None = None, *, rank: bool = False):
         if info is None:
             return
         if self.uf.find(info.space) != FIXED and why and why not in self.fixed_by:
             self.fixed_by.append(why)
+            if rank:
+                self.rank_unknown.append(why)
         self.uf.union(FIXED, info.space)
+
+    def rank_dependent(self, x: _Info, name: str, kind: str) -> None:
+        """``kind`` (BatchNorm, PReLU) acts on dim 1, which holds a "last"-axis tensor's
+        features only when it is 2-D: the units are fixed (and why is said) unless the
+        layout is known to fit."""
+        if x.flat:
+            self.fix(x, f"{name} ({kind} on flattened features)")
+        elif x.axis == "c1" or x.ndim == 2:
+            return
+        elif x.ndim is None:
+            self.fix(
+                x,
+                f"{name} ({kind} after a Linear layer: it acts on dim 1, the features only "
+                "for 2-D inputs; pass data= to tell)",
+                rank=True,
+            )
+        else:
+            self.fix(x, f"{name} ({kind} on a {x.ndim}-D tensor with features last)")
 
     def tensor_axis(self, mod_name: str, attr: str, axis: int, space: int, flat=None):
         t = getattr(self.model.get_submodule(mod_name), attr, None)
@@ -347,24 +711,36 @@ class _Tracer:
     # the walk -----------------------------------------------------------------------------
     def run(self, gm) -> PermutationSpec:
         for node in gm.graph.nodes:
-            if node.op == "placeholder":
-                self.info[node] = _Info(FIXED, "c1")
-            elif node.op == "get_attr":
-                raise LossvizError(
-                    f"weight_matching cannot permute tensor {node.target!r}: it is used "
-                    "directly in forward() (not through a Linear / Conv / norm layer), so "
-                    "which of its axes follow which permutation is unknown"
-                )
-            elif node.op == "call_module":
-                self.info[node] = self.call_module(node)
-            elif node.op == "call_function":
-                self.info[node] = self.call_function(node)
-            elif node.op == "call_method":
-                self.info[node] = self.call_method(node)
-            elif node.op == "output":
-                for i in self.arg_infos(node):
-                    self.uf.union(FIXED, i.space)
+            self.visit(node)
         return self.spec()
+
+    def visit(self, node):
+        if node.op == "placeholder":
+            shape = self.shapes.get(node) if self.shapes is not None else None
+            self.info[node] = _Info(FIXED, "c1", None if shape is None else len(shape))
+            return
+        self._visit(node)
+        info = self.info.get(node)
+        shape = self.shapes.get(node) if self.shapes is not None else None
+        if info is not None and shape is not None and info.ndim != len(shape):
+            self.info[node] = replace(info, ndim=len(shape))
+
+    def _visit(self, node):
+        if node.op == "get_attr":
+            raise LossvizError(
+                f"weight_matching cannot permute tensor {node.target!r}: it is used "
+                "directly in forward() (not through a Linear / Conv / norm layer), so "
+                "which of its axes follow which permutation is unknown"
+            )
+        if node.op == "call_module":
+            self.info[node] = self.call_module(node)
+        elif node.op == "call_function":
+            self.info[node] = self.call_function(node)
+        elif node.op == "call_method":
+            self.info[node] = self.call_method(node)
+        elif node.op == "output":
+            for i in self.arg_infos(node):
+                self.uf.union(FIXED, i.space)
 
     def call_module(self, node) -> _Info | None:
         name = node.target
@@ -418,10 +794,7 @@ class _Tracer:
             self.tensor_axis(name, "bias", 0, out)
             return _Info(out, "c1", nd)
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            if x.flat or not (x.axis == "c1" or x.ndim == 2 or isinstance(m, nn.BatchNorm1d)):
-                self.fix(x, f"{name} (BatchNorm on a non-channel axis)")
-            elif x.axis == "last" and x.ndim not in (2, None):
-                self.fix(x, f"{name} (BatchNorm1d on a 3-D tensor with features last)")
+            self.rank_dependent(x, name, type(m).__name__)
             for attr in ("weight", "bias", "running_mean", "running_var"):
                 self.tensor_axis(name, attr, 0, x.space)
             return x
@@ -441,6 +814,7 @@ class _Tracer:
             return x
         if isinstance(m, nn.PReLU):
             if m.weight.numel() > 1:
+                self.rank_dependent(x, name, "PReLU")
                 self.tensor_axis(name, "weight", 0, x.space)
             return x
         if isinstance(m, nn.Embedding):
@@ -487,8 +861,10 @@ class _Tracer:
             return infos[0]
         first = infos[0]
         for i in infos[1:]:
-            if (i.axis, i.flat) != (first.axis, first.flat) or (
-                i.ndim is not None and first.ndim is not None and i.ndim != first.ndim
+            if (
+                (i.axis, i.flat) != (first.axis, first.flat)
+                or (i.ndim is not None and first.ndim is not None and i.ndim != first.ndim)
+                or self.broadcasts(node)
             ):
                 for j in infos:
                     self.fix(j, f"{node.name} (adds tensors of different layouts)")
@@ -498,6 +874,27 @@ class _Tracer:
             s = self.uf.union(s, i.space)
         ndim = next((i.ndim for i in infos if i.ndim is not None), None)
         return _Info(s, first.axis, ndim, first.flat)
+
+    def broadcasts(self, node) -> bool:
+        """With known shapes: an operand whose rank or feature size differs from the
+        result's (broadcast along the feature axis)."""
+        if self.shapes is None or node not in self.shapes:
+            return False
+        out = self.shapes[node]
+
+        def feat(shape, info):
+            if info.axis == "c1":
+                return shape[1] if len(shape) > 1 else None
+            return shape[-1] if shape else None
+
+        for a in list(node.args) + list(node.kwargs.values()):
+            i = self.info.get(a) if isinstance(a, torch.fx.Node) else None
+            sh = self.shapes.get(a) if i is not None else None
+            if sh is None:
+                continue
+            if len(sh) != len(out) or feat(sh, i) != feat(out, i) or feat(sh, i) is None:
+                return True
+        return False
 
     def reduce(self, node, x: _Info, dims, keepdim) -> _Info:
         if x is None:
@@ -544,7 +941,11 @@ class _Tracer:
             keep = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
             return self.reduce(node, x, dims, keep)
         if f is getattr:
-            return None
+            if len(node.args) > 1 and node.args[1] in _META_ATTRS:
+                return None
+            return self.unknown(
+                node, f"{node.name} (.{node.args[1] if len(node.args) > 1 else '?'})"
+            )
         if f is operator.getitem and x is None:
             return None
         return self.unknown(node, f"{node.name} ({getattr(f, '__name__', f)})")
@@ -602,18 +1003,20 @@ class _Tracer:
             if s not in sized:  # only flattened uses: the unit count is unknown, keep fixed
                 continue
             ns = {n for _, _, n in sized[s]}
-            if len(ns) != 1:
-                raise LossvizError(
-                    "weight_matching: tensors tied by the model's data flow have different "
-                    "sizes: " + ", ".join(f"{t}[{a}] = {n}" for t, a, n in sized[s][:10])
+            if len(ns) != 1:  # tied by a broadcast (a gate of size 1?): keep them fixed
+                self.fixed_by.append(
+                    "tensors of different sizes tied by the data flow (a broadcast): "
+                    + ", ".join(f"{t}[{a}] = {n}" for t, a, n in sized[s][:6])
                 )
+                continue
             n = ns.pop()
             bad = [(t, a) for t, a, f in entries if f and state[t].shape[a] % n]
             if bad:
-                raise LossvizError(
-                    f"weight_matching: flattened features of {bad} are not a "
-                    f"multiple of the {n} channels feeding them"
+                self.fixed_by.append(
+                    f"flattened features of {bad[:6]} that are not a multiple of the {n} "
+                    "channels feeding them"
                 )
+                continue
             k += 1
             out_spaces[k] = entries
             sizes[k] = n
@@ -626,7 +1029,15 @@ class _Tracer:
                 - {""}
             )
             names[k] = "+".join(members) or f"space{k}"
-        return PermutationSpec(out_spaces, sizes, names, list(self.fixed_by))
+        return PermutationSpec(
+            out_spaces,
+            sizes,
+            names,
+            list(self.fixed_by),
+            dict(self.aliases),
+            self.shapes is not None,
+            list(self.rank_unknown),
+        )
 
 
 def _is_batch_size(arg, src) -> bool:
@@ -669,11 +1080,59 @@ def _permute(w: Tensor, axis: int, flat: str | None, perm: Tensor) -> Tensor:
     return w1.reshape(shape).movedim(0, axis)
 
 
-@api
-def apply_permutation(spec: PermutationSpec, state, perms: Mapping[int, Tensor]) -> Weights:
-    """``state`` with unit ``i`` of space ``s`` taken from unit ``perms[s][i]`` (all tensors
-    the spec names; the others copied). The result computes the same function."""
-    st = as_state(state)
+def _as_perm(p, s, n: int) -> Tensor:
+    name = f"perms[{s!r}]"
+    if isinstance(p, np.ndarray) or isinstance(p, (list, tuple)):
+        try:
+            p = torch.as_tensor(np.asarray(p))
+        except Exception:  # noqa: BLE001 - ragged or not numeric
+            raise ArgumentTypeError(
+                f"{name} must be a 1-D integer tensor, got {type(p).__name__}"
+            ) from None
+    if not isinstance(p, Tensor):
+        raise ArgumentTypeError(f"{name} must be a 1-D integer tensor, got {type(p).__name__}")
+    if p.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise ArgumentTypeError(f"{name} must hold integers, got dtype {p.dtype}")
+    if p.ndim != 1 or p.numel() != n:
+        raise LossvizError(
+            f"{name} must have {n} entries (the units of space {s}), got shape {tuple(p.shape)}"
+        )
+    p = p.to(torch.int64)
+    if not torch.equal(torch.sort(p.cpu()).values, torch.arange(n)):
+        raise LossvizError(f"{name} is not a permutation of 0 … {n - 1}")
+    return p
+
+
+def _check_spec_state(spec: PermutationSpec, st: dict, name: str) -> None:
+    """Every tensor the spec permutes is in ``st``, with the spec's sizes."""
+    missing, bad = [], []
+    for s, entries in spec.spaces.items():
+        n = spec.sizes[s]
+        for t, axis, flat in entries:
+            keys = [t] + [a for a, c in spec.aliases.items() if c == t]
+            for k in [k for k in keys if k in st] or [None]:
+                if k is None:
+                    missing.append(t)
+                    continue
+                v = st[k]
+                size = v.shape[axis] if -v.ndim <= axis < v.ndim else None
+                if size is None or (size % n if flat else size != n):
+                    bad.append(f"{k}[{axis}]: {size} vs {n} units")
+    if missing:
+        raise CheckpointError(
+            f"{name} lacks {sorted(set(missing))[:10]}, which the permutation acts on"
+            + (
+                ""
+                if name == "the model"
+                else " (pass the full state dict, buffers such as BatchNorm running "
+                "statistics included)"
+            )
+        )
+    if bad:
+        raise CheckpointError(f"{name} does not fit the permutation spec: {bad[:10]}")
+
+
+def _apply(spec: PermutationSpec, st: dict, perms: Mapping) -> dict:
     axes = spec.axes_of()
     out = {}
     for name, t in st.items():
@@ -682,57 +1141,293 @@ def apply_permutation(spec: PermutationSpec, state, perms: Mapping[int, Tensor])
             if s in perms:
                 w = _permute(w, axis, flat, perms[s].to(w.device))
         out[name] = w
-    return Weights(out)
+    return out
 
 
-def _check_pair(model: nn.Module, a: dict, b: dict):
+@api
+def apply_permutation(spec: PermutationSpec, state, perms: Mapping[int, Tensor]) -> Weights:
+    """``state`` with unit ``i`` of space ``s`` taken from unit ``perms[s][i]`` (all tensors
+    the spec names, tied tensors under each of their names; the others copied). The result
+    computes the same function. ``perms``: space -> a permutation of ``0 … sizes[s]-1``
+    (spaces not given stay as they are)."""
+    if not isinstance(spec, PermutationSpec):
+        raise ArgumentTypeError(
+            f"spec must be a PermutationSpec (from permutation_spec(model)), got "
+            f"{type(spec).__name__}"
+        )
+    st = _point(state, "state")
+    if not isinstance(perms, Mapping):
+        raise ArgumentTypeError(
+            f"perms must be a mapping space -> permutation tensor, got {type(perms).__name__}"
+        )
+    unknown = [s for s in perms if s not in spec.sizes]
+    if unknown:
+        raise LossvizError(
+            f"perms: unknown spaces {unknown[:10]}; the spec's spaces are {list(spec.sizes)}"
+        )
+    perms = {s: _as_perm(p, s, spec.sizes[s]) for s, p in perms.items()}
+    _check_spec_state(spec, st, "state")
+    return Weights(_apply(spec, st, perms))
+
+
+def _model_state(model: nn.Module) -> dict:
+    return dict(model.state_dict(keep_vars=True)) | dict(
+        model.named_parameters(remove_duplicate=False)
+    )
+
+
+def _aliases(model: nn.Module) -> dict:
+    """``other name -> first name`` of tensors registered under several names (tied)."""
+    first: dict = {}
+    out = {}
+    for n, t in itertools.chain(
+        model.named_parameters(remove_duplicate=False),
+        model.named_buffers(remove_duplicate=False),
+    ):
+        f = first.setdefault(id(t), n)
+        if f != n:
+            out[n] = f
+    return out
+
+
+def _check_pair(model: nn.Module, a: dict, b: dict, names=("a", "b")):
     params = dict(model.named_parameters())
-    for what, st in (("a", a), ("b", b)):
+    known = _model_state(model)
+    for what, st in zip(names, (a, b)):
         missing = [k for k in params if k not in st]
         shapes = [
-            f"{k}: model {tuple(p.shape)} vs {what} {tuple(st[k].shape)}"
-            for k, p in params.items()
-            if k in st and st[k].shape != p.shape
+            f"{k}: model {tuple(known[k].shape)} vs {what} {tuple(v.shape)}"
+            for k, v in st.items()
+            if k in known and v.shape != known[k].shape
         ]
-        if missing or shapes:
-            raise CheckpointError(
-                f"{what} does not match the model: missing {missing[:10]}; shape "
-                f"mismatches: {shapes[:10]}"
+        unknown = [k for k in st if k not in known]
+        if missing or shapes or unknown:
+            parts = []
+            if missing:
+                parts.append(f"missing {missing[:10]}")
+            if unknown:
+                parts.append(f"keys not in the model {unknown[:10]}")
+            if shapes:
+                parts.append(f"shape mismatches: {shapes[:10]}")
+            raise CheckpointError(f"{what} does not match the model: " + "; ".join(parts))
+        bad = [k for k in params if not st[k].is_floating_point()]
+        if bad:
+            raise ArgumentTypeError(
+                f"{what}: parameters must be floating point, got {st[bad[0]].dtype} for {bad[:5]}"
             )
-    extra = sorted(set(a) ^ set(b))
+        inf = [k for k in params if not bool(torch.isfinite(st[k]).all())]
+        if inf:
+            raise LossvizError(f"{what} has NaN or infinite values in {inf[:10]}")
+    canon = _aliases(model)
+    extra = sorted({canon.get(k, k) for k in a} ^ {canon.get(k, k) for k in b})
     if extra:
-        raise CheckpointError(f"a and b have different keys: {extra[:10]}")
+        raise CheckpointError(f"{names[0]} and {names[1]} have different keys: {extra[:10]}")
+
+
+def _check_spec_model(spec, model: nn.Module) -> None:
+    if not isinstance(spec, PermutationSpec):
+        raise ArgumentTypeError(
+            f"spec must be a PermutationSpec (from permutation_spec(model)) or None, got "
+            f"{type(spec).__name__}"
+        )
+    try:
+        _check_spec_state(spec, _model_state(model), "the model")
+    except CheckpointError as e:
+        raise LossvizError(f"spec does not belong to this model: {e}") from None
+
+
+# checking that a permuted point computes the same function --------------------------------
+def _flat_outputs(out) -> list:
+    if isinstance(out, Tensor):
+        return [out]
+    if isinstance(out, Mapping):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        return [t for v in out for t in _flat_outputs(v)]
+    return []
+
+
+class _Checker:
+    """Forwards of the private copy with given tensors, in float64 when the model allows."""
+
+    def __init__(self, private: nn.Module, inputs, spec: PermutationSpec):
+        self.private, self.spec = private, spec
+        self.names = [n for n, _ in private.named_parameters()] + [
+            n for n, _ in private.named_buffers()
+        ]
+        self.own = dict(private.named_parameters()) | dict(private.named_buffers())
+        self.inputs = inputs
+        self.dtype = torch.float64
+        self.tol = 1e-6
+        try:
+            self.reference = None
+            self._forward({}, torch.float64)
+        except Exception:  # noqa: BLE001 - a model that cannot run in float64
+            self.dtype, self.tol = None, 1e-3
+
+    def _tensors(self, st: dict, dtype) -> dict:
+        out = {}
+        for n in self.names:
+            v = st.get(n)
+            if v is None:
+                v = next((st[a] for a, c in self.spec.aliases.items() if c == n and a in st), None)
+            v = (self.own[n] if v is None else v).detach().to(self.own[n].device)
+            if dtype is not None and v.is_floating_point():
+                v = v.to(dtype)
+            out[n] = v.clone()
+        return out
+
+    def _forward(self, st: dict, dtype) -> list:
+        x = _cast(self.inputs, _device(self.private), dtype)
+        tensors = self._tensors(st, dtype)
+        with torch.no_grad():
+            out = call_model(
+                lambda *a, **k: torch.func.functional_call(self.private, tensors, a, k), x
+            )
+        return _flat_outputs(out)
+
+    def outputs(self, st: dict) -> list:
+        return self._forward(st, self.dtype)
+
+    @staticmethod
+    def difference(ref: list, out: list) -> tuple[float, float]:
+        """``(max |out - ref|, max |ref|)`` over finite entries (inf when they differ in
+        shape, in non-finite positions, or in non-floating values)."""
+        if len(ref) != len(out):
+            return float("inf"), 1.0
+        d, scale = 0.0, 0.0
+        for r, o in zip(ref, out):
+            if r.shape != o.shape:
+                return float("inf"), 1.0
+            if not r.is_floating_point():
+                if not torch.equal(r, o):
+                    return float("inf"), 1.0
+                continue
+            r, o = r.double(), o.double()
+            fin = torch.isfinite(r)
+            if not torch.equal(fin, torch.isfinite(o)) or not torch.equal(r[~fin], o[~fin]):
+                return float("inf"), 1.0
+            if fin.any():
+                d = max(d, float((r[fin] - o[fin]).abs().max()))
+                scale = max(scale, float(r[fin].abs().max()))
+        return d, scale
+
+
+def _check_function(private, spec, B: dict, R: dict, perms: dict, inputs, where: str) -> float:
+    """Raise a LossvizError unless ``R`` computes ``B``'s function on ``inputs``; returns
+    the relative difference."""
+    chk = _Checker(private, inputs, spec)
+    ref = chk.outputs(B)
+    if not any(t.is_floating_point() and bool(torch.isfinite(t).any()) for t in ref):
+        raise LossvizError(
+            f"weight_matching cannot check the permuted b: b's outputs on {where} are not "
+            "finite; pass data= (a batch of inputs the model is meant for)"
+        )
+    d, scale = chk.difference(ref, chk.outputs(R))
+    if d <= chk.tol * scale:
+        return d / scale if scale else 0.0
+    bad = []
+    for s, p in perms.items():
+        if torch.equal(p.cpu(), torch.arange(p.numel())):
+            continue
+        ds, sc = chk.difference(ref, chk.outputs(_apply(spec, B, {s: p})))
+        if ds > chk.tol * sc:
+            bad.append(s)
+    bad = bad or [s for s in perms]
+    hint = (
+        ""
+        if spec.shaped
+        else " Pass data= (a batch of inputs) so that the tracer sees every tensor's shape."
+    )
+    raise LossvizError(
+        f"weight_matching: the permuted b does not compute b's function (max output "
+        f"difference {d:.3g} for outputs of magnitude up to {scale:.3g}, on {where}): "
+        f"permuting {'; '.join(spec.describe(s) for s in bad)} changes it. The permutation "
+        "structure traced from the model does not hold for these inputs (a layer that acts "
+        "on an axis the tracer could not tell apart), so no result is returned." + hint + " "
+        "To align the other units, pass spec= a permutation_spec(model) without these spaces."
+    )
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "<not given: weight_matching(a, b)>"
+
+
+_MISSING = _Missing()
 
 
 @api
 def weight_matching(
-    model: nn.Module,
+    model,
     a,
-    b,
+    b=_MISSING,
     *,
+    data=None,
     max_iter: int = 100,
     seed: int = 0,
     spec: PermutationSpec | None = None,
 ) -> Weights:
     """``b`` with its hidden units permuted to align with ``a`` (Git Re-Basin weight
-    matching, Ainsworth et al. 2023); the result computes the same function as ``b``.
+    matching, Ainsworth et al. 2023); the result computes the same function as ``b``
+    (checked, see below).
+
+    Two forms: ``weight_matching(a, b)`` with ``a`` a module (the architecture is taken
+    from ``a``), or ``weight_matching(model, a, b)`` with ``model`` a module (or an
+    Objective) giving the architecture and ``a``, ``b`` models, state dicts, Weights or
+    checkpoint paths.
 
     Maximizes ``Σ_layers <W_A, P_l W_B P_{l-1}ᵀ>`` by coordinate descent: in random order
     (``seed``), each permutation ``P_l`` solves a linear assignment problem
     (``scipy.optimize.linear_sum_assignment``) with the others held fixed, until no
-    permutation changes (at most ``max_iter`` sweeps). ``model`` gives the architecture (its
-    permutation structure comes from :func:`permutation_spec`); ``a``, ``b``: models, state
-    dicts or checkpoint paths. Returns every entry of ``b`` (buffers such as BatchNorm
-    running statistics permuted too).
+    permutation changes (at most ``max_iter`` sweeps). The permutation structure comes from
+    :func:`permutation_spec` (or ``spec=``).
+
+    ``data`` (a batch, an inputs tensor or an iterable of batches; default: the
+    Objective's data when ``model`` is one): the tracer runs the model on it to know every
+    tensor's shape, and the check below uses up to 16 of its samples. Without it, units
+    whose layout depends on the input's rank stay fixed (with a warning), and the check
+    uses random inputs shaped for the model's first layer.
+
+    The check: the permuted ``b`` and ``b`` run on those inputs (float64 where the model
+    allows) and must agree to ``1e-6`` of the output scale (``1e-3`` in the model's own
+    precision); otherwise a ``LossvizError`` names the permutation spaces (layers and
+    tensor axes) that change the function.
+
+    Returns :class:`~lossviz.weights.Weights` with every entry of ``b`` (buffers such as
+    BatchNorm running statistics permuted too): ``model.load_state_dict(result)``,
+    ``result.state_dict()`` (a plain dict, e.g. for ``torch.save``), or any lossviz
+    argument that takes a point.
     """
     from scipy.optimize import linear_sum_assignment
 
-    model = _model_of(model)
-    A, B = as_state(a), as_state(b)
-    _check_pair(model, A, B)
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise LossvizError(f"max_iter must be a positive integer, got {max_iter!r}")
-    spec = spec if spec is not None else permutation_spec(model)
+    if b is _MISSING:
+        if not isinstance(model, (nn.Module, Objective)):
+            raise ArgumentTypeError(
+                "weight_matching(a, b) takes the architecture from a, which must then be an "
+                f"nn.Module (or an Objective), got {type(model).__name__}; for state dicts, "
+                "Weights or paths use weight_matching(model, a, b)"
+            )
+        a, b = (model.model if isinstance(model, Objective) else model), a
+    names = ("a", "b")
+    if data is None and isinstance(model, Objective):
+        data = model
+    model = _model_of(model, "model")
+    max_iter = validate.integer(max_iter, "max_iter", low=1)
+    seed = validate.seed(seed)
+    if spec is not None:
+        _check_spec_model(spec, model)
+    A, B = _point(a, names[0]), _point(b, names[1])
+    _check_pair(model, A, B, names)
+    inputs = _first_inputs(data)
+    private = _private_copy(model)
+    dev_m, dt_m = _device(private), _float_dtype(private)
+    if inputs is not None:
+        inputs = _cast(_few(inputs), dev_m, dt_m)
+    if spec is None:
+        gm = _trace(private)
+        spec = _Tracer(private, None if inputs is None else _shapes_of(gm, inputs)).run(gm)
+    _check_spec_state(spec, B, names[1])
     params = set(dict(model.named_parameters()))
     axes = spec.axes_of()
     dev = next(iter(B.values())).device
@@ -765,103 +1460,196 @@ def weight_matching(
                 changed = True
         if not changed:
             break
-    return apply_permutation(spec, B, perms)
+    if isinstance(b, nn.Module):  # in the order of b.state_dict()
+        keys = [k for k in b.state_dict(keep_vars=True) if k in B]
+        B = {k: B[k] for k in keys + [k for k in B if k not in set(keys)]}
+    R = _apply(spec, B, perms)
+    moved = {s: p for s, p in perms.items() if not torch.equal(p.cpu(), torch.arange(p.numel()))}
+    if moved:
+        where = "the first batch of data"
+        if inputs is None:
+            inputs = next(
+                (x.to(dev_m) for x in _made_up_inputs(private) if _runs(private, x.to(dev_m))),
+                None,
+            )
+            where = "random inputs shaped for the model's first layer"
+        if inputs is None:
+            raise LossvizError(
+                "weight_matching must check that the permuted b computes b's function, and "
+                "could not make inputs for this model: pass data= (a batch of inputs)"
+            )
+        _check_function(private, spec, B, R, moved, inputs, where)
+    if spec.rank_unknown and not spec.shaped:
+        warnings.warn(
+            "weight_matching: units kept fixed because the input's rank is unknown without "
+            f"data: {'; '.join(spec.rank_unknown[:3])}. Pass data= (a batch of inputs) to "
+            "align them too.",
+            stacklevel=3,
+        )
+    return Weights(R)
 
 
 # BatchNorm statistics and REPAIR ----------------------------------------------------------
-def _loader(data):
-    if data is None:
-        raise DataError(
-            "data is required: a batch (inputs, targets), an inputs tensor or "
-            "an iterable of batches"
-        )
-    if isinstance(data, Tensor):
-        return [data]
-    if is_single_batch(data):
-        return [data]
-    batches = list(data)
-    if not batches:
-        raise DataError("data is empty: no batch")
-    return batches
+def _bn_layers(m: nn.Module) -> list:
+    return [
+        mod
+        for mod in m.modules()
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm)
+        and mod.track_running_stats
+        and mod.running_mean is not None
+    ]
 
 
-def _inputs(batch):
-    if isinstance(batch, (list, tuple)):
-        return batch[0]
-    return batch
-
-
-def _private_model(obj_or_model, weights) -> tuple[nn.Module, list, torch.device]:
-    """A deep copy of the model with ``weights`` loaded (missing entries from the model)."""
-    if isinstance(obj_or_model, Objective):
-        model, default = obj_or_model.model, list(b for b, _ in obj_or_model.batches())
-    elif isinstance(obj_or_model, nn.Module):
-        model, default = obj_or_model, None
-    else:
-        raise TypeError(f"expected an Objective or an nn.Module, got {type(obj_or_model).__name__}")
-    m = copy.deepcopy(model)
+def _load_private(model: nn.Module, given: dict) -> nn.Module:
+    """A private copy of ``model`` with ``given`` loaded (missing entries from the model)."""
+    m = _private_copy(model)
     cur = m.state_dict()
-    given = as_state(weights)
+    with torch.no_grad():
+        for k, v in given.items():
+            cur[k].copy_(v)
+    return m
+
+
+def _check_against(model: nn.Module, given: dict, name: str) -> None:
+    cur = _model_state(model)
     unknown = [k for k in given if k not in cur]
     shapes = [
-        f"{k}: model {tuple(cur[k].shape)} vs given {tuple(v.shape)}"
+        f"{k}: model {tuple(cur[k].shape)} vs {name} {tuple(v.shape)}"
         for k, v in given.items()
         if k in cur and cur[k].shape != v.shape
     ]
     if unknown or shapes:
-        raise CheckpointError(
-            f"weights do not match the model: keys not in the model "
-            f"{unknown[:10]}; shape mismatches {shapes[:10]}"
-        )
-    with torch.no_grad():
-        for k, v in given.items():
-            cur[k].copy_(v)
-    dev = next(iter(cur.values())).device if cur else torch.device("cpu")
-    return m, default, dev
+        parts = [f"keys not in the model {unknown[:10]}"] if unknown else []
+        parts += [f"shape mismatches {shapes[:10]}"] if shapes else []
+        raise CheckpointError(f"{name} does not match the model: " + "; ".join(parts))
+
+
+def _forward_all(m: nn.Module, xs: list) -> None:
+    for i, x in enumerate(xs):
+        try:
+            call_model(m, x)
+        except Exception as e:  # noqa: BLE001 - the data does not fit the model
+            raise DataError(
+                f"data batch {i}: the model cannot run on it ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:300] if str(e) else ''})"
+            ) from None
+
+
+def _update_bn(m: nn.Module, xs: list) -> None:
+    """``torch.optim.swa_utils.update_bn``: running statistics reset and recomputed as the
+    cumulative average over the batches (only the BatchNorm layers in train mode)."""
+    bns = _bn_layers(m)
+    momenta = {bn: bn.momentum for bn in bns}
+    m.eval()
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+        bn.train()
+    try:
+        with torch.no_grad():
+            _forward_all(m, xs)
+    finally:
+        for bn, mom in momenta.items():
+            bn.momentum = mom
+        m.eval()
 
 
 @api
-def reset_bn(obj_or_model, weights, data=None, *, repair=None, alpha: float = 0.5) -> Weights:
+def reset_bn(obj_or_model, weights, data=None, *, repair=None, alpha=None) -> Weights:
     """``weights`` with BatchNorm running statistics re-estimated on ``data``
     (``torch.optim.swa_utils.update_bn``: the running averages are reset and recomputed as
-    the cumulative average over the batches, on a private copy of the model).
+    the cumulative average over the batches, on a private copy of the model; dropout off).
 
     ``data``: batches ``(inputs, ...)``, an inputs tensor or an iterable (default: the
     Objective's data). ``repair=(a, b)``: REPAIR (Jordan et al. 2023) for ``weights`` =
-    ``(1-alpha)·θA + alpha·θB``: every output channel of each Linear / Conv layer (and each
-    BatchNorm) is rescaled so its mean and standard deviation on ``data`` are
-    ``(1-alpha)·(μ_A, σ_A) + alpha·(μ_B, σ_B)``, layer by layer in forward order. Returns
-    all parameters and buffers.
+    ``(1-alpha)·θA + alpha·θB`` (``alpha`` in [0, 1], default 0.5): every output channel of
+    each Linear / Conv layer (and each BatchNorm) is rescaled so its mean and standard
+    deviation on ``data`` are ``(1-alpha)·(μ_A, σ_A) + alpha·(μ_B, σ_B)``, layer by layer in
+    forward order. Returns all parameters and buffers. A model without BatchNorm running
+    statistics is refused unless ``repair`` is given.
     """
-    m, default, dev = _private_model(obj_or_model, weights)
-    batches = _loader(data if data is not None else default)
-    xs = [_inputs(b) for b in batches]
-    xs = [x.to(dev) if isinstance(x, Tensor) else x for x in xs]
-    if repair is not None:
-        _repair(obj_or_model, m, repair, xs, float(alpha))
-    if any(isinstance(mod, nn.modules.batchnorm._BatchNorm) for mod in m.modules()):
-        torch.optim.swa_utils.update_bn(xs, m)
+    if isinstance(obj_or_model, Objective):
+        model = obj_or_model.model
+    elif isinstance(obj_or_model, nn.Module):
+        model = obj_or_model
+    else:
+        raise ArgumentTypeError(
+            f"obj_or_model must be an Objective or an nn.Module, got {type(obj_or_model).__name__}"
+        )
+    given = _point(weights, "weights")
+    _check_against(model, given, "weights")
+    ends = None
+    if repair is None:
+        if alpha is not None:
+            raise LossvizError("alpha is only used with repair=(a, b)")
+        if not _bn_layers(model):
+            raise LossvizError(
+                "reset_bn: the model has no BatchNorm layer with running statistics, so there "
+                "is nothing to re-estimate (repair=(a, b) rescales Linear / Conv channels "
+                "without BatchNorm)"
+            )
+    else:
+        if not (isinstance(repair, (tuple, list)) and len(repair) == 2):
+            raise ArgumentTypeError(
+                "repair must be (a, b): the endpoints of the interpolation, got "
+                + (
+                    f"{len(repair)} items"
+                    if isinstance(repair, (tuple, list))
+                    else type(repair).__name__
+                )
+            )
+        ends = [_point(p, f"repair[{i}]") for i, p in enumerate(repair)]
+        for i, e in enumerate(ends):
+            _check_against(model, e, f"repair[{i}]")
+        alpha = validate.number(0.5 if alpha is None else alpha, "alpha", low=0, high=1)
+        nobias = [n for n in _repair_layers(model) if model.get_submodule(n).bias is None]
+        if nobias:
+            raise LossvizError(f"repair: REPAIR needs a bias in layers {nobias[:10]}")
+    if data is None:
+        if not isinstance(obj_or_model, Objective):
+            raise DataError(
+                "data is required: a batch (inputs, targets), an inputs tensor or "
+                "an iterable of batches"
+            )
+        if obj_or_model.forward is not None:
+            raise DataError(
+                "data is required: the Objective has a custom forward=, so lossviz cannot "
+                "tell the model inputs in its batches"
+            )
+        xs = [_batch_inputs(b, "the Objective's data") for b, _ in obj_or_model.batches()]
+    else:
+        xs = _all_inputs(data, "data")
+    dev, dt = _device(model), _float_dtype(model)
+    xs = [_cast(x, dev, dt) for x in xs]
+    m = _load_private(model, given)
+    if ends is not None:
+        _repair(model, m, ends, xs, alpha)
+    if _bn_layers(m):
+        _update_bn(m, xs)
     m.eval()
     return Weights({k: v.detach().clone() for k, v in m.state_dict().items()})
 
 
 def _repair_layers(m: nn.Module) -> list[str]:
-    return [
-        n
-        for n, mod in m.named_modules()
-        if isinstance(mod, (nn.Linear, nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm))
-    ]
+    mods = dict(m.named_modules())
+    has_bn = any(isinstance(mod, nn.modules.batchnorm._BatchNorm) for mod in mods.values())
+    kinds = (
+        (nn.modules.batchnorm._BatchNorm,)  # with BatchNorm, correcting the norm layers suffices
+        if has_bn
+        else (nn.Linear, nn.modules.conv._ConvNd)
+    )
+    return [n for n, mod in mods.items() if isinstance(mod, kinds) and n]
 
 
 def _channel_stats(model: nn.Module, name: str, xs) -> tuple[Tensor, Tensor]:
-    """Per-channel mean and std of a layer's output over the data (train-mode BatchNorm
-    statistics are not used: the model runs in eval mode except for modules asked)."""
+    """Per-channel mean and std of a layer's output over the data (eval mode)."""
     mod = model.get_submodule(name)
+    ch = -1 if isinstance(mod, nn.Linear) else 1
     acc = {"s": 0, "ss": 0, "n": 0}
 
     def hook(_m, _inp, out):
-        ch = 1 if out.ndim > 2 else -1
-        o = out.detach().to(torch.float64).movedim(ch, 0).reshape(out.shape[ch], -1)
+        o = out.detach().to(torch.float64).movedim(ch, 0)
+        o = o.reshape(o.shape[0], -1)
         acc["s"] = acc["s"] + o.sum(1)
         acc["ss"] = acc["ss"] + (o * o).sum(1)
         acc["n"] += o.shape[1]
@@ -869,8 +1657,7 @@ def _channel_stats(model: nn.Module, name: str, xs) -> tuple[Tensor, Tensor]:
     h = mod.register_forward_hook(hook)
     try:
         with torch.no_grad():
-            for x in xs:
-                model(x)
+            _forward_all(model, xs)
     finally:
         h.remove()
     mean = acc["s"] / acc["n"]
@@ -878,33 +1665,22 @@ def _channel_stats(model: nn.Module, name: str, xs) -> tuple[Tensor, Tensor]:
     return mean, var.sqrt()
 
 
-def _repair(obj_or_model, m: nn.Module, repair, xs, alpha: float):
-    if not (isinstance(repair, (tuple, list)) and len(repair) == 2):
-        raise LossvizError("repair must be (a, b): the endpoints of the interpolation")
-    ends = []
-    for p in repair:
-        e, _, _ = _private_model(obj_or_model, p)
-        e.eval()
-        ends.append(e)
+def _repair(model: nn.Module, m: nn.Module, ends: list, xs, alpha: float):
+    nets = [_load_private(model, e) for e in ends]
     m.eval()
-    has_bn = any(isinstance(mod, nn.modules.batchnorm._BatchNorm) for mod in m.modules())
     for name in _repair_layers(m):
         mod = m.get_submodule(name)
-        if has_bn and not isinstance(mod, nn.modules.batchnorm._BatchNorm):
-            continue  # with BatchNorm, correcting the norm layers suffices
-        mu_a, sd_a = _channel_stats(ends[0], name, xs)
-        mu_b, sd_b = _channel_stats(ends[1], name, xs)
+        mu_a, sd_a = _channel_stats(nets[0], name, xs)
+        mu_b, sd_b = _channel_stats(nets[1], name, xs)
         if isinstance(mod, nn.modules.batchnorm._BatchNorm):
-            torch.optim.swa_utils.update_bn(xs, m)  # statistics of the current network
-            m.eval()
+            _update_bn(m, xs)  # statistics of the current network
         mu, sd = _channel_stats(m, name, xs)
         tmu = (1 - alpha) * mu_a + alpha * mu_b
         tsd = (1 - alpha) * sd_a + alpha * sd_b
-        scale = tsd / sd.clamp_min(1e-12)
+        # a channel constant on the data cannot be rescaled: only its mean is set
+        scale = torch.where(sd > 0, tsd / sd.clamp_min(1e-300), torch.ones_like(sd))
         with torch.no_grad():
             w = mod.weight
             shape = (-1,) + (1,) * (w.ndim - 1)
             w.mul_(scale.to(w.dtype).reshape(shape))
-            if mod.bias is None:
-                raise LossvizError(f"REPAIR needs a bias in layer {name!r}")
             mod.bias.copy_(((mod.bias.to(torch.float64) - mu) * scale + tmu).to(mod.bias.dtype))

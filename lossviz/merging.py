@@ -11,41 +11,79 @@ variance of averaged weights.
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .errors import CheckpointError, LossvizError
+from . import validate
+from .errors import ArgumentTypeError, CheckpointError, DataError, LossvizError
 from .interrupt import api
 from .objective import Objective
 from .weights import Weights, as_state
 
 _METHODS = ("uniform", "weighted", "fisher", "task_arithmetic")
+_POINT = "a model, a state dict, Weights or a checkpoint path"
 
 
-def _named(points) -> tuple[list, list[dict]]:
-    if isinstance(points, Mapping) and not all(isinstance(v, Tensor) for v in points.values()):
+def _is_point(p) -> bool:
+    """A single point (not a collection of points)."""
+    return (
+        isinstance(p, (nn.Module, str, bytes))
+        or hasattr(p, "__fspath__")
+        or (isinstance(p, Mapping) and bool(p) and all(isinstance(v, Tensor) for v in p.values()))
+    )
+
+
+def _as_point(p, where: str) -> dict:
+    if p is None:
+        raise ArgumentTypeError(f"{where} must be a point ({_POINT}), got None")
+    try:
+        st = as_state(p)
+    except CheckpointError as e:
+        raise CheckpointError(f"{where}: {e}") from None
+    except TypeError as e:
+        raise ArgumentTypeError(f"{where}: {e}") from None
+    if not st:
+        raise CheckpointError(f"{where} is empty: no tensor")
+    return st
+
+
+def _named(points, name: str = "points") -> tuple[list, list[dict]]:
+    """``(names, state dicts)`` of a list (or iterable) of points or a mapping name -> point."""
+    if _is_point(points) or isinstance(points, Tensor):
+        raise ArgumentTypeError(
+            f"{name} must be a list of points ({_POINT}) or a mapping name -> point; got a "
+            f"single {type(points).__name__}: pass [a, b]"
+        )
+    if isinstance(points, Mapping):
         names, pts = list(points), list(points.values())
-    elif isinstance(points, Sequence) and not isinstance(points, (str, bytes)):
+    elif isinstance(points, Iterable):
         pts = list(points)
         names = list(range(len(pts)))
     else:
-        raise TypeError(
-            f"points must be a list of points or a mapping name -> point, got "
+        raise ArgumentTypeError(
+            f"{name} must be a list of points ({_POINT}) or a mapping name -> point, got "
             f"{type(points).__name__}"
         )
     if not pts:
-        raise LossvizError("no points to merge")
-    return names, [as_state(p) for p in pts]
+        raise LossvizError(f"{name} is empty: no points to merge")
+    return names, [_as_point(p, f"{name}[{nm!r}]") for nm, p in zip(names, pts)]
 
 
-def _check_same(states: list[dict], names: list, what="point") -> None:
-    ref = states[0]
-    for nm, st in zip(names[1:], states[1:]):
+def _labels(names: list, name: str = "points") -> list[str]:
+    return [f"{name}[{nm!r}]" for nm in names]
+
+
+def _check_same(states: list[dict], labels: list[str]) -> None:
+    """Same keys and shapes as the first point (``labels`` name the points in errors)."""
+    ref, r = states[0], labels[0]
+    for lab, st in zip(labels[1:], states[1:]):
         only_ref = [k for k in ref if k not in st]
         only_st = [k for k in st if k not in ref]
         shapes = [
@@ -54,34 +92,94 @@ def _check_same(states: list[dict], names: list, what="point") -> None:
             if k in st and ref[k].shape != st[k].shape
         ]
         if only_ref or only_st or shapes:
-            raise CheckpointError(
-                f"{what} {nm!r} does not match {what} {names[0]!r}: keys only in "
-                f"{names[0]!r}: {only_ref[:10]}; keys only in {nm!r}: {only_st[:10]}; shape "
-                f"mismatches: {shapes[:10]}"
+            parts = [f"keys only in {r}: {only_ref[:10]}"] if only_ref else []
+            parts += [f"keys only in {lab}: {only_st[:10]}"] if only_st else []
+            parts += [f"shape mismatches: {shapes[:10]}"] if shapes else []
+            raise CheckpointError(f"{lab} does not match {r}: " + "; ".join(parts))
+
+
+def _floating(t: Tensor) -> bool:
+    return t.is_floating_point() or t.is_complex()
+
+
+def _check_integers(states: list[dict], labels: list[str]) -> None:
+    """Non-floating tensors cannot be averaged: they must agree (``num_batches_tracked``
+    counters excepted: taken from the first point)."""
+    ref = states[0]
+    for key, v0 in ref.items():
+        if _floating(v0) or key.endswith("num_batches_tracked"):
+            continue
+        for lab, st in zip(labels[1:], states[1:]):
+            if _floating(st[key]) or not torch.equal(st[key].to(v0.device), v0):
+                raise LossvizError(
+                    f"{key!r} is a non-floating tensor ({v0.dtype}) that differs between "
+                    f"{labels[0]} and {lab}: it cannot be averaged"
+                )
+
+
+def _coeffs(weights, k: int, what: str, names: list, *, name: str = "weights") -> list[float]:
+    """One finite number per point (a number is repeated)."""
+    if isinstance(weights, Mapping):
+        extra = [n for n in weights if n not in names]
+        missing = [n for n in names if n not in weights]
+        if extra or missing:
+            raise LossvizError(
+                f"{name}: keys must be the points' names; missing {missing[:10]}, unknown "
+                f"{extra[:10]}"
             )
+        weights = [weights[n] for n in names]
+    if isinstance(weights, Tensor) or isinstance(weights, np.ndarray):
+        if weights.ndim == 0:
+            weights = weights.item()
+        else:
+            weights = weights.tolist()
+    if not isinstance(weights, (list, tuple)):
+        try:
+            return [validate.number(weights, name)] * k
+        except ArgumentTypeError:
+            raise ArgumentTypeError(
+                f"{name} must be a number or a list of {k} numbers (one per point), got "
+                f"{type(weights).__name__}"
+            ) from None
+    if len(weights) != k:
+        raise LossvizError(f"{name}: {len(weights)} weights for {k} points ({what})")
+    return [validate.number(v, f"{name}[{i}]") for i, v in enumerate(weights)]
 
 
-def _coeffs(weights, k: int, what: str) -> list[float]:
-    if isinstance(weights, (int, float)) and not isinstance(weights, bool):
-        return [float(weights)] * k
-    w = [float(v) for v in weights]
-    if len(w) != k:
-        raise LossvizError(f"{what}: {len(w)} weights for {k} points")
-    if not all(np.isfinite(w)):
-        raise LossvizError(f"{what}: weights must be finite, got {w}")
-    return w
+def _batch_xy(batch, i: int):
+    if not (
+        isinstance(batch, (tuple, list))
+        and len(batch) >= 2
+        and isinstance(batch[0], Tensor)
+        and isinstance(batch[1], Tensor)
+    ):
+        raise DataError(
+            f"the empirical Fisher needs (inputs, targets) tensor batches; batch {i} is "
+            f"{type(batch).__name__}"
+        )
+    return batch[0], batch[1]
+
+
+def _check_fisher_obj(obj, name: str = "obj") -> None:
+    if not isinstance(obj, Objective):
+        raise ArgumentTypeError(f"{name} must be an Objective, got {type(obj).__name__}")
+    if obj.forward is not None:
+        raise LossvizError(
+            "the empirical Fisher needs per-sample losses: build the "
+            "Objective with loss_fn and (inputs, targets) batches, not forward="
+        )
 
 
 @api
 def empirical_fisher(obj: Objective, at=None) -> Weights:
     """Diagonal empirical Fisher ``F = mean_n (∇_θ ℓ(x_n, y_n; θ))²`` over the Objective's
-    samples, from per-sample gradients (``torch.func.vmap`` of ``torch.func.grad``)."""
-    if obj.forward is not None:
-        raise LossvizError(
-            "the empirical Fisher needs per-sample losses: build the "
-            "Objective with loss_fn and (inputs, targets) batches"
-        )
-    flat, fixed = obj.resolve(at)
+    samples, from per-sample gradients (``torch.func.vmap`` of ``torch.func.grad``), for
+    the Objective's varying parameters at the point ``at`` (default: the model)."""
+    _check_fisher_obj(obj)
+    try:
+        flat, fixed = obj.resolve(at)
+    except CheckpointError as e:
+        raise CheckpointError(f"at: {e}") from None
     theta = obj.layout.unflatten(flat.detach())
 
     def one(params, x, y):
@@ -90,15 +188,15 @@ def empirical_fisher(obj: Objective, at=None) -> Weights:
     g = torch.func.grad(one)
     total = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in theta.items()}
     n = 0
-    for batch, nb in obj.batches():
-        x, y = batch[0], batch[1]
+    for i, (batch, nb) in enumerate(obj.batches()):
+        x, y = _batch_xy(batch, i)
         try:
             gs = torch.func.vmap(g, in_dims=(None, 0, 0))(theta, x, y)
         except Exception:  # noqa: BLE001 - modules vmap cannot batch: one sample at a time
             gs = None
         if gs is None:
-            for i in range(nb):
-                gi = torch.func.grad(one)(theta, x[i], y[i])
+            for j in range(nb):
+                gi = torch.func.grad(one)(theta, x[j], y[j])
                 for k in total:
                     total[k] += gi[k].detach().to(torch.float64) ** 2
         else:
@@ -110,77 +208,103 @@ def empirical_fisher(obj: Objective, at=None) -> Weights:
 
 @api
 def merge(
-    points, *, method: str = "uniform", weights=None, base=None, obj: Objective | None = None
+    points,
+    *more,
+    method: str = "uniform",
+    weights=None,
+    base=None,
+    obj: Objective | None = None,
 ) -> Weights:
     """Merge checkpoints into one set of weights.
 
     ``method``: ``"uniform"`` ``(1/k)Σθ_i``; ``"weighted"`` ``Σw_iθ_i / Σw_i`` (``weights``
-    required); ``"fisher"`` ``Σλ_iF_i⊙θ_i / Σλ_iF_i`` with ``F_i`` the diagonal empirical
-    Fisher of ``obj`` at ``θ_i`` (``weights`` = optional ``λ_i``; where every ``F_i`` is 0 the
-    uniform mean is used); ``"task_arithmetic"`` ``θ0 + λΣ(θ_i - θ0)`` with ``θ0 = base``
-    and ``λ = weights`` (a number, or one per task; default 1).
+    required, their sum not 0); ``"fisher"`` ``Σλ_iF_i⊙θ_i / Σλ_iF_i`` with ``F_i`` the
+    diagonal empirical Fisher of ``obj`` at ``θ_i`` (``weights`` = optional ``λ_i >= 0``;
+    where every ``F_i`` is 0 the weighted mean is used); ``"task_arithmetic"``
+    ``θ0 + λΣ(θ_i - θ0)`` with ``θ0 = base`` and ``λ = weights`` (a number, or one per task;
+    default 1). ``weights`` may be a mapping name -> weight when ``points`` is a mapping.
 
-    ``points``: models, state dicts, Weights or checkpoint paths with identical keys and
-    shapes. Integer buffers (``num_batches_tracked``) come from the first point (the base
-    for task arithmetic); floating-point buffers are averaged like the parameters (the
-    Fisher is only defined for the Objective's varying parameters: other entries get the
-    uniform or weighted mean). Returns every entry of the points.
+    ``points``: a list (or a mapping name -> point) of models, state dicts, Weights or
+    checkpoint paths with identical keys and shapes. Non-floating tensors must agree
+    between the points, except integer ``num_batches_tracked`` counters, which come from
+    the first point (the base for task arithmetic); floating-point buffers are averaged
+    like the parameters (the Fisher is only defined for the Objective's varying
+    parameters: other entries get the uniform or weighted mean). Returns every entry of the
+    points as :class:`~lossviz.weights.Weights` (``.state_dict()`` for a plain dict).
     """
-    if method not in _METHODS:
-        raise LossvizError(f"method must be one of {_METHODS}, got {method!r}")
-    names, states = _named(points)
-    _check_same(states, names)
-    k = len(states)
-    ref = states[0]
-    if method == "task_arithmetic":
-        if base is None:
-            raise LossvizError("task_arithmetic needs base= (the pre-trained weights θ0)")
-        b = as_state(base)
-        _check_same([b] + states, ["base"] + names)
-        lam = _coeffs(1.0 if weights is None else weights, k, "task_arithmetic")
-        out = {}
-        for key, v0 in b.items():
-            if not v0.is_floating_point():
-                out[key] = v0.clone()
-                continue
-            acc = v0.to(torch.float64).clone()
-            for li, st in zip(lam, states):
-                acc += li * (st[key].to(torch.float64) - v0.to(torch.float64))
-            out[key] = acc.to(v0.dtype)
-        return Weights(out)
-    if base is not None:
-        raise LossvizError(f"base= is only used with method='task_arithmetic', not {method!r}")
-    if method == "weighted":
-        if weights is None:
-            raise LossvizError("method='weighted' needs weights= (one per point)")
-        w = _coeffs(weights, k, "weighted")
-    else:
-        w = [1.0] * k if weights is None else _coeffs(weights, k, method)
+    if more:
+        raise ArgumentTypeError(
+            f"merge takes the points as one list, merge([a, b, ...]); got {1 + len(more)} "
+            "positional arguments"
+        )
+    method = validate.choice(method, "method", _METHODS)
     if method == "uniform" and weights is not None:
         raise LossvizError("method='uniform' takes no weights; use method='weighted'")
-    if sum(w) == 0:
-        raise LossvizError(f"the weights sum to 0: {w}")
-    out = {}
-    for key, v0 in ref.items():
-        if not v0.is_floating_point():
-            out[key] = v0.clone()
-            continue
-        acc = sum(wi * st[key].to(torch.float64) for wi, st in zip(w, states))
-        out[key] = (acc / sum(w)).to(v0.dtype)
+    if method == "weighted" and weights is None:
+        raise LossvizError("method='weighted' needs weights= (one per point)")
+    if method == "task_arithmetic" and base is None:
+        raise LossvizError("task_arithmetic needs base= (the pre-trained weights θ0)")
+    if method != "task_arithmetic" and base is not None:
+        raise LossvizError(f"base= is only used with method='task_arithmetic', not {method!r}")
     if method == "fisher":
         if obj is None:
             raise LossvizError(
                 "method='fisher' needs obj= (an Objective whose data defines the Fisher)"
             )
+        _check_fisher_obj(obj)
+    elif obj is not None:
+        raise LossvizError(f"obj= is only used with method='fisher', not {method!r}")
+    names, states = _named(points)
+    _check_same(states, _labels(names))
+    k = len(states)
+    ref = states[0]
+    dev = next(iter(ref.values())).device
+    if method == "task_arithmetic":
+        b = _as_point(base, "base")
+        _check_same([b] + states, ["base"] + _labels(names))
+        _check_integers([b] + states, ["base"] + _labels(names))
+        lam = _coeffs(1.0 if weights is None else weights, k, "task_arithmetic", names)
+        out = {}
+        for key, v0 in b.items():
+            if not _floating(v0):
+                out[key] = v0.clone()
+                continue
+            acc = v0.to(torch.float64).clone()
+            for li, st in zip(lam, states):
+                acc += li * (st[key].to(v0.device, torch.float64) - v0.to(torch.float64))
+            out[key] = acc.to(v0.dtype)
+        return Weights(out)
+    w = [1.0] * k if weights is None else _coeffs(weights, k, method, names)
+    total = math.fsum(w)
+    if method == "fisher" and any(wi < 0 for wi in w):
+        raise LossvizError(f"weights (the λ_i of Fisher merging) must be >= 0, got {w}")
+    if total == 0 or abs(total) <= 1e-12 * math.fsum(abs(wi) for wi in w):
+        raise LossvizError(f"weights sum to 0: {w}; a weighted mean needs a nonzero sum")
+    _check_integers(states, _labels(names))
+    if method == "fisher":
+        missing = [key for key in obj.layout.names if key not in ref]
+        if missing:
+            raise CheckpointError(f"the points lack parameters {missing[:10]} of the Objective")
+        for nm, st in zip(names, states):
+            try:
+                obj.resolve(st)
+            except CheckpointError as e:
+                raise CheckpointError(f"points[{nm!r}]: {e}") from None
+    out = {}
+    for key, v0 in ref.items():
+        if not _floating(v0):
+            out[key] = v0.clone()
+            continue
+        acc = sum(wi * st[key].to(dev, torch.float64) for wi, st in zip(w, states))
+        out[key] = (acc / total).to(v0.dtype)
+    if method == "fisher":
         fishers = [empirical_fisher(obj, st) for st in states]
         for key in obj.layout.names:
-            if key not in ref:
-                raise CheckpointError(f"the points lack parameter {key!r} of the Objective")
             num = sum(
-                wi * F[key].to(torch.float64) * st[key].to(torch.float64)
+                wi * F[key].to(dev, torch.float64) * st[key].to(dev, torch.float64)
                 for wi, F, st in zip(w, fishers, states)
             )
-            den = sum(wi * F[key].to(torch.float64) for wi, F in zip(w, fishers))
+            den = sum(wi * F[key].to(dev, torch.float64) for wi, F in zip(w, fishers))
             ok = den != 0
             merged = torch.where(
                 ok, num / torch.where(ok, den, torch.ones_like(den)), out[key].to(torch.float64)
@@ -203,33 +327,40 @@ def greedy_soup(
     ``metric`` on ``obj_val`` (best first), start from the best and add each next one only
     if the uniform soup of the chosen ones strictly improves it. Returns
     ``(Weights, chosen)`` (``chosen``: indices, or names for a mapping, in the order
-    added). ``metric``: ``"accuracy"`` (higher is better), ``"loss"`` or ``"error"``."""
+    added). ``metric``: ``"accuracy"`` (higher is better), ``"loss"`` or ``"error"``.
+    ``bn="recompute"`` re-estimates BatchNorm statistics of every soup on
+    ``recompute_data`` (default: ``obj_val``'s data). An ingredient or soup whose metric is
+    NaN ranks last / is not added (with a warning). Ctrl-C propagates (nothing is changed).
+    """
     from .landscape import evaluate
 
     if not isinstance(obj_val, Objective):
-        raise TypeError(f"expected an Objective, got {type(obj_val).__name__}")
-    if metric not in ("accuracy", "loss", "error"):
-        raise LossvizError(f"metric must be 'accuracy', 'loss' or 'error', got {metric!r}")
+        raise ArgumentTypeError(f"obj_val must be an Objective, got {type(obj_val).__name__}")
+    metric = validate.choice(metric, "metric", ("accuracy", "loss", "error"))
+    bn = validate.choice(bn, "bn", ("eval", "recompute"))
+    if recompute_data is not None and bn != "recompute":
+        raise LossvizError("recompute_data is only used with bn='recompute'")
+    if progress is not None:
+        progress = validate.boolean(progress, "progress")
     names, states = _named(points)
-    _check_same(states, names)
+    _check_same(states, _labels(names))
+    _check_integers(states, _labels(names))
+    for nm, st in zip(names, states):
+        try:
+            obj_val.resolve(st)
+        except CheckpointError as e:
+            raise CheckpointError(f"points[{nm!r}]: {e}") from None
     sign = 1.0 if metric == "accuracy" else -1.0
     kw = {"bn": "recompute", "bn_data": recompute_data} if bn == "recompute" else {}
-    if bn not in ("eval", "recompute"):
-        raise LossvizError(f"bn must be 'eval' or 'recompute', got {bn!r}")
+
+    def run(P, at) -> list[float]:
+        res = evaluate(obj_val, P, metrics=(metric,), at=at, progress=progress, **kw)
+        if not getattr(res, "complete", True):  # an inner call turned Ctrl-C into NaN
+            raise KeyboardInterrupt
+        return [float(v) for v in res[metric]]
 
     def score(sts: list[dict]) -> list[float]:
-        # grouped by their buffers: one batched pass per distinct set
-        out = []
-        for st in sts:
-            flat, _ = obj_val.resolve(st)
-            out.append(
-                float(
-                    evaluate(
-                        obj_val, flat[None], metrics=(metric,), at=st, progress=progress, **kw
-                    )[metric][0]
-                )
-            )
-        return out
+        return [run(obj_val.resolve(st)[0][None], st)[0] for st in sts]
 
     same_buffers = all(
         all(torch.equal(states[0][k], st[k]) for k in states[0] if k not in obj_val.layout.names)
@@ -237,18 +368,29 @@ def greedy_soup(
     )
     if same_buffers:
         P = torch.stack([obj_val.resolve(st)[0] for st in states])
-        single = evaluate(obj_val, P, metrics=(metric,), at=states[0], progress=progress, **kw)[
-            metric
-        ].tolist()
+        single = run(P, states[0])
     else:
         single = score(states)
-    order = sorted(range(len(states)), key=lambda i: -sign * single[i])
+    if all(math.isnan(v) for v in single):
+        raise LossvizError(f"greedy_soup: the {metric} is NaN for every ingredient")
+    nan = [names[i] for i, v in enumerate(single) if math.isnan(v)]
+    if nan:
+        warnings.warn(
+            f"greedy_soup: the {metric} is NaN for ingredients {nan[:10]}; they rank last",
+            stacklevel=3,
+        )
+    order = sorted(range(len(states)), key=lambda i: (math.isnan(single[i]), -sign * single[i]))
     chosen = [order[0]]
     best = single[order[0]]
     for i in order[1:]:
         cand = merge([states[j] for j in chosen + [i]])
         val = score([cand])[0]
-        if sign * val > sign * best:
+        if math.isnan(val):
+            warnings.warn(
+                f"greedy_soup: the {metric} of the soup with {names[i]!r} added is NaN; not added",
+                stacklevel=3,
+            )
+        elif sign * val > sign * best:
             chosen.append(i)
             best = val
     soup = (
@@ -327,21 +469,26 @@ class VarianceTable:
 
 
 @api
-def averaging_variance(points) -> VarianceTable:
+def averaging_variance(points, *more) -> VarianceTable:
     """Per layer (weights with ``ndim >= 2``): ``before`` = mean over the k models of the
     variance of their weights, ``after`` = variance of the uniform average, ``ratio`` =
     after / before (about ``1/k`` for uncorrelated models, about 1 for models near one
     another), and the Xavier target ``2/(fan_in + fan_out)``."""
+    if more:
+        raise ArgumentTypeError(
+            "averaging_variance takes the points as one list, averaging_variance([a, b, ...]); "
+            f"got {1 + len(more)} positional arguments"
+        )
     t0 = time.perf_counter()
     names, states = _named(points)
-    _check_same(states, names)
     if len(states) < 2:
-        raise LossvizError("averaging_variance needs at least 2 models")
+        raise LossvizError(f"points: averaging_variance needs at least 2 models, got {len(states)}")
+    _check_same(states, _labels(names))
     rows = []
     for key, v0 in states[0].items():
-        if not v0.is_floating_point() or v0.ndim < 2:
+        if not v0.is_floating_point() or v0.ndim < 2 or v0.numel() == 0:
             continue
-        ws = [st[key].to(torch.float64) for st in states]
+        ws = [st[key].to(v0.device, torch.float64) for st in states]
         before = float(np.mean([float(w.var(correction=0)) for w in ws]))
         after = float(torch.stack(ws).mean(0).var(correction=0))
         fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(v0)
@@ -356,5 +503,5 @@ def averaging_variance(points) -> VarianceTable:
             }
         )
     if not rows:
-        raise LossvizError("no weight with ndim >= 2 to compare")
+        raise LossvizError("points: no weight matrix (a tensor with ndim >= 2) to compare")
     return VarianceTable(rows, len(states), time.perf_counter() - t0)

@@ -149,7 +149,7 @@ def _is_one_of(f, kinds) -> bool:
     return any(f is k if not isinstance(k, type) else isinstance(f, k) for k in kinds)
 
 
-def _shadow(model: nn.Module) -> nn.Module:
+def private_copy(model: nn.Module) -> nn.Module:
     """A private copy of the module tree that shares the user's tensors.
 
     lossviz sets modes on the copy (eval, batch statistics) and swaps every parameter and
@@ -352,7 +352,7 @@ class Objective:
         self._param_shapes = {n: p.shape for n, p in model.named_parameters()}
         self._param_shapes.update({n: b.shape for n, b in model.named_buffers()})
 
-        self._shadow = _shadow(model)
+        self._shadow = private_copy(model)
         self._shadow.eval()
         if bn == "train":
             for m in self._shadow.modules():

@@ -8,6 +8,8 @@ mapping of tensors, or a checkpoint path (see :func:`as_state`).
 
 from __future__ import annotations
 
+import collections
+import copy
 import os
 from collections.abc import Iterator, Mapping
 from numbers import Number
@@ -164,6 +166,17 @@ class Weights(Mapping):
 
     def clone(self) -> Weights:
         return self._map(lambda v: v.detach().clone())
+
+    def __reduce__(self):
+        # pickled as a plain OrderedDict, so torch.save(w) loads back with
+        # torch.load(weights_only=True) (which refuses unknown classes)
+        return (collections.OrderedDict, (list(self._t.items()),))
+
+    def __copy__(self) -> Weights:
+        return Weights(dict(self._t))
+
+    def __deepcopy__(self, memo) -> Weights:
+        return Weights({k: copy.deepcopy(v, memo) for k, v in self._t.items()})
 
     def state_dict(self) -> dict[str, Tensor]:
         """A plain ``name -> tensor`` dict (for ``model.load_state_dict`` or ``torch.save``)."""

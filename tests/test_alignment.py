@@ -2,6 +2,8 @@
 re-estimation and REPAIR."""
 
 import copy
+import io
+import warnings
 
 import pytest
 import torch
@@ -281,3 +283,354 @@ def test_repair_with_batchnorm():
         h.remove()
     for f in (lambda t: t.mean(1), lambda t: t.std(1, correction=0)):
         torch.testing.assert_close(f(out["m"]), 0.5 * (f(out["a"]) + f(out["b"])))
+
+
+# function preservation: size coincidences the tracer must not be misled by ----------------
+class LinearOn3D(nn.Module):
+    """Issue 10: Linear(4, 6) on (N, 6, 4) inputs, then BatchNorm1d(6) (dim 1 is the
+    length 6, not the features)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.bn, self.out = nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(36, 3)
+
+    def forward(self, x):
+        return self.out(torch.flatten(torch.relu(self.bn(self.fc(x))), 1))
+
+
+class LinearBN(nn.Module):
+    """The common MLP with BatchNorm1d: correct for 2-D inputs, wrong for 3-D ones."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.bn, self.out = nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.bn(self.fc(x))))
+
+
+class PReLUOn3D(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.p, self.b = nn.Linear(4, 6), nn.PReLU(6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.b(self.p(self.a(x)))
+
+
+class Transposed(nn.Module):
+    """``.T`` of a square activation (batch 6 = hidden 6) fed to the next layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)).T)
+
+
+class Square(nn.Module):
+    """Every size 6 (square weights, inputs of the same size as the hidden units)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(6, 6), nn.Linear(6, 6), nn.Linear(6, 6)
+
+    def forward(self, x):
+        return self.c(torch.tanh(self.b(torch.relu(self.a(x)))))
+
+
+class ConvThenLinear(nn.Module):
+    """A Linear layer over the length axis of a Conv1d output whose length = channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.c, self.l, self.o = nn.Conv1d(3, 5, 1), nn.Linear(5, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.o(torch.relu(self.l(torch.relu(self.c(x)))))
+
+
+class EmbeddingBN(nn.Module):
+    """Embedding(10, 5) of (N, 5) indices then BatchNorm1d(5): dim 1 is the sequence."""
+
+    def __init__(self):
+        super().__init__()
+        self.e, self.bn, self.o = nn.Embedding(10, 5), nn.BatchNorm1d(5), nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.o(self.bn(self.e(x)))
+
+
+class ConvLayerNorm(nn.Module):
+    """LayerNorm(4) after a Conv2d with 4 channels normalizes the width (also 4)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c, self.ln, self.o = nn.Conv2d(1, 4, 3), nn.LayerNorm(4), nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        return self.o(self.ln(torch.relu(self.c(x))))
+
+
+class Gate(nn.Module):
+    """A size-1 gate broadcast over 6 hidden units."""
+
+    def __init__(self):
+        super().__init__()
+        self.h, self.g, self.o = nn.Linear(4, 6), nn.Linear(4, 1), nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.o(torch.relu(self.h(x)) * torch.sigmoid(self.g(x)))
+
+
+class MeanOverLength(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)).mean(1))
+
+
+class SingleHead(nn.Module):
+    """Attention with d = sequence length = 4."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v, self.o = (nn.Linear(4, 4) for _ in range(3)), None, None, None
+        self.q, self.k, self.v = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+        self.o = nn.Linear(4, 2)
+
+    def forward(self, x):
+        a = torch.softmax(self.q(x) @ self.k(x).transpose(-2, -1), -1)
+        return self.o(a @ self.v(x))
+
+
+def _coincidence_cases():
+    from tests.reference import AttentionBlock, TiedNet
+
+    return {
+        "linear_on_3d_bn": (LinearOn3D, lambda: torch.randn(5, 6, 4)),
+        "linear_bn_2d": (LinearBN, lambda: torch.randn(5, 4)),
+        "linear_bn_3d": (LinearBN, lambda: torch.randn(5, 6, 4)),
+        "prelu_3d": (PReLUOn3D, lambda: torch.randn(5, 6, 4)),
+        "transpose": (Transposed, lambda: torch.randn(6, 3)),
+        "square_2d": (Square, lambda: torch.randn(6, 6)),
+        "square_3d": (Square, lambda: torch.randn(6, 6, 6)),
+        "conv_then_linear": (ConvThenLinear, lambda: torch.randn(5, 3, 5)),
+        "embedding_bn": (EmbeddingBN, lambda: torch.randint(0, 10, (5, 5))),
+        "conv_layernorm": (ConvLayerNorm, lambda: torch.randn(5, 1, 6, 6)),
+        "gate": (Gate, lambda: torch.randn(5, 4)),
+        "mean_over_length": (MeanOverLength, lambda: torch.randn(5, 6, 4)),
+        "single_head": (SingleHead, lambda: torch.randn(5, 4, 4)),
+        "attention_heads": (AttentionBlock, lambda: torch.randn(5, 5, 8)),
+        "tied": (TiedNet, lambda: torch.randint(0, 7, (5, 3))),
+    }
+
+
+COINCIDENCES = _coincidence_cases()
+
+
+def _random_norms(m, g):
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, (nn.BatchNorm1d, nn.LayerNorm)):
+                mod.weight.normal_(generator=g)
+                mod.bias.normal_(generator=g)
+            if isinstance(mod, nn.BatchNorm1d):
+                mod.running_mean.normal_(generator=g)
+                mod.running_var.uniform_(0.5, 2.0, generator=g)
+            if isinstance(mod, nn.PReLU):
+                mod.weight.uniform_(-1, 1, generator=g)
+    return m.eval()
+
+
+@pytest.mark.parametrize("with_data", [False, True], ids=["no_data", "data"])
+@pytest.mark.parametrize("case", list(COINCIDENCES))
+def test_size_coincidences_keep_the_function(case, with_data):
+    make, inputs = COINCIDENCES[case]
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(1)
+    a = _random_norms(make(), g)
+    torch.manual_seed(2)
+    b = _random_norms(make(), g)
+    torch.manual_seed(3)
+    x = inputs()
+    snap_a, snap_b = snapshot(a), snapshot(b)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = weight_matching(a, b.state_dict(), data=x if with_data else None)
+    m = _load(b, r.state_dict())
+    # a plain forward of the permuted b on the inputs the model is meant for
+    torch.testing.assert_close(m(x), b(x), atol=1e-5, rtol=0)
+    assert_unchanged(a, snap_a)
+    assert_unchanged(b, snap_b)
+
+
+def test_issue_case_is_fixed_and_aligned_when_the_rank_is_known():
+    torch.manual_seed(1)
+    a = _random_norms(LinearBN(), torch.Generator().manual_seed(0))
+    torch.manual_seed(2)
+    b = _random_norms(LinearBN(), torch.Generator().manual_seed(1))
+    x2, x3 = torch.randn(8, 4), torch.randn(8, 6, 4)
+    # without data the rank is unknown: BatchNorm1d's units stay fixed, with a warning
+    with pytest.warns(UserWarning, match=r"bn \(BatchNorm1d.*pass data="):
+        same = weight_matching(a, b)
+    assert all(torch.equal(same[k], v) for k, v in b.state_dict().items())
+    # 2-D data: dim 1 is the features, the units are aligned
+    r2 = weight_matching(a, b, data=x2)
+    assert not torch.equal(r2["fc.weight"], b.fc.weight)
+    torch.testing.assert_close(_load(b, r2)(x2), b(x2), atol=1e-5, rtol=0)
+    # 3-D data: dim 1 is the length, nothing is permuted
+    spec3 = permutation_spec(a, data=x3)
+    assert spec3.spaces == {} and any("3-D" in f for f in spec3.fixed_by)
+    # the spec traced on 2-D inputs does not hold for 3-D ones: refused, layers named
+    spec2 = permutation_spec(a, data=x2)
+    shuffled = apply_permutation(spec2, a, {1: torch.tensor([1, 0, 3, 2, 5, 4])})
+    with pytest.raises(LossvizError, match=r"fc\.weight\[0\].*bn\.running_mean\[0\]"):
+        weight_matching(a, shuffled, data=x3, spec=spec2)
+
+
+def test_the_function_check_refuses_a_wrong_trace(monkeypatch):
+    """Even if the tracer ties a wrong axis, no silently different model comes back."""
+    from lossviz import alignment
+
+    torch.manual_seed(1)
+    a = _random_norms(LinearBN(), torch.Generator().manual_seed(0))
+    torch.manual_seed(2)
+    b = _random_norms(LinearBN(), torch.Generator().manual_seed(1))
+    monkeypatch.setattr(alignment._Tracer, "rank_dependent", lambda self, x, name, kind: None)
+    x3 = torch.randn(8, 6, 4)
+    spec = permutation_spec(a, data=x3)  # wrongly ties BatchNorm's length axis
+    assert len(spec.spaces) == 1
+    shuffled = apply_permutation(spec, a, {1: torch.tensor([1, 0, 3, 2, 5, 4])})
+    with pytest.raises(
+        LossvizError, match=r"does not compute b's function.*'fc'.*bn\.running_mean\[0\]"
+    ):
+        weight_matching(a, shuffled, data=x3)
+    with pytest.raises(LossvizError, match=r"does not compute b's function"):
+        weight_matching(a, b, data=x3)
+
+
+def test_inputs_that_cannot_be_made_up_need_data():
+    class Reshaping(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 2)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x.view(x.shape[0], 3, 4))))
+
+    torch.manual_seed(0)
+    a, b = Reshaping(), Reshaping()
+    with pytest.raises(LossvizError, match="could not make inputs.*data="):
+        weight_matching(a, b)
+    x = torch.randn(5, 12)
+    r = weight_matching(a, b, data=x)
+    torch.testing.assert_close(_load(b, r)(x), b(x), atol=1e-5, rtol=0)
+
+
+def test_two_argument_form_and_the_result_is_a_point():
+    a, b = _randomize_norms(cnn(1), 2), _randomize_norms(cnn(2), 3)
+    x = torch.randn(6, 1, 6, 6)
+    r = weight_matching(a, b)
+    r3 = weight_matching(a, a.state_dict(), b.state_dict())
+    assert list(r) == list(b.state_dict()) and all(torch.equal(r[k], r3[k]) for k in r)
+    # load_state_dict (Weights or the plain dict), torch.save of the plain dict
+    m = copy.deepcopy(b)
+    m.load_state_dict(r)
+    torch.testing.assert_close(m(x), b(x), atol=1e-5, rtol=0)
+    sd = r.state_dict()
+    assert type(sd) is dict and list(sd) == list(r)
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    buf.seek(0)
+    back = torch.load(buf, weights_only=True)
+    assert all(torch.equal(back[k], r[k]) for k in r)
+    # lossviz functions that take points
+    from lossviz.connectivity import interpolate
+    from lossviz.merging import merge
+    from lossviz.objective import Objective
+
+    obj = Objective(a, nn.functional.cross_entropy, (x, torch.randint(0, 3, (6,))))
+    path = interpolate(obj, b, r, n=3, metrics=("loss",))
+    assert path.loss[0] == pytest.approx(path.loss[-1], abs=1e-5)
+    soup = merge([a, r])
+    assert set(soup) == set(r)
+    # an Objective as the architecture gives the data
+    assert all(torch.equal(weight_matching(obj, b)[k], r[k]) for k in r)
+
+
+def test_tied_weights_are_permuted_under_every_name():
+    from tests.reference import TiedNet
+
+    torch.manual_seed(1)
+    a = TiedNet()
+    torch.manual_seed(2)
+    b = TiedNet()
+    x = torch.randint(0, 7, (6, 3))
+    sd = b.state_dict()
+    assert "out.weight" in sd and "emb.weight" in sd
+    r = weight_matching(a, sd, data=x)
+    assert torch.equal(r["out.weight"], r["emb.weight"])
+    assert not torch.equal(r["emb.weight"], sd["emb.weight"])
+    torch.testing.assert_close(_load(b, r)(x), b(x), atol=1e-5, rtol=0)
+
+
+class _Ticker:
+    """Raises KeyboardInterrupt after ``left`` calls; shared by every copy of a model."""
+
+    def __init__(self):
+        self.left = None
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self):
+        if self.left is not None:
+            self.left -= 1
+            if self.left < 0:
+                raise KeyboardInterrupt
+
+
+class _Tick(nn.Module):
+    def __init__(self, ticker):
+        super().__init__()
+        self.ticker = ticker
+
+    def forward(self, x):
+        self.ticker()
+        return x
+
+
+@pytest.mark.parametrize("when", ["first", "last"])
+def test_ctrl_c_propagates_and_leaves_models_alone(when):
+    """A KeyboardInterrupt raised by the model's forward (the first or the last one a call
+    makes) propagates, and the user's models are unchanged."""
+    ticker = _Ticker()
+
+    def net(seed):
+        torch.manual_seed(seed)
+        return nn.Sequential(
+            nn.Linear(4, 6), nn.BatchNorm1d(6), _Tick(ticker), nn.ReLU(), nn.Linear(6, 3)
+        ).train()
+
+    a, b = net(1), net(2)
+    x = torch.randn(10, 4)
+    snaps = [snapshot(a), snapshot(b)]
+    mid = {k: (v + b.state_dict()[k]) / 2 for k, v in a.state_dict().items()}
+    for call in (
+        lambda: reset_bn(a, mid, [(x[:5],), (x[5:],)]),
+        lambda: reset_bn(a, mid, x, repair=(a, b)),
+        lambda: weight_matching(a, b, data=x),
+    ):
+        ticker.left = 10_000
+        call()
+        calls = 10_000 - ticker.left
+        ticker.left = 0 if when == "first" else calls - 1
+        with pytest.raises(KeyboardInterrupt):
+            call()
+        ticker.left = None
+        assert_unchanged(a, snaps[0])
+        assert_unchanged(b, snaps[1])

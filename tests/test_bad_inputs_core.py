@@ -530,6 +530,21 @@ def test_weights_numpy_scalars_and_sum():
     assert isinstance(w.state_dict(), dict) and set(w.state_dict()) == {"a"}
 
 
+def test_weights_save_load_and_copy(tmp_path):
+    import copy
+
+    w = lv.Weights({"a": torch.arange(3.0), "b": torch.ones(2, 2)})
+    torch.save(w, tmp_path / "w.pt")
+    back = torch.load(tmp_path / "w.pt", weights_only=True)
+    assert list(back) == ["a", "b"] and all(torch.equal(back[k], w[k]) for k in w)
+    assert lv.load_checkpoint(tmp_path / "w.pt").keys() == w.keys()
+    for c in (copy.copy(w), copy.deepcopy(w)):
+        assert isinstance(c, lv.Weights) and all(torch.equal(c[k], w[k]) for k in w)
+    d = copy.deepcopy(w)
+    d["a"].add_(1)
+    assert torch.equal(w["a"], torch.arange(3.0))  # a deep copy owns its tensors
+
+
 # ---- data that must simply work, checked against plain PyTorch ------------------------
 def _direct_loss(model, batches, reduction="mean"):
     total = sum(F.cross_entropy(model(x), y, reduction="sum") for x, y in batches)

@@ -1,5 +1,6 @@
 """Merges against their formulas; greedy soups; the variance of averaged weights."""
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -158,3 +159,107 @@ def test_bad_input():
         merge([])
     with pytest.raises(TypeError):
         merge(a)
+
+
+def test_merges_accept_weight_forms_and_move_devices_dtypes():
+    pts = {"p": net(0), "q": net(1)}
+    st = {k: m.state_dict() for k, m in pts.items()}
+    expect = (st["p"]["0.weight"] + 3 * st["q"]["0.weight"]) / 4
+    for w in ([1, 3], (1.0, 3.0), np.array([1, 3]), torch.tensor([1.0, 3.0]), {"q": 3, "p": 1}):
+        m = merge(pts, method="weighted", weights=w)
+        torch.testing.assert_close(m["0.weight"], expect)
+    # one float32 point: averaged in float64, returned in the first point's dtype
+    f32 = {k: v.float() if v.is_floating_point() else v for k, v in st["q"].items()}
+    m = merge([st["p"], f32])
+    assert m["0.weight"].dtype == torch.float64
+    torch.testing.assert_close(
+        m["0.weight"], (st["p"]["0.weight"] + f32["0.weight"].double()) / 2, atol=1e-7, rtol=0
+    )
+    # a single task vector
+    base = net(9).state_dict()
+    t = merge([st["p"]], method="task_arithmetic", base=base, weights=0.5)
+    torch.testing.assert_close(
+        t["3.bias"], base["3.bias"] + 0.5 * (st["p"]["3.bias"] - base["3.bias"])
+    )
+    # the result is a point and a state dict
+    model = net(5)
+    model.load_state_dict(m.state_dict())
+    assert type(m.state_dict()) is dict
+
+
+class _Ticker:
+    """Raises KeyboardInterrupt after ``left`` calls; shared by every copy of a model."""
+
+    def __init__(self):
+        self.left = None
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self):
+        if self.left is not None:
+            self.left -= 1
+            if self.left < 0:
+                raise KeyboardInterrupt
+
+
+class _Tick(nn.Module):
+    def __init__(self, ticker):
+        super().__init__()
+        self.ticker = ticker
+
+    def forward(self, x):
+        self.ticker()
+        return x
+
+
+@pytest.mark.parametrize("when", ["first", "last"])
+def test_ctrl_c_in_inner_calls_propagates(when):
+    """Interrupting a forward inside greedy_soup / Fisher merging / the empirical Fisher
+    raises KeyboardInterrupt (no other choice or number is returned) and changes no model."""
+    ticker = _Ticker()
+
+    def tnet(seed):
+        torch.manual_seed(seed)
+        return (
+            nn.Sequential(
+                nn.Linear(5, 7), nn.BatchNorm1d(7), nn.Tanh(), _Tick(ticker), nn.Linear(7, 3)
+            )
+            .double()
+            .eval()
+        )
+
+    x, y = data(40)
+    models = [tnet(s) for s in range(3)]
+    obj = Objective(tnet(0), F.cross_entropy, [(x[:20], y[:20]), (x[20:], y[20:])])
+    snaps = [snapshot(m) for m in models + [obj.model]]
+    for call in (
+        lambda: greedy_soup(obj, models, metric="loss"),
+        lambda: greedy_soup(obj, models, bn="recompute"),
+        lambda: merge(models, method="fisher", obj=obj),
+        lambda: empirical_fisher(obj, models[1]),
+    ):
+        ticker.left = 100_000
+        first = call()
+        calls = 100_000 - ticker.left
+        ticker.left = 0 if when == "first" else calls - 1
+        with pytest.raises(KeyboardInterrupt):
+            call()
+        ticker.left = None
+        again = call()
+        if isinstance(first, tuple):  # greedy_soup: the same choice when not interrupted
+            assert first[1] == again[1]
+        for m, sn in zip(models + [obj.model], snaps):
+            assert_unchanged(m, sn)
+
+
+def test_greedy_soup_nan_ingredient_ranks_last():
+    x, y = data(40)
+    obj = Objective(net(0), F.cross_entropy, (x, y))
+    good = net(1)
+    broken = {k: v.clone() for k, v in net(2).state_dict().items()}
+    broken["3.bias"][0] = float("nan")
+    with pytest.warns(UserWarning, match="NaN"):
+        soup, chosen = greedy_soup(obj, {"broken": broken, "good": good}, metric="loss")
+    assert chosen == ["good"]
+    assert all(torch.equal(soup[k], v) for k, v in good.state_dict().items())

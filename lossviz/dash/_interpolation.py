@@ -360,9 +360,7 @@ class InterpolationDashboard(Dashboard):
         if not matched:
             return self._fb_orig
         if self._fb_matched is None:
-            wm = self._weight_matching(
-                self.obj.model, self._state(self._fa), self._state(self._fb_orig)
-            )
+            wm = self._weight_matching(self.obj, self._state(self._fa), self._state(self._fb_orig))
             self._fb_matched = self.obj.resolve({**self._fixed, **dict(wm)})[0]
         return self._fb_matched
 
