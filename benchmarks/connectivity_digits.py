@@ -50,7 +50,7 @@ def main():
     a, b = trained(narrow, 1), trained(narrow, 2)
     report("two seeds, 64-64-64-10", interpolate(obj, a, b))
     t1 = time.perf_counter()
-    b_aligned = weight_matching(a, a, b)
+    b_aligned = weight_matching(a, b)
     t_match = time.perf_counter() - t1
     report("after weight matching", interpolate(obj, a, b_aligned))
     print(f"{'':<34} (weight matching {t_match:.2f} s)")

@@ -15,61 +15,97 @@ Layer-wise barriers (Adilova, Andriushchenko, Kamp, Fischer, Jaggi, ICLR 2024,
 "Layer-wise Linear Mode Connectivity"): ``θ_b^S`` is the base model ``b ∈ {A, B}`` with block
 ``S`` replaced by ``½(θA[S] + θB[S])`` and ``B_S^(b) = L(θ_b^S) - ½(L(θA) + L(θB))``.
 
-Every set of points goes through :func:`lossviz.landscape.evaluate` in batched passes (one
-pass per distinct set of buffers). The model is never changed.
+Tensors that do not vary (buffers, frozen parameters) follow the path too: floating-point
+ones are interpolated where A and B differ; integer and boolean ones
+(``num_batches_tracked``, counters, masks) cannot be interpolated and come from the nearest
+endpoint (A for α ≤ ½, B for α > ½). The endpoints are exactly A and B: the path's values at
+α = 0 and α = 1 are ``L(θA)`` and ``L(θB)``.
+
+A value that is not finite anywhere on a path makes its barrier non-finite (``inf`` when the
+only non-finite values are ``+inf`` losses between finite endpoints, else ``NaN``), with a
+warning naming the α; after Ctrl-C the results are marked ``complete=False`` and every
+barrier that needs a value not computed is NaN.
+
+Every set of points goes through the batched engine of :func:`lossviz.landscape.evaluate`
+(one pass per distinct set of buffers). The model is never changed.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from .errors import CheckpointError, LossvizError
+from . import validate
+from .errors import ArgumentTypeError, LossvizError
 from .interrupt import api
-from .landscape import _check_n, evaluate, resolve_metrics
+from .landscape import (
+    _check_n,
+    _evaluate,
+    _fmt,
+    _show,
+    _warn,
+    check_engine_args,
+    check_metrics,
+    check_objective,
+    kw_engine,
+    resolve_metrics,
+    resolve_point,
+    warn_nonfinite,
+)
 from .objective import Objective
 
 _KINDS = ("linear", "mean")
+_METRICS = ("loss", "accuracy", "error")
 _HIGHER_IS_BETTER = ("accuracy",)
 
 
 # helpers ---------------------------------------------------------------------------------
 def _check_obj(obj) -> Objective:
-    if not isinstance(obj, Objective):
-        raise TypeError(f"expected an Objective, got {type(obj).__name__}")
-    return obj
+    return check_objective(obj)
 
 
 def _check_kind(kind: str) -> str:
-    if kind not in _KINDS:
+    if not isinstance(kind, str) or kind not in _KINDS:
         raise LossvizError(
-            f"kind must be 'linear' (Entezari et al.) or 'mean' (Frankle et al.), got {kind!r}"
+            f"kind must be 'linear' (Entezari et al.) or 'mean' (Frankle et al.), got {_show(kind)}"
         )
     return kind
 
 
-def _check_bn(bn: str, recompute_data) -> str:
-    if bn not in ("eval", "recompute"):
-        raise LossvizError(f"bn must be 'eval' or 'recompute', got {bn!r}")
-    if recompute_data is not None and bn != "recompute":
-        raise LossvizError("recompute_data= is only used with bn='recompute'")
-    return bn
+def _engine_args(obj, bn, recompute_data, progress, kw) -> dict:
+    """The evaluation keywords of a connectivity call, checked (before any work).
+    ``bn="eval"`` means the Objective's own setting (running statistics interpolated with
+    the weights for an Objective built with ``bn="eval"``)."""
+    validate.choice(bn, "bn", ("eval", "recompute"))
+    return check_engine_args(
+        obj,
+        bn=None if bn == "eval" else bn,
+        bn_data=recompute_data,
+        progress=progress,
+        bn_name="bn",
+        data_name="recompute_data",
+        bn_choices=(None, "recompute"),
+        **kw_engine(kw, ("precision", "batched", "chunk_size")),
+    )
 
 
 def _metric_name(metric) -> str:
-    if not isinstance(metric, str):
-        raise LossvizError("metric must be a name: 'loss', 'accuracy' or 'error'")
+    if not isinstance(metric, str) or metric not in _METRICS:
+        raise (ArgumentTypeError if not isinstance(metric, str) else LossvizError)(
+            f"metric must be one of {_METRICS} (a barrier is computed on one named metric), "
+            f"got {_show(metric)}"
+        )
     return metric
 
 
 def _metric(obj, metric: str):
     """The one named metric a barrier is computed on, resolved for ``obj``."""
-    return resolve_metrics(obj, (_metric_name(metric),))
+    return resolve_metrics(obj, (_metric_name(metric),), name="metric")
 
 
 def _sign(metric_kind) -> float:
@@ -78,34 +114,55 @@ def _sign(metric_kind) -> float:
 
 
 def _point(obj: Objective, p, what: str) -> tuple[Tensor, dict[str, Tensor]]:
-    try:
-        return obj.resolve(p)
-    except CheckpointError as e:
-        raise CheckpointError(f"{what}: {e}") from None
+    return resolve_point(obj, p, what)
 
 
 def _lerp_fixed(fa: dict, fb: dict, alpha: float) -> dict:
-    """Non-varying tensors on the line: floating ones interpolated, integer ones
-    (``num_batches_tracked``) from A."""
+    """Non-varying tensors at ``α`` on the line from A to B: exactly A's at α = 0 and B's
+    at α = 1; in between floating-point ones interpolated where they differ, and integer /
+    boolean ones (``num_batches_tracked``, counters) from the nearest endpoint (A for
+    α ≤ ½, B for α > ½)."""
+    alpha = float(alpha)
+    if alpha == 0.0:
+        return fa
+    if alpha == 1.0:
+        return fb
+    near = fa if alpha <= 0.5 else fb
     out = {}
     for k, va in fa.items():
         vb = fb[k]
-        if va.is_floating_point() and not torch.equal(va, vb):
-            out[k] = torch.lerp(va, vb.to(va.dtype), float(alpha)) if alpha else va
+        if (
+            va.is_floating_point()
+            and vb.is_floating_point()
+            and va.shape == vb.shape
+            and not torch.equal(va, vb)
+        ):
+            out[k] = torch.lerp(va, vb.to(va.dtype), alpha)
         else:
-            out[k] = va
+            out[k] = near[k]
     return out
+
+
+def _lerp_flat(fa: Tensor, fb: Tensor, alpha: float) -> Tensor:
+    alpha = float(alpha)
+    if alpha == 0.0:
+        return fa
+    if alpha == 1.0:
+        return fb
+    return torch.lerp(fa, fb, alpha)
 
 
 def _same_fixed(fa: dict, fb: dict) -> bool:
     return fa.keys() == fb.keys() and all(
-        fa[k] is fb[k] or (fa[k].shape == fb[k].shape and torch.equal(fa[k], fb[k])) for k in fa
+        fa[k] is fb[k]
+        or (fa[k].shape == fb[k].shape and fa[k].dtype == fb[k].dtype and torch.equal(fa[k], fb[k]))
+        for k in fa
     )
 
 
 class _Batch:
     """Points to evaluate, grouped by their non-varying tensors (buffers): one batched
-    :func:`evaluate` call per group."""
+    evaluation per group."""
 
     def __init__(self, obj: Objective):
         self.obj = obj
@@ -122,31 +179,62 @@ class _Batch:
         self.where.append((gi, len(pts) - 1))
         return len(self.where) - 1
 
-    def run(self, metrics, *, bn: str, bn_data=None, progress=None, **kw) -> dict[str, np.ndarray]:
+    def run(
+        self, metrics: dict, rules: dict, *, progress=None, **ekw
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, bool]:
+        """``(values per metric, evaluated mask, complete)``. After Ctrl-C (outermost call)
+        the groups not evaluated stay NaN and no further group runs; inside another
+        lossviz call the interrupt propagates."""
         obj = self.obj
-        outs = []
+        outs: list = []
+        complete = True
         for fixed, pts in self.groups:
-            P = torch.stack(pts)
-            at = dict(fixed)
-            at.update(obj.layout.unflatten(P[0]))
-            ekw = dict(kw)
-            if bn == "recompute":
-                ekw.update(bn="recompute", bn_data=bn_data)
-            outs.append(evaluate(obj, P, metrics=metrics, at=at, progress=progress, **ekw))
-        names = list(outs[0]) if outs else []
-        return {m: np.array([outs[g][m][i] for g, i in self.where]) for m in names}
+            if not complete:
+                outs.append(None)
+                continue
+            r = _evaluate(
+                obj, torch.stack(pts), metrics, fixed, rules=rules, progress=progress, **ekw
+            )
+            outs.append(r)
+            complete = complete and r.complete
+        names = list(metrics)
+        n = len(self.where)
+        vals = {m: np.full(n, np.nan) for m in names}
+        done = np.zeros(n, dtype=bool)
+        for p, (g, i) in enumerate(self.where):
+            r = outs[g]
+            if r is None:
+                continue
+            done[p] = bool(r.evaluated[i])
+            for m in names:
+                vals[m][p] = r[m][i]
+        return vals, done, complete
+
+
+def _prepare_metrics(obj, metrics, flat, fixed, *, optional=(), precision=None, name="metrics"):
+    mk = resolve_metrics(obj, metrics, name=name)
+    return check_metrics(obj, mk, flat, fixed, optional=optional, precision=precision, name=name)
 
 
 # straight-line paths -----------------------------------------------------------------------
-def _barrier_of(alphas: np.ndarray, f: np.ndarray, kind: str, sign: float) -> tuple[float, int]:
-    """``(barrier, index of the maximizing α)`` of a curve (sign -1: higher is better)."""
+def curve_barrier(alphas: np.ndarray, f: np.ndarray, kind: str, sign: float) -> tuple[float, int]:
+    """``(barrier, index of the maximizing α)`` of a curve (sign -1: higher is better).
+
+    A curve with a non-finite value has no finite barrier: ``+inf`` (at the first such α)
+    when the only non-finite values are worse-than-any (``+inf`` loss, ``-inf`` accuracy)
+    between finite endpoints, otherwise ``NaN`` (at the first non-finite α)."""
     _check_kind(kind)
+    f = np.asarray(f, dtype=np.float64)
+    if not np.isfinite(f).all():
+        fin = np.isfinite(f)
+        worse = sign * f == np.inf
+        if fin[0] and fin[-1] and (fin | worse).all():
+            return float("inf"), int(np.flatnonzero(worse)[0])
+        return float("nan"), int(np.flatnonzero(~fin)[0])
     f0, f1 = f[0], f[-1]
     ref = (1 - alphas) * f0 + alphas * f1 if kind == "linear" else np.full_like(f, 0.5 * (f0 + f1))
     gap = sign * (f - ref)
-    if not np.isfinite(gap).any():
-        return float("nan"), 0
-    i = int(np.nanargmax(gap))
+    i = int(np.argmax(gap))
     return float(gap[i]), i
 
 
@@ -156,7 +244,10 @@ class PathResult:
     (``result["loss"]`` or ``result.loss``).
 
     :meth:`barrier` gives ``kind="linear"`` (Entezari et al. 2022, height above the chord)
-    or ``kind="mean"`` (Frankle et al. 2020, height above the endpoints' mean).
+    or ``kind="mean"`` (Frankle et al. 2020, height above the endpoints' mean). A metric
+    that is not finite somewhere on the path (:meth:`nonfinite` lists the α) has a
+    non-finite barrier; an interrupted path (``complete=False``, NaN where not evaluated)
+    has NaN barriers.
     """
 
     alphas: np.ndarray
@@ -167,9 +258,12 @@ class PathResult:
     a: object = None
     b: object = None
     seconds: float = 0.0
+    complete: bool = True
+    #: which α were evaluated (all unless interrupted)
+    evaluated: np.ndarray | None = None
 
     def __getitem__(self, metric: str) -> np.ndarray:
-        if metric not in self.values:
+        if not isinstance(metric, str) or metric not in self.values:
             raise LossvizError(f"no metric {metric!r}; have {list(self.values)}")
         return self.values[metric]
 
@@ -179,16 +273,35 @@ class PathResult:
             return values[name]
         raise AttributeError(name)
 
-    def barrier(self, metric: str = "loss", kind: str = "linear") -> float:
-        """The barrier of ``metric`` along the path (see the class docstring)."""
+    def _evaluated(self) -> np.ndarray:
+        if self.evaluated is None:
+            return np.ones(len(self.alphas), dtype=bool)
+        return np.asarray(self.evaluated, dtype=bool)
+
+    def nonfinite(self, metric: str = "loss") -> dict:
+        """``{α: value}`` where ``metric`` was evaluated and is NaN or infinite."""
         f = np.asarray(self[metric], dtype=np.float64)
-        return _barrier_of(self.alphas, f, kind, _sign(self.metric_kinds.get(metric, metric)))[0]
+        bad = self._evaluated() & ~np.isfinite(f)
+        return {float(self.alphas[i]): float(f[i]) for i in np.flatnonzero(bad)}
+
+    def _barrier(self, metric: str, kind: str) -> tuple[float, float]:
+        _check_kind(kind)
+        f = np.asarray(self[metric], dtype=np.float64)
+        if not self.complete or not self._evaluated().all():
+            return float("nan"), float("nan")
+        b, i = curve_barrier(self.alphas, f, kind, _sign(self.metric_kinds.get(metric, metric)))
+        return b, float(self.alphas[i])
+
+    def barrier(self, metric: str = "loss", kind: str = "linear") -> float:
+        """The barrier of ``metric`` along the path (see the class docstring): ``inf`` /
+        ``NaN`` when the metric is not finite somewhere on the path, NaN when the path is
+        incomplete."""
+        return self._barrier(metric, kind)[0]
 
     def barrier_alpha(self, metric: str = "loss", kind: str = "linear") -> float:
-        """The α where the barrier is reached."""
-        f = np.asarray(self[metric], dtype=np.float64)
-        i = _barrier_of(self.alphas, f, kind, _sign(self.metric_kinds.get(metric, metric)))[1]
-        return float(self.alphas[i])
+        """The α where the barrier is reached (the first non-finite α when the barrier is
+        not finite; NaN for an incomplete path)."""
+        return self._barrier(metric, kind)[1]
 
     def dashboard(self, **kw):
         """An interactive view of this path (:func:`lossviz.dash.interpolation`)."""
@@ -201,36 +314,53 @@ class PathResult:
     def _rows(self):
         rows = []
         for k, v in self.values.items():
+            bl, al = self._barrier(k, "linear")
+            bm, _ = self._barrier(k, "mean")
             rows.append(
                 [
                     k,
                     _fmt(v[0]),
                     _fmt(v[-1]),
-                    _fmt(self.barrier(k, "linear")),
-                    _fmt(self.barrier(k, "mean")),
-                    f"{self.barrier_alpha(k):.3g}",
+                    _fmt(bl),
+                    _fmt(bm),
+                    "nan" if np.isnan(al) else f"{al:.3g}",
                 ]
             )
         return rows
 
+    def _notes(self, metric: str) -> str:
+        bad = self.nonfinite(metric)
+        if not bad:
+            return ""
+        shown = ", ".join(f"{a:.3g} ({_fmt(v)})" for a, v in list(bad.items())[:4])
+        return f", NOT FINITE at α = {shown}" + (" …" if len(bad) > 4 else "")
+
     def __repr__(self) -> str:
         parts = [
             f"{r[0]}: A {r[1]}, B {r[2]}, barrier linear {r[3]} / mean {r[4]} at α={r[5]}"
+            + self._notes(r[0])
             for r in self._rows()
         ]
+        state = (
+            ""
+            if self.complete
+            else f", INCOMPLETE ({int(self._evaluated().sum())} of {len(self.alphas)} α)"
+        )
         return (
             f"PathResult({len(self.alphas)} points, bn={self.bn!r}; "
             + "; ".join(parts)
-            + f"; {self.seconds:.2f} s)"
+            + f"; {self.seconds:.2f} s{state})"
         )
 
     def _repr_html_(self) -> str:
         from .results import _html_table
 
+        rows = [r + [self._notes(r[0])[2:] or "-"] for r in self._rows()]
         return _html_table(
-            ["metric", "at A", "at B", "barrier (linear)", "barrier (mean)", "α of max"],
-            self._rows(),
-            f"linear path, {len(self.alphas)} points, bn={self.bn}",
+            ["metric", "at A", "at B", "barrier (linear)", "barrier (mean)", "α of max", "notes"],
+            rows,
+            f"linear path, {len(self.alphas)} points, bn={self.bn}"
+            + ("" if self.complete else " (incomplete)"),
         )
 
     def plot(self, kind: str = "linear"):
@@ -255,7 +385,8 @@ class PathResult:
                 if kind == "linear"
                 else np.full_like(f, 0.5 * (f[0] + f[-1]))
             )
-            b, i = _barrier_of(a, f, kind, _sign(self.metric_kinds.get(k, k)))
+            b, at = self._barrier(k, kind)
+            i = int(np.argmin(np.abs(a - at))) if np.isfinite(b) else 0
             show = r == 1
             fig.add_trace(
                 go.Scatter(
@@ -311,13 +442,15 @@ class PathResult:
                 )
             fig.update_yaxes(title_text=k, row=r, col=1)
         fig.update_xaxes(title_text="α  (θ = (1-α)·θA + α·θB)", row=len(names), col=1)
-        fig.update_layout(title=f"linear interpolation (bn={self.bn})", template="plotly_white")
+        fig.update_layout(
+            title=f"linear interpolation (bn={self.bn})"
+            + ("" if self.complete else " (incomplete)"),
+            template="plotly_white",
+        )
         return fig
 
 
-def _fmt(x) -> str:
-    x = float(x)
-    return "nan" if not np.isfinite(x) else f"{x:.4g}"
+_DEFAULT_METRICS = ("loss", "accuracy")
 
 
 @api
@@ -327,7 +460,7 @@ def interpolate(
     b,
     *,
     n: int = 25,
-    metrics=("loss", "accuracy"),
+    metrics=None,
     bn: str = "eval",
     recompute_data=None,
     progress=None,
@@ -337,13 +470,21 @@ def interpolate(
     α in [0, 1] (both ends included), all in batched passes.
 
     ``a``, ``b``: models, state dicts, :class:`~lossviz.Weights` or checkpoint paths.
-    Parameters that do not vary in ``obj`` and buffers are interpolated too where A and B
-    differ (floating-point ones; integer buffers come from A). ``bn="recompute"``
-    re-estimates BatchNorm running statistics at every α on ``recompute_data`` (default: the
-    Objective's data), as curve-finding code does (Garipov et al. 2018); with BatchNorm,
-    ``bn="eval"`` evaluates with interpolated running statistics, which is often wrong.
-    Other keywords go to :func:`lossviz.landscape.evaluate` (``precision``, ``batched``,
-    ``chunk_size``).
+    ``metrics``: default loss and accuracy — accuracy only where it applies (class scores
+    with labels, binary outputs with 0/1 targets; left out with a warning for a
+    regression); given explicitly, a metric that does not apply is an error. Parameters
+    that do not vary in ``obj`` and buffers follow the path too: floating-point ones are
+    interpolated where A and B differ, integer ones (``num_batches_tracked``, counters) come
+    from the nearest endpoint (A for α ≤ ½, B for α > ½), so the values at α = 0 and 1 are
+    exactly ``L(θA)`` and ``L(θB)``. ``bn="recompute"`` re-estimates BatchNorm running
+    statistics at every α on ``recompute_data`` (default: the Objective's data), as
+    curve-finding code does (Garipov et al. 2018); with BatchNorm, ``bn="eval"`` evaluates
+    with interpolated running statistics, which is often wrong. Other keywords:
+    ``precision``, ``batched``, ``chunk_size`` (as :func:`lossviz.landscape.evaluate`).
+
+    A value that is not finite is kept (the barrier is then not finite) and reported in a
+    warning naming the α (also :meth:`PathResult.nonfinite`). After Ctrl-C the result has
+    ``complete=False``, NaN where not evaluated, and NaN barriers.
 
     >>> from lossviz.data import digits, mlp
     >>> x, y = digits()
@@ -355,16 +496,31 @@ def interpolate(
     t0 = time.perf_counter()
     _check_obj(obj)
     n = _check_n(n)
-    bn = _check_bn(bn, recompute_data)
-    mk = resolve_metrics(obj, metrics)
+    ekw = _engine_args(obj, bn, recompute_data, progress, kw)
+    optional: tuple = ()
+    if metrics is None:
+        metrics, optional = (
+            (("loss",), ()) if obj.forward is not None else (_DEFAULT_METRICS, ("accuracy",))
+        )
+    resolve_metrics(obj, metrics)
     fa_flat, fa = _point(obj, a, "a")
     fb_flat, fb = _point(obj, b, "b")
+    mk, rules = _prepare_metrics(
+        obj, metrics, fa_flat, fa, optional=optional, precision=ekw["precision"]
+    )
     alphas = np.linspace(0.0, 1.0, n)
     batch = _Batch(obj)
     same = _same_fixed(fa, fb)
     for al in alphas:
-        batch.add(torch.lerp(fa_flat, fb_flat, float(al)), fa if same else _lerp_fixed(fa, fb, al))
-    vals = batch.run(mk, bn=bn, bn_data=recompute_data, progress=progress, **kw)
+        batch.add(_lerp_flat(fa_flat, fb_flat, al), fa if same else _lerp_fixed(fa, fb, al))
+    vals, done, complete = batch.run(mk, rules, progress=progress, **ekw)
+    warn_nonfinite(
+        list(vals),
+        np.stack([vals[k] for k in vals]),
+        done,
+        lambda i: f"α={alphas[i]:.3g}",
+        "on the path: ",
+    )
     return PathResult(
         alphas,
         vals,
@@ -374,6 +530,8 @@ def interpolate(
         a,
         b,
         time.perf_counter() - t0,
+        complete,
+        done,
     )
 
 
@@ -384,9 +542,13 @@ def barrier(
     """The barrier between ``a`` and ``b`` on the straight line (``n`` α values):
     ``kind="linear"``: ``max_α [L(θ(α)) - ((1-α)L(θA) + αL(θB))]`` (Entezari et al. 2022);
     ``kind="mean"``: ``max_α L(θ(α)) - ½(L(θA) + L(θB))`` (Frankle et al. 2020).
-    Keywords as :func:`interpolate`."""
+    Keywords as :func:`interpolate`. Not finite (with a warning naming the α) when the
+    metric is not finite somewhere on the path; Ctrl-C propagates (a single number has no
+    partial form)."""
+    _check_obj(obj)
     _check_kind(kind)
     _metric_name(metric)
+    _check_n(n)
     return interpolate(obj, a, b, n=n, metrics=(metric,), **kw).barrier(metric, kind)
 
 
@@ -394,11 +556,17 @@ def barrier(
 def _named_points(points, what="points") -> tuple[list[str], list]:
     if isinstance(points, Mapping) and not _looks_like_state(points):
         names, pts = [str(k) for k in points], list(points.values())
+        if len(set(names)) != len(names):
+            raise LossvizError(f"{what}: names {names} are not distinct as strings")
     elif isinstance(points, Sequence) and not isinstance(points, (str, bytes)):
         pts = list(points)
         names = [str(i) for i in range(len(pts))]
+    elif isinstance(points, Mapping):
+        raise ArgumentTypeError(
+            f"{what} is a single state dict: pass a list of points or a mapping name -> point"
+        )
     else:
-        raise TypeError(
+        raise ArgumentTypeError(
             f"{what} must be a list of points or a mapping name -> point, got "
             f"{type(points).__name__}"
         )
@@ -411,7 +579,10 @@ def _looks_like_state(m: Mapping) -> bool:
 
 @dataclass(repr=False)
 class BarrierMatrix:
-    """Pairwise barriers between N points: ``values[i, j]`` (symmetric, zero diagonal)."""
+    """Pairwise barriers between N points: ``values[i, j]`` (symmetric, zero diagonal).
+
+    NaN for a pair not evaluated (``complete=False`` after Ctrl-C) or whose path has a NaN;
+    ``inf`` for a path with an infinite loss between finite endpoints."""
 
     names: list
     values: np.ndarray
@@ -420,12 +591,14 @@ class BarrierMatrix:
     endpoint_values: np.ndarray | None = None
     n: int = 25
     seconds: float = 0.0
+    complete: bool = True
 
     def __repr__(self) -> str:
         w = max(len(s) for s in self.names)
+        state = "" if self.complete else ", INCOMPLETE: NaN where not evaluated"
         lines = [
             f"BarrierMatrix({len(self.names)} points, {self.metric} barrier, "
-            f"kind={self.kind!r}, {self.n} α per pair, {self.seconds:.2f} s)",
+            f"kind={self.kind!r}, {self.n} α per pair, {self.seconds:.2f} s{state})",
             " " * w + "  " + "  ".join(s.rjust(9) for s in self.names),
         ]
         for nm, row in zip(self.names, self.values):
@@ -436,7 +609,11 @@ class BarrierMatrix:
         from .results import _html_table
 
         rows = [[nm] + [_fmt(v) for v in row] for nm, row in zip(self.names, self.values)]
-        return _html_table([""] + list(self.names), rows, f"{self.metric} barrier ({self.kind})")
+        return _html_table(
+            [""] + list(self.names),
+            rows,
+            f"{self.metric} barrier ({self.kind})" + ("" if self.complete else " (incomplete)"),
+        )
 
     def plot(self):
         import plotly.graph_objects as go
@@ -453,7 +630,8 @@ class BarrierMatrix:
             )
         )
         fig.update_layout(
-            title=f"pairwise {self.metric} barriers ({self.kind})",
+            title=f"pairwise {self.metric} barriers ({self.kind})"
+            + ("" if self.complete else " (incomplete)"),
             yaxis={"autorange": "reversed"},
             template="plotly_white",
         )
@@ -475,17 +653,22 @@ def barrier_matrix(
 ) -> BarrierMatrix:
     """Barriers between every pair of ``points`` (a list, or a mapping name -> point), e.g.
     a soup's ingredients. Each endpoint is evaluated once; all interior α of all pairs go
-    through batched passes. Definitions as :func:`barrier`."""
+    through batched passes. Definitions (and the non-finite and Ctrl-C rules) as
+    :func:`barrier` / :func:`interpolate`; after Ctrl-C the pairs not fully evaluated are
+    NaN and ``complete`` is False."""
     t0 = time.perf_counter()
     _check_obj(obj)
     _check_kind(kind)
     n = _check_n(n)
-    bn = _check_bn(bn, recompute_data)
-    mk = _metric(obj, metric)
+    ekw = _engine_args(obj, bn, recompute_data, progress, kw)
+    _metric(obj, metric)
     names, pts = _named_points(points)
     if len(pts) < 2:
-        raise LossvizError(f"barrier_matrix needs at least 2 points, got {len(pts)}")
-    resolved = [_point(obj, p, f"point {nm!r}") for nm, p in zip(names, pts)]
+        raise LossvizError(f"points: barrier_matrix needs at least 2 points, got {len(pts)}")
+    resolved = [_point(obj, p, f"points[{nm!r}]") for nm, p in zip(names, pts)]
+    mk, rules = _prepare_metrics(
+        obj, (metric,), *resolved[0], precision=ekw["precision"], name="metric"
+    )
     alphas = np.linspace(0.0, 1.0, n)
     batch = _Batch(obj)
     ends = [batch.add(f, fx) for f, fx in resolved]
@@ -495,16 +678,37 @@ def barrier_matrix(
             (fi, xi), (fj, xj) = resolved[i], resolved[j]
             same = _same_fixed(xi, xj)
             pairs[i, j] = [
-                batch.add(torch.lerp(fi, fj, float(al)), xi if same else _lerp_fixed(xi, xj, al))
+                batch.add(_lerp_flat(fi, fj, al), xi if same else _lerp_fixed(xi, xj, al))
                 for al in alphas[1:-1]
             ]
-    vals = batch.run(mk, bn=bn, bn_data=recompute_data, progress=progress, **kw)[metric]
-    M = np.zeros((len(pts), len(pts)))
+    allvals, done, complete = batch.run(mk, rules, progress=progress, **ekw)
+    vals = allvals[metric]
+    M = np.full((len(pts), len(pts)), np.nan)
+    np.fill_diagonal(M, 0.0)
     sign = _sign(mk[metric])
+    bad = []
     for (i, j), idx in pairs.items():
-        f = np.concatenate([[vals[ends[i]]], vals[idx], [vals[ends[j]]]])
-        M[i, j] = M[j, i] = _barrier_of(alphas, f, kind, sign)[0]
-    return BarrierMatrix(names, M, metric, kind, vals[ends], n, time.perf_counter() - t0)
+        ix = [ends[i], *idx, ends[j]]
+        if not done[ix].all():
+            continue  # not evaluated (interrupted): NaN
+        f = vals[ix]
+        M[i, j] = M[j, i] = curve_barrier(alphas, f, kind, sign)[0]
+        nf = np.flatnonzero(~np.isfinite(f))
+        if len(nf):
+            bad.append(
+                f"{names[i]}–{names[j]} at α = "
+                + ", ".join(f"{alphas[k]:.3g} ({_fmt(f[k])})" for k in nf[:3])
+                + (" …" if len(nf) > 3 else "")
+            )
+    if bad:
+        _warn(
+            f"{metric} is not finite on {len(bad)} path(s): "
+            + "; ".join(bad[:5])
+            + ("; …" if len(bad) > 5 else "")
+            + "; their barriers are not finite"
+        )
+    ev = np.where(done[ends], vals[ends], np.nan)
+    return BarrierMatrix(names, M, metric, kind, ev, n, time.perf_counter() - t0, complete)
 
 
 # layer-wise barriers -----------------------------------------------------------------------
@@ -524,9 +728,9 @@ def resolve_groups(obj: Objective, groups) -> tuple[dict[str, list[str]], str]:
     first k modules, k = 1..L (named after the k-th module); a mapping ``name -> list of
     parameter or module names`` (a module name stands for all its parameters)."""
     mods = _module_groups(obj)
-    if groups == "module":
+    if isinstance(groups, str) and groups == "module":
         return mods, "module"
-    if groups == "cumulative":
+    if isinstance(groups, str) and groups == "cumulative":
         out, acc = {}, []
         for name, ps in mods.items():
             acc = acc + ps
@@ -538,6 +742,20 @@ def resolve_groups(obj: Objective, groups) -> tuple[dict[str, list[str]], str]:
         for gname, members in groups.items():
             if isinstance(members, str):
                 members = [members]
+            if not isinstance(members, Iterable) or isinstance(members, (bytes, Mapping)):
+                raise ArgumentTypeError(
+                    f"groups: group {gname!r} must be a list of parameter or module names, "
+                    f"got {type(members).__name__}"
+                )
+            members = list(members)
+            wrong = [m for m in members if not isinstance(m, str)]
+            if wrong:
+                raise ArgumentTypeError(
+                    f"groups: group {gname!r} names parameters or modules by string, got "
+                    f"{wrong[:5]}"
+                )
+            if not members:
+                raise LossvizError(f"groups: group {gname!r} is empty")
             ps: list[str] = []
             unknown = []
             for m in members:
@@ -550,25 +768,24 @@ def resolve_groups(obj: Objective, groups) -> tuple[dict[str, list[str]], str]:
                 ps += [p for p in hit if p not in ps]
             if unknown:
                 raise LossvizError(
-                    f"group {gname!r}: {unknown[:10]} name no varying parameter or module; "
-                    f"modules: {list(mods)[:20]}"
+                    f"groups: group {gname!r}: {unknown[:10]} name no varying parameter or "
+                    f"module; modules: {list(mods)[:20]}"
                 )
+            if str(gname) in out:
+                raise LossvizError(f"groups: group name {str(gname)!r} given twice")
             out[str(gname)] = ps
         if not out:
             raise LossvizError("groups is an empty mapping")
         return out, "custom"
-    raise LossvizError(
-        f"groups must be 'module', 'cumulative' or a mapping name -> parameter "
-        f"or module names, got {groups!r}"
+    raise (LossvizError if isinstance(groups, str) else ArgumentTypeError)(
+        "groups must be 'module', 'cumulative' or a mapping name -> parameter or module "
+        f"names, got {_show(groups)}"
     )
 
 
 def _bases(base) -> list[str]:
-    if base == "both":
-        return ["A", "B"]
-    if base in ("A", "B"):
-        return [base]
-    raise LossvizError(f"base must be 'A', 'B' or 'both', got {base!r}")
+    validate.choice(base, "base", ("A", "B", "both"))
+    return ["A", "B"] if base == "both" else [base]
 
 
 @dataclass(repr=False)
@@ -580,6 +797,10 @@ class LayerwiseResult:
     full-model counterpart ``L(½θA + ½θB) - ½(L(θA) + L(θB))``. With ``n``, ``curves[base]
     [group]`` holds the metric as block S moves from the base toward the average:
     ``θ_base[S] + α·(θ_other[S] - θ_base[S])`` at ``alphas`` in [0, ½].
+
+    A barrier is NaN when a value it needs was not evaluated (``complete=False`` after
+    Ctrl-C) or is NaN, or when ``L(A)`` / ``L(B)`` is not finite; ``inf`` when the
+    block-averaged model's loss is ``+inf``.
     """
 
     groups: dict
@@ -591,6 +812,7 @@ class LayerwiseResult:
     alphas: np.ndarray | None = None
     curves: dict | None = None
     seconds: float = 0.0
+    complete: bool = True
 
     @property
     def table(self) -> dict:
@@ -609,7 +831,9 @@ class LayerwiseResult:
         lines = [
             f"LayerwiseResult({self.metric}, {len(self.groups)} groups ({self.group_kind}), "
             f"L(A) {_fmt(self.endpoint_values[0])}, L(B) {_fmt(self.endpoint_values[1])}; "
-            f"full-model barrier {_fmt(self.full)})",
+            f"full-model barrier {_fmt(self.full)}"
+            + ("" if self.complete else "; INCOMPLETE: NaN where not evaluated")
+            + ")",
             what.ljust(w) + "  " + "  ".join(f"base {b}".rjust(10) for b in bases),
         ]
         for g in self.groups:
@@ -627,7 +851,8 @@ class LayerwiseResult:
         return _html_table(
             ["group"] + [f"base {b}" for b in bases],
             rows,
-            f"layer-wise {self.metric} barriers ({self.group_kind})",
+            f"layer-wise {self.metric} barriers ({self.group_kind})"
+            + ("" if self.complete else " (incomplete)"),
         )
 
     def plot(self):
@@ -680,7 +905,8 @@ class LayerwiseResult:
                     col=1,
                 )
         ref = 0.5 * (self.endpoint_values[0] + self.endpoint_values[1])
-        fig.add_hline(y=ref, line_dash="dash", line_color="gray", row=2, col=1)
+        if np.isfinite(ref):
+            fig.add_hline(y=ref, line_dash="dash", line_color="gray", row=2, col=1)
         fig.update_xaxes(
             title_text="α (block S = θ_base[S] + α·(θ_other[S] - θ_base[S]))", row=2, col=1
         )
@@ -690,14 +916,16 @@ class LayerwiseResult:
 
 
 def _layerwise_points(obj, batch, fa_flat, fa, fb_flat, fb, gidx, bases, alphas):
-    """Add the points of one pair to ``batch``; returns the index bookkeeping."""
+    """Add the points of one pair to ``batch``; returns the index bookkeeping (and
+    ``labels``: index -> what the point is, for warnings)."""
     same = _same_fixed(fa, fb)
+    avg = 0.5 * (fa_flat + fb_flat)
     idx = {
         "A": batch.add(fa_flat, fa),
         "B": batch.add(fb_flat, fb if not same else fa),
-        "full": batch.add(0.5 * (fa_flat + fb_flat), fa if same else _lerp_fixed(fa, fb, 0.5)),
+        "full": batch.add(avg, fa if same else _lerp_fixed(fa, fb, 0.5)),
     }
-    avg = 0.5 * (fa_flat + fb_flat)
+    labels = {idx["A"]: "L(A)", idx["B"]: "L(B)", idx["full"]: "the full average"}
     own = {"A": (fa_flat, fa, fb_flat), "B": (fb_flat, fb, fa_flat)}
     idx["blocks"] = {}
     idx["curves"] = {}
@@ -708,37 +936,73 @@ def _layerwise_points(obj, batch, fa_flat, fa, fb_flat, fb, gidx, bases, alphas)
         for g, ix in gidx.items():
             p = theta.clone()
             p[ix] = avg[ix]
-            idx["blocks"][b][g] = batch.add(p, fixed)
+            idx["blocks"][b][g] = k = batch.add(p, fixed)
+            labels[k] = f"block {g!r} averaged in base {b}"
             if alphas is not None:
                 row = []
                 for al in alphas:
                     q = theta.clone()
                     q[ix] = torch.lerp(theta[ix], other[ix], float(al))
                     row.append(batch.add(q, fixed))
+                    labels[row[-1]] = f"block {g!r} at α={al:.3g} in base {b}"
                 idx["curves"][b][g] = row
+    idx["labels"] = labels
     return idx
 
 
-def _layerwise_result(vals, idx, groups, kind, bases, metric, sign, alphas, seconds):
-    la, lb = float(vals[idx["A"]]), float(vals[idx["B"]])
+def _gap(v: float, ref: float, sign: float) -> float:
+    """``sign·(v - ref)`` with the non-finite rule: NaN unless both are finite, except a
+    worse-than-any value (``+inf`` loss) over a finite reference, which is ``+inf``."""
+    v, ref = float(v), float(ref)
+    if np.isfinite(v) and np.isfinite(ref):
+        return sign * (v - ref)
+    if np.isfinite(ref) and sign * v == np.inf:
+        return float("inf")
+    return float("nan")
+
+
+def _layerwise_result(vals, done, idx, groups, kind, bases, metric, sign, alphas, seconds):
+    def val(i):
+        return float(vals[i]) if done[i] else float("nan")
+
+    la, lb = val(idx["A"]), val(idx["B"])
     ref = 0.5 * (la + lb)
-    bar = {
-        b: {g: sign * (float(vals[i]) - ref) for g, i in idx["blocks"][b].items()} for b in bases
-    }
+    bar = {b: {g: _gap(val(i), ref, sign) for g, i in idx["blocks"][b].items()} for b in bases}
     curves = None
     if alphas is not None:
-        curves = {b: {g: vals[ix] for g, ix in idx["curves"][b].items()} for b in bases}
+        curves = {
+            b: {g: np.where(done[ix], vals[ix], np.nan) for g, ix in idx["curves"][b].items()}
+            for b in bases
+        }
+    labels = idx["labels"]
+    every = np.array(sorted(labels))
     return LayerwiseResult(
         groups,
         bar,
-        sign * (float(vals[idx["full"]]) - ref),
+        _gap(val(idx["full"]), ref, sign),
         (la, lb),
         metric,
         kind,
         alphas,
         curves,
         seconds,
+        bool(done[every].all()),
     )
+
+
+def _warn_layerwise(vals, done, idxs, metric, prefixes):
+    bad = []
+    for idx, pre in zip(idxs, prefixes):
+        for i, what in idx["labels"].items():
+            if done[i] and not np.isfinite(vals[i]):
+                bad.append(f"{pre}{what} ({_fmt(vals[i])})")
+    if bad:
+        _warn(
+            f"{metric} is not finite at {len(bad)} point(s): "
+            + "; ".join(bad[:5])
+            + ("; …" if len(bad) > 5 else "")
+            + "; the barriers that use them are not finite"
+        )
 
 
 def _group_index(obj, groups) -> dict[str, Tensor]:
@@ -778,41 +1042,60 @@ def layerwise_barriers(
     named as in ``model.named_modules()``), ``"cumulative"`` (the first k layers) or a
     mapping ``name -> parameter / module names``. With ``n``, also the curves moving block S
     from the base toward the average (α in [0, ½]; never up to 1, which would be a layer
-    swap). The base keeps its own buffers (``bn="recompute"`` re-estimates them). All points
-    in batched passes.
+    swap). The base keeps its own buffers (``bn="recompute"`` re-estimates them); the full
+    average interpolates floating-point buffers and takes integer ones from A. All points
+    in batched passes. Non-finite values and Ctrl-C as :func:`interpolate`.
     """
     t0 = time.perf_counter()
     _check_obj(obj)
-    bn = _check_bn(bn, recompute_data)
-    mk = _metric(obj, metric)
+    ekw = _engine_args(obj, bn, recompute_data, progress, kw)
+    _metric(obj, metric)
     gmap, kind = resolve_groups(obj, groups)
     bases = _bases(base)
     alphas = _check_alpha_n(n)
     fa_flat, fa = _point(obj, a, "a")
     fb_flat, fb = _point(obj, b, "b")
+    mk, rules = _prepare_metrics(
+        obj, (metric,), fa_flat, fa, precision=ekw["precision"], name="metric"
+    )
     batch = _Batch(obj)
     idx = _layerwise_points(
         obj, batch, fa_flat, fa, fb_flat, fb, _group_index(obj, gmap), bases, alphas
     )
-    vals = batch.run(mk, bn=bn, bn_data=recompute_data, progress=progress, **kw)[metric]
+    allvals, done, _ = batch.run(mk, rules, progress=progress, **ekw)
+    vals = allvals[metric]
+    _warn_layerwise(vals, done, [idx], metric, [""])
     return _layerwise_result(
-        vals, idx, gmap, kind, bases, metric, _sign(mk[metric]), alphas, time.perf_counter() - t0
+        vals,
+        done,
+        idx,
+        gmap,
+        kind,
+        bases,
+        metric,
+        _sign(mk[metric]),
+        alphas,
+        time.perf_counter() - t0,
     )
 
 
 @dataclass(repr=False)
 class LayerwiseOver:
     """Layer-wise barriers over a training run: ``results[label]`` per pair of checkpoints;
-    ``matrix(base)`` is the (pairs × groups) array of barriers."""
+    ``matrix(base)`` is the (pairs × groups) array of barriers (NaN where not evaluated
+    after Ctrl-C: ``complete=False``)."""
 
     labels: list
     results: list
+    complete: bool = True
 
     @property
     def groups(self) -> list:
         return list(self.results[0].groups)
 
     def matrix(self, base: str = "A") -> np.ndarray:
+        if base not in self.results[0].barriers:
+            raise LossvizError(f"no base {base!r}; have {list(self.results[0].barriers)}")
         return np.array([[r.barriers[base][g] for g in self.groups] for r in self.results])
 
     @property
@@ -825,6 +1108,7 @@ class LayerwiseOver:
             f"LayerwiseOver({len(self.labels)} pairs × {len(self.groups)} groups, "
             f"{r0.metric}; full-model barriers "
             + ", ".join(f"{lab}: {_fmt(v)}" for lab, v in zip(self.labels, self.full))
+            + ("" if self.complete else "; INCOMPLETE: NaN where not evaluated")
             + ")"
         )
 
@@ -885,35 +1169,56 @@ def layerwise_barriers_over(
 ) -> LayerwiseOver:
     """:func:`layerwise_barriers` for many pairs ``(θA_t, θB_t)`` (e.g. two runs at each
     epoch): a list of pairs or a mapping label -> pair. All pairs' points go through the
-    same batched passes. ``.plot()`` is the epoch × layer heatmap of the paper's figures."""
+    same batched passes. ``.plot()`` is the epoch × layer heatmap of the paper's figures.
+    After Ctrl-C the barriers not evaluated are NaN and ``complete`` is False."""
     t0 = time.perf_counter()
     _check_obj(obj)
-    bn = _check_bn(bn, recompute_data)
-    mk = _metric(obj, metric)
+    ekw = _engine_args(obj, bn, recompute_data, progress, kw)
+    _metric(obj, metric)
     if isinstance(pairs, Mapping):
         labels, plist = list(pairs), list(pairs.values())
-    else:
+    elif isinstance(pairs, Iterable) and not isinstance(pairs, (str, bytes, Tensor, nn.Module)):
         plist = list(pairs)
         labels = list(range(len(plist)))
+    else:
+        raise ArgumentTypeError(
+            f"pairs must be a list of (a, b) pairs or a mapping label -> (a, b), got "
+            f"{type(pairs).__name__}"
+        )
     if not plist:
-        raise LossvizError("no pairs given")
+        raise LossvizError("pairs is empty: no pair given")
+    for lab, pr in zip(labels, plist):
+        if not isinstance(pr, (tuple, list)) or len(pr) != 2:
+            raise LossvizError(
+                f"pairs[{lab!r}] must be a pair (a, b), got "
+                + (f"{len(pr)} items" if isinstance(pr, (tuple, list)) else type(pr).__name__)
+            )
     gmap, kind = resolve_groups(obj, groups)
     gidx = _group_index(obj, gmap)
     bases = _bases(base)
+    resolved = [
+        (_point(obj, pr[0], f"pairs[{lab!r}][0]"), _point(obj, pr[1], f"pairs[{lab!r}][1]"))
+        for lab, pr in zip(labels, plist)
+    ]
+    mk, rules = _prepare_metrics(
+        obj, (metric,), *resolved[0][0], precision=ekw["precision"], name="metric"
+    )
     batch = _Batch(obj)
-    idxs = []
-    for lab, pr in zip(labels, plist):
-        if not isinstance(pr, (tuple, list)) or len(pr) != 2:
-            raise LossvizError(f"pair {lab!r} must be (a, b), got {type(pr).__name__}")
-        fa_flat, fa = _point(obj, pr[0], f"pair {lab!r}, a")
-        fb_flat, fb = _point(obj, pr[1], f"pair {lab!r}, b")
-        idxs.append(_layerwise_points(obj, batch, fa_flat, fa, fb_flat, fb, gidx, bases, None))
-    vals = batch.run(mk, bn=bn, bn_data=recompute_data, progress=progress, **kw)[metric]
+    idxs = [
+        _layerwise_points(obj, batch, fa_flat, fa, fb_flat, fb, gidx, bases, None)
+        for (fa_flat, fa), (fb_flat, fb) in resolved
+    ]
+    allvals, done, complete = batch.run(mk, rules, progress=progress, **ekw)
+    vals = allvals[metric]
+    _warn_layerwise(vals, done, idxs, metric, [f"pair {lab!r}: " for lab in labels])
     sec = time.perf_counter() - t0
     return LayerwiseOver(
         labels,
         [
-            _layerwise_result(vals, ix, gmap, kind, bases, metric, _sign(mk[metric]), None, sec)
+            _layerwise_result(
+                vals, done, ix, gmap, kind, bases, metric, _sign(mk[metric]), None, sec
+            )
             for ix in idxs
         ],
+        complete,
     )

@@ -14,14 +14,15 @@ never perturbed.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .errors import CheckpointError, LossvizError
+from . import validate
+from .errors import ArgumentTypeError, CheckpointError, LossvizError
 from .interrupt import api
 from .objective import Objective
 from .weights import Layout, Weights, as_state
@@ -30,13 +31,23 @@ _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 _NORMS = ("filter", "layer", "none")
 
 
-def point_params(point) -> Weights:
+def point_params(point, name: str = "point") -> Weights:
     """The parameters of a point in weight space (buffers left out), as :class:`Weights`.
 
     ``point``: an :class:`~lossviz.Objective` (its varying parameters at the model), an
     ``nn.Module`` (its parameters), :class:`Weights`, or a state dict / checkpoint path
-    (floating-point entries except BatchNorm statistics).
+    (floating-point entries except BatchNorm statistics). Errors name the argument
+    ``name``.
     """
+    try:
+        return _point_params(point)
+    except CheckpointError as e:
+        raise CheckpointError(f"{name}: {e}") from None
+    except TypeError as e:
+        raise ArgumentTypeError(f"{name}: {e}") from None
+
+
+def _point_params(point) -> Weights:
     if isinstance(point, Objective):
         return point.weights()
     if isinstance(point, Weights):
@@ -58,12 +69,21 @@ def point_params(point) -> Weights:
     )
 
 
-def _layout_of(w: Weights) -> tuple[Layout, Tensor]:
-    if len(w) == 0:
-        raise LossvizError("no parameters to draw directions for")
+def _layout_of(w: Weights, name: str = "obj_or_weights") -> tuple[Layout, Tensor]:
+    if len(w) == 0 or sum(v.numel() for v in w.values()) == 0:
+        raise LossvizError(f"{name} has no parameters (with elements) to draw directions for")
+    bad = [k for k, v in w.items() if not v.is_floating_point()]
+    if bad:
+        raise LossvizError(f"{name}: {bad[:10]} are not floating-point tensors")
     layout = Layout([(k, v.shape) for k, v in w.items()])
-    v0 = next(iter(w.values()))
-    return layout, layout.flatten(w, dtype=v0.dtype, device=v0.device)
+    v0 = next(v for v in w.values() if v.numel())
+    flat = layout.flatten(w, dtype=v0.dtype, device=v0.device)
+    if not bool(torch.isfinite(flat).all()):
+        bad = [k for k, v in w.items() if not bool(torch.isfinite(v).all())]
+        raise LossvizError(
+            f"{name} holds NaN or inf in {bad[:10]}: directions cannot be normalized to it"
+        )
+    return layout, flat
 
 
 def normalize_directions(
@@ -75,14 +95,15 @@ def normalize_directions(
     along dim 0), ``d[j] <- d[j]·||θ[j]|| / (||d[j]|| + 1e-10)`` (Li et al. 2018).
     ``norm="layer"``: the same with the whole tensor as one filter. ``norm="none"``: as
     drawn. Tensors with ``ndim <= 1`` are zeroed with ``ignore="biasbn"``; otherwise they are
-    scaled as a single filter (``"filter"``/``"layer"``).
+    scaled as a single filter (``"filter"``/``"layer"``). A tensor with no elements has an
+    empty direction; a filter of zero norm gets a zero direction.
     """
-    if norm not in _NORMS:
-        raise LossvizError(f"norm must be one of {_NORMS}, got {norm!r}")
-    if ignore not in ("biasbn", None):
-        raise LossvizError(f"ignore must be 'biasbn' or None, got {ignore!r}")
+    validate.choice(norm, "norm", _NORMS)
+    validate.choice(ignore, "ignore", ("biasbn", None))
     lead = d.shape[:-1]
     for shape, k, a in zip(layout.shapes, layout.numels, layout.offsets):
+        if k == 0:  # a tensor with no elements: nothing to scale
+            continue
         seg = d[..., a : a + k]
         th = theta[a : a + k]
         if len(shape) <= 1:
@@ -116,10 +137,8 @@ def iter_random_flat(
     Draws happen on the CPU from ``torch.Generator().manual_seed(seed)`` (so a seed gives
     the same directions on every device), then move to ``theta``'s device and dtype.
     """
-    if norm not in _NORMS:
-        raise LossvizError(f"norm must be one of {_NORMS}, got {norm!r}")
-    if ignore not in ("biasbn", None):
-        raise LossvizError(f"ignore must be 'biasbn' or None, got {ignore!r}")
+    validate.choice(norm, "norm", _NORMS)
+    validate.choice(ignore, "ignore", ("biasbn", None))
     gen = torch.Generator().manual_seed(int(seed))
     draw = torch.float64 if theta.dtype == torch.float64 else torch.float32
     for _ in range(int(n)):
@@ -156,9 +175,11 @@ def random_directions(
     >>> float(d["bias"].abs().sum())
     0.0
     """
-    if int(n) < 1:
-        raise LossvizError(f"n must be at least 1, got {n}")
-    w = point_params(obj_or_weights)
+    n = validate.integer(n, "n", low=1)
+    validate.choice(norm, "norm", _NORMS)
+    validate.choice(ignore, "ignore", ("biasbn", None))
+    seed = validate.seed(seed)
+    w = point_params(obj_or_weights, "obj_or_weights")
     layout, theta = _layout_of(w)
     return [
         layout.to_weights(d)
@@ -169,7 +190,21 @@ def random_directions(
 @api
 def model_direction(a, b) -> Weights:
     """The direction from model ``a`` to model ``b``: ``b - a`` (parameters only)."""
-    return point_params(b) - point_params(a)
+    pa, pb = point_params(a, "a"), point_params(b, "b")
+    if list(pa.keys()) != list(pb.keys()):
+        ka, kb = set(pa.keys()), set(pb.keys())
+        raise CheckpointError(
+            f"a and b have different parameters: only in a {sorted(ka - kb)[:10]}, only in b "
+            f"{sorted(kb - ka)[:10]}" + ("" if ka != kb else " (same names in another order)")
+        )
+    bad = [
+        f"{k}: {tuple(pa[k].shape)} vs {tuple(pb[k].shape)}"
+        for k in pa
+        if pa[k].shape != pb[k].shape
+    ]
+    if bad:
+        raise CheckpointError(f"a and b differ in shape: {'; '.join(bad[:10])}")
+    return pb - pa
 
 
 @api
@@ -182,27 +217,43 @@ def eigen_directions(obj: Objective, n: int = 2, at=None, **kw) -> list[Weights]
     from .hessian import hessian_eigs
 
     if not isinstance(obj, Objective):
-        raise TypeError(f"eigen_directions needs an Objective, got {type(obj).__name__}")
+        raise ArgumentTypeError(f"obj must be a lossviz.Objective, got {type(obj).__name__}")
+    n = validate.integer(n, "n", low=1)
+    if n > obj.layout.size:
+        raise LossvizError(f"n must be <= the number of parameters ({obj.layout.size}), got {n}")
     return list(hessian_eigs(obj, k=n, at=at, **kw).vectors)
 
 
-def _stack(points: Sequence, what: str) -> tuple[list[str], list[Weights], Tensor]:
-    ws = [point_params(p) for p in points]
+def _stack(
+    points: Sequence, what: str, names: Sequence[str] | None = None
+) -> tuple[list[str], list[Weights], Tensor]:
+    names = list(names) if names is not None else [f"{what} {i}" for i in range(len(points))]
+    ws = [point_params(p, nm) for p, nm in zip(points, names)]
     keys = list(ws[0].keys())
     for i, w in enumerate(ws[1:], 1):
         if list(w.keys()) != keys:
             a, b = set(keys), set(w.keys())
             raise CheckpointError(
-                f"{what} {i} has different parameters than {what} 0: "
+                f"{names[i]} has different parameters than {names[0]}: "
                 f"missing {sorted(a - b)[:10]}, extra {sorted(b - a)[:10]}"
             )
         bad = [k for k in keys if w[k].shape != ws[0][k].shape]
         if bad:
-            raise CheckpointError(f"{what} {i}: shape mismatch in {bad[:10]}")
+            raise CheckpointError(
+                f"{names[i]}: shape mismatch with {names[0]} in "
+                + "; ".join(
+                    f"{k}: {tuple(w[k].shape)} vs {tuple(ws[0][k].shape)}" for k in bad[:10]
+                )
+            )
+    if not keys or sum(v.numel() for v in ws[0].values()) == 0:
+        raise LossvizError(f"{names[0]} has no parameters (with elements)")
     v0 = ws[0][keys[0]]
     dtype = torch.float64 if v0.dtype == torch.float64 else torch.float32
     layout = Layout([(k, ws[0][k].shape) for k in keys])
     X = torch.stack([layout.flatten(w, dtype=dtype, device=v0.device) for w in ws])
+    bad = [i for i in range(len(ws)) if not bool(torch.isfinite(X[i]).all())]
+    if bad:
+        raise LossvizError(f"{', '.join(names[i] for i in bad[:10])}: NaN or inf in the weights")
     return keys, ws, X
 
 
@@ -293,37 +344,59 @@ def pca_directions(trajectory: Sequence, n: int = 2, *, center="last") -> PCARes
     ``trajectory``: checkpoints as models, state dicts, :class:`Weights` or paths; a dict
     ``label -> checkpoint`` keeps the labels for plots.
     """
+    n = validate.integer(n, "n", low=1)
     labels: list = []
     if isinstance(trajectory, Mapping):
+        if trajectory and all(isinstance(v, Tensor) for v in trajectory.values()):
+            raise ArgumentTypeError(
+                "trajectory is a single state dict: pass a list of checkpoints or a dict "
+                "label -> checkpoint"
+            )
         labels = list(trajectory.keys())
         trajectory = list(trajectory.values())
-    trajectory = list(trajectory)
-    if len(trajectory) < n + 1:
-        raise LossvizError(
-            f"{n} principal directions need at least {n + 1} checkpoints, got {len(trajectory)}"
+    elif isinstance(trajectory, (str, bytes, nn.Module, Tensor)) or not isinstance(
+        trajectory, Iterable
+    ):
+        raise ArgumentTypeError(
+            "trajectory must be a list of checkpoints (models, state dicts, Weights, paths) "
+            f"or a dict label -> checkpoint, got {type(trajectory).__name__}"
         )
-    keys, ws, X = _stack(trajectory, "checkpoint")
-    T = X.shape[0]
-    if center == "last":
-        ci = T - 1
-    elif center == "first":
-        ci = 0
-    elif center == "mean":
-        ci = None
-    elif isinstance(center, (int, np.integer)) and -T <= int(center) < T:
+    trajectory = list(trajectory)
+    T = len(trajectory)
+    if T < n + 1:
+        raise LossvizError(
+            f"trajectory: {n} principal direction(s) need at least {n + 1} checkpoints, got {T}"
+        )
+    if isinstance(center, str) and center in ("last", "first", "mean"):
+        ci = {"last": T - 1, "first": 0, "mean": None}[center]
+    elif (
+        isinstance(center, (int, np.integer))
+        and not isinstance(center, (bool, np.bool_))
+        and -T <= int(center) < T
+    ):
         ci = int(center) % T
     else:
         raise LossvizError(
-            f"center must be 'last', 'first', 'mean' or an index < {T}, got {center!r}"
+            f"center must be 'last', 'first', 'mean' or an index in [-{T}, {T}), got {center!r}"
+        )
+    keys, ws, X = _stack(trajectory, "checkpoint")
+    if all(torch.equal(X[i], X[0]) for i in range(1, T)):
+        raise LossvizError(
+            "trajectory: all checkpoints are the same point: no direction to find (PCA needs "
+            "at least 2 distinct checkpoints)"
         )
     c = X.mean(0) if ci is None else X[ci]
     Xc = X - X.mean(0)
     G = (Xc @ Xc.T).to(torch.float64)
     lam, U = torch.linalg.eigh(G)
     lam, U = lam.flip(0), U.flip(1)
-    if float(lam[n - 1]) <= 1e-12 * max(float(lam[0]), 1e-300):
+    # variances below the rounding of the given weights are no direction
+    eps = float(torch.finfo(X.dtype).eps)
+    floor = (T * eps * float(X.norm(dim=1).max())) ** 2
+    if float(lam[n - 1]) <= max(1e-12 * float(lam[0]), floor):
         raise LossvizError(
-            f"the trajectory spans fewer than {n} dimensions (variances {lam[:n].tolist()})"
+            f"trajectory: the checkpoints span fewer than {n} dimension(s) (variances "
+            f"{[float(f'{v:.3g}') for v in lam[:n].tolist()]}); ask for fewer directions (n=)"
         )
     U = U[:, :n]
     # sign convention (as scikit-learn's svd_flip): the largest |u| entry is positive
@@ -372,20 +445,26 @@ def plane_through(a, b, c, *, names: Sequence[str] = ("a", "b", "c")) -> Plane:
     >>> plane_through(A, B, C).points
     {'a': (0.0, 0.0), 'b': (2.0, 0.0), 'c': (1.0, 3.0)}
     """
-    if len(names) != 3 or len(set(names)) != 3:
-        raise LossvizError(f"names must be three distinct labels, got {names!r}")
-    keys, ws, X = _stack([a, b, c], "model")
+    if (
+        isinstance(names, (str, bytes))
+        or not isinstance(names, Sequence)
+        or len(names) != 3
+        or not all(isinstance(s, str) for s in names)
+        or len(set(names)) != 3
+    ):
+        raise LossvizError(f"names must be three distinct strings, got {names!r}")
+    keys, ws, X = _stack([a, b, c], "model", ("a", "b", "c"))
     Xd = X.to(torch.float64)
     u, v = Xd[1] - Xd[0], Xd[2] - Xd[0]
     nu = u.norm()
     if float(nu) == 0:
-        raise LossvizError("models a and b are identical: no plane through them")
+        raise LossvizError("a and b are the same point: no plane through them")
     e1 = u / nu
     w = v - (v @ e1) * e1
     nw = w.norm()
     tol = float(torch.finfo(X.dtype).eps) ** 0.5  # the rounding of the given weights
     if float(nw) <= tol * max(float(v.norm()), 1e-300):
-        raise LossvizError("the three models lie on one line: no unique plane through them")
+        raise LossvizError("a, b and c lie on one line: no unique plane through them")
     e2 = w / nw
     layout = Layout([(k, ws[0][k].shape) for k in keys])
     dt = ws[0][keys[0]].dtype

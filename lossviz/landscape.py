@@ -5,7 +5,13 @@
 pass: ``torch.func.functional_call`` under ``torch.vmap`` over chunks of points, with a
 per-point fallback where vmap cannot run. :func:`evaluate` is the shared engine: any set of
 flat points (grid points, points on a curve between checkpoints) with one or more metrics,
-sample-weighted over the batches exactly like :meth:`Objective.loss`.
+combined over the batches exactly like :meth:`Objective.loss`.
+
+Off the happy path: every argument is checked before any work starts (a
+:class:`~lossviz.errors.LossvizError` naming it); a metric that does not apply to the
+model's outputs and targets (accuracy of a regression) is refused; non-finite values are
+kept as they are (``inf`` stays ``inf``, ``NaN`` stays ``NaN``) and reported with where
+they occur; after Ctrl-C the points not evaluated are NaN and ``complete`` is False.
 """
 
 from __future__ import annotations
@@ -13,11 +19,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import html
-import math
 import os
+import sys
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -25,10 +31,19 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from . import validate
 from .directions import PCAResult, Plane, point_params, random_directions
-from .errors import CheckpointError, DataError, LossvizError
-from .interrupt import api
-from .objective import Objective, batch_size, call_model, is_single_batch, to_device
+from .errors import ArgumentTypeError, CheckpointError, DataError, LossvizError
+from .interrupt import api, keep_partial
+from .objective import (
+    Objective,
+    _is_one_of,
+    _loss_target,
+    batch_size,
+    call_model,
+    is_single_batch,
+    to_device,
+)
 from .weights import Weights
 
 try:
@@ -37,6 +52,7 @@ except ImportError:  # pragma: no cover
     _reparametrize_module = None
 
 _BUILTIN = ("loss", "accuracy", "error")
+_PKG = os.path.dirname(os.path.abspath(__file__))
 
 
 def _progress(progress) -> bool:
@@ -45,57 +61,306 @@ def _progress(progress) -> bool:
     return bool(progress)
 
 
+def _warn(message: str, category=UserWarning) -> None:
+    """``warnings.warn`` attributed to the first frame outside lossviz (the user's line)."""
+    f, level = sys._getframe(0), 1
+    while f is not None and os.path.abspath(f.f_code.co_filename).startswith(_PKG + os.sep):
+        f, level = f.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
+
+
+def _show(value) -> str:
+    s = repr(value)
+    return (s[:57] + "...") if len(s) > 60 else s
+
+
+# argument checks -------------------------------------------------------------------------
+def check_objective(obj, name: str = "obj") -> Objective:
+    if not isinstance(obj, Objective):
+        raise ArgumentTypeError(
+            f"{name} must be a lossviz.Objective (Objective(model, loss_fn, data)), got "
+            f"{type(obj).__name__}"
+        )
+    return obj
+
+
+def resolve_point(obj: Objective, p, name: str) -> tuple[Tensor, dict[str, Tensor]]:
+    """``obj.resolve(p)`` with errors that name the argument."""
+    try:
+        return obj.resolve(p)
+    except CheckpointError as e:
+        raise CheckpointError(f"{name}: {e}") from None
+    except LossvizError as e:
+        raise type(e)(f"{name}: {e}") from None
+    except TypeError as e:
+        raise ArgumentTypeError(f"{name}: {e}") from None
+
+
+_PRECISIONS = (None, "fp32", "float32", "bf16", "bfloat16", "fp16", "float16")
+
+
+def check_precision(precision, name: str = "precision"):
+    want = f"{name} must be None, 'bf16' or 'fp16' (or torch.bfloat16 / torch.float16)"
+    if precision is None:
+        return None
+    if isinstance(precision, torch.dtype):
+        if precision not in (torch.float32, torch.bfloat16, torch.float16):
+            raise LossvizError(f"{want}, got {precision}")
+        return precision
+    if not isinstance(precision, str):
+        raise ArgumentTypeError(f"{want}, got {_show(precision)} ({type(precision).__name__})")
+    if precision not in _PRECISIONS:
+        raise LossvizError(f"{want}, got {precision!r}")
+    return precision
+
+
+class _BatchList(list):
+    """Batches already checked by :func:`check_data`."""
+
+
+def check_data(data, name: str):
+    """Batches for BatchNorm re-estimation: a batch (tuple / tensor / mapping) or a
+    non-empty iterable of batches; returned as a list."""
+    if data is None or isinstance(data, _BatchList):
+        return data
+    if isinstance(data, Tensor) or is_single_batch(data):
+        return _BatchList([data])
+    if isinstance(data, (str, bytes)) or not isinstance(data, Iterable):
+        raise ArgumentTypeError(
+            f"{name} must be a batch (inputs, targets), an input tensor or an iterable of "
+            f"batches, got {type(data).__name__}"
+        )
+    batches = list(data)
+    if not batches:
+        raise DataError(f"{name} is empty: no batch")
+    for i, b in enumerate(batches):
+        if not (isinstance(b, Tensor) or is_single_batch(b)):
+            raise ArgumentTypeError(
+                f"{name}: batch {i} must be (inputs, targets), an input tensor or a mapping, "
+                f"got {type(b).__name__}"
+            )
+    return _BatchList(batches)
+
+
+def check_bn(obj: Objective, bn, bn_name: str = "bn") -> None:
+    """``bn`` against the Objective: ``"eval"``/``"train"`` must be the Objective's own,
+    ``"recompute"`` needs ``bn="eval"`` and a BatchNorm layer with running statistics."""
+    if bn in ("eval", "train") and bn != obj.bn:
+        raise LossvizError(
+            f"{bn_name}={bn!r} but the Objective was built with bn={obj.bn!r}; "
+            f"build it with Objective(..., bn={bn!r})"
+        )
+    if bn == "recompute":
+        if obj.bn != "eval":
+            raise LossvizError(
+                f"{bn_name}='recompute' needs an Objective built with bn='eval' (the "
+                "re-estimated running statistics are used in eval mode)"
+            )
+        if not any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and m.track_running_stats
+            and m.running_mean is not None
+            for m in obj._shadow.modules()
+        ):
+            raise LossvizError(
+                f"{bn_name}='recompute': the model has no BatchNorm layer with running statistics"
+            )
+
+
+def check_engine_args(
+    obj: Objective | None = None,
+    *,
+    bn=None,
+    bn_data=None,
+    precision=None,
+    batched=None,
+    chunk_size=None,
+    progress=None,
+    bn_name: str = "bn",
+    data_name: str = "bn_data",
+    bn_choices=(None, "eval", "train", "recompute"),
+) -> dict:
+    """Validate the engine's keyword arguments (before any work); returns them normalized."""
+    validate.choice(bn, bn_name, bn_choices)
+    if bn_data is not None and bn != "recompute":
+        raise LossvizError(f"{data_name}= is only used with {bn_name}='recompute'")
+    if obj is not None:
+        check_bn(obj, bn, bn_name)
+    check_precision(precision)
+    if batched is not None:
+        validate.boolean(batched, "batched")
+    chunk_size = validate.integer(chunk_size, "chunk_size", low=1, none=True)
+    if progress is not None:
+        validate.boolean(progress, "progress")
+    return {
+        "bn": bn,
+        "bn_data": check_data(bn_data, data_name),
+        "precision": precision,
+        "batched": batched,
+        "chunk_size": chunk_size,
+    }
+
+
+_ENGINE_KW = ("bn", "bn_data", "precision", "batched", "chunk_size")
+
+
+def kw_engine(kw: dict, allowed: Sequence[str] = _ENGINE_KW) -> dict:
+    """The engine's keywords out of ``**kw`` (``progress`` is read separately); an unknown
+    keyword is an error naming it."""
+    bad = [k for k in kw if k not in tuple(allowed) + ("progress",)]
+    if bad:
+        raise ArgumentTypeError(
+            f"unexpected keyword argument(s) {bad}; accepted: {list(allowed) + ['progress']}"
+        )
+    return {k: v for k, v in kw.items() if k in allowed}
+
+
 # metrics ---------------------------------------------------------------------------------
-def resolve_metrics(obj: Objective, metrics) -> dict[str, str | Callable]:
+def resolve_metrics(obj: Objective, metrics, name: str = "metrics") -> dict[str, str | Callable]:
     """``metrics`` as an ordered ``name -> "loss" | "accuracy" | "error" | callable``."""
     if isinstance(metrics, str) or callable(metrics):
         metrics = (metrics,)
     if isinstance(metrics, Mapping):
         items = list(metrics.items())
-    else:
+    elif isinstance(metrics, Iterable) and not isinstance(metrics, (bytes, Tensor)):
         items = []
         for i, m in enumerate(metrics):
             if isinstance(m, str):
                 items.append((m, m))
             elif callable(m):
-                name = getattr(m, "__name__", "") or f"metric{i}"
-                items.append((f"metric{i}" if name == "<lambda>" else name, m))
+                mname = getattr(m, "__name__", "") or f"metric{i}"
+                items.append((f"metric{i}" if mname == "<lambda>" else mname, m))
             else:
-                raise TypeError(f"a metric is 'loss', 'accuracy', 'error' or a callable, got {m!r}")
+                raise ArgumentTypeError(
+                    f"{name}: a metric is 'loss', 'accuracy', 'error' or a callable "
+                    f"(outputs, targets) -> scalar, got {_show(m)}"
+                )
+    else:
+        raise ArgumentTypeError(
+            f"{name} must be a metric name, a callable, or a list / mapping of them, got "
+            f"{type(metrics).__name__}"
+        )
     out: dict[str, str | Callable] = {}
-    for name, m in items:
+    for mname, m in items:
         if isinstance(m, str) and m not in _BUILTIN:
             raise LossvizError(
-                f"unknown metric {m!r}; use one of {_BUILTIN} or a callable "
+                f"{name}: unknown metric {m!r}; use one of {_BUILTIN} or a callable "
                 "(outputs, targets) -> scalar"
             )
         if not isinstance(m, str) and not callable(m):
-            raise TypeError(f"metric {name!r} must be a name or a callable, got {m!r}")
-        if name in out:
-            raise LossvizError(f"metric name {name!r} given twice")
-        out[str(name)] = m
+            raise ArgumentTypeError(
+                f"{name}: metric {mname!r} must be a name or a callable, got {_show(m)}"
+            )
+        if mname in out:
+            raise LossvizError(f"{name}: metric name {mname!r} given twice")
+        out[str(mname)] = m
     if not out:
-        raise LossvizError("no metric to compute")
+        raise LossvizError(f"{name} is empty: no metric to compute")
     if obj.forward is not None and any(m != "loss" for m in out.values()):
         raise LossvizError(
-            "with a custom forward= only the 'loss' metric is available "
+            f"{name}: with a custom forward= only the 'loss' metric is available "
             "(outputs and targets are not known)"
         )
     return out
 
 
-def _accuracy(out: Tensor, y: Tensor) -> Tensor:
-    if out.ndim == y.ndim + 1:
-        correct = out.argmax(-1) == y
-    elif out.shape == y.shape and (out.ndim == 1 or out.shape[-1] == 1):
-        correct = (out > 0) == (y > 0.5)  # binary logits
-    elif out.shape == y.shape:
-        correct = out.argmax(-1) == y.argmax(-1)  # one-hot / probability targets
-    else:
-        raise LossvizError(
-            f"accuracy needs class scores (N, C) with labels (N,), got outputs "
-            f"{tuple(out.shape)} and targets {tuple(y.shape)}"
+# losses whose outputs are probabilities or values compared with 0/1 targets directly
+# (threshold ½); the logit losses (BCEWithLogits) and unknown ones threshold at 0
+_F = nn.functional
+_HALF_THRESHOLD = (
+    nn.BCELoss,
+    _F.binary_cross_entropy,
+    nn.MSELoss,
+    _F.mse_loss,
+    nn.L1Loss,
+    _F.l1_loss,
+    nn.SmoothL1Loss,
+    _F.smooth_l1_loss,
+    nn.HuberLoss,
+    _F.huber_loss,
+)
+
+
+def _is_binary(ys: list[Tensor]) -> bool:
+    return all(bool(((y == 0) | (y == 1)).all()) for y in ys)
+
+
+def accuracy_rule(out, ys: list[Tensor], loss_fn=None, ignore_index: int = -100):
+    """How accuracy is read from ``out`` and targets like ``ys`` — a tuple — or a string
+    saying why it does not apply.
+
+    - class scores ``(..., C)``, ``C >= 2``, with integer labels ``(...)`` in ``[0, C)``:
+      ``argmax == label`` (labels equal to ``ignore_index`` are left out);
+    - one output per sample (``(N,)`` or ``(N, 1)``) with targets that are all 0 or 1
+      (integer, bool or float): ``(output > t) == target``, ``t = 0.5`` when the loss takes
+      probabilities or is a regression loss on 0/1 targets (``BCELoss``, ``MSELoss``, …),
+      else ``t = 0`` (logits, ``BCEWithLogitsLoss``);
+    - targets shaped like the outputs ``(N, C)`` that are class probabilities (one-hot, or
+      non-negative rows summing to 1): ``argmax == argmax``.
+
+    Anything else (float regression targets, multi-label 0/1 rows, mismatched shapes) has no
+    accuracy.
+    """
+    y = ys[0]
+    if not isinstance(out, Tensor) or not isinstance(y, Tensor):
+        return (
+            f"the outputs ({type(out).__name__}) and targets ({type(y).__name__}) are not "
+            "both tensors"
         )
+    if y.is_complex() or out.is_complex() or not out.is_floating_point():
+        return f"outputs {out.dtype} / targets {y.dtype} are not real-valued scores and labels"
+    f, _ = _loss_target(loss_fn) if loss_fn is not None else (None, {})
+    thr = 0.5 if f is not None and _is_one_of(f, _HALF_THRESHOLD) else 0.0
+    integral = not y.is_floating_point()
+    if out.ndim >= 1 and out.ndim == y.ndim + 1 and out.shape[:-1] == y.shape:
+        c = int(out.shape[-1])
+        if c >= 2:
+            if not integral:
+                return "class scores need integer class labels, the targets are floating-point"
+            for yy in ys:
+                ok = ((yy >= 0) & (yy < c)) | (yy == ignore_index)
+                if not bool(ok.all()):
+                    return f"the targets hold labels outside 0..{c - 1}"
+            return ("classes", ignore_index)
+        if c == 1 and _is_binary(ys):
+            return ("binary1", thr)
+        return "one output per sample with targets that are not all 0 or 1 (a regression)"
+    if out.shape == y.shape and out.ndim >= 1:
+        if out.ndim == 1 or out.shape[-1] == 1:
+            if _is_binary(ys):
+                return ("binary", thr)
+            return "one output per sample with targets that are not all 0 or 1 (a regression)"
+        if all(
+            bool((yy >= 0).all()) and bool(((yy.to(torch.float64).sum(-1) - 1).abs() <= 1e-3).all())
+            for yy in ys
+        ):
+            return ("onehot",)
+        return (
+            "targets shaped like the outputs that are not class probabilities (rows of "
+            "non-negative numbers summing to 1): a regression or multi-label task"
+        )
+    return "the outputs and targets do not have the shapes of class scores and labels"
+
+
+def _accuracy(out: Tensor, y: Tensor, rule=None) -> Tensor:
+    if rule is None:
+        rule = accuracy_rule(out, [y])
+        if isinstance(rule, str):
+            raise LossvizError(
+                f"accuracy does not apply to outputs {tuple(out.shape)} and targets "
+                f"{tuple(y.shape)}: {rule}"
+            )
+    kind = rule[0]
+    if kind == "classes":
+        valid = y != rule[1]
+        correct = (out.argmax(-1) == y) & valid
+        return correct.sum(dtype=torch.float64) / valid.sum(dtype=torch.float64)
+    if kind == "binary1":
+        correct = (out[..., 0] > rule[1]) == (y > 0.5)
+    elif kind == "binary":
+        correct = (out > rule[1]) == (y > 0.5)
+    else:
+        correct = out.argmax(-1) == y.argmax(-1)
     return correct.to(torch.float64).mean()
 
 
@@ -108,6 +373,66 @@ def _scalar(v, name: str) -> Tensor:
     return v.reshape(()).to(torch.float64)
 
 
+def check_metrics(
+    obj: Objective,
+    metrics: dict,
+    flat: Tensor,
+    fixed: Mapping[str, Tensor],
+    *,
+    optional: Sequence[str] = (),
+    precision=None,
+    name: str = "metrics",
+) -> tuple[dict, dict]:
+    """``(metrics that apply, accuracy rules)``: one forward on the first batch at ``flat``
+    shows the outputs; accuracy / error are checked against the targets of every batch held
+    in memory (the first batch of a streamed source). A metric that does not apply raises a
+    :class:`LossvizError` naming it and the shapes, unless it is in ``optional`` (the
+    defaults): then it is left out with a warning. Callables are tried once, so one that
+    does not return a scalar is reported before any work."""
+    if obj.forward is not None:
+        return dict(metrics), {}
+    batch, _ = next(obj._stream(limit=1))
+    ys = [b[1] for b in obj._batches] if obj._batches is not None else [batch[1]]
+    with torch.no_grad(), _autocast(precision, obj.device)():
+        out = obj.batch_outputs(flat, dict(fixed), batch)
+    y = batch[1]
+    kept: dict = {}
+    rules: dict = {}
+    for mname, m in metrics.items():
+        if m in ("accuracy", "error"):
+            rule = accuracy_rule(out, ys, obj.loss_fn, getattr(obj, "_ignore_index", -100))
+            if isinstance(rule, str):
+                shapes = (
+                    f"outputs {tuple(out.shape)} {str(out.dtype)[6:]}, targets "
+                    f"{tuple(y.shape)} {str(y.dtype)[6:]}"
+                    if isinstance(out, Tensor) and isinstance(y, Tensor)
+                    else ""
+                )
+                why = f"does not apply to this model and data ({shapes}): {rule}"
+                if mname in optional:
+                    _warn(f"{m!r} (a default metric) is left out: it {why}")
+                    continue
+                raise LossvizError(f"{name}: {m!r} {why}")
+            rules[mname] = rule
+        elif callable(m) and not isinstance(m, str):
+            try:
+                with torch.no_grad():
+                    v = m(out, y)
+            except (LossvizError, KeyboardInterrupt):
+                raise
+            except Exception as e:  # noqa: BLE001 - reported with the metric's name
+                raise LossvizError(
+                    f"{name}: metric {mname!r} failed on the first batch (outputs "
+                    f"{tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__}"
+                    f"): {type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
+                ) from e
+            _scalar(v, mname)
+        kept[mname] = m
+    if not kept:
+        raise LossvizError(f"{name}: none of the metrics applies to this model and data")
+    return kept, rules
+
+
 # the engine ------------------------------------------------------------------------------
 def _is_oom(e: BaseException) -> bool:
     if isinstance(e, torch.cuda.OutOfMemoryError):
@@ -117,19 +442,22 @@ def _is_oom(e: BaseException) -> bool:
 
 
 def _autocast(precision, device: torch.device):
+    precision = check_precision(precision)
     if precision in (None, "fp32", "float32", torch.float32):
         return contextlib.nullcontext
     if precision in ("bf16", "bfloat16", torch.bfloat16):
         dt = torch.bfloat16
-    elif precision in ("fp16", "float16", torch.float16):
-        dt = torch.float16
     else:
-        raise LossvizError(f"precision must be None, 'bf16' or 'fp16', got {precision!r}")
+        dt = torch.float16
     return lambda: torch.autocast(device_type=device.type, dtype=dt)
 
 
 class _Engine:
-    """Evaluates metrics at chunks of flat points; see :func:`evaluate`."""
+    """Evaluates metrics at chunks of flat points; see :func:`evaluate`.
+
+    ``metrics``: a spec or an already resolved ``name -> metric`` dict; ``rules``: the
+    accuracy rules from :func:`check_metrics` (computed on the first point of :meth:`run`
+    when not given)."""
 
     def __init__(
         self,
@@ -142,40 +470,34 @@ class _Engine:
         precision=None,
         batched=None,
         chunk_size=None,
+        rules: dict | None = None,
+        bn_name: str = "bn",
+        data_name: str = "bn_data",
     ):
-        if not isinstance(obj, Objective):
-            raise TypeError(f"expected an Objective, got {type(obj).__name__}")
+        check_objective(obj)
         self.obj = obj
         self.metrics = resolve_metrics(obj, metrics)
+        self.rules = rules
         self.fixed = dict(fixed)
+        self.precision = check_precision(precision)
         self.autocast = _autocast(precision, obj.device)
         if bn not in (None, "eval", "train", "recompute"):
             raise LossvizError(
-                f"bn must be 'eval', 'recompute' (or None: the Objective's setting), got {bn!r}"
+                f"{bn_name} must be 'eval', 'recompute' (or None: the Objective's setting), "
+                f"got {bn!r}"
             )
-        if bn in ("eval", "train") and bn != obj.bn:
-            raise LossvizError(
-                f"bn={bn!r} but the Objective was built with bn={obj.bn!r}; "
-                f"build it with Objective(..., bn={bn!r})"
-            )
-        if bn == "recompute" and obj.bn != "eval":
-            raise LossvizError(
-                "bn='recompute' needs an Objective built with bn='eval' (the "
-                "re-estimated running statistics are used in eval mode)"
-            )
+        check_bn(obj, bn, bn_name)
         if bn_data is not None and bn != "recompute":
-            raise LossvizError("bn_data= is only used with bn='recompute'")
+            raise LossvizError(f"{data_name}= is only used with {bn_name}='recompute'")
         self.recompute = bn == "recompute"
         self.batched = batched  # None: try vmap, fall back per point
         self.strategy = None if batched is None else ("vmap" if batched else "loop")
-        if chunk_size is not None and int(chunk_size) < 1:
-            raise LossvizError(f"chunk_size must be positive, got {chunk_size}")
-        self.chunk_size = None if chunk_size is None else int(chunk_size)
+        self.chunk_size = validate.integer(chunk_size, "chunk_size", low=1, none=True)
         if self.recompute:
-            self._setup_recompute(bn_data)
+            self._setup_recompute(check_data(bn_data, data_name), bn_name)
 
     # BatchNorm statistics ------------------------------------------------------------
-    def _setup_recompute(self, bn_data):
+    def _setup_recompute(self, bn_batches, bn_name="bn"):
         obj = self.obj
         shadow = obj._shadow
         params = {id(p): p for p in shadow.parameters()}
@@ -199,17 +521,13 @@ class _Engine:
                 )
         if not self.bn_modules:
             raise LossvizError(
-                "bn='recompute': the model has no BatchNorm layer with running statistics"
+                f"{bn_name}='recompute': the model has no BatchNorm layer with running statistics"
             )
         self.stats_module = stats
-        if bn_data is None:
+        if bn_batches is None:
             self._bn_batches = None
-        elif isinstance(bn_data, Tensor) or is_single_batch(bn_data):
-            self._bn_batches = [to_device(bn_data, obj.device)]
         else:
-            self._bn_batches = [to_device(b, obj.device) for b in bn_data]
-            if not self._bn_batches:
-                raise DataError("bn_data is empty: no batch")
+            self._bn_batches = [to_device(b, obj.device) for b in bn_batches]
 
     def _bn_iter(self):
         if self._bn_batches is None:
@@ -219,7 +537,9 @@ class _Engine:
                 yield b, batch_size(b)
 
     def _stats_forward(self, flat, bufs, batch):
-        tensors = dict(self.fixed)
+        tensors = {
+            k: (v.clone() if k in self.obj._buffer_names else v) for k, v in self.fixed.items()
+        }
         tensors.update(self.obj.layout.unflatten(flat))
         tensors.update(bufs)
         with _reparametrize_module(self.stats_module, tensors, tie_weights=True, strict=False):
@@ -257,27 +577,37 @@ class _Engine:
             return _scalar(obj.batch_loss(flat, fixed, batch), "loss")[None]
         out = obj.batch_outputs(flat, fixed, batch)
         y = batch[1]
+        rules = self.rules or {}
         vals = []
         for name, m in self.metrics.items():
             if m == "loss":
                 v = obj.loss_fn(out, y)
             elif m == "accuracy":
-                v = _accuracy(out, y)
+                v = _accuracy(out, y, rules.get(name))
             elif m == "error":
-                v = 1 - _accuracy(out, y)
+                v = 1 - _accuracy(out, y, rules.get(name))
             else:
                 v = m(out, y)
             vals.append(_scalar(v, name))
         return torch.stack(vals)
 
     def values(self, pts: Tensor, vmapped: bool) -> Tensor:
-        """``(n_metrics, c)`` float64 sample-weighted means over all batches."""
+        """``(n_metrics, c)`` float64 values over all batches: the loss combined as the
+        Objective's (``Σ_b w_b·L_b / normalizer``: a sample-weighted mean, or the sum of a
+        summed loss), every other metric a sample-weighted mean."""
         c = pts.shape[0]
+        obj = self.obj
+        # the loss combines over batches as the Objective says (mean or sum); every other
+        # metric is a sample-weighted mean
+        is_loss = torch.tensor(
+            [isinstance(m, str) and m == "loss" for m in self.metrics.values()],
+            device=pts.device,
+        )[:, None]
         with torch.no_grad():
             bufs = self._recompute(pts, vmapped) if self.recompute else None
             total = torch.zeros(len(self.metrics), c, dtype=torch.float64, device=pts.device)
             n = 0
-            for batch, nb in self.obj.batches():
+            for batch, nb in obj.batches():
                 with self.autocast():
                     if vmapped:
                         if bufs is None:
@@ -295,9 +625,10 @@ class _Engine:
                                 for i in range(c)
                             ]
                         )
-                total += v.T.to(torch.float64) * nb
+                w = torch.where(is_loss, obj.batch_weight(nb), float(nb))
+                total += v.T.to(torch.float64) * w
                 n += nb
-        return total / n
+        return total / torch.where(is_loss, obj.normalizer(n), float(n))
 
     def auto_chunk(self, n: int) -> int:
         if self.chunk_size is not None:
@@ -339,18 +670,26 @@ class _Engine:
         desc="evaluating",
         on_chunk: Callable | None = None,
         flush_seconds: float = 0.5,
+        where: Callable[[int], str] | None = None,
     ) -> bool:
         """Evaluate the points ``order`` (indices) into ``out[:, idx]``; ``True`` if all
-        were evaluated, ``False`` after a KeyboardInterrupt (the rest stays NaN).
+        were evaluated, ``False`` after a KeyboardInterrupt (the rest stays NaN) when this
+        is the outermost lossviz call (otherwise the interrupt propagates).
 
         ``make_points(idx, idx_on_device) -> (c, P)``. Values stay on the device and are
         copied to ``out`` every ``flush_seconds`` (each chunk with ``on_chunk``), so the
-        device is never waited on between chunks.
+        device is never waited on between chunks. Non-finite values are kept (``inf``,
+        ``NaN``); with ``where(i) -> "t=0.5"`` they are reported in a warning.
         """
         from tqdm.auto import tqdm
 
         order = np.asarray(order, dtype=np.int64)
         order_t = torch.as_tensor(order, device=self.obj.device)
+        if self.rules is None and len(order):  # accuracy rules from the first point
+            first = make_points(order[:1], order_t[:1])[0]
+            self.metrics, self.rules = check_metrics(
+                self.obj, self.metrics, first, self.fixed, precision=self.precision
+            )
         buf = torch.full(out.shape, float("nan"), dtype=torch.float64, device=self.obj.device)
         launched = np.zeros_like(done)
         last = [time.perf_counter()]
@@ -394,11 +733,10 @@ class _Engine:
                     if isinstance(e, LossvizError):  # bad input: the same point by point
                         raise
                     if vmapped and self.strategy is None and not _is_oom(e):
-                        warnings.warn(
+                        _warn(
                             "batched (vmap) evaluation is not possible for this model "
                             f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                            "evaluating one point at a time",
-                            stacklevel=3,
+                            "evaluating one point at a time"
                         )
                         self.strategy = "loop"
                         continue
@@ -417,52 +755,83 @@ class _Engine:
                     if on_chunk is not None:
                         on_chunk()
         except KeyboardInterrupt:
+            if not keep_partial():
+                raise
             complete = False
-            warnings.warn(
-                f"interrupted: {int(launched.sum())} of {done.size} points evaluated; the "
-                "others are NaN (result marked incomplete)",
-                stacklevel=3,
+            _warn(
+                f"interrupted: {int(launched.sum())} of {len(order)} points evaluated; the "
+                "others are NaN (result marked incomplete)"
             )
         finally:
             bar.close()
             flush()
-        bad = done[None, :] & ~np.isfinite(out)
-        if bad.any():
-            out[bad] = np.nan
-            warnings.warn(
-                f"a metric is not finite at {int(bad.any(0).sum())} of {done.size} points; "
-                "those entries are NaN",
-                stacklevel=3,
-            )
+        if where is not None:
+            warn_nonfinite(list(self.metrics), out, done, where)
         return complete
 
 
+def warn_nonfinite(names, out: np.ndarray, done: np.ndarray, where, what: str = "") -> None:
+    """One warning per metric that is not finite at an evaluated point, naming where."""
+    for i, k in enumerate(names):
+        bad = np.flatnonzero(done & ~np.isfinite(out[i]))
+        if len(bad):
+            shown = ", ".join(f"{where(int(j))} ({out[i, j]:g})" for j in bad[:5])
+            more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+            _warn(
+                f"{what}{k} is not finite at {len(bad)} of {int(done.sum())} evaluated points: "
+                f"{shown}{more}; kept as NaN / inf (summaries over them are not finite)"
+            )
+
+
 class Evaluations(dict):
-    """``metric name -> (n,) numpy array`` with ``complete``, ``strategy`` and ``seconds``."""
+    """``metric name -> (n,) numpy array`` with ``complete``, ``strategy`` and ``seconds``
+    (NaN where not evaluated after Ctrl-C; non-finite values kept as they are)."""
 
     complete: bool = True
     strategy: str | None = None
     seconds: float = 0.0
+    #: which points were evaluated (all unless interrupted)
+    evaluated: np.ndarray | None = None
 
 
-def _flat_direction(obj: Objective, d) -> Tensor:
+def _flat_direction(obj: Objective, d, name: str = "direction") -> Tensor:
     """A direction over the Objective's varying parameters, as a flat tensor. Extra
-    entries are accepted only for buffers or all-zero tensors (never silently dropped)."""
+    entries are accepted only for buffers or all-zero tensors (never silently dropped).
+    Errors name the argument; a direction holding NaN or inf is refused."""
     if isinstance(d, Tensor):
-        return obj.as_flat(d)
-    if not isinstance(d, Mapping):
-        raise TypeError(
-            f"a direction must be Weights, a mapping or a flat tensor, got {type(d).__name__}"
+        if d.ndim != 1:
+            raise LossvizError(
+                f"{name} must be a flat tensor of {obj.layout.size} numbers (or Weights), got "
+                f"shape {tuple(d.shape)}"
+            )
+        try:
+            flat = obj.as_flat(d)
+        except LossvizError as e:
+            raise type(e)(f"{name}: {e}") from None
+    elif isinstance(d, Mapping):
+        bad = [k for k, v in d.items() if not isinstance(v, Tensor)]
+        if bad:
+            raise ArgumentTypeError(f"{name} has non-tensor entries: {bad[:10]}")
+        extra = [k for k in d if k not in obj.layout.names]
+        moved = [k for k in extra if k not in obj._buffer_names and bool(d[k].ne(0).any())]
+        if moved:
+            raise CheckpointError(
+                f"{name} moves parameters that do not vary in this Objective: {moved[:10]}; "
+                "draw directions from the Objective (random_directions(obj)) or build it with "
+                "params= including them"
+            )
+        try:
+            flat = obj.as_flat({n: d[n] for n in obj.layout.names if n in d} if extra else d)
+        except LossvizError as e:
+            raise type(e)(f"{name}: {e}") from None
+    else:
+        raise ArgumentTypeError(
+            f"{name} must be Weights, a mapping name -> tensor or a flat tensor, got "
+            f"{type(d).__name__}"
         )
-    extra = [k for k in d if k not in obj.layout.names]
-    moved = [k for k in extra if k not in obj._buffer_names and bool(d[k].ne(0).any())]
-    if moved:
-        raise CheckpointError(
-            f"the direction moves parameters that do not vary in this Objective: {moved[:10]}; "
-            "draw directions from the Objective (random_directions(obj)) or build it with "
-            "params= including them"
-        )
-    return obj.as_flat({n: d[n] for n in obj.layout.names if n in d} if extra else d)
+    if not bool(torch.isfinite(flat).all()):
+        raise LossvizError(f"{name} holds NaN or inf entries")
+    return flat
 
 
 def _flat_points(obj: Objective, points) -> Tensor:
@@ -471,13 +840,68 @@ def _flat_points(obj: Objective, points) -> Tensor:
             raise LossvizError(
                 f"points must be a (n, {obj.layout.size}) tensor, got {tuple(points.shape)}"
             )
+        if points.shape[0] == 0:
+            raise LossvizError("points is empty: no point to evaluate")
+        if not (points.is_floating_point() or points.dtype in (torch.int32, torch.int64)):
+            raise ArgumentTypeError(f"points must be a real tensor, got {points.dtype}")
         return points.to(obj.device, obj.dtype)
-    pts = list(points)
+    if isinstance(points, (str, bytes, nn.Module)) or not isinstance(points, Iterable):
+        raise ArgumentTypeError(
+            f"points must be a (n, {obj.layout.size}) tensor or a list of points (models, "
+            f"Weights, state dicts, paths), got {type(points).__name__}"
+        )
+    if isinstance(points, Mapping) and all(isinstance(v, Tensor) for v in points.values()):
+        raise ArgumentTypeError(
+            "points is a single state dict / Weights: pass a list of points ([point])"
+        )
+    pts = list(points.values()) if isinstance(points, Mapping) else list(points)
     if not pts:
-        raise LossvizError("no points to evaluate")
-    return torch.stack(
-        [obj.resolve(p)[0] if not isinstance(p, Tensor) else obj.as_flat(p) for p in pts]
-    )
+        raise LossvizError("points is empty: no point to evaluate")
+    flats = []
+    for i, p in enumerate(pts):
+        if isinstance(p, Tensor):
+            if p.ndim != 1:
+                raise LossvizError(
+                    f"points[{i}] must be a flat tensor of {obj.layout.size} numbers, got "
+                    f"shape {tuple(p.shape)}"
+                )
+            try:
+                flats.append(obj.as_flat(p))
+            except LossvizError as e:
+                raise type(e)(f"points[{i}]: {e}") from None
+        else:
+            flats.append(resolve_point(obj, p, f"points[{i}]")[0])
+    return torch.stack(flats)
+
+
+def _evaluate(
+    obj: Objective,
+    P: Tensor,
+    metrics,
+    fixed: Mapping[str, Tensor],
+    *,
+    rules: dict | None = None,
+    progress=None,
+    where=None,
+    **ekw,
+) -> Evaluations:
+    """:func:`evaluate` without argument checks or the public-call wrapper (the shared
+    engine of composite calls: an interrupt here is theirs to handle)."""
+    t0 = time.perf_counter()
+    eng = _Engine(obj, metrics, fixed, rules=rules, **ekw)
+    n = P.shape[0]
+    out = np.full((len(eng.metrics), n), np.nan)
+    done = np.zeros(n, dtype=bool)
+    if eng.rules is None:  # metrics checked before the arrays are laid out
+        eng.metrics, eng.rules = check_metrics(
+            obj, eng.metrics, P[0], fixed, precision=eng.precision
+        )
+        out = np.full((len(eng.metrics), n), np.nan)
+    complete = eng.run(lambda idx, k: P[k], np.arange(n), out, done, progress=progress, where=where)
+    res = Evaluations({k: out[i] for i, k in enumerate(eng.metrics)})
+    res.complete, res.strategy, res.seconds = complete, eng.strategy, time.perf_counter() - t0
+    res.evaluated = done
+    return res
 
 
 @api
@@ -499,16 +923,19 @@ def evaluate(
     ``points``: a ``(n, P)`` tensor of flat varying parameters (``obj.layout`` order) or a
     list of points (models, Weights, state dicts, paths; only their varying parameters are
     used). Parameters that do not vary and buffers come from ``at`` (default: the model).
-    Each metric is the sample-weighted mean over the batches, ``Σ_b n_b·m_b / Σ_b n_b``,
-    exactly as :meth:`Objective.loss`.
+    The loss combines over the batches as :meth:`Objective.loss` does (``Σ_b n_b·L_b / N``
+    for a mean loss, ``Σ_b L_b`` with ``reduction="sum"``); every other metric is the
+    sample-weighted mean ``Σ_b n_b·m_b / Σ_b n_b``.
 
     ``metrics``: ``"loss"``, ``"accuracy"``, ``"error"`` or callables
-    ``(outputs, targets) -> scalar`` (all from one forward pass). ``bn="recompute"``
-    re-estimates BatchNorm running statistics at every point on ``bn_data`` (default: the
-    Objective's data). ``precision="bf16"`` runs the forward under autocast.
-    ``batched``: ``None`` tries vmap and falls back to one point at a time; ``True`` /
-    ``False`` force one. Non-finite values become NaN with a warning; after Ctrl-C the
-    points not evaluated are NaN and ``.complete`` is False.
+    ``(outputs, targets) -> scalar`` (all from one forward pass); a metric that does not
+    apply to the outputs and targets (accuracy of a regression) is refused, naming the
+    shapes. ``bn="recompute"`` re-estimates BatchNorm running statistics at every point on
+    ``bn_data`` (default: the Objective's data). ``precision="bf16"`` runs the forward under
+    autocast. ``batched``: ``None`` tries vmap and falls back to one point at a time;
+    ``True`` / ``False`` force one. Non-finite values are kept (``inf`` / ``NaN``) and
+    reported in a warning naming the points; after Ctrl-C the points not evaluated are NaN
+    and ``.complete`` is False.
 
     >>> from lossviz.data import digits, mlp
     >>> x, y = digits()
@@ -518,31 +945,58 @@ def evaluate(
     >>> bool(abs(r["loss"][0] - obj.loss()) < 1e-6)
     True
     """
-    t0 = time.perf_counter()
-    _, fixed = obj.resolve(at)
-    eng = _Engine(
+    check_objective(obj)
+    ekw = check_engine_args(
         obj,
-        metrics,
-        fixed,
         bn=bn,
         bn_data=bn_data,
         precision=precision,
         batched=batched,
         chunk_size=chunk_size,
+        progress=progress,
     )
+    mk = resolve_metrics(obj, metrics)
     P = _flat_points(obj, points)
-    n = P.shape[0]
-    out = np.full((len(eng.metrics), n), np.nan)
-    done = np.zeros(n, dtype=bool)
-    complete = eng.run(lambda idx, k: P[k], np.arange(n), out, done, progress=progress)
-    res = Evaluations({k: out[i] for i, k in enumerate(eng.metrics)})
-    res.complete, res.strategy, res.seconds = complete, eng.strategy, time.perf_counter() - t0
-    return res
+    _, fixed = resolve_point(obj, at, "at")
+    return _evaluate(obj, P, mk, fixed, progress=progress, where=lambda i: f"point {i}", **ekw)
 
 
 # results ---------------------------------------------------------------------------------
 def _fmt(x) -> str:
-    return "nan" if not np.isfinite(x) else f"{x:.4g}"
+    x = float(x)
+    return (
+        "nan" if np.isnan(x) else ("inf" if x > 0 else "-inf") if np.isinf(x) else f"{x + 0.0:.4g}"
+    )
+
+
+def _summary(name: str, v: np.ndarray, evaluated: np.ndarray | None, at) -> str:
+    """``"loss: min … at …, max …"`` over the non-NaN values (an inf shows as inf), and
+    the points where the metric is not finite (never a plausible summary that hides
+    them)."""
+    v = np.asarray(v, dtype=np.float64).reshape(-1)
+    ev = np.ones(v.shape, bool) if evaluated is None else np.asarray(evaluated).reshape(-1)
+    ok = ev & ~np.isnan(v)
+    if ok.any():
+        i = int(np.flatnonzero(ok)[np.argmin(v[ok])])
+        s = f"{name}: min {_fmt(v[i])} at {at(i)}, max {_fmt(v[ok].max())}"
+    else:
+        s = f"{name}: no value"
+    bad = np.flatnonzero(ev & ~np.isfinite(v))
+    if len(bad):
+        shown = ", ".join(f"{at(int(j))} ({_fmt(v[j])})" for j in bad[:3])
+        s += f", NOT FINITE at {len(bad)} point(s): {shown}" + (" …" if len(bad) > 3 else "")
+    return s
+
+
+def _minmax(v: np.ndarray, evaluated: np.ndarray | None) -> list[str]:
+    """``[min, max, number of non-finite points]`` for an HTML table row."""
+    v = np.asarray(v, dtype=np.float64).reshape(-1)
+    ev = np.ones(v.shape, bool) if evaluated is None else np.asarray(evaluated).reshape(-1)
+    ok = ev & ~np.isnan(v)
+    bad = int((ev & ~np.isfinite(v)).sum())
+    if not ok.any():
+        return ["nan", "nan", str(bad)]
+    return [_fmt(v[ok].min()), _fmt(v[ok].max()), str(bad)]
 
 
 def _point_xy(surface, p) -> tuple[float, float]:
@@ -566,31 +1020,37 @@ class Slice1D:
     complete: bool = True
     strategy: str | None = None
     seconds: float = 0.0
+    #: which points were evaluated (all unless interrupted)
+    evaluated: np.ndarray | None = field(default=None, compare=False)
 
     def __getitem__(self, metric: str) -> np.ndarray:
+        if metric not in self.values:
+            raise LossvizError(f"no metric {metric!r}; have {list(self.values)}")
         return self.values[metric]
 
     @property
     def loss(self) -> np.ndarray:
-        return self.values["loss"]
+        return self["loss"]
+
+    @property
+    def n_evaluated(self) -> int:
+        if self.evaluated is not None:
+            return int(np.asarray(self.evaluated).sum())
+        return int((~np.isnan(next(iter(self.values.values())))).sum())
+
+    def nonfinite(self, metric: str = "loss") -> np.ndarray:
+        """The ``t`` where ``metric`` was evaluated and is NaN or infinite."""
+        v = np.asarray(self[metric], dtype=np.float64)
+        ev = np.ones(v.shape, bool) if self.evaluated is None else self.evaluated
+        return self.t[ev & ~np.isfinite(v)]
 
     def __repr__(self) -> str:
-        parts = []
-        for k, v in self.values.items():
-            if np.isfinite(v).any():
-                i = int(np.nanargmin(v))
-                parts.append(
-                    f"{k}: min {_fmt(v[i])} at t={self.t[i]:.3g}, max {_fmt(np.nanmax(v))}"
-                )
-            else:
-                parts.append(f"{k}: no finite value")
+        parts = [
+            _summary(k, v, self.evaluated, lambda i: f"t={self.t[i]:.3g}")
+            for k, v in self.values.items()
+        ]
         state = (
-            ""
-            if self.complete
-            else (
-                f", INCOMPLETE ({int(np.isfinite(next(iter(self.values.values()))).sum())} of "
-                f"{len(self.t)} points)"
-            )
+            "" if self.complete else f", INCOMPLETE ({self.n_evaluated} of {len(self.t)} points)"
         )
         return (
             f"Slice1D({len(self.t)} points, t in [{self.t[0]:.3g}, {self.t[-1]:.3g}]; "
@@ -601,16 +1061,9 @@ class Slice1D:
     def _repr_html_(self) -> str:
         from .results import _html_table
 
-        rows = [
-            [
-                k,
-                _fmt(np.nanmin(v)) if np.isfinite(v).any() else "nan",
-                _fmt(np.nanmax(v)) if np.isfinite(v).any() else "nan",
-            ]
-            for k, v in self.values.items()
-        ]
+        rows = [[k, *_minmax(v, self.evaluated)] for k, v in self.values.items()]
         cap = f"1-D slice, {len(self.t)} points" + ("" if self.complete else " (incomplete)")
-        return _html_table(["metric", "min", "max"], rows, cap)
+        return _html_table(["metric", "min", "max", "not finite"], rows, cap)
 
     def plot(self):
         import plotly.graph_objects as go
@@ -657,13 +1110,25 @@ class Surface:
     points: dict = field(default_factory=dict)
     # where it was computed (set by surface(); used by .dashboard() to recompute and inspect)
     objective: object = field(default=None, compare=False, repr=False)
+    #: which grid points were evaluated, shaped like the values (all unless interrupted)
+    evaluated: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def __getitem__(self, metric: str) -> np.ndarray:
+        if metric not in self.values:
+            raise LossvizError(f"no metric {metric!r}; have {list(self.values)}")
         return self.values[metric]
 
     @property
     def loss(self) -> np.ndarray:
-        return self.values["loss"]
+        return self["loss"]
+
+    def nonfinite(self, metric: str = "loss") -> np.ndarray:
+        """``(k, 2)`` coordinates ``(a, b)`` where ``metric`` was evaluated and is NaN or
+        infinite."""
+        v = np.asarray(self[metric], dtype=np.float64)
+        ev = np.ones(v.shape, bool) if self.evaluated is None else self.evaluated
+        i, j = np.nonzero(ev & ~np.isfinite(v))
+        return np.stack([self.x[j], self.y[i]], 1)
 
     def dashboard(self, **kw):
         """The live landscape explorer (:func:`lossviz.dash.landscape`) showing this surface
@@ -675,8 +1140,10 @@ class Surface:
 
     @property
     def n_evaluated(self) -> int:
+        if self.evaluated is not None:
+            return int(np.asarray(self.evaluated).sum())
         v = next(iter(self.values.values()))
-        return int(np.isfinite(v).sum())
+        return int((~np.isnan(v)).sum())
 
     # overlays ------------------------------------------------------------------------
     def project(self, point) -> tuple[float, float]:
@@ -684,11 +1151,22 @@ class Surface:
         ``θ_p - θ ≈ a·d1 + b·d2``."""
         if self.center is None or len(self.directions) != 2:
             raise LossvizError("this surface has no center/directions to project onto")
-        p = point_params(point)
+        try:
+            p = point_params(point)
+        except TypeError as e:
+            raise ArgumentTypeError(f"point: {e}") from None
         keys = list(self.center.keys())
         missing = [k for k in keys if k not in p]
         if missing:
             raise CheckpointError(f"the point lacks parameters of the surface: {missing[:10]}")
+        bad = [k for k in keys if tuple(p[k].shape) != tuple(self.center[k].shape)]
+        if bad:
+            raise CheckpointError(
+                "the point's parameters have other shapes than the surface's: "
+                + "; ".join(
+                    f"{k}: {tuple(p[k].shape)} vs {tuple(self.center[k].shape)}" for k in bad[:10]
+                )
+            )
         dev = next(iter(self.center.values())).device
 
         def flat(w):
@@ -696,12 +1174,23 @@ class Surface:
 
         delta = flat(p) - flat(self.center)
         D = torch.stack([flat(d) for d in self.directions])
-        coef = torch.linalg.solve(D @ D.T, D @ delta)
+        G = D @ D.T
+        if float(torch.linalg.det(G)) <= 1e-12 * float(G.diagonal().prod()) or not bool(
+            torch.isfinite(G).all()
+        ):
+            raise LossvizError(
+                "the surface's two directions are parallel (or zero): a point cannot be "
+                "projected onto the plane"
+            )
+        coef = torch.linalg.solve(G, D @ delta)
         return float(coef[0]), float(coef[1])
 
     def add_point(self, name: str, point) -> tuple[float, float]:
         """Mark a point (a model / checkpoint, projected; or ``(a, b)`` coordinates)."""
-        xy = _point_xy(self, point)
+        try:
+            xy = _point_xy(self, point)
+        except LossvizError as e:
+            raise type(e)(f"point {name!r}: {e}") from None
         self.points[str(name)] = xy
         return xy
 
@@ -715,26 +1204,51 @@ class Surface:
             and len(trajectory[0]) == 2
             and not isinstance(trajectory[0][0], (Tensor, Mapping))
         ):
-            xy = np.asarray(trajectory, dtype=np.float64).reshape(-1, 2)
+            try:
+                xy = np.asarray(trajectory, dtype=np.float64)
+            except (TypeError, ValueError):
+                xy = np.empty(0)
+            if xy.ndim != 2 or xy.shape[1] != 2 or not np.isfinite(xy).all():
+                raise LossvizError(
+                    f"trajectory {name!r}: coordinates must be a finite (T, 2) array, got "
+                    f"shape {xy.shape}"
+                )
         else:
             if isinstance(trajectory, Mapping):
+                if trajectory and all(isinstance(v, Tensor) for v in trajectory.values()):
+                    raise ArgumentTypeError(
+                        f"trajectory {name!r} is a single state dict: pass a list of "
+                        "checkpoints or a dict label -> checkpoint"
+                    )
                 trajectory = list(trajectory.values())
-            xy = np.array([self.project(p) for p in trajectory], dtype=np.float64)
+            if isinstance(trajectory, (str, bytes, nn.Module)) or not isinstance(
+                trajectory, Iterable
+            ):
+                raise ArgumentTypeError(
+                    f"trajectory {name!r} must be a list of checkpoints or a (T, 2) array of "
+                    f"coordinates, got {type(trajectory).__name__}"
+                )
+            pts = list(trajectory)
+            if not pts:
+                raise LossvizError(f"trajectory {name!r} is empty")
+            xy = []
+            for i, p in enumerate(pts):
+                try:
+                    xy.append(self.project(p))
+                except LossvizError as e:
+                    raise type(e)(f"trajectory {name!r}, checkpoint {i}: {e}") from None
+            xy = np.array(xy, dtype=np.float64)
         self.paths[str(name)] = xy
         return xy
 
     # display -------------------------------------------------------------------------
     def __repr__(self) -> str:
-        parts = []
-        for k, v in self.values.items():
-            if np.isfinite(v).any():
-                i, j = np.unravel_index(int(np.nanargmin(v)), v.shape)
-                parts.append(
-                    f"{k}: min {_fmt(v[i, j])} at ({self.x[j]:.3g}, {self.y[i]:.3g}), "
-                    f"max {_fmt(np.nanmax(v))}"
-                )
-            else:
-                parts.append(f"{k}: no finite value")
+        nx = len(self.x)
+
+        def at(k):
+            return f"({self.x[k % nx]:.3g}, {self.y[k // nx]:.3g})"
+
+        parts = [_summary(k, v, self.evaluated, at) for k, v in self.values.items()]
         n = self.x.size * self.y.size
         state = "" if self.complete else f", INCOMPLETE ({self.n_evaluated} of {n} points)"
         return (
@@ -747,20 +1261,13 @@ class Surface:
     def _repr_html_(self) -> str:
         from .results import _html_table
 
-        rows = [
-            [
-                k,
-                _fmt(np.nanmin(v)) if np.isfinite(v).any() else "nan",
-                _fmt(np.nanmax(v)) if np.isfinite(v).any() else "nan",
-            ]
-            for k, v in self.values.items()
-        ]
+        rows = [[k, *_minmax(v, self.evaluated)] for k, v in self.values.items()]
         cap = f"surface {len(self.x)}×{len(self.y)}, {self.seconds:.2f} s" + (
             ""
             if self.complete
             else f" (incomplete: {self.n_evaluated} of {self.x.size * self.y.size} points)"
         )
-        return _html_table(["metric", "min", "max"], rows, html.escape(cap))
+        return _html_table(["metric", "min", "max", "not finite"], rows, html.escape(cap))
 
     def _interp(self, z: np.ndarray, xy: np.ndarray) -> np.ndarray:
         from scipy.interpolate import RegularGridInterpolator
@@ -862,25 +1369,49 @@ class Surface:
 
 
 # slices ----------------------------------------------------------------------------------
-def _center(obj: Objective, center):
-    flat, fixed = obj.resolve(center)
-    return flat, fixed
-
-
-def _check_n(n, name="n") -> int:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
-        raise LossvizError(f"{name} must be an integer >= 2, got {n!r}")
-    return int(n)
+def _check_n(n, name="n", low: int = 2) -> int:
+    return validate.integer(n, name, low=low)
 
 
 def _check_span(span, name="span") -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in span)
-    except (TypeError, ValueError):
-        raise LossvizError(f"{name} must be (low, high), got {span!r}") from None
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise LossvizError(f"{name} must be finite with low < high, got {span!r}")
+    if isinstance(span, (str, bytes, Mapping)) or not isinstance(span, Iterable):
+        raise ArgumentTypeError(f"{name} must be (low, high), got {_show(span)}")
+    vals = list(span)
+    if len(vals) != 2:
+        raise LossvizError(f"{name} must be (low, high): two numbers, got {_show(span)}")
+    lo = validate.number(vals[0], f"{name}[0]")
+    hi = validate.number(vals[1], f"{name}[1]")
+    if not lo < hi:
+        raise LossvizError(f"{name} must have low < high, got ({lo:g}, {hi:g})")
     return lo, hi
+
+
+def _check_finite_center(theta: Tensor) -> None:
+    if not bool(torch.isfinite(theta).all()):
+        raise LossvizError(
+            "center holds NaN or inf weights: random directions cannot be normalized to it "
+            "(give the direction(s) explicitly)"
+        )
+
+
+def _check_surface_n(n) -> tuple[int, int]:
+    if isinstance(n, (int, np.integer)) and not isinstance(n, (bool, np.bool_)):
+        n = (n, n)
+    if isinstance(n, (str, bytes, Mapping)) or not isinstance(n, Iterable):
+        raise ArgumentTypeError(f"n must be an int or (nx, ny), got {_show(n)}")
+    n = list(n)
+    if len(n) != 2:
+        raise LossvizError(f"n must be an int or (nx, ny), got {_show(n)}")
+    return _check_n(n[0], "n[0]"), _check_n(n[1], "n[1]")
+
+
+def _check_surface_span(span) -> tuple[tuple[float, float], tuple[float, float]]:
+    if isinstance(span, (str, bytes, Mapping)) or not isinstance(span, Iterable):
+        raise ArgumentTypeError(f"span must be ((a_lo, a_hi), (b_lo, b_hi)), got {_show(span)}")
+    sp = list(span)
+    if len(sp) != 2:
+        raise LossvizError(f"span must be ((a_lo, a_hi), (b_lo, b_hi)), got {_show(span)}")
+    return _check_span(sp[0], "span[0]"), _check_span(sp[1], "span[1]")
 
 
 @api
@@ -909,22 +1440,35 @@ def line(
     True
     """
     t0 = time.perf_counter()
+    check_objective(obj)
     n = _check_n(n)
     lo, hi = _check_span(span)
-    theta, fixed = _center(obj, center)
+    ekw = check_engine_args(obj, progress=kw.get("progress"), **kw_engine(kw))
+    mk = resolve_metrics(obj, metrics)
+    theta, fixed = resolve_point(obj, center, "center")
     if direction is None:
+        _check_finite_center(theta)
         direction = random_directions(obj.layout.to_weights(theta), 1)[0]
-    d = _flat_direction(obj, direction)
+    d = _flat_direction(obj, direction, "direction")
     t = np.linspace(lo, hi, n)
     tt = torch.as_tensor(t, device=obj.device, dtype=obj.dtype)
-    eng = _Engine(obj, metrics, fixed, **kw_engine(kw))
+    mk, rules = check_metrics(obj, mk, theta, fixed, precision=ekw["precision"])
+    eng = _Engine(obj, mk, fixed, rules=rules, **ekw)
     out = np.full((len(eng.metrics), n), np.nan)
     done = np.zeros(n, dtype=bool)
 
     def make(idx, k):
         return theta + tt[k][:, None] * d
 
-    complete = eng.run(make, np.arange(n), out, done, progress=kw.get("progress"), desc="slice")
+    complete = eng.run(
+        make,
+        np.arange(n),
+        out,
+        done,
+        progress=kw.get("progress"),
+        desc="slice",
+        where=lambda i: f"t={t[i]:.4g}",
+    )
     return Slice1D(
         t,
         {k: out[i] for i, k in enumerate(eng.metrics)},
@@ -933,17 +1477,8 @@ def line(
         complete,
         eng.strategy,
         time.perf_counter() - t0,
+        done,
     )
-
-
-_ENGINE_KW = ("bn", "bn_data", "precision", "batched", "chunk_size")
-
-
-def kw_engine(kw: dict) -> dict:
-    bad = [k for k in kw if k not in _ENGINE_KW + ("progress",)]
-    if bad:
-        raise TypeError(f"unexpected keyword argument(s) {bad}")
-    return {k: v for k, v in kw.items() if k in _ENGINE_KW}
 
 
 def coarse_to_fine(nx: int, ny: int) -> np.ndarray:
@@ -1005,11 +1540,24 @@ def surface(
     ((3, 5), True)
     """
     t0 = time.perf_counter()
+    check_objective(obj)
+    nx, ny = _check_surface_n(n)
+    if span is not None:
+        _check_surface_span(span)
+    validate.boolean(refine, "refine")
+    validate.callable_(callback, "callback", "a function callback(surface)", none=True)
+    if points is not None and not isinstance(points, Mapping):
+        raise ArgumentTypeError(
+            f"points must be a mapping name -> point (or (a, b) coordinates), got "
+            f"{type(points).__name__}"
+        )
+    ekw = check_engine_args(obj, precision=precision, progress=kw.get("progress"), **kw_engine(kw))
+    mk = resolve_metrics(obj, metrics)
     overlay_points: dict = {}
     overlay_path = None
     if isinstance(directions, PCAResult):
         if len(directions.directions) < 2:
-            raise LossvizError("the PCAResult has fewer than 2 directions")
+            raise LossvizError("directions: the PCAResult has fewer than 2 directions")
         if center is None:
             center = directions.center
             overlay_path = directions.coords[:, :2]
@@ -1027,30 +1575,50 @@ def surface(
             if span is None:
                 span = plane.span()
         directions = plane.directions
+    elif directions is not None and (
+        isinstance(directions, (str, bytes, Tensor, Mapping))
+        or not isinstance(directions, Iterable)
+    ):
+        if not (isinstance(directions, Tensor) and directions.ndim == 2):
+            raise ArgumentTypeError(
+                "directions must be two directions (Weights / mappings / flat tensors, or a "
+                "(2, P) tensor), a PCAResult or a Plane, got "
+                + (
+                    f"a tensor of shape {tuple(directions.shape)}"
+                    if isinstance(directions, Tensor)
+                    else type(directions).__name__
+                )
+            )
     if span is None:
         span = ((-1, 1), (-1, 1))
-    if isinstance(n, (int, np.integer)) and not isinstance(n, bool):
-        n = (n, n)
-    try:
-        nx, ny = n
-    except (TypeError, ValueError):
-        raise LossvizError(f"n must be an int or (nx, ny), got {n!r}") from None
-    nx, ny = _check_n(nx, "n[0]"), _check_n(ny, "n[1]")
-    try:
-        sx, sy = span
-    except (TypeError, ValueError):
-        raise LossvizError(f"span must be ((a_lo, a_hi), (b_lo, b_hi)), got {span!r}") from None
-    (x0, x1), (y0, y1) = _check_span(sx, "span[0]"), _check_span(sy, "span[1]")
+    (x0, x1), (y0, y1) = _check_surface_span(span)
 
-    theta, fixed = _center(obj, center)
+    theta, fixed = resolve_point(obj, center, "center")
     if directions is None:
+        _check_finite_center(theta)
         directions = random_directions(obj.layout.to_weights(theta), 2)
     directions = list(directions)
     if len(directions) != 2:
-        raise LossvizError(f"a surface needs 2 directions, got {len(directions)}")
-    D = torch.stack([_flat_direction(obj, d) for d in directions])
-    eng = _Engine(obj, metrics, fixed, precision=precision, **kw_engine(kw))
+        raise LossvizError(f"directions: a surface needs 2 directions, got {len(directions)}")
+    D = torch.stack([_flat_direction(obj, d, f"directions[{i}]") for i, d in enumerate(directions)])
     x, y = np.linspace(x0, x1, nx), np.linspace(y0, y1, ny)
+    # overlays first: a bad trajectory or point is reported before any forward pass
+    proto = Surface(
+        x,
+        y,
+        {},
+        [obj.layout.to_weights(d.clone()) for d in D],
+        obj.layout.to_weights(theta.clone()),
+        points=overlay_points,
+    )
+    if overlay_path is not None:
+        proto.paths["trajectory"] = np.asarray(overlay_path, dtype=np.float64)
+    if trajectory is not None:
+        proto.add_path("trajectory", trajectory)
+    for name, p in (points or {}).items():
+        proto.add_point(name, p)
+    mk, rules = check_metrics(obj, mk, theta, fixed, precision=ekw["precision"])
+    eng = _Engine(obj, mk, fixed, rules=rules, **ekw)
     out = np.full((len(eng.metrics), ny * nx), np.nan)
     done = np.zeros(ny * nx, dtype=bool)
     xt = torch.as_tensor(x, device=obj.device, dtype=obj.dtype)
@@ -1059,21 +1627,16 @@ def surface(
         x,
         y,
         {k: out[i].reshape(ny, nx) for i, k in enumerate(eng.metrics)},
-        [obj.layout.to_weights(d.clone()) for d in D],
-        obj.layout.to_weights(theta.clone()),
+        proto.directions,
+        proto.center,
         False,
         None,
         0.0,
-        {},
-        overlay_points,
+        proto.paths,
+        proto.points,
         objective=obj,
+        evaluated=done.reshape(ny, nx),
     )
-    if overlay_path is not None:
-        res.paths["trajectory"] = np.asarray(overlay_path, dtype=np.float64)
-    if trajectory is not None:
-        res.add_path("trajectory", trajectory)
-    for name, p in (points or {}).items():
-        res.add_point(name, p)
 
     def make(idx, k):
         return (theta + xt[k % nx][:, None] * D[0]) + yt[k // nx][:, None] * D[1]
@@ -1087,7 +1650,14 @@ def surface(
             callback(res)
 
     complete = eng.run(
-        make, order, out, done, progress=kw.get("progress"), desc="surface", on_chunk=on_chunk
+        make,
+        order,
+        out,
+        done,
+        progress=kw.get("progress"),
+        desc="surface",
+        on_chunk=on_chunk,
+        where=lambda k: f"(a, b) = ({x[k % nx]:.4g}, {y[k // nx]:.4g})",
     )
     res.complete, res.strategy, res.seconds = complete, eng.strategy, time.perf_counter() - t0
     return res

@@ -9,22 +9,35 @@ ignored), sample ``f_j(t_k) = L(θ* + t_k·d_j)`` at ``m+1`` evenly spaced ``t_k
 
 and the roughness index is their coefficient of variation ``RI = std(TV, ddof=1) /
 mean(TV)``. A slice that is exactly flat has no TV: it is reported (``flat``) and left out.
+A slice with a loss that is not finite makes the index NaN (with a warning naming the
+directions; ``tv`` still holds the other slices' values), and so does an interrupted
+evaluation (``complete=False``).
 """
 
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch import nn
 
-from .directions import iter_random_flat
-from .errors import LossvizError
+from . import validate
+from .directions import _NORMS, iter_random_flat
+from .errors import ArgumentTypeError, LossvizError
 from .interrupt import api
-from .landscape import _Engine, kw_engine
+from .landscape import (
+    _Engine,
+    _fmt,
+    _warn,
+    check_engine_args,
+    check_metrics,
+    check_objective,
+    kw_engine,
+    resolve_point,
+)
 from .objective import Objective
 
 
@@ -55,8 +68,10 @@ def coefficient_of_variation(tv: np.ndarray, axis: int = -1) -> np.ndarray:
 @dataclass(repr=False)
 class RoughnessResult:
     """The roughness index ``value`` with a bootstrap confidence interval ``ci`` over
-    directions, the per-direction normalized total variations ``tv`` (NaN for ``flat`` or
-    non-finite slices, which are left out), the ``slices`` ``(M, m+1)`` and ``ts``."""
+    directions, the per-direction normalized total variations ``tv`` (NaN for ``flat``
+    slices, which are left out, and for slices with a non-finite loss, which make ``value``
+    NaN), the ``slices`` ``(M, m+1)`` and ``ts``. ``complete`` is False after Ctrl-C
+    (``value`` is then NaN; the slices evaluated are kept)."""
 
     value: float
     ci: tuple
@@ -70,6 +85,8 @@ class RoughnessResult:
     confidence: float = 0.95
     complete: bool = True
     seconds: float = 0.0
+    #: which samples of ``slices`` were evaluated (all unless interrupted)
+    evaluated: np.ndarray | None = None
 
     @property
     def mean_tv(self) -> float:
@@ -84,18 +101,24 @@ class RoughnessResult:
     def n_used(self) -> int:
         return int(np.isfinite(self.tv).sum())
 
+    @property
+    def nonfinite(self) -> np.ndarray:
+        """Indices of the directions whose slice holds a non-finite loss (where evaluated)."""
+        ev = np.ones(self.slices.shape, bool) if self.evaluated is None else self.evaluated
+        return np.flatnonzero((ev & ~np.isfinite(self.slices)).any(1))
+
     def __repr__(self) -> str:
         extra = ""
         if self.n_flat:
             extra += f", {self.n_flat} flat slice(s) left out"
-        bad = len(self.tv) - self.n_used - self.n_flat
+        bad = len(self.nonfinite)
         if bad:
-            extra += f", {bad} slice(s) with NaN left out"
+            extra += f", NOT FINITE in {bad} slice(s) (RI undefined)"
         if not self.complete:
-            extra += ", INCOMPLETE"
+            extra += ", INCOMPLETE (RI undefined)"
         return (
-            f"RoughnessResult(RI = {self.value:.4g}, {100 * self.confidence:.0f}% CI "
-            f"[{self.ci[0]:.4g}, {self.ci[1]:.4g}]; mean TV {self.mean_tv:.4g}; "
+            f"RoughnessResult(RI = {_fmt(self.value)}, {100 * self.confidence:.0f}% CI "
+            f"[{_fmt(self.ci[0])}, {_fmt(self.ci[1])}]; mean TV {_fmt(self.mean_tv)}; "
             f"{len(self.tv)} directions × {len(self.ts)} points in ±{self.radius:g}"
             f"{extra}; {self.seconds:.2f} s)"
         )
@@ -154,20 +177,28 @@ class RoughnessResult:
         return fig
 
 
-def _summarize(slices, ts, radius, *, n_bootstrap, confidence, seed):
+def _summarize(slices, ts, radius, *, n_bootstrap, confidence, seed, complete=True):
+    nan = (float("nan"), (float("nan"), float("nan")))
     tv, flat = total_variation(slices, radius)
+    if not complete:
+        return *nan, tv, flat
+    bad = np.flatnonzero(~np.isfinite(slices).all(1))
+    if len(bad):
+        _warn(
+            f"the loss is not finite on {len(bad)} of {len(slices)} slices (directions "
+            f"{bad[:10].tolist()}{' …' if len(bad) > 10 else ''}): the roughness index is "
+            "NaN (a smaller radius may stay where the loss is finite)"
+        )
+        return *nan, tv, flat
     if flat.any():
-        warnings.warn(
+        _warn(
             f"{int(flat.sum())} slice(s) are exactly flat (TV undefined); left out "
-            "of the roughness index",
-            stacklevel=3,
+            "of the roughness index"
         )
     ok = tv[np.isfinite(tv)]
     if len(ok) < 2:
-        warnings.warn(
-            "fewer than 2 slices with a defined TV: the roughness index is NaN", stacklevel=3
-        )
-        return float("nan"), (float("nan"), float("nan")), tv, flat
+        _warn("fewer than 2 slices with a defined TV: the roughness index is NaN")
+        return *nan, tv, flat
     value = float(coefficient_of_variation(ok))
     if np.all(ok == ok[0]):
         ci = (value, value)
@@ -185,6 +216,94 @@ def _summarize(slices, ts, radius, *, n_bootstrap, confidence, seed):
         )
         ci = (float(b.confidence_interval.low), float(b.confidence_interval.high))
     return value, ci, tv, flat
+
+
+def _check_args(
+    obj, n_directions, n_points, radius, norm, seed, n_bootstrap, confidence, kw
+) -> tuple[dict, dict]:
+    """Every argument of :func:`roughness_index`, checked before any work."""
+    check_objective(obj)
+    args = {
+        "n_directions": validate.integer(n_directions, "n_directions", low=2),
+        "n_points": validate.integer(n_points, "n_points", low=2),
+        "radius": validate.number(radius, "radius", low=0, low_open=True),
+        "norm": validate.choice(norm, "norm", _NORMS),
+        "seed": validate.seed(seed),
+        "n_bootstrap": validate.integer(n_bootstrap, "n_bootstrap", low=1),
+        "confidence": validate.number(
+            confidence, "confidence", low=0, high=1, low_open=True, high_open=True
+        ),
+    }
+    ekw = check_engine_args(obj, progress=kw.get("progress"), **kw_engine(kw))
+    return args, ekw
+
+
+def _roughness(
+    obj,
+    theta,
+    fixed,
+    *,
+    n_directions,
+    n_points,
+    radius,
+    norm,
+    seed,
+    n_bootstrap,
+    confidence,
+    progress=None,
+    **ekw,
+) -> RoughnessResult:
+    """:func:`roughness_index` at a resolved point (no checks, no public-call wrapper)."""
+    t0 = time.perf_counter()
+    mk, rules = check_metrics(obj, {"loss": "loss"}, theta, fixed, precision=ekw["precision"])
+    eng = _Engine(obj, mk, fixed, rules=rules, **ekw)
+    ts = np.linspace(-radius, radius, n_points)
+    tt = torch.as_tensor(ts, device=obj.device, dtype=obj.dtype)
+    stream = iter_random_flat(
+        theta, obj.layout, n_directions, norm=norm, ignore="biasbn", seed=seed
+    )
+    rows: dict[int, torch.Tensor] = {}
+    drawn = [0]
+
+    def make(idx, idx_t):
+        j = idx // n_points
+        while drawn[0] <= int(j.max()):
+            rows[drawn[0]] = next(stream)
+            drawn[0] += 1
+        for old in [k for k in rows if k < int(j.min())]:
+            del rows[old]
+        D = torch.stack([rows[int(a)] for a in j])
+        return theta + tt[idx_t % n_points][:, None] * D
+
+    total = n_directions * n_points
+    out = np.full((1, total), np.nan)
+    done = np.zeros(total, dtype=bool)
+    complete = eng.run(make, np.arange(total), out, done, progress=progress, desc="roughness")
+    slices = out[0].reshape(n_directions, n_points)
+    value, ci, tv, flat = _summarize(
+        slices,
+        ts,
+        radius,
+        n_bootstrap=n_bootstrap,
+        confidence=confidence,
+        seed=seed,
+        complete=complete,
+    )
+    return RoughnessResult(
+        value,
+        ci,
+        tv,
+        slices,
+        ts,
+        flat,
+        float(radius),
+        norm,
+        seed,
+        confidence,
+        complete,
+        time.perf_counter() - t0,
+        done.reshape(n_directions, n_points),
+    )
 
 
 @api
@@ -209,78 +328,37 @@ def roughness_index(
     ``ci``: a percentile bootstrap interval over directions (``scipy.stats.bootstrap``).
     All M·(m+1) losses are evaluated in batches (keywords as
     :func:`lossviz.landscape.evaluate`: ``bn``, ``precision``, ``batched``, ``progress``…).
+    A non-finite loss on any slice makes the index NaN (with a warning naming the
+    directions); after Ctrl-C the result is incomplete and the index NaN.
     """
-    t0 = time.perf_counter()
-    if not isinstance(obj, Objective):
-        raise TypeError(f"roughness_index needs an Objective, got {type(obj).__name__}")
-    if isinstance(n_directions, bool) or not isinstance(n_directions, int) or n_directions < 2:
-        raise LossvizError(f"n_directions must be an integer >= 2, got {n_directions!r}")
-    if isinstance(n_points, bool) or not isinstance(n_points, int) or n_points < 2:
-        raise LossvizError(f"n_points must be an integer >= 2, got {n_points!r}")
-    if not (isinstance(radius, (int, float)) and np.isfinite(radius) and radius > 0):
-        raise LossvizError(f"radius must be a positive number, got {radius!r}")
-    if not 0 < confidence < 1:
-        raise LossvizError(f"confidence must be in (0, 1), got {confidence!r}")
-    theta, fixed = obj.resolve(at)
-    eng = _Engine(obj, ("loss",), fixed, **kw_engine(kw))
-    ts = np.linspace(-radius, radius, n_points)
-    tt = torch.as_tensor(ts, device=obj.device, dtype=obj.dtype)
-    stream = iter_random_flat(
-        theta, obj.layout, n_directions, norm=norm, ignore="biasbn", seed=seed
+    args, ekw = _check_args(
+        obj, n_directions, n_points, radius, norm, seed, n_bootstrap, confidence, kw
     )
-    rows: dict[int, torch.Tensor] = {}
-    drawn = [0]
-
-    def make(idx, idx_t):
-        j = idx // n_points
-        while drawn[0] <= int(j.max()):
-            rows[drawn[0]] = next(stream)
-            drawn[0] += 1
-        for old in [k for k in rows if k < int(j.min())]:
-            del rows[old]
-        D = torch.stack([rows[int(a)] for a in j])
-        return theta + tt[idx_t % n_points][:, None] * D
-
-    total = n_directions * n_points
-    out = np.full((1, total), np.nan)
-    done = np.zeros(total, dtype=bool)
-    complete = eng.run(
-        make, np.arange(total), out, done, progress=kw.get("progress"), desc="roughness"
-    )
-    slices = out[0].reshape(n_directions, n_points)
-    value, ci, tv, flat = _summarize(
-        slices, ts, radius, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed
-    )
-    return RoughnessResult(
-        value,
-        ci,
-        tv,
-        slices,
-        ts,
-        flat,
-        float(radius),
-        norm,
-        seed,
-        confidence,
-        complete,
-        time.perf_counter() - t0,
-    )
+    theta, fixed = resolve_point(obj, at, "at")
+    return _roughness(obj, theta, fixed, progress=kw.get("progress"), **args, **ekw)
 
 
 @dataclass(repr=False)
 class RoughnessAlong:
-    """The roughness index at each checkpoint of a run (``labels``, ``values``, ``ci``)."""
+    """The roughness index at each checkpoint of a run (``labels``, ``values``, ``ci``).
+
+    After Ctrl-C ``complete`` is False: the interrupted checkpoint's result is incomplete
+    (RI NaN), the checkpoints after it were not evaluated (``results[i]`` is None, RI NaN).
+    """
 
     labels: list
     results: list = field(default_factory=list)
+    complete: bool = True
 
     @property
     def values(self) -> np.ndarray:
-        return np.array([r.value for r in self.results])
+        return np.array([np.nan if r is None else r.value for r in self.results])
 
     @property
     def ci(self) -> np.ndarray:
-        return np.array([r.ci for r in self.results]).reshape(-1, 2)
+        return np.array(
+            [(np.nan, np.nan) if r is None else r.ci for r in self.results], dtype=np.float64
+        ).reshape(-1, 2)
 
     def __getitem__(self, i):
         return self.results[i]
@@ -289,19 +367,32 @@ class RoughnessAlong:
         return len(self.results)
 
     def __repr__(self) -> str:
-        lines = [f"RoughnessAlong({len(self.results)} checkpoints)"]
+        state = "" if self.complete else ", INCOMPLETE"
+        lines = [f"RoughnessAlong({len(self.results)} checkpoints{state})"]
         for lab, r in zip(self.labels, self.results):
-            lines.append(f"  {lab!s:>8}  RI {r.value:.4g}  [{r.ci[0]:.4g}, {r.ci[1]:.4g}]")
+            if r is None:
+                lines.append(f"  {lab!s:>8}  not evaluated")
+            else:
+                lines.append(
+                    f"  {lab!s:>8}  RI {_fmt(r.value)}  [{_fmt(r.ci[0])}, {_fmt(r.ci[1])}]"
+                    + ("" if r.complete else "  (interrupted)")
+                )
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
         from .results import _html_table
 
         rows = [
-            [lab, f"{r.value:.4g}", f"[{r.ci[0]:.4g}, {r.ci[1]:.4g}]"]
+            [lab, "-", "not evaluated"]
+            if r is None
+            else [lab, _fmt(r.value), f"[{_fmt(r.ci[0])}, {_fmt(r.ci[1])}]"]
             for lab, r in zip(self.labels, self.results)
         ]
-        return _html_table(["checkpoint", "RI", "CI"], rows, "roughness index along a run")
+        return _html_table(
+            ["checkpoint", "RI", "CI"],
+            rows,
+            "roughness index along a run" + ("" if self.complete else " (incomplete)"),
+        )
 
     def plot(self):
         import plotly.graph_objects as go
@@ -333,21 +424,52 @@ class RoughnessAlong:
 
 
 @api
-def roughness_along(obj: Objective, checkpoints, **kw) -> RoughnessAlong:
+def roughness_along(
+    obj: Objective,
+    checkpoints,
+    *,
+    n_directions: int = 100,
+    n_points: int = 11,
+    radius: float = 0.1,
+    norm: str = "filter",
+    seed: int = 0,
+    n_bootstrap: int = 2000,
+    confidence: float = 0.95,
+    **kw,
+) -> RoughnessAlong:
     """:func:`roughness_index` at each checkpoint of a training run (a list, or a dict
     ``label -> checkpoint`` such as ``{step: state_dict}``), with the same seed at every
     checkpoint (the same Gaussian draws, normalized to each checkpoint's filters).
-    Wu et al. 2021 observe a rise, then a fall, along the gradient-descent path."""
+    Wu et al. 2021 observe a rise, then a fall, along the gradient-descent path. Every
+    argument and checkpoint is checked before any work; Ctrl-C stops at the checkpoint it
+    interrupts (``complete=False``)."""
+    args, ekw = _check_args(
+        obj, n_directions, n_points, radius, norm, seed, n_bootstrap, confidence, kw
+    )
     if isinstance(checkpoints, Mapping):
         labels, points = list(checkpoints.keys()), list(checkpoints.values())
+        if points and all(isinstance(v, torch.Tensor) for v in points):
+            raise ArgumentTypeError(
+                "checkpoints is a single state dict: pass a list of checkpoints or a dict "
+                "label -> checkpoint"
+            )
     elif isinstance(checkpoints, Sequence) and not isinstance(checkpoints, (str, bytes)):
         points = list(checkpoints)
         labels = list(range(len(points)))
     else:
-        raise TypeError("checkpoints must be a list or a dict label -> checkpoint")
+        raise ArgumentTypeError(
+            "checkpoints must be a list or a dict label -> checkpoint, got "
+            f"{type(checkpoints).__name__}"
+            + (" (a single model: wrap it in a list)" if isinstance(checkpoints, nn.Module) else "")
+        )
     if not points:
-        raise LossvizError("no checkpoints given")
-    res = RoughnessAlong(labels)
-    for p in points:
-        res.results.append(roughness_index(obj, p, **kw))
+        raise LossvizError("checkpoints is empty: no checkpoints given")
+    resolved = [resolve_point(obj, p, f"checkpoints[{lab!r}]") for lab, p in zip(labels, points)]
+    res = RoughnessAlong(labels, [None] * len(points))
+    for i, (theta, fixed) in enumerate(resolved):
+        r = _roughness(obj, theta, fixed, progress=kw.get("progress"), **args, **ekw)
+        res.results[i] = r
+        if not r.complete:  # interrupted: stop here, the rest is not evaluated
+            res.complete = False
+            break
     return res

@@ -236,7 +236,7 @@ def test_interrupted_surface_keeps_partial_results(digits_obj):
 
     def stop_after(out, y):
         calls["n"] += 1
-        if calls["n"] > 6:  # 3 batches per chunk: 2 chunks, then Ctrl-C
+        if calls["n"] > 7:  # 1 check of the metric, 3 batches per chunk: 2 chunks, Ctrl-C
             raise KeyboardInterrupt
         return out.mean()
 

@@ -11,8 +11,9 @@ import numpy as np
 import torch
 
 from .. import validate
+from ..connectivity import curve_barrier
 from ..errors import LossvizError
-from ..landscape import _Engine, evaluate, resolve_metrics
+from ..landscape import _Engine, check_metrics, evaluate, resolve_metrics
 from ..objective import Objective
 from ._common import Dashboard, Debounce, figure_widget, finite_list, sync_figures
 
@@ -53,15 +54,12 @@ def layer_groups(obj: Objective, layers=None) -> dict[str, list[str]]:
 
 
 def barrier(alphas: np.ndarray, values: np.ndarray) -> tuple[float, float]:
-    """``(height, alpha)`` of the loss barrier ``max_α L(α) − ((1−α)L(0) + αL(1))``."""
-    v = np.asarray(values, dtype=np.float64)
+    """``(height, alpha)`` of the loss barrier ``max_α L(α) − ((1−α)L(0) + αL(1))``; ``inf`` /
+    NaN at the first non-finite α when the curve is not finite somewhere
+    (:func:`lossviz.connectivity.curve_barrier`)."""
     a = np.asarray(alphas, dtype=np.float64)
-    if not np.isfinite(v).any():
-        return float("nan"), float("nan")
-    chord = (1 - a) * v[0] + a * v[-1]
-    gap = v - chord
-    i = int(np.nanargmax(gap))
-    return float(gap[i]), float(a[i])
+    h, i = curve_barrier(a, np.asarray(values, dtype=np.float64), "linear", 1.0)
+    return h, float(a[i])
 
 
 def layer_barrier(value: float, ends) -> float:
@@ -116,11 +114,15 @@ class InterpolationDashboard(Dashboard):
         validate.integer(n, "n (points on the α grid)", low=3)
         if obj.forward is not None:
             metrics = ("loss",)
-        self.metrics = list(resolve_metrics(obj, metrics))
         self.obj = obj
         self.alphas = np.linspace(0.0, 1.0, int(n))
         fa, fixed = obj.resolve(a)
         fb, _ = obj.resolve(b)
+        # accuracy only where it applies: left out of the defaults with a warning (regression)
+        optional = ("accuracy",) if tuple(metrics) == ("loss", "accuracy") else ()
+        self.metrics = list(
+            check_metrics(obj, resolve_metrics(obj, metrics), fa, fixed, optional=optional)[0]
+        )
         self._fa, self._fb_orig, self._fixed = fa, fb, fixed
         self._fb_matched = None
         self.groups = layer_groups(obj, layers)
