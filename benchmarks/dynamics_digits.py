@@ -10,8 +10,9 @@
     (½·||f(x) - y||² averaged over samples, Cohen et al.'s scaling) at lr 0.1 and 0.2, and
     cross-entropy at lr 0.5.
 
-Every measurement is taken at θ_t on the batch of step t: the trackers are called just
-before ``optimizer.step()``. Run:
+Every measurement is taken at θ_t on the batch of step t (the SubspaceTracker
+convention): the trackers are called before ``optimizer.step()``, so a record's gradient is
+the one the optimizer applies and its eigenvectors are those of the Hessian at θ_t. Run:
 
     PYTHONPATH=. python benchmarks/dynamics_digits.py            # about 10 minutes on 2 CPU cores
     PYTHONPATH=. python benchmarks/dynamics_digits.py --quick    # fewer steps
@@ -70,7 +71,7 @@ def gradient_subspace(steps: int, device: str) -> dict:
         idx = torch.randint(0, len(y), (256,), generator=gen).to(device)
         batch = (x[idx], y[idx])
         for tr in (mb, full, cold, cold_full):
-            tr.step(batch)
+            tr.step(batch)  # θ_t on the batch of step t, before the update
         opt.zero_grad()
         loss = ce(model(batch[0]), batch[1])
         loss.backward()

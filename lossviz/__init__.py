@@ -38,7 +38,7 @@ from .hessian import (
 from .landscape import Evaluations, Slice1D, Surface, evaluate, line, surface
 from .merging import VarianceTable, averaging_variance, empirical_fisher, greedy_soup, merge
 from .objective import Objective
-from .results import BlockResults, EigenResult, SpectralDensity, TraceResult
+from .results import BlockResults, DiagonalResult, EigenResult, SpectralDensity, TraceResult
 from .roughness import RoughnessAlong, RoughnessResult, roughness_along, roughness_index
 from .subspace import SubspaceTracker, gradient_fraction, lightning_callback, subspace_overlap
 from .trajectory import CurvatureTimeline, TrajectoryRecorder, sharpness_along, trace_along
@@ -53,6 +53,7 @@ __all__ = [
     "CheckpointError",
     "CurvatureTimeline",
     "DataError",
+    "DiagonalResult",
     "EigenResult",
     "Evaluations",
     "LayerwiseOver",

@@ -17,8 +17,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .hvp import apply_rows, op_meta
-from .slq import probe_generator, rademacher
+from . import validate
+from .errors import LossvizError
+from .hvp import apply_rows, check_operator, work_dtype
+from .interrupt import keep_partial
+from .slq import make_bar, probe_generator, rademacher
 
 
 @dataclass
@@ -29,6 +32,43 @@ class TraceEstimate:
     n_matvec: int
     exact_part: np.ndarray  # (B,) the sketched trace of Hutch++ (0 for Hutchinson)
     complete: bool = True  # False when interrupted (Ctrl-C) after some probes
+
+
+@dataclass
+class DiagonalEstimate:
+    mean: Tensor  # (P,) mean of z ⊙ Hz over the probes done
+    stderr: Tensor  # (P,) its standard error (NaN with fewer than 2 probes)
+    n_probes: int  # probes done
+    complete: bool = True  # False when interrupted (Ctrl-C): fewer probes than asked
+
+
+def sketch_size(n: int, max_matvec: int, sketch: int | None = None) -> int:
+    """Hutch++'s sketch: ``s`` vectors cost ``2s`` products."""
+    return min(n, sketch or min(max(max_matvec // 10, 4), 50))
+
+
+def check_trace_args(
+    n, rtol, max_matvec, method, batch_size, *, max_name="max_matvec", sketch=None
+):
+    """Validate the trace estimator's arguments: ``(rtol, max_matvec, batch_size)``."""
+    validate.choice(method, "method", ("hutchinson", "hutch++"))
+    rtol = validate.number(rtol, "rtol", low=0)
+    max_matvec = validate.integer(max_matvec, max_name)
+    batch_size = validate.integer(batch_size, "batch_size", none=True)
+    sketch = validate.integer(sketch, "sketch", none=True)
+    need = 2  # a standard error needs two probes
+    if method == "hutch++":
+        need += 2 * sketch_size(n, max_matvec, sketch)
+    if max_matvec < need:
+        raise LossvizError(
+            f"{max_name}={max_matvec} is too small: {method} needs at least {need} products "
+            + (
+                "(2 probes for a standard error)"
+                if method == "hutchinson"
+                else "(2 per sketch vector, and 2 probes for a standard error)"
+            )
+        )
+    return rtol, max_matvec, batch_size
 
 
 def hutchinson_trace(
@@ -52,37 +92,47 @@ def hutchinson_trace(
     >>> float(est.value[0]), float(est.stderr[0])  # a diagonal matrix: zᵀAz = tr(A)
     (1275.0, 0.0)
     """
-    if method not in ("hutchinson", "hutch++"):
-        raise ValueError(f"method must be 'hutchinson' or 'hutch++', got {method!r}")
-    n, dtype, device = op_meta(op)
+    n, dtype, device = check_operator(op, "op")
+    rtol, max_matvec, batch_size = check_trace_args(
+        n, rtol, max_matvec, method, batch_size, sketch=sketch
+    )
+    min_samples = validate.integer(min_samples, "min_samples", low=2)
+    seed = validate.seed(seed)
+    if masks is not None:
+        if not isinstance(masks, Tensor) or masks.ndim != 2 or masks.shape[1] != n:
+            raise LossvizError(f"masks must be a (blocks, {n}) tensor")
+        if method == "hutch++":
+            raise LossvizError("hutch++ is available for the whole operator, not per block")
     batch_size = batch_size or default_batch(device)
+    wd = work_dtype(dtype)
     gen = probe_generator(seed, device)
-    M = None if masks is None else masks.to(device=device, dtype=dtype)
-    if method == "hutch++" and M is not None:
-        raise ValueError("hutch++ is available for the whole operator, not per block")
+    M = None if masks is None else masks.to(device=device, dtype=wd)
     n_mv = 0
     Qs = None
     exact = np.zeros(1 if M is None else M.shape[0])
+    # the stopping rule decides how many products run: the bar counts, with no total
+    bar = make_bar(progress, None, "trace")
     if method == "hutch++":
-        s = min(n, sketch or min(max(max_matvec // 10, 4), 50))
-        S = rademacher(s, n, dtype=dtype, device=device, generator=gen)
-        Qs = torch.linalg.qr(apply_rows(op, S).T)[0].T  # (s, n)
-        HQ = apply_rows(op, Qs)
+        s = sketch_size(n, max_matvec, sketch)
+        S = rademacher(s, n, dtype=wd, device=device, generator=gen)
+        try:
+            Qs = torch.linalg.qr(apply_rows(op, S).T)[0].T  # (s, n)
+            HQ = apply_rows(op, Qs)
+        except BaseException:
+            if bar is not None:
+                bar.close()
+            raise  # nothing of the estimate is finished yet
         n_mv += 2 * s
         exact = np.array([float((Qs * HQ).sum())])
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=max_matvec, desc="trace", unit="HVP", leave=False)
-        bar.update(n_mv)
+        if bar is not None:
+            bar.update(n_mv)
     chunks = []
     n_samples = 0
     complete = True
     try:
         while n_mv < max_matvec:
             c = min(batch_size, max_matvec - n_mv)
-            Z = rademacher(c, n, dtype=dtype, device=device, generator=gen)
+            Z = rademacher(c, n, dtype=wd, device=device, generator=gen)
             if Qs is not None:
                 Z = Z - (Z @ Qs.T) @ Qs
             HZ = apply_rows(op, Z)
@@ -101,8 +151,8 @@ def hutchinson_trace(
                 if np.all(se <= rtol * np.abs(mean + exact)):
                     break
     except KeyboardInterrupt:
-        if n_samples < 2:
-            raise
+        if n_samples < 2 or not keep_partial():
+            raise  # nothing finished, or an outer lossviz call owns the interrupt
         complete = False  # keep the probes done so far
     finally:
         if bar is not None:
@@ -131,39 +181,48 @@ def default_batch(device) -> int:
 
 def hutchinson_diagonal(
     op, n_probes: int = 100, *, batch_size: int | None = None, seed: int = 0, progress=None
-) -> tuple[Tensor, Tensor]:
-    """``(mean of z ⊙ Hz, its standard error)`` over ``n_probes`` Rademacher probes, each
-    a ``(P,)`` tensor.
+) -> DiagonalEstimate:
+    """The mean of ``z ⊙ Hz`` over ``n_probes`` Rademacher probes and its standard error,
+    each a ``(P,)`` tensor (a :class:`DiagonalEstimate`). Interrupted (Ctrl-C) after some
+    probes, the estimate from those (``complete=False``).
 
     >>> A = torch.tensor([[2.0, 0.0], [0.0, 3.0]], dtype=torch.float64)
-    >>> d, se = hutchinson_diagonal(A, n_probes=4)
-    >>> d.tolist(), se.tolist()  # exact for a diagonal operator
+    >>> est = hutchinson_diagonal(A, n_probes=4)
+    >>> est.mean.tolist(), est.stderr.tolist()  # exact for a diagonal operator
     ([2.0, 3.0], [0.0, 0.0])
     """
-    n, dtype, device = op_meta(op)
-    batch_size = batch_size or default_batch(device)
+    n, dtype, device = check_operator(op, "op")
+    n_probes = validate.integer(n_probes, "n_probes")
+    batch_size = validate.integer(batch_size, "batch_size", none=True) or default_batch(device)
+    seed = validate.seed(seed)
+    wd = work_dtype(dtype)
     gen = probe_generator(seed, device)
     s1 = torch.zeros(n, dtype=torch.float64, device=device)
     s2 = torch.zeros(n, dtype=torch.float64, device=device)
     done = 0
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n_probes, desc="diagonal", unit="HVP", leave=False)
+    complete = True
+    bar = make_bar(progress, n_probes, "diagonal")  # exactly what runs
     try:
         while done < n_probes:
             c = min(batch_size, n_probes - done)
-            Z = rademacher(c, n, dtype=dtype, device=device, generator=gen)
+            Z = rademacher(c, n, dtype=wd, device=device, generator=gen)
             D = (Z * apply_rows(op, Z)).to(torch.float64)
             s1 += D.sum(0)
             s2 += (D * D).sum(0)
             done += c
             if bar is not None:
                 bar.update(c)
+    except KeyboardInterrupt:
+        if done == 0 or not keep_partial():
+            raise  # nothing finished, or an outer lossviz call owns the interrupt
+        complete = False  # the probes done so far
     finally:
         if bar is not None:
             bar.close()
-    mean = s1 / n_probes
-    var = (s2 / n_probes - mean**2).clamp_min(0) * n_probes / max(n_probes - 1, 1)
-    return mean.to(dtype), (var / n_probes).sqrt().to(dtype)
+    mean = s1 / done
+    if done > 1:
+        var = (s2 / done - mean**2).clamp_min(0) * done / (done - 1)
+        se = (var / done).sqrt()
+    else:  # one probe: no standard error
+        se = torch.full_like(mean, float("nan"))
+    return DiagonalEstimate(mean.to(wd), se.to(wd), done, complete)

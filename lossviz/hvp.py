@@ -320,19 +320,90 @@ class CurvatureOperator:
 
 def apply_rows(op, V: Tensor) -> Tensor:
     """``op`` applied to each row of ``V`` (``(k, P)``): a :class:`CurvatureOperator`,
-    any object with ``apply``, or anything supporting ``op @ X`` (a dense tensor)."""
+    any object with ``apply``, or anything supporting ``op @ X`` (a dense tensor).
+
+    The products run in the operator's dtype; the result comes back in ``V``'s dtype (the
+    kernels keep their bases in at least float32, also for a float16 model)."""
+    dt = op.dtype
+    X = V if V.dtype == dt else V.to(dt)
     if hasattr(op, "apply") and not isinstance(op, Tensor):
-        return op.apply(V)
-    return (op @ V.T).T
+        out = op.apply(X)
+    else:
+        out = (op @ X.T).T
+    return out if out.dtype == V.dtype else out.to(V.dtype)
+
+
+def work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the kernels' bases and projections for products in ``dtype``: at least
+    float32 (QR, reorthogonalization and the small eigenproblems are not implemented, or
+    not accurate enough, in float16 / bfloat16)."""
+    return dtype if torch.finfo(dtype).bits >= 32 else torch.float32
+
+
+def low_precision(dtype: torch.dtype) -> bool:
+    return torch.finfo(dtype).bits < 32
 
 
 def op_meta(op) -> tuple[int, torch.dtype, torch.device]:
     """(size, dtype, device) of an operator or dense matrix."""
     if isinstance(op, Tensor):
         if op.ndim != 2 or op.shape[0] != op.shape[1]:
-            raise ValueError(f"a dense operator must be square, got {tuple(op.shape)}")
+            raise LossvizError(f"a dense operator must be square, got shape {tuple(op.shape)}")
         return op.shape[0], op.dtype, op.device
     return op.shape[0], op.dtype, op.device
+
+
+def check_operator(op, name: str = "op") -> tuple[int, torch.dtype, torch.device]:
+    """Check a bare operator before any product: a dense tensor must be a finite, real,
+    symmetric square matrix (symmetry is checked entry by entry, one pass, relative to
+    ``sqrt(eps)·max|A|``); any other object needs ``shape``, ``dtype``, ``device`` and
+    ``apply`` or ``@``. Returns ``(size, dtype, device)``."""
+    from .errors import ArgumentTypeError
+
+    if isinstance(op, Tensor):
+        if op.ndim != 2 or op.shape[0] != op.shape[1]:
+            raise LossvizError(f"{name} must be a square matrix, got shape {tuple(op.shape)}")
+        if op.shape[0] == 0:
+            raise LossvizError(f"{name} is an empty (0 x 0) matrix")
+        if op.is_complex() or not op.is_floating_point():
+            raise ArgumentTypeError(
+                f"{name} must be a real floating-point matrix, got dtype "
+                f"{str(op.dtype).replace('torch.', '')}; convert it with .double() or .float()"
+            )
+        if not bool(torch.isfinite(op).all()):
+            raise LossvizError(f"{name} has non-finite (NaN or infinite) entries")
+        scale = float(op.abs().max())
+        asym = float((op - op.T).abs().max())
+        if asym > torch.finfo(op.dtype).eps ** 0.5 * scale:
+            raise LossvizError(
+                f"{name} is not symmetric (max |A - Aᵀ| = {asym:.3g}, max |A| = {scale:.3g}): "
+                "Hessian spectra need a symmetric matrix; symmetrize it with (A + A.T) / 2 "
+                "if that is what you mean"
+            )
+        return op.shape[0], op.dtype, op.device
+    shape = getattr(op, "shape", None)
+    dtype = getattr(op, "dtype", None)
+    ok = (
+        shape is not None
+        and len(tuple(shape)) == 2
+        and isinstance(dtype, torch.dtype)
+        and hasattr(op, "device")
+        and (callable(getattr(op, "apply", None)) or hasattr(op, "__matmul__"))
+    )
+    if not ok:
+        raise ArgumentTypeError(
+            f"{name} must be {'an Objective, ' if name == 'obj' else ''}a symmetric matrix "
+            "(a 2-D tensor) or an operator with shape, dtype, device and apply(V) or @; got "
+            f"{type(op).__name__}"
+        )
+    n = int(tuple(shape)[0])
+    if tuple(shape) != (n, n) or n < 1:
+        raise LossvizError(f"{name} must be a square operator, got shape {tuple(shape)}")
+    if not dtype.is_floating_point:
+        raise ArgumentTypeError(
+            f"{name} must compute in a floating-point dtype, got {str(dtype).replace('torch.', '')}"
+        )
+    return n, dtype, torch.device(op.device)
 
 
 class SubOperator:

@@ -23,8 +23,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .hvp import apply_rows, op_meta
-from .slq import probe_generator
+from . import validate
+from .errors import ArgumentTypeError, LossvizError
+from .hvp import apply_rows, check_operator, low_precision, work_dtype
+from .interrupt import keep_partial
+from .slq import make_bar, probe_generator
 
 WHICH = ("largest", "smallest", "both", "magnitude")
 
@@ -66,6 +69,94 @@ def order_values(values: np.ndarray, which: str) -> np.ndarray:
     if which == "magnitude":
         return np.argsort(-np.abs(values), kind="stable")
     return np.argsort(values, kind="stable")
+
+
+def tol_floor(dtype: torch.dtype) -> float:
+    """The smallest residual tolerance (relative to ``|λ|_max``) that products in
+    ``dtype`` can resolve: ``4·eps``."""
+    return 4 * torch.finfo(dtype).eps
+
+
+def check_v0(v0, n: int, name: str = "v0") -> Tensor | None:
+    """Start vectors as a ``(j, n)`` tensor: finite, no zero row."""
+    if v0 is None:
+        return None
+    if not isinstance(v0, Tensor):
+        try:
+            v0 = torch.as_tensor(np.asarray(v0, dtype=np.float64))
+        except (TypeError, ValueError):
+            raise ArgumentTypeError(
+                f"{name} must be a tensor of start vectors ((j, {n}) or ({n},)), Weights or a "
+                f"list of them; got {type(v0).__name__}"
+            ) from None
+    if v0.is_complex() or v0.dtype == torch.bool:
+        raise ArgumentTypeError(f"{name} must be real, got dtype {v0.dtype}")
+    if v0.ndim == 1:
+        v0 = v0[None]
+    if v0.ndim != 2 or v0.shape[1] != n or v0.shape[0] < 1:
+        raise LossvizError(
+            f"{name} must hold vectors of size {n} (the number of parameters): shape "
+            f"({n},) or (j, {n}); got {tuple(v0.shape)}"
+        )
+    v0 = v0.detach()
+    if not v0.is_floating_point():
+        v0 = v0.to(torch.float64)
+    if not bool(torch.isfinite(v0).all()):
+        raise LossvizError(f"{name} has non-finite (NaN or infinite) entries")
+    zero = (v0.abs().amax(dim=1) == 0).nonzero().reshape(-1).tolist()
+    if zero:
+        raise LossvizError(f"{name} has zero vector(s) at row(s) {zero[:10]}: no direction")
+    return v0
+
+
+def check_args(
+    n: int,
+    dtype: torch.dtype,
+    k,
+    which,
+    tol,
+    max_matvec,
+    block_size,
+    *,
+    max_name: str = "max_matvec",
+) -> tuple[int, float, int | None, int, bool]:
+    """Validate Lanczos' arguments against the operator (size ``n``, product ``dtype``):
+    ``(k, tol, max_matvec, block_size, low_precision)``. ``tol`` below what the products
+    resolve (``4·eps``) is warned about; in float16/bfloat16 (where even the default
+    cannot be resolved) it is raised to that floor, with the warning."""
+    k = validate.integer(k, "k")
+    validate.choice(which, "which", WHICH)
+    tol = validate.number(tol, "tol", low=0, low_open=True, high=1, high_open=True)
+    max_matvec = validate.integer(max_matvec, max_name, none=True)
+    block_size = validate.integer(block_size, "block_size")
+    if k > n:
+        raise LossvizError(f"k={k} must be between 1 and the number of parameters ({n})")
+    nwant = min(2 * k if which == "both" else k, n)
+    if max_matvec is not None and max_matvec < nwant:
+        raise LossvizError(
+            f"{max_name}={max_matvec} is too small: {nwant} eigenpair(s) need at least "
+            f"{nwant} products"
+        )
+    low = low_precision(dtype)
+    floor = tol_floor(dtype)
+    if tol < floor:
+        name = str(dtype).replace("torch.", "")
+        if low:  # even the default cannot be resolved: use what can
+            warnings.warn(
+                f"{name} products resolve residuals only to about {floor:.1e} of |λ|max: tol "
+                f"raised from {tol:g} to {floor:.1e} (model.float() for more); residuals are "
+                "checked with true products",
+                stacklevel=4,
+            )
+            tol = floor
+        else:
+            warnings.warn(
+                f"tol={tol:g} is below what {name} products resolve (about {floor:.1e} of "
+                "|λ|max): the residuals reported are the Lanczos recurrence's, smaller than "
+                "any true product can confirm",
+                stacklevel=4,
+            )
+    return k, tol, max_matvec, block_size, low
 
 
 def _orthonormal_block(Q: Tensor, W: Tensor, scale: Tensor, gen, eps: float):
@@ -131,29 +222,33 @@ def lanczos(
     >>> out.values.round(8).tolist()
     [100.0, 99.0, 98.0]
     """
-    if which not in WHICH:
-        raise ValueError(f"which must be one of {WHICH}, got {which!r}")
-    n, dtype, device = op_meta(op)
+    n, dtype, device = check_operator(op, "op")
+    k, tol, max_matvec, b, low = check_args(n, dtype, k, which, tol, max_matvec, block_size)
+    basis_size = validate.integer(basis_size, "basis_size", none=True)
+    seed = validate.seed(seed)
+    check = validate.boolean(check, "check") or low  # low precision: true residuals
+    check_every = validate.integer(check_every, "check_every", none=True) or 1
+    v0 = check_v0(v0, n)
+    wd = work_dtype(dtype)  # the basis and projections: at least float32
     nwant = min(2 * k if which == "both" else k, n)
-    if k < 1 or k > n:
-        raise ValueError(f"k={k} must be between 1 and the number of parameters ({n})")
-    b = max(1, min(int(block_size), n))
+    b = min(b, n)
     m = basis_size or max(2 * nwant + 2 * b + 10, 30 if b == 1 else 6 * b, nwant + 3 * b)
     m = min(max(m, nwant + b), n)
     m = max(b, (m // b) * b) if m >= b else m
     max_matvec = max_matvec or max(1000, 40 * m)
+    # a block whose new directions are this small relative to its products holds no new
+    # information (the products are accurate to the operator's precision)
     eps = torch.finfo(dtype).eps ** 0.75
-    check_every = check_every or 1
     gen = probe_generator(seed, torch.device(device))
 
-    Q = torch.zeros(m + b, n, dtype=dtype, device=device)
-    T = torch.zeros(m + b, m + b, dtype=dtype, device=device)
+    Q = torch.zeros(m + b, n, dtype=wd, device=device)
+    T = torch.zeros(m + b, m + b, dtype=wd, device=device)
 
     # starting block: warm-start vectors (their sum when there are more than b), then random
-    start = torch.randn(b, n, generator=gen, dtype=dtype, device=gen.device).to(device)
+    start = torch.randn(b, n, generator=gen, dtype=wd, device=gen.device).to(device)
     if v0 is not None:
-        v0 = torch.as_tensor(v0).to(device, dtype).reshape(-1, n)
-        v0 = v0 / v0.norm(dim=1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
+        v0 = v0.to(device, wd)
+        v0 = v0 / v0.norm(dim=1, keepdim=True).clamp_min(torch.finfo(wd).tiny)
         if v0.shape[0] <= b:
             start[: v0.shape[0]] = v0 + 1e-3 * start[: v0.shape[0]] / math.sqrt(n)
         else:
@@ -162,11 +257,9 @@ def lanczos(
     nq = b  # rows of Q filled; products taken for rows [0, nq - b)
     n_mv = 0
     norm_est = 0.0
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=max_matvec, desc="Lanczos", unit="HVP", leave=False)
+    # the number of products is not known in advance (convergence decides): a count and
+    # a rate, no total
+    bar = make_bar(progress, None, "Lanczos")
 
     try:
         while True:
@@ -199,9 +292,10 @@ def lanczos(
                     ):
                         break
             except KeyboardInterrupt:
-                # keep what was computed: the Ritz pairs of the finished blocks
+                # keep what was computed (the Ritz pairs of the finished blocks), unless an
+                # outer lossviz call owns the interrupt or nothing is finished
                 na = nq - b
-                if na < 1:
+                if na < 1 or not keep_partial():
                     raise
                 interrupted = True
 
@@ -211,7 +305,7 @@ def lanczos(
             Ta = T[:na, :na].to(torch.float64).cpu().numpy()
             Ta = 0.5 * (Ta + Ta.T)
             theta, S = np.linalg.eigh(Ta)
-            norm_est = max(norm_est, float(np.abs(theta).max()), torch.finfo(dtype).tiny)
+            norm_est = max(norm_est, float(np.abs(theta).max()), torch.finfo(wd).tiny)
             # coupling of the active basis to the next block (after a restart it sits on
             # the kept Ritz vectors)
             Rc = T[na : na + b, :na].to(torch.float64).cpu().numpy()
@@ -220,13 +314,15 @@ def lanczos(
             done = bool(np.all(est[want] <= tol)) or na >= n
             exhausted = n_mv >= max_matvec or interrupted
             if done or exhausted:
-                Sw = torch.as_tensor(S[:, want], dtype=dtype, device=device)
+                Sw = torch.as_tensor(S[:, want], dtype=wd, device=device)
                 Y = Sw.T @ Q[:na]
                 res = est[want]
-                if check:
+                if check and not interrupted:
                     HY = apply_rows(op, Y)
                     n_mv += len(want)
-                    tw = torch.as_tensor(theta[want], dtype=dtype, device=device)
+                    if bar is not None:
+                        bar.update(len(want))
+                    tw = torch.as_tensor(theta[want], dtype=wd, device=device)
                     res = (HY - tw[:, None] * Y).norm(dim=1).to(torch.float64).cpu().numpy()
                     res = res / norm_est
                 conv = res <= tol
@@ -263,15 +359,15 @@ def lanczos(
             if len(keep) < p:  # fill with the next best
                 rest = [i for i in order_values(theta, "largest") if i not in set(keep)]
                 keep = np.concatenate([keep, rest[: p - len(keep)]]).astype(int)
-            Sk = torch.as_tensor(S[:, keep], dtype=dtype, device=device)
+            Sk = torch.as_tensor(S[:, keep], dtype=wd, device=device)
             Y = Sk.T @ Q[:na]
             last = Q[na : na + b].clone()
-            coupling = torch.as_tensor(Rc @ S[:, keep], dtype=dtype, device=device)
+            coupling = torch.as_tensor(Rc @ S[:, keep], dtype=wd, device=device)
             Q.zero_()
             T.zero_()
             Q[:p] = Y
             Q[p : p + b] = last
-            T[:p, :p] = torch.diag(torch.as_tensor(theta[keep], dtype=dtype, device=device))
+            T[:p, :p] = torch.diag(torch.as_tensor(theta[keep], dtype=wd, device=device))
             T[p : p + b, :p] = coupling
             nq = p + b
     finally:

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .weights import Weights
+
 
 def _fmt(x: float) -> str:
     return f"{x:.6g}"
@@ -60,7 +62,7 @@ class EigenResult:
         vals = ", ".join(_fmt(v) for v in self.values)
         state = "converged" if self.all_converged else "NOT converged"
         if not self.complete:
-            state += ", interrupted"
+            state += ", INCOMPLETE: interrupted"
         return (
             f"EigenResult({self.which} {len(self.values)} of {self.curvature}, "
             f"{self.n_params:,} params): [{vals}]; max residual "
@@ -75,6 +77,7 @@ class EigenResult:
         cap = (
             f"{self.which} eigenvalues of the {self.curvature} ({self.n_params:,} params, "
             f"{self.n_hvp} HVPs, {self.seconds:.2f} s)"
+            + ("" if self.complete else " INCOMPLETE: interrupted")
         )
         return _html_table(["#", "λ", "residual", "converged"], rows, cap)
 
@@ -123,7 +126,7 @@ class TraceResult:
         return (
             f"TraceResult(tr = {_fmt(self.value)} ± {self.stderr:.3g} (std. error), "
             f"{self.method}, {self.n_hvp} HVPs, {self.seconds:.2f} s"
-            + ("" if self.complete else ", interrupted")
+            + ("" if self.complete else ", INCOMPLETE: interrupted")
             + ")"
         )
 
@@ -131,7 +134,8 @@ class TraceResult:
         return _html_table(
             ["trace", "std. error", "method", "HVPs", "samples"],
             [[_fmt(self.value), f"{self.stderr:.3g}", self.method, self.n_hvp, len(self.samples)]],
-            f"trace of the {self.curvature}",
+            f"trace of the {self.curvature}"
+            + ("" if self.complete else " INCOMPLETE: interrupted"),
         )
 
     def plot(self):
@@ -241,6 +245,7 @@ class SpectralDensity:
             f"{self.nodes.shape[1]} steps, {self.n_params:,} params): support ≈ "
             f"[{_fmt(self.nodes.min())}, {_fmt(self.nodes.max())}], "
             f"{len(self.outliers())} outlier(s), {self.n_hvp} HVPs, {self.seconds:.2f} s"
+            + ("" if self.complete else ", INCOMPLETE: interrupted")
         )
 
     def _repr_html_(self) -> str:
@@ -257,7 +262,8 @@ class SpectralDensity:
                     self.n_hvp,
                 ]
             ],
-            f"spectral density of the {self.curvature} (SLQ)",
+            f"spectral density of the {self.curvature} (SLQ)"
+            + ("" if self.complete else " INCOMPLETE: interrupted"),
         )
 
     def plot(self, log: bool = True, sigma: float | None = None):
@@ -294,6 +300,7 @@ class BlockResults(Mapping):
 
     results: dict = field(default_factory=dict)
     kind: str = "eigs"
+    complete: bool = True  # False when interrupted (Ctrl-C): fewer blocks, or a partial one
 
     def __getitem__(self, k):
         return self.results[k]
@@ -341,8 +348,10 @@ class BlockResults(Mapping):
             s.rjust(w) if i else s.ljust(w)  # noqa: E731
             for i, (s, w) in enumerate(zip(cells, widths))
         )
+        state = "" if self.complete else ", INCOMPLETE: interrupted"
         return "\n".join(
-            [f"BlockResults({self.kind}, {len(self)} blocks)", line(cols)] + [line(r) for r in rows]
+            [f"BlockResults({self.kind}, {len(self)} blocks{state})", line(cols)]
+            + [line(r) for r in rows]
         )
 
     def _repr_html_(self) -> str:
@@ -351,7 +360,8 @@ class BlockResults(Mapping):
             [_fmt(r[c]) if isinstance(r.get(c), float) else r.get(c, "") for c in cols]
             for r in self.table
         ]
-        return _html_table(cols, rows, f"per-block {self.kind}")
+        state = "" if self.complete else " INCOMPLETE: interrupted"
+        return _html_table(cols, rows, f"per-block {self.kind}{state}")
 
     def plot(self, column: str | None = None):
         import plotly.graph_objects as go
@@ -369,3 +379,69 @@ class BlockResults(Mapping):
         )
         fig.update_layout(title=f"{column} per block", yaxis_title=column, template="plotly_white")
         return fig
+
+
+class DiagonalResult(Weights):
+    """A Hutchinson estimate of ``diag(H)`` (:func:`lossviz.hessian_diagonal`):
+    :class:`~lossviz.Weights` shaped like the parameters (usable wherever Weights are),
+    with ``stderr`` (Weights: the standard error of each entry, NaN with one probe),
+    ``n_probes`` (probes done), ``requested`` (probes asked for) and ``complete`` (False
+    when interrupted: fewer probes than asked). Arithmetic on it gives plain Weights."""
+
+    __slots__ = ("stderr", "n_probes", "requested", "complete", "curvature", "seconds")
+
+    def __init__(
+        self,
+        tensors,
+        *,
+        stderr,
+        n_probes: int,
+        requested: int | None = None,
+        complete: bool = True,
+        curvature: str = "hessian",
+        seconds: float = 0.0,
+    ):
+        super().__init__(tensors)
+        self.stderr = stderr
+        self.n_probes = n_probes
+        self.requested = n_probes if requested is None else requested
+        self.complete = complete
+        self.curvature = curvature
+        self.seconds = seconds
+
+    def __reduce__(self):
+        return (
+            _diagonal_result,
+            (
+                dict(self._t),
+                self.stderr,
+                self.n_probes,
+                self.requested,
+                self.complete,
+                self.curvature,
+                self.seconds,
+            ),
+        )
+
+    def __repr__(self) -> str:
+        state = (
+            ""
+            if self.complete
+            else f", INCOMPLETE: interrupted after {self.n_probes} of {self.requested} probes"
+        )
+        return (
+            f"DiagonalResult(diag of the {self.curvature}, {len(self)} tensors, "
+            f"{self.numel:,} numbers, {self.n_probes} probes, {self.seconds:.2f} s{state})"
+        )
+
+
+def _diagonal_result(t, stderr, n_probes, requested, complete, curvature, seconds):
+    return DiagonalResult(
+        t,
+        stderr=stderr,
+        n_probes=n_probes,
+        requested=requested,
+        complete=complete,
+        curvature=curvature,
+        seconds=seconds,
+    )

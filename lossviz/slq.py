@@ -20,7 +20,9 @@ import torch
 from scipy.linalg import eigh_tridiagonal
 from torch import Tensor
 
-from .hvp import apply_rows, op_meta
+from . import validate
+from .hvp import apply_rows, check_operator, work_dtype
+from .interrupt import keep_partial
 
 
 def _memory_budget(device: torch.device) -> int:
@@ -38,6 +40,17 @@ def rademacher(k: int, n: int, *, dtype, device, generator: torch.Generator) -> 
     """``(k, n)`` random signs."""
     z = torch.randint(0, 2, (k, n), generator=generator, device=generator.device)
     return (2 * z - 1).to(device=device, dtype=dtype)
+
+
+def make_bar(progress, total: int | None, desc: str):
+    """A ``tqdm.auto`` bar, or None when ``progress`` is falsy. ``total`` is what will
+    actually run (or None when convergence decides: the bar then shows a count and a
+    rate, never a budget it will not reach)."""
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="HVP", leave=False)
 
 
 def probe_generator(seed: int, device: torch.device) -> torch.Generator:
@@ -66,30 +79,32 @@ def slq(
     >>> np.allclose(np.sort(nodes[0]), [1, 2, 3]), np.allclose(weights.sum(1), 1)
     (True, True)
     """
-    n, dtype, device = op_meta(op)
-    m = min(int(steps), n)
+    n, dtype, device = check_operator(op, "op")
+    n_probes = validate.integer(n_probes, "n_probes")
+    steps = validate.integer(steps, "steps")
+    seed = validate.seed(seed)
+    group = validate.integer(group, "group", none=True)
+    m = min(steps, n)
+    wd = work_dtype(dtype)  # bases and coefficients in at least float32; products in dtype
     gen = probe_generator(seed, device)
-    Z = rademacher(n_probes, n, dtype=dtype, device=device, generator=gen) / n**0.5
-    per_probe = (m + 1) * n * torch.finfo(dtype).bits // 8
+    Z = rademacher(n_probes, n, dtype=wd, device=device, generator=gen) / n**0.5
+    per_probe = (m + 1) * n * torch.finfo(wd).bits // 8
     g = group or max(1, min(n_probes, _memory_budget(device) // max(per_probe, 1)))
+    g = min(g, n_probes)
     g = -(-n_probes // -(-n_probes // g))  # equal groups: 10 probes in 5 + 5, not 8 + 2
     eps = torch.finfo(dtype).eps ** 0.75
     nodes = np.zeros((n_probes, m))
     weights = np.zeros((n_probes, m))
     n_mv = 0
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n_probes * m, desc="SLQ", unit="HVP", leave=False)
+    bar = make_bar(progress, n_probes * m, "SLQ")  # exactly what runs
     try:
         for s in range(0, n_probes, g):
             V = Z[s : s + g]
             L = V.shape[0]
-            Q = torch.zeros(L, m + 1, n, dtype=dtype, device=device)
+            Q = torch.zeros(L, m + 1, n, dtype=wd, device=device)
             Q[:, 0] = V
-            alpha = torch.zeros(L, m, dtype=dtype, device=device)
-            beta = torch.zeros(L, m, dtype=dtype, device=device)
+            alpha = torch.zeros(L, m, dtype=wd, device=device)
+            beta = torch.zeros(L, m, dtype=wd, device=device)
             done = [0]
             try:
                 _lanczos_steps(op, Q, alpha, beta, m, gen, eps, bar, done)
@@ -98,6 +113,8 @@ def slq(
                 # (fewer steps) of the first group
                 steps_done = done[0]
                 n_mv += L * steps_done
+                if not keep_partial():  # an outer lossviz call owns the interrupt
+                    raise
                 if s > 0:
                     return nodes[:s], weights[:s], n_mv, False
                 if steps_done == 0:
@@ -130,7 +147,7 @@ def _lanczos_steps(op, Q, alpha, beta, m, gen, eps, bar, done: list) -> None:
     reorthogonalized against its own basis; fills ``alpha`` and ``beta`` and counts the
     finished steps in ``done[0]`` (read after an interruption)."""
     L, _, n = Q.shape
-    dtype, device = Q.dtype, Q.device
+    dtype = Q.dtype
     for j in range(m):
         W = apply_rows(op, Q[:, j])
         if bar is not None:
@@ -150,11 +167,28 @@ def _lanczos_steps(op, Q, alpha, beta, m, gen, eps, bar, done: list) -> None:
         Q[:, j + 1] = W / b.clamp_min(torch.finfo(dtype).tiny)[:, None]
         beta[:, j] = b
         if bool(bad.any()):  # one host check per step, small next to the products
-            # an exhausted Krylov space: go on with a vector orthogonal to the
-            # basis and a zero coupling (its Ritz values get zero weight)
-            Zr = rademacher(L, n, dtype=dtype, device=device, generator=gen)
-            for _ in range(2):
-                Zr = Zr - torch.bmm(torch.bmm(Qs, Zr.unsqueeze(2)).transpose(1, 2), Qs).squeeze(1)
-            Zr = Zr / Zr.norm(dim=1, keepdim=True)
-            Q[:, j + 1] = torch.where(bad[:, None], Zr, Q[:, j + 1])
+            # an exhausted Krylov space (e.g. a zero or low-rank operator): go on with a
+            # unit vector orthogonal to the basis and a zero coupling, so T is block
+            # diagonal and the new block's Ritz values get zero weight. Gaussian vectors
+            # (a Rademacher one can be parallel to the probe itself).
+            Q[:, j + 1] = torch.where(
+                bad[:, None], _orthogonal_unit(Q[:, : j + 1], gen), Q[:, j + 1]
+            )
             beta[:, j] = torch.where(bad, torch.zeros_like(b), b)
+
+
+def _orthogonal_unit(Qs: Tensor, gen: torch.Generator) -> Tensor:
+    """Per probe, a random unit vector orthogonal to its (orthonormal) basis ``Qs``
+    (``(L, j, n)``, ``j < n``)."""
+    L, _, n = Qs.shape
+    for _ in range(8):
+        Zr = torch.randn(L, n, generator=gen, dtype=Qs.dtype, device=gen.device).to(Qs.device)
+        for _ in range(2):  # twice is enough (DGKS)
+            c = torch.bmm(Qs, Zr.unsqueeze(2))  # (L, j, 1)
+            Zr = Zr - torch.bmm(c.transpose(1, 2), Qs).squeeze(1)
+        nrm = Zr.norm(dim=1, keepdim=True)
+        if bool((nrm > 1e-3).all()):
+            return Zr / nrm
+    raise RuntimeError(
+        "lossviz: no vector orthogonal to the Krylov basis found"
+    )  # pragma: no cover

@@ -27,8 +27,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .errors import CheckpointError, LossvizError
-from .hessian import hessian_eigs, hessian_trace
+from . import validate
+from .errors import ArgumentTypeError, CheckpointError, LossvizError
+from .hessian import CURVATURES, hessian_eigs, hessian_trace
+from .hutchinson import check_trace_args
 from .interrupt import api
 from .objective import Objective, check_finite, is_single_batch, to_device
 from .results import EigenResult, _fmt, _html_table
@@ -53,7 +55,7 @@ def _flat_one(v, keys: list[str] | None, what: str) -> Tensor:
     """A single vector (Weights / mapping / tensor) as a 1-D tensor, mappings flattened in
     the order ``keys``."""
     if isinstance(v, Tensor):
-        return v.detach().reshape(-1)
+        return _real(v.detach().reshape(-1), what)
     if isinstance(v, Mapping):
         if keys is not None and set(v.keys()) != set(keys):
             a, b = set(keys), set(v.keys())
@@ -62,10 +64,27 @@ def _flat_one(v, keys: list[str] | None, what: str) -> Tensor:
                 f"extra {sorted(b - a)[:10]}"
             )
         order = keys if keys is not None else list(v.keys())
-        return torch.cat([v[n].detach().reshape(-1) for n in order])
-    raise TypeError(
+        bad = [n for n in order if not isinstance(v[n], Tensor)]
+        if bad:
+            raise ArgumentTypeError(f"{what} has non-tensor entries: {bad[:10]}")
+        if not order:
+            raise LossvizError(f"{what} is empty (no tensors)")
+        return _real(torch.cat([v[n].detach().reshape(-1) for n in order]), what)
+    raise ArgumentTypeError(
         f"{what} must be Weights, a mapping of tensors or a tensor, got {type(v).__name__}"
     )
+
+
+def _real(t: Tensor, what: str) -> Tensor:
+    if t.is_complex() or t.dtype == torch.bool:
+        raise ArgumentTypeError(f"{what} must be real, got dtype {t.dtype}")
+    if not t.is_floating_point():
+        t = t.to(torch.float64)
+    if t.numel() == 0:
+        raise LossvizError(f"{what} is empty (no numbers)")
+    if not bool(torch.isfinite(t).all()):
+        raise LossvizError(f"{what} has non-finite (NaN or infinite) entries")
+    return t
 
 
 def _as_rows(V, keys: list[str] | None, what: str) -> Tensor:
@@ -78,7 +97,7 @@ def _as_rows(V, keys: list[str] | None, what: str) -> Tensor:
             return V.detach()[None]
         if V.ndim != 2:
             raise LossvizError(f"{what} must be a (k, P) tensor, got shape {tuple(V.shape)}")
-        return V.detach()
+        return _real(V.detach(), what).reshape(V.shape)
     if isinstance(V, Mapping):
         return _flat_one(V, keys, what)[None]
     if isinstance(V, Sequence) and not isinstance(V, (str, bytes)):
@@ -87,7 +106,7 @@ def _as_rows(V, keys: list[str] | None, what: str) -> Tensor:
         if keys is None:
             keys = _keys_of(V[0])
         return torch.stack([_flat_one(v, keys, f"{what}[{i}]") for i, v in enumerate(V)])
-    raise TypeError(
+    raise ArgumentTypeError(
         f"{what} must be a list of Weights, an EigenResult or a (k, P) tensor, "
         f"got {type(V).__name__}"
     )
@@ -121,6 +140,7 @@ def gradient_fraction(g, V, *, check: bool = True) -> float:
     >>> gradient_fraction(torch.tensor([3.0, 0.0, 4.0, 0.0]), V)
     0.36
     """
+    check = validate.boolean(check, "check")
     keys = _keys_of(g)
     gf = _flat_one(g, keys, "g")
     Vr = _as_rows(V, keys, "V")
@@ -145,6 +165,7 @@ def subspace_overlap(V1, V2, *, check: bool = True) -> float:
     >>> subspace_overlap(torch.eye(3)[:2], torch.eye(3)[1:])
     0.5
     """
+    check = validate.boolean(check, "check")
     if isinstance(V1, EigenResult):
         V1 = V1.vectors
     first = V1[0] if isinstance(V1, Sequence) and len(V1) else V1
@@ -152,7 +173,9 @@ def subspace_overlap(V1, V2, *, check: bool = True) -> float:
     A = _as_rows(V1, keys, "V1")
     B = _as_rows(V2, keys, "V2")
     if A.shape[1] != B.shape[1]:
-        raise LossvizError(f"the bases live in different spaces: {A.shape[1]} vs {B.shape[1]}")
+        raise LossvizError(
+            f"V1 and V2 live in different spaces: vectors of {A.shape[1]} vs {B.shape[1]} numbers"
+        )
     if check:
         _check_orthonormal(A, "V1", _default_atol(A))
         _check_orthonormal(B, "V2", _default_atol(B))
@@ -189,10 +212,12 @@ class SubspaceTracker:
     training (Gur-Ari, Roberts, Dyer 2018), with ``λ_max`` against ``2/lr`` (Cohen et al.
     2021).
 
-    Call :meth:`step` after each optimizer step. Every ``every`` calls (and at the first)
-    the top-``k`` eigenpairs are recomputed by Lanczos, warm-started from the previous
-    eigenvectors. At every call the gradient of the given batch at the current weights is
-    projected on the current subspace: ``f = ||V_kᵀ g||² / ||g||²``.
+    Call :meth:`step` once per training step, **before** ``optimizer.step()``: record
+    ``t`` measures the weights ``θ_t`` that step ``t`` starts from, on that step's batch
+    ``b_t`` (see :meth:`step`). Every ``every`` calls (and at the first) the top-``k``
+    eigenpairs of the Hessian at ``θ_t`` are recomputed by Lanczos, warm-started from the
+    previous eigenvectors. At every call the gradient ``g_t = ∇L_{b_t}(θ_t)`` (the one the
+    optimizer applies) is projected on the current subspace: ``f = ||V_kᵀ g||² / ||g||²``.
 
     Live views: :meth:`add_listener` registers ``fn(tracker, record)``, called after each
     :meth:`step`; :meth:`dashboard` is the live dashboard (:func:`lossviz.dash.subspace`);
@@ -249,24 +274,57 @@ class SubspaceTracker:
         seed: int = 0,
     ):
         if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+            raise ArgumentTypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if loss_fn is None and forward is None:
-            raise TypeError("give loss_fn(outputs, targets) or forward(model, batch)")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise LossvizError(f"k must be a positive integer, got {k!r}")
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise LossvizError(f"every must be a positive integer, got {every!r}")
-        if curvature not in ("hessian", "ggn"):
-            raise LossvizError(f"curvature must be 'hessian' or 'ggn', got {curvature!r}")
+            raise ArgumentTypeError("give loss_fn(outputs, targets) or forward(model, batch)")
+        validate.callable_(loss_fn, "loss_fn", "a function loss_fn(outputs, targets)", none=True)
+        validate.callable_(
+            forward, "forward", "a function forward(model, batch) -> loss", none=True
+        )
+        k = validate.integer(k, "k")
+        every = validate.integer(every, "every")
+        validate.choice(curvature, "curvature", CURVATURES)
         if isinstance(track, str):
             track = (track,)
+        if not isinstance(track, (list, tuple, set, frozenset)):
+            raise ArgumentTypeError(
+                f"track must be a list of quantities among {TRACKABLE}, got {type(track).__name__}"
+            )
         unknown = [t for t in track if t not in TRACKABLE]
         if unknown:
-            raise LossvizError(f"unknown quantities to track {unknown}; choose from {TRACKABLE}")
+            raise LossvizError(f"track has unknown quantities {unknown}; choose from {TRACKABLE}")
+        if not track:
+            raise LossvizError(f"track is empty: name at least one of {TRACKABLE}")
         if optimizer is not None and not hasattr(optimizer, "param_groups"):
-            raise TypeError(f"optimizer must be a torch optimizer, got {type(optimizer).__name__}")
-        if max_subspaces < 0 or max_subspaces == 1:
-            raise LossvizError(f"max_subspaces must be 0 or at least 2, got {max_subspaces}")
+            raise ArgumentTypeError(
+                f"optimizer must be a torch optimizer, got {type(optimizer).__name__}"
+            )
+        tol = validate.number(tol, "tol", low=0, low_open=True, high=1, high_open=True)
+        max_hvp = validate.integer(max_hvp, "max_hvp", none=True)
+        if max_hvp is not None and max_hvp < k:
+            raise LossvizError(f"max_hvp={max_hvp} is too small for k={k} eigenpairs (>= k)")
+        trace_rtol = validate.number(trace_rtol, "trace_rtol", low=0)
+        trace_max_hvp = validate.integer(trace_max_hvp, "trace_max_hvp")
+        if "trace" in track:
+            check_trace_args(
+                k + 2, trace_rtol, trace_max_hvp, "hutchinson", None, max_name="trace_max_hvp"
+            )
+        validate.choice(bn, "bn", ("eval", "train"))
+        if params is not None and not callable(params):
+            if isinstance(params, str) or not isinstance(params, (list, tuple, set)):
+                raise ArgumentTypeError(
+                    "params must be a list of parameter names or a predicate f(name) -> bool, "
+                    f"got {type(params).__name__}"
+                )
+        if device is not None:
+            validate.device(device)
+        max_subspaces = validate.integer(max_subspaces, "max_subspaces", low=0)
+        if max_subspaces == 1:
+            raise LossvizError(
+                "max_subspaces must be 0 (keep none) or at least 2 (the first and the last), got 1"
+            )
+        warm_start = validate.boolean(warm_start, "warm_start")
+        seed = validate.seed(seed)
         self.model = model
         self.loss_fn = loss_fn
         self.forward = forward
@@ -350,14 +408,15 @@ class SubspaceTracker:
         )
         return eig, torch.stack([obj.as_flat(v) for v in eig.vectors]).detach()
 
-    def _refresh(self, batch, rec: dict) -> Tensor:
+    def _refresh(self, batch, rec: dict) -> tuple[EigenResult, Tensor, int]:
+        """Fill the refresh items of ``rec``: ``(eigenpairs, (k, P) basis, products)``,
+        committed by :meth:`step` only when the whole record is done."""
         obj = self._data_obj
         if obj is None:  # the mini-batch Hessian at this step: the step objective, this batch
             obj = self._objective()
             if not is_single_batch(batch):
                 raise LossvizError("step(batch) needs one batch (inputs, targets) or a dict")
             obj._swap_batch(batch)
-        t0 = time.perf_counter()
         eig, V = self._eigs(obj)
         rec["refreshed"] = True
         rec["eigenvalues"] = tuple(float(v) for v in eig.values)
@@ -386,30 +445,67 @@ class SubspaceTracker:
             rec["gradient_fraction_data"] = gradient_fraction(gd, V, check=False)
         # the cached per-point graph is not needed any more
         obj.operator(None, curvature=self.curvature).release()
-        self.n_hvp += rec["n_hvp"]
-        self.seconds += time.perf_counter() - t0
-        self.last_eigs = eig
-        self._V = V
-        if self._V_first is None:
-            self._V_first = V
-        self._keep_subspace(rec["step"], V)
-        return V
+        return eig, V, rec["n_hvp"]
 
     # -- public ---------------------------------------------------------------------
     @api
     def step(self, batch, loss=None) -> None:
-        """Measure at the current weights, on ``batch`` (the one just trained on).
+        """Measure the current weights on ``batch``. Call it once per training step,
+        **before** ``optimizer.step()`` (after the forward pass; before or after
+        ``loss.backward()``, the tracker never reads or writes ``.grad``).
 
-        Records the gradient fraction in the current subspace; every ``every`` calls,
-        first refreshes the subspace (and ``λ_max``, overlaps, trace). ``loss``: the
-        training loss the loop computed (a float or tensor), recorded as ``train_loss``.
-        Between refreshes nothing is copied to the host (no synchronization).
+        Record ``t`` (the ``t``-th call, from 0) then measures the weights ``θ_t`` that
+        training step ``t`` starts from, on the batch ``b_t`` of that step:
+
+        - ``loss``: ``L_{b_t}(θ_t)``; ``train_loss``: the ``loss`` argument (what the loop
+          computed, the same number when it is the loss of ``b_t`` at ``θ_t``);
+        - ``gradient_fraction``: the share of ``g_t = ∇L_{b_t}(θ_t)`` (exactly the
+          gradient the optimizer is about to apply) in the current subspace;
+        - every ``every`` calls (``t % every == 0``) the subspace is refreshed first: the
+          top-``k`` eigenvectors of the Hessian of ``b_t`` at ``θ_t`` (of ``data`` at
+          ``θ_t`` when the tracker has ``data``), so at a refresh the fraction is in the
+          fresh subspace and between refreshes in that of the last refresh;
+        - ``lr``: the learning rate step ``t`` uses (read before a scheduler steps).
+
+        ``loss``: a float or a one-element tensor. Between refreshes nothing is copied to
+        the host (no synchronization). If the call raises or is interrupted (Ctrl-C), the
+        interrupt propagates and nothing is recorded: the history stays one complete
+        record per successful call and the next call measures step ``t`` again.
         """
+        if isinstance(loss, Tensor):
+            if loss.numel() != 1 or loss.is_complex() or loss.dtype == torch.bool:
+                raise ArgumentTypeError(
+                    "loss must be a float or a one-element tensor, got a tensor of shape "
+                    f"{tuple(loss.shape)} ({str(loss.dtype).replace('torch.', '')})"
+                )
+        elif loss is not None:
+            validate.number(loss, "loss", finite=False)
+        step = self._n
+        t0 = time.perf_counter()
+        rec, pending, fresh = self._measure(batch, loss, step)
+        with self._lock:  # a record is published together with its device scalars
+            if fresh is not None:  # the refreshed subspace, now that the record is whole
+                eig, V, n_hvp = fresh
+                self.n_hvp += n_hvp
+                self.last_eigs = eig
+                self._V = V
+                if self._V_first is None:
+                    self._V_first = V
+                self._keep_subspace(step, V)
+            self._n = step + 1
+            self._pending.extend(pending)
+            self._records.append(rec)
+            if rec["refreshed"]:
+                self._materialize()  # bounded: the refresh synchronized anyway
+        self.seconds += time.perf_counter() - t0
+        for fn in list(self._listeners):
+            self._notify(fn, rec)
+
+    def _measure(self, batch, loss, step: int):
+        """``(record, device scalars, refreshed subspace or None)`` of step ``step``; the
+        tracker's state is not touched (:meth:`step` publishes it all at once)."""
         if self._base is None:
             self._base = Objective(self.model, self.loss_fn, batch, **self._okw)
-        t0 = time.perf_counter()
-        step = self._n
-        self._n += 1
         rec: dict = {"step": step, "refreshed": False}
         rec.update(self._lrs())
         pending: list[tuple[dict, str, Tensor]] = []
@@ -422,25 +518,17 @@ class SubspaceTracker:
                 pending.append((rec, "train_loss", loss.detach().reshape(())))
             else:
                 rec["train_loss"] = float(loss)
-        self.seconds += time.perf_counter() - t0
+        fresh, V = None, self._V
         if step % self.every == 0:
             check_finite(batch_loss)
-            self._refresh(batch, rec)
-        t0 = time.perf_counter()
+            fresh = self._refresh(batch, rec)
+            V = fresh[1]
         if "gradient_fraction" in self.track:
-            V = self._V
             gg = (g.to(torch.float64) ** 2).sum()
             pg = ((V @ g).to(torch.float64) ** 2).sum()
             pending.append((rec, "gradient_fraction", pg / gg))
             pending.append((rec, "gradient_norm", gg.sqrt()))
-        with self._lock:  # a record is published together with its device scalars
-            self._pending.extend(pending)
-            self._records.append(rec)
-            if rec["refreshed"]:
-                self._materialize()  # bounded: the refresh synchronized anyway
-        self.seconds += time.perf_counter() - t0
-        for fn in list(self._listeners):
-            self._notify(fn, rec)
+        return rec, pending, fresh
 
     def _notify(self, fn: Callable, rec: dict) -> None:
         try:
@@ -464,8 +552,7 @@ class SubspaceTracker:
         not in it yet (read them with :meth:`records`, which synchronizes). An exception in
         ``fn`` never breaks training: it is kept in ``listener_errors`` (and warned about
         once per listener). Returns a function that removes the listener."""
-        if not callable(fn):
-            raise TypeError(f"a listener must be callable, got {type(fn).__name__}")
+        validate.callable_(fn, "fn", "a callable listener fn(tracker, record)")
         self._listeners = self._listeners + [fn]
         return lambda: self.remove_listener(fn)
 
@@ -498,6 +585,7 @@ class SubspaceTracker:
         """The records of :attr:`history` from index ``start`` on, complete (device values
         read back: one synchronization) and consistent while another thread calls
         :meth:`step`."""
+        start = validate.integer(start, "start", low=0)
         with self._lock:
             self._materialize()
             return self._records[start:]
@@ -681,8 +769,10 @@ def _fn_name(fn) -> str:
 
 
 def lightning_callback(tracker: SubspaceTracker):
-    """A PyTorch Lightning callback that calls ``tracker.step(batch, loss=...)`` after
-    every training batch (``on_train_batch_end``). Needs ``lightning`` (or
+    """A PyTorch Lightning callback that calls ``tracker.step(batch)`` once per optimizer
+    step, just before it (``on_before_optimizer_step``), on the batch of that step (kept
+    from ``on_train_batch_start``): the tracker's convention, the weights before the
+    update and the gradient the optimizer applies. Needs ``lightning`` (or
     ``pytorch_lightning``) installed."""
     try:
         from lightning.pytorch import Callback
@@ -694,15 +784,19 @@ def lightning_callback(tracker: SubspaceTracker):
                 "lightning_callback needs PyTorch Lightning: pip install lightning"
             ) from e
     if not isinstance(tracker, SubspaceTracker):
-        raise TypeError(f"expected a SubspaceTracker, got {type(tracker).__name__}")
+        raise ArgumentTypeError(f"expected a SubspaceTracker, got {type(tracker).__name__}")
 
     class SubspaceTrackerCallback(Callback):
         def __init__(self, tr):
             super().__init__()
             self.tracker = tr
+            self._batch = None
 
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
-            self.tracker.step(batch, loss=loss if isinstance(loss, Tensor) else None)
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx, *args):
+            self._batch = batch
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer, *args):
+            if self._batch is not None:
+                self.tracker.step(self._batch)
 
     return SubspaceTrackerCallback(tracker)

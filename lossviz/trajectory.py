@@ -18,9 +18,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .errors import LossvizError
-from .hessian import hessian_eigs, hessian_trace
-from .interrupt import api
+from . import validate
+from .errors import ArgumentTypeError, LossvizError
+from .hessian import CURVATURES, hessian_eigs, hessian_trace
+from .interrupt import api, keep_partial
+from .lanczos import check_args
 from .objective import Objective
 from .results import _fmt, _html_table
 
@@ -51,13 +53,14 @@ class TrajectoryRecorder:
         buffers: bool = True,
     ):
         if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise LossvizError(f"every must be a positive integer, got {every!r}")
-        if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 2:
-            raise LossvizError(f"max_points must be an integer >= 2, got {max_points!r}")
+            raise ArgumentTypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        every = validate.integer(every, "every")
+        max_points = validate.integer(max_points, "max_points", low=2)
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-            raise TypeError(f"dtype must be None or a floating torch dtype, got {dtype!r}")
+            raise ArgumentTypeError(
+                f"dtype must be None or a floating torch dtype (e.g. torch.float16), got {dtype!r}"
+            )
+        buffers = validate.boolean(buffers, "buffers")
         self.model = model
         self.every = every
         self.max_points = max_points
@@ -102,10 +105,11 @@ class TrajectoryRecorder:
 
     def snapshot(self, step: int | None = None) -> None:
         """Record the current weights now (labelled ``step``, default the call count)."""
+        step = validate.integer(step, "step", low=None, none=True)
         if len(self._snaps) >= self.max_points:
             self._thin()
         self._snaps.append(self._copy())
-        self._steps.append(self._n if step is None else int(step))
+        self._steps.append(self._n if step is None else step)
 
     def step(self) -> None:
         """Count one training step; snapshot when the step is a multiple of the spacing
@@ -152,7 +156,10 @@ class TrajectoryRecorder:
 @dataclass(repr=False)
 class CurvatureTimeline:
     """A curvature quantity at each point of a saved run: ``values[i]`` (top eigenvalues,
-    descending, or ``[tr(H)]``) at ``steps[i]``; ``stderr`` for the trace."""
+    descending, or ``[tr(H)]``) at ``steps[i]``; ``stderr`` for the trace.
+
+    ``complete`` is False when the run was interrupted (Ctrl-C): the rows of the points
+    not computed are NaN (``n_done`` points were) and the repr says INCOMPLETE."""
 
     steps: list
     values: np.ndarray  # (n_points, k)
@@ -162,6 +169,12 @@ class CurvatureTimeline:
     n_hvp: list = field(default_factory=list)
     lr: float | None = None
     seconds: float = 0.0
+    complete: bool = True
+
+    @property
+    def n_done(self) -> int:
+        """Points computed (all of them unless interrupted)."""
+        return int(np.sum(~np.isnan(self.values[:, 0])))
 
     @property
     def lambda_max(self) -> np.ndarray:
@@ -170,7 +183,13 @@ class CurvatureTimeline:
 
     def _header(self) -> str:
         name = "top eigenvalues" if self.kind == "sharpness" else "trace"
-        return f"{name} of the {self.curvature} at {len(self.steps)} points"
+        head = f"{name} of the {self.curvature} at {len(self.steps)} points"
+        if not self.complete:
+            head += (
+                f", INCOMPLETE: interrupted after {self.n_done} of {len(self.steps)} points "
+                "(NaN for the rest)"
+            )
+        return head
 
     def __repr__(self) -> str:
         v = self.values[:, 0]
@@ -236,17 +255,30 @@ def _points(checkpoints, steps):
     elif isinstance(checkpoints, Sequence) and not isinstance(checkpoints, (str, bytes)):
         pts, st = list(checkpoints), list(range(len(checkpoints)))
     else:
-        raise TypeError(
+        raise ArgumentTypeError(
             "checkpoints must be a TrajectoryRecorder or a list of points, got "
             f"{type(checkpoints).__name__}"
         )
     if not pts:
-        raise LossvizError("no checkpoints: the list is empty")
+        raise LossvizError("checkpoints is empty: give at least one point")
     if steps is not None:
+        if isinstance(steps, (str, bytes)) or not hasattr(steps, "__len__"):
+            raise ArgumentTypeError(f"steps must be a list of labels, got {type(steps).__name__}")
         st = list(steps)
         if len(st) != len(pts):
-            raise LossvizError(f"{len(st)} steps for {len(pts)} checkpoints")
+            raise LossvizError(f"steps has {len(st)} labels for {len(pts)} checkpoints")
     return pts, st
+
+
+def _check_points(obj: Objective, pts) -> None:
+    """Every point resolves against the model (keys, shapes), before any product."""
+    for i, p in enumerate(pts):
+        try:
+            obj.resolve(p)
+        except LossvizError as e:
+            raise type(e)(f"checkpoints[{i}]: {e}") from None
+        except TypeError as e:
+            raise ArgumentTypeError(f"checkpoints[{i}]: {e}") from None
 
 
 @api
@@ -266,28 +298,48 @@ def sharpness_along(
     checkpoint, by Lanczos (:func:`~lossviz.hessian_eigs`), each solve warm-started from the
     previous point's eigenvectors. ``checkpoints``: a :class:`TrajectoryRecorder` (its
     steps label the points) or a list of points. ``lr``: draws ``2/lr``, the threshold
-    that gradient descent drives ``λ_max`` to (Cohen et al. 2021)."""
+    that gradient descent drives ``λ_max`` to (Cohen et al. 2021).
+
+    Interrupted (Ctrl-C), the points finished so far, NaN for the others and
+    ``complete=False``; a point's solve is never cut short into a final-looking value."""
     if not isinstance(obj, Objective):
-        raise TypeError(f"obj must be an Objective, got {type(obj).__name__}")
+        raise ArgumentTypeError(f"obj must be an Objective, got {type(obj).__name__}")
+    k = validate.integer(k, "k")
+    lr = validate.number(lr, "lr", low=0, low_open=True, none=True)
+    tol = validate.number(tol, "tol", low=0, low_open=True, high=1, high_open=True)
+    validate.choice(curvature, "curvature", CURVATURES)
+    warm_start = validate.boolean(warm_start, "warm_start")
+    seed = validate.seed(seed)
     pts, st = _points(checkpoints, steps)
+    _, tol, _, _, _ = check_args(obj.n_params, obj.dtype, k, "largest", tol, None, 1)
+    _check_points(obj, pts)
     t0 = time.perf_counter()
-    vals, n_hvp, v0 = [], [], None
-    for p in pts:
-        e = hessian_eigs(
-            obj, k, at=p, tol=tol, seed=seed, curvature=curvature, v0=v0, progress=False
-        )
-        vals.append(np.asarray(e.values, dtype=np.float64))
+    vals = np.full((len(pts), k), np.nan)
+    n_hvp, v0, complete = [], None, True
+    for i, p in enumerate(pts):
+        try:
+            e = hessian_eigs(
+                obj, k, at=p, tol=tol, seed=seed, curvature=curvature, v0=v0, progress=False
+            )
+        except KeyboardInterrupt:
+            if not keep_partial():
+                raise
+            complete = False
+            break
+        finally:
+            obj.operator(p, curvature=curvature).release()
+        vals[i] = np.asarray(e.values, dtype=np.float64)
         n_hvp.append(e.n_hvp)
         v0 = e.vectors if warm_start else None
-        obj.operator(p, curvature=curvature).release()
     return CurvatureTimeline(
         steps=st,
-        values=np.stack(vals),
+        values=vals,
         kind="sharpness",
         curvature=curvature,
         n_hvp=n_hvp,
         lr=lr,
         seconds=time.perf_counter() - t0,
+        complete=complete,
     )
 
 
@@ -306,34 +358,55 @@ def trace_along(
 ) -> CurvatureTimeline:
     """``tr(H)`` (Hutchinson / Hutch++, :func:`~lossviz.hessian_trace`) at each checkpoint,
     with its standard error. SGD at a linearly stable minimum has ``tr(H) <= 2/lr``
-    (Wu & Su 2023): ``lr`` draws that line."""
+    (Wu & Su 2023): ``lr`` draws that line. Interrupted (Ctrl-C), the points finished so
+    far, NaN for the others and ``complete=False``."""
+    from .hutchinson import check_trace_args
+
     if not isinstance(obj, Objective):
-        raise TypeError(f"obj must be an Objective, got {type(obj).__name__}")
+        raise ArgumentTypeError(f"obj must be an Objective, got {type(obj).__name__}")
+    validate.choice(method, "method", ("hutchinson", "hutch++"))
+    rtol = validate.number(rtol, "rtol", low=0)
+    max_hvp = validate.integer(max_hvp, "max_hvp")
+    validate.choice(curvature, "curvature", CURVATURES)
+    lr = validate.number(lr, "lr", low=0, low_open=True, none=True)
+    seed = validate.seed(seed)
+    check_trace_args(obj.n_params, rtol, max_hvp, method, None, max_name="max_hvp")
     pts, st = _points(checkpoints, steps)
+    _check_points(obj, pts)
     t0 = time.perf_counter()
-    vals, errs, n_hvp = [], [], []
-    for p in pts:
-        t = hessian_trace(
-            obj,
-            at=p,
-            rtol=rtol,
-            max_hvp=max_hvp,
-            method=method,
-            seed=seed,
-            curvature=curvature,
-            progress=False,
-        )
-        vals.append([t.value])
-        errs.append(t.stderr)
+    vals = np.full((len(pts), 1), np.nan)
+    errs = np.full(len(pts), np.nan)
+    n_hvp, complete = [], True
+    for i, p in enumerate(pts):
+        try:
+            t = hessian_trace(
+                obj,
+                at=p,
+                rtol=rtol,
+                max_hvp=max_hvp,
+                method=method,
+                seed=seed,
+                curvature=curvature,
+                progress=False,
+            )
+        except KeyboardInterrupt:
+            if not keep_partial():
+                raise
+            complete = False
+            break
+        finally:
+            obj.operator(p, curvature=curvature).release()
+        vals[i, 0] = t.value
+        errs[i] = t.stderr
         n_hvp.append(t.n_hvp)
-        obj.operator(p, curvature=curvature).release()
     return CurvatureTimeline(
         steps=st,
-        values=np.asarray(vals, dtype=np.float64),
+        values=vals,
         kind="trace",
         curvature=curvature,
-        stderr=np.asarray(errs),
+        stderr=errs,
         n_hvp=n_hvp,
         lr=lr,
         seconds=time.perf_counter() - t0,
+        complete=complete,
     )

@@ -271,6 +271,34 @@ def test_batch_weighting_uneven_last_batch():
     assert torch.allclose(hv[1].flatten(), 2 * (H1 @ v), atol=1e-12)
 
 
+def test_sum_reduction_over_uneven_batches_is_the_sum_of_batch_losses():
+    """``nn.CrossEntropyLoss(reduction="sum")`` over batches of 10, 10 and 3: the
+    curvature is that of Σ_b L_b (what plain PyTorch and curvlinops compute), checked
+    against plain autograd on that sum."""
+    m, _, (x, y) = CASES["mlp"](n=23)
+    loss = nn.CrossEntropyLoss(reduction="sum")
+    batches = [(x[i : i + 10], y[i : i + 10]) for i in range(0, 23, 10)]
+    obj = lv.Objective(m, loss, batches)
+    names = [n for n, _ in m.named_parameters()]
+    shapes = [p.shape for p in m.parameters()]
+    sizes = [p.numel() for p in m.parameters()]
+
+    def total(theta):
+        d = {n: t.view(s) for n, t, s in zip(names, torch.split(theta, sizes), shapes)}
+        return sum(loss(torch.func.functional_call(m, d, (xb,)), yb) for xb, yb in batches)
+
+    theta = torch.cat([p.detach().reshape(-1) for p in m.parameters()])
+    H = torch.autograd.functional.hessian(total, theta)
+    e = lv.hessian_eigs(obj, k=3, which="both", tol=1e-10, progress=False)
+    w = torch.linalg.eigvalsh(H).numpy()
+    np.testing.assert_allclose(e.values, np.r_[w[:3], w[-3:]], rtol=1e-8, atol=1e-10)
+    t = lv.hessian_trace(obj, rtol=0.02, max_hvp=2000, progress=False)
+    assert abs(t.value - float(torch.trace(H))) <= 6 * t.stderr
+    assert obj.loss() == pytest.approx(float(total(theta)), rel=1e-12)
+    # the mean-loss convention would be 23 times smaller: not what was computed
+    assert e.values[-1] > 5 * float(torch.linalg.eigvalsh(H / 23)[-1])
+
+
 def test_params_selection_and_forward():
     m, loss, (x, y) = CASES["mlp"]()
     obj = lv.Objective(m, loss, (x, y), params=["2.weight", "2.bias"])
@@ -416,3 +444,52 @@ def test_torch_func_batchnorm_bug_is_avoided():
     assert torch.allclose(
         torch.stack([h.flatten() for h in obj.hvp_batched(V)]), V @ H_rr, atol=1e-11
     )
+
+
+class _Bar:
+    """Records what a progress bar was told."""
+
+    made: list = []
+
+    def __init__(self, total=None, **kw):
+        self.total, self.n, self.closed = total, 0, False
+        _Bar.made.append(self)
+
+    def update(self, k=1):
+        self.n += k
+
+    def close(self):
+        self.closed = True
+
+
+def test_progress_bars_count_what_runs(monkeypatch, capfd):
+    """A bar's total is what will actually run (SLQ, diagonal), or there is no total (a
+    count and a rate) where convergence decides (Lanczos, trace); progress=False and
+    LOSSVIZ_PROGRESS=0 make no bar and print nothing."""
+    import tqdm.auto
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", _Bar)
+    m, obj = make("mlp")
+    _Bar.made = []
+    e = lv.hessian_eigs(obj, k=2, progress=True)
+    d = lv.hessian_density(obj, n_probes=3, steps=500, progress=True)  # steps > P
+    t = lv.hessian_trace(obj, rtol=0.05, max_hvp=2000, progress=True)
+    g = lv.hessian_diagonal(obj, n_probes=20, progress=True)
+    eig_bar, slq_bar, tr_bar, diag_bar = _Bar.made
+    assert eig_bar.total is None and eig_bar.n == e.n_hvp
+    assert slq_bar.total == 3 * obj.n_params == slq_bar.n == d.n_hvp
+    assert tr_bar.total is None and tr_bar.n == t.n_hvp < 2000
+    assert diag_bar.total == 20 == diag_bar.n == g.n_probes
+    assert all(b.closed for b in _Bar.made)
+    _Bar.made = []
+    capfd.readouterr()
+    for progress in (False, None):  # None: LOSSVIZ_PROGRESS=0 (set in conftest.py)
+        monkeypatch.setenv("LOSSVIZ_PROGRESS", "0")
+        lv.hessian_eigs(obj, k=2, progress=progress)
+        lv.hessian_density(obj, n_probes=2, steps=5, progress=progress)
+        lv.hessian_trace(obj, max_hvp=40, progress=progress)
+        lv.hessian_diagonal(obj, n_probes=4, progress=progress)
+        lv.hessian_blocks(obj, max_hvp=40, progress=progress)
+    assert _Bar.made == []
+    out = capfd.readouterr()
+    assert out.out == "" and out.err == ""

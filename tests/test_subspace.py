@@ -166,13 +166,16 @@ def test_tracker_exact_on_linear_regression_full_data():
         xb, yb = batches[s % 4]
         opt.zero_grad()
         mse(model(xb), yb).backward()
-        opt.step()
         _, f, theta = dense_hessian(model, mse, (xb, yb))
         gb = exact_gradient(f, theta)
+        # the convention: step() before optimizer.step() measures θ_t and the gradient
+        # of the batch of step t, exactly the gradient the optimizer applies
+        torch.testing.assert_close(torch.cat([p.grad.reshape(-1) for p in model.parameters()]), gb)
         expected.append(float(gb @ P @ gb / (gb @ gb)))
         _, fd, _ = dense_hessian(model, mse, (x, y))
         gd = exact_gradient(fd, theta)
         tr.step((xb, yb))
+        opt.step()
         rec = tr.history[-1]
         if s % 2 == 0:
             assert rec["refreshed"]
@@ -219,9 +222,9 @@ def test_tracker_exact_on_minibatch_hessian_of_mlp():
         xb, yb = x[idx], y[idx]
         opt.zero_grad()
         mse(model(xb), yb).backward()
-        opt.step()
         H, f, theta = dense_hessian(model, mse, (xb, yb))
-        tr.step((xb, yb))
+        tr.step((xb, yb))  # θ_t on the batch of step t, before the update
+        opt.step()
         rec = tr.history[-1]
         if s % 3 == 0:
             lam, cur = top_k(H, k)
@@ -311,7 +314,6 @@ def _train(track: bool, steps=8):
         opt.zero_grad()
         loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
         loss.backward()
-        opt.step()
         if tracker is not None:
             grads = [p.grad.clone() for p in model.parameters()]
             grad_ids = [id(p.grad) for p in model.parameters()]
@@ -322,6 +324,7 @@ def _train(track: bool, steps=8):
             assert all(torch.equal(a, p.grad) for a, p in zip(grads, model.parameters()))
             assert all(m.training for m in model.modules())
             assert all(p.requires_grad for p in model.parameters())
+        opt.step()
     state = {k: v.clone() for k, v in model.state_dict().items()}
     return state, tracker, torch.get_rng_state()
 
@@ -379,8 +382,8 @@ def test_warm_start_reduces_hvp_count():
         for _ in range(6):
             opt.zero_grad()
             nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
             tr.step((x, y))
+            opt.step()
         counts[warm] = [r["n_hvp"] for r in tr.history]
     # the first solve is cold in both; the later ones are cheaper when warm
     assert counts[True][0] == counts[False][0]
