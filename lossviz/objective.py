@@ -11,6 +11,7 @@ import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -118,6 +119,24 @@ def _describe(x, depth: int = 0) -> str:
         inner = ", ".join(_describe(v, depth + 1) for v in list(x)[:6])
         return f"({inner})" if isinstance(x, tuple) else f"[{inner}]"
     return type(x).__name__
+
+
+def _refuse_non_tensors(data) -> None:
+    """NumPy arrays or Python lists where batches of tensors were expected."""
+    first = data[0] if len(data) else None
+    items = list(first) if isinstance(first, (list, tuple)) else [first]
+    if any(isinstance(v, np.ndarray) for v in items):
+        raise DataError(
+            "data holds NumPy arrays: lossviz needs torch tensors, e.g. "
+            "(torch.as_tensor(x), torch.as_tensor(y))"
+        )
+    if _first_tensor(data) is None and any(
+        isinstance(v, (list, tuple)) and v and isinstance(v[0], (int, float, list)) for v in items
+    ):
+        raise DataError(
+            "data holds Python lists of numbers: lossviz needs torch tensors, e.g. "
+            "(torch.tensor(x), torch.tensor(y))"
+        )
 
 
 def is_single_batch(data) -> bool:
@@ -431,6 +450,7 @@ class Objective:
             b = to_device(data, self.device)
             return [b], [self._check_batch(b, None)]
         if isinstance(data, (list, tuple)):
+            _refuse_non_tensors(data)
             src = list(data)
             if self.max_batches is not None:
                 src = src[: self.max_batches]

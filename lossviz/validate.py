@@ -158,6 +158,6 @@ def device(value, name: str = "device") -> torch.device:
             raise LossvizError(
                 f"{name}='mps' but no Apple GPU (MPS) is available; use device='cpu'"
             )
-    elif dev.type not in ("cpu", "meta", "xpu", "hpu", "privateuseone"):
+    elif dev.type not in ("cpu", "xpu", "hpu", "privateuseone"):
         raise LossvizError(f"{name}={str(dev)!r}: unsupported device type {dev.type!r}")
     return dev

@@ -374,6 +374,30 @@ OBJECTIVE_PROBES = [
         "loss_fn",
     ),
     (
+        "NumPy arrays as data",
+        lambda: lv.Objective(_mlp(), F.cross_entropy, (X.numpy(), Y.numpy())),
+        ValueError,
+        "NumPy",
+    ),
+    (
+        "a list of NumPy batches",
+        lambda: lv.Objective(_mlp(), F.cross_entropy, [(X.numpy(), Y.numpy())]),
+        ValueError,
+        "NumPy",
+    ),
+    (
+        "Python lists as data",
+        lambda: lv.Objective(_mlp(), F.cross_entropy, (X.tolist(), Y.tolist())),
+        ValueError,
+        "lists",
+    ),
+    (
+        "device meta",
+        lambda: lv.Objective(_mlp(), F.cross_entropy, (X, Y), device="meta"),
+        ValueError,
+        "device",
+    ),
+    (
         "endless iterator",
         lambda: lv.Objective(_mlp(), F.cross_entropy, itertools.cycle([(X, Y)])),
         ValueError,
