@@ -30,6 +30,8 @@
 # batches of 256 the same picture shows, a little noisier.)
 
 # %%
+import os
+
 import numpy as np
 import torch
 from torch import nn
@@ -47,7 +49,10 @@ def half_sse(out, target):
     return 0.5 * (out - target).pow(2).sum(1).mean()
 
 
-STEPS, HALVE_AT = 1500, 500
+# the run's length (LOSSVIZ_SUBSPACE_STEPS: the browser test uses a shorter run); lr is
+# halved after the first third
+STEPS = int(os.environ.get("LOSSVIZ_SUBSPACE_STEPS", "1500"))
+HALVE_AT = STEPS // 3
 model = mlp((64, 64, 64, 10), nn.Tanh, seed=0)
 opt = torch.optim.SGD(model.parameters(), lr=0.4)
 schedule = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[HALVE_AT], gamma=0.5)
@@ -63,6 +68,13 @@ tracker = SubspaceTracker(
 # %% [markdown]
 # Display the dashboard first; the training loop in the next cell fills it in live (it
 # redraws at most every 0.3 s: the only time it reads numbers back from the device).
+#
+# Call `tracker.step(batch)` once per training step, **before `optimizer.step()`** (and
+# before the scheduler steps). Record `t` then measures the weights θ_t that step `t` starts
+# from, on that step's batch b_t: the gradient fraction is the share of
+# g_t = ∇L_{b_t}(θ_t), exactly the gradient the optimizer is about to apply. At a refresh
+# (every `every` steps) the top-k eigenvectors are those of the Hessian of b_t at θ_t,
+# computed first; `lr` is the rate step `t` uses.
 
 # %%
 d = dash.subspace(tracker, total=STEPS + 1)
@@ -99,12 +111,17 @@ np.testing.assert_array_equal(np.array(d.fig.data[0].y, dtype=float), frac)
 assert list(d.fig.data[3].y) == [r["lambda_max"] for r in ref]
 steps, M = tracker.overlap_matrix()
 np.testing.assert_array_equal(np.array(d.heat.data[0].z, dtype=float), M)
-# Gur-Ari et al.: after the first steps most of the gradient is in the top-10 subspace
-assert frac[100:].mean() > 0.8
-# Cohen et al.: λ_max settles at 2/lr, and follows it when lr is halved
-early = np.median([lam[s] * 0.4 / 2 for s in lam if 200 <= s < HALVE_AT])
-late = np.median([lam[s] * 0.2 / 2 for s in lam if s >= HALVE_AT + 500])
-assert 0.85 < early < 1.4 and 0.85 < late < 1.4
-assert lam[STEPS] > 1.4 * lam[HALVE_AT]
-print(f"mean gradient fraction, steps 100-{STEPS}: {frac[100:].mean():.3f}")
+# the papers' effects below need the whole run (a shorter one, LOSSVIZ_SUBSPACE_STEPS,
+# only checks the dashboard); with the default 1,500 steps the windows are steps 100-1500,
+# 200-500 (lr 0.4) and 1000-1500 (lr 0.2)
+settled = frac[STEPS // 15 :].mean()
+early = np.median([lam[s] * 0.4 / 2 for s in lam if 0.4 * HALVE_AT <= s < HALVE_AT])
+late = np.median([lam[s] * 0.2 / 2 for s in lam if s >= 2 * HALVE_AT])
+if STEPS >= 1500:
+    # Gur-Ari et al.: after the first steps most of the gradient is in the top-10 subspace
+    assert settled > 0.8
+    # Cohen et al.: λ_max settles at 2/lr, and follows it when lr is halved
+    assert 0.85 < early < 1.4 and 0.85 < late < 1.4
+    assert lam[STEPS] > 1.4 * lam[HALVE_AT]
+print(f"mean gradient fraction, steps {STEPS // 15}-{STEPS}: {settled:.3f}")
 print(f"median λ_max·lr/2: {early:.2f} (lr 0.4), {late:.2f} (lr 0.2)")

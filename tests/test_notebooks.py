@@ -13,7 +13,9 @@ import pytest
 NB = Path(__file__).resolve().parent.parent / "notebooks"
 
 
-@pytest.mark.parametrize("name", ["hessian_spectra.py", "landscape.py", "spectrum.py"])
+@pytest.mark.parametrize(
+    "name", ["hessian_spectra.py", "landscape.py", "spectrum.py", "subspace.py"]
+)
 def test_notebook_runs_with_its_assertions(name):
     env = dict(os.environ, LOSSVIZ_PROGRESS="0", PYTHONPATH=str(NB.parent))
     r = subprocess.run(
