@@ -391,8 +391,9 @@ def check_metrics(
     does not return a scalar is reported before any work."""
     if obj.forward is not None:
         return dict(metrics), {}
-    batch, _ = next(obj._stream(limit=1))
-    ys = [b[1] for b in obj._batches] if obj._batches is not None else [batch[1]]
+    batch, _ = obj.first_batch()
+    held = obj.held_batches()
+    ys = [b[1] for b in held] if held is not None else [batch[1]]
     with torch.no_grad(), _autocast(precision, obj.device)():
         out = obj.batch_outputs(flat, dict(fixed), batch)
     y = batch[1]
@@ -538,7 +539,7 @@ class _Engine:
 
     def _stats_forward(self, flat, bufs, batch):
         tensors = {
-            k: (v.clone() if k in self.obj._buffer_names else v) for k, v in self.fixed.items()
+            k: (v.clone() if k in self.obj.buffer_names else v) for k, v in self.fixed.items()
         }
         tensors.update(self.obj.layout.unflatten(flat))
         tensors.update(bufs)
@@ -813,7 +814,7 @@ def _flat_direction(obj: Objective, d, name: str = "direction") -> Tensor:
         if bad:
             raise ArgumentTypeError(f"{name} has non-tensor entries: {bad[:10]}")
         extra = [k for k in d if k not in obj.layout.names]
-        moved = [k for k in extra if k not in obj._buffer_names and bool(d[k].ne(0).any())]
+        moved = [k for k in extra if k not in obj.buffer_names and bool(d[k].ne(0).any())]
         if moved:
             raise CheckpointError(
                 f"{name} moves parameters that do not vary in this Objective: {moved[:10]}; "

@@ -691,6 +691,20 @@ class Objective:
         """The batches on the compute device, with their sizes (one pass)."""
         return self._stream()
 
+    def first_batch(self):
+        """``(batch, samples)``: the first batch on the compute device."""
+        return next(self._stream(limit=1))
+
+    def held_batches(self) -> list | None:
+        """The batches kept in memory (a copy of the list), or None for a source read at
+        every pass (a DataLoader)."""
+        return None if self._batches is None else list(self._batches)
+
+    @property
+    def buffer_names(self) -> frozenset:
+        """Names of the model's buffers (never varied; copied at every forward)."""
+        return frozenset(self._buffer_names)
+
     @property
     def n_batches(self) -> int | None:
         return len(self._batches) if self._batches is not None else None

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import validate
 from .dash._common import Dashboard, figure_widget, require
-from .errors import LossvizError
+from .errors import ArgumentTypeError, LossvizError
 
 __all__ = [
     "FUNCTIONS",
@@ -158,11 +159,16 @@ def run(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(trajectory (steps+1, 2), loss (steps+1,))`` of ``optimizer`` on ``fn``; stops
     early (the rest NaN) when it diverges."""
-    if not (lr > 0 and math.isfinite(lr)):
-        raise LossvizError(f"lr must be positive, got {lr!r}")
-    if isinstance(steps, bool) or int(steps) != steps or steps < 1:
-        raise LossvizError(f"steps must be a positive integer, got {steps!r}")
-    steps = int(steps)
+    if not isinstance(fn, Function2D):
+        raise ArgumentTypeError(
+            f"fn must be one of lossviz.teach.FUNCTIONS' values, got {type(fn).__name__}"
+        )
+    validate.choice(optimizer, "optimizer", OPTIMIZERS)
+    lr = validate.number(lr, "lr", low=0, low_open=True)
+    steps = validate.integer(steps, "steps")
+    momentum = validate.number(momentum, "momentum", low=0, high=1, high_open=True)
+    rho = validate.number(rho, "rho", low=0)
+    kappa = validate.number(kappa, "kappa", low=0, low_open=True)
     p = torch.tensor(
         start if start is not None else fn.start, dtype=torch.float64, requires_grad=True
     )
@@ -219,6 +225,11 @@ def matrix_problem(seed: int = 0, m: int = 8, n: int = 6, cond: float = 100.0):
 def run_matrix(method: str, lr: float, steps: int, momentum: float = 0.9, seed: int = 0):
     """Loss per step and the singular values of the last update, for ``"SGD"`` (with
     momentum) or ``"Muon"`` (momentum, then the orthogonalized update)."""
+    validate.choice(method, "method", ("SGD", "Muon"))
+    lr = validate.number(lr, "lr", low=0, low_open=True)
+    steps = validate.integer(steps, "steps")
+    momentum = validate.number(momentum, "momentum", low=0, high=1, high_open=True)
+    validate.seed(seed)
     X, Y = matrix_problem(seed)
     W = torch.zeros(Y.shape[0], X.shape[0], dtype=torch.float64, requires_grad=True)
     buf = torch.zeros_like(W)

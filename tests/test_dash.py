@@ -333,7 +333,7 @@ def test_playground_runs_in_a_thread_and_the_latest_settings_win():
     # a failing run is shown, and the next move works again
     p.lr.value = float("nan")
     p.wait()
-    assert p.errors and "lr must be positive" in p.info.value
+    assert p.errors and "lr must be a finite number" in p.info.value
     p.lr.value = 0.05
     p.wait()
     assert "final loss" in p.info.value and p._worker is None
