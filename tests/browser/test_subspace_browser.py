@@ -56,11 +56,13 @@ def _kernel_exec(page, code: str) -> None:
 
 
 def _run(page, command: str, before: str) -> None:
-    """Make the cell whose source contains ``before`` active and run a notebook command."""
+    """Make the code cell whose source contains ``before`` active and run a notebook
+    command (markdown cells may quote the same code)."""
     page.evaluate(
         """([cmd, text]) => {
         const nb = window.jupyterapp.shell.currentWidget.content;
-        const i = nb.widgets.findIndex(c => c.model.sharedModel.getSource().includes(text));
+        const i = nb.widgets.findIndex(
+            c => c.model.type === 'code' && c.model.sharedModel.getSource().includes(text));
         if (i < 0) throw new Error('no cell with ' + text);
         nb.activeCellIndex = i;
         window.jupyterapp.commands.execute(cmd);  // its promise ends with the cells: not awaited
