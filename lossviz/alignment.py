@@ -47,7 +47,7 @@ from . import validate
 from .errors import ArgumentTypeError, CheckpointError, DataError, LossvizError
 from .interrupt import api
 from .objective import MAX_BATCHES, Objective, call_model, is_single_batch, private_copy
-from .weights import Weights, as_state
+from .weights import Weights, state_of
 
 FIXED = 0
 
@@ -283,24 +283,6 @@ def _model_of(model, name: str = "model") -> nn.Module:
             f"{type(model).__name__}"
         )
     return model
-
-
-def _point(p, name: str) -> dict:
-    """``as_state`` with errors that name the argument."""
-    if p is None:
-        raise ArgumentTypeError(
-            f"{name} must be a point (a model, a state dict, Weights or a checkpoint path), "
-            "got None"
-        )
-    try:
-        st = as_state(p)
-    except CheckpointError as e:
-        raise CheckpointError(f"{name}: {e}") from None
-    except TypeError as e:
-        raise ArgumentTypeError(f"{name}: {e}") from None
-    if not st:
-        raise CheckpointError(f"{name} is empty: no tensor")
-    return st
 
 
 # inputs: from data, or made up for the model's first layer -------------------------------
@@ -1155,7 +1137,7 @@ def apply_permutation(spec: PermutationSpec, state, perms: Mapping[int, Tensor])
             f"spec must be a PermutationSpec (from permutation_spec(model)), got "
             f"{type(spec).__name__}"
         )
-    st = _point(state, "state")
+    st = state_of(state, "state")
     if not isinstance(perms, Mapping):
         raise ArgumentTypeError(
             f"perms must be a mapping space -> permutation tensor, got {type(perms).__name__}"
@@ -1417,7 +1399,7 @@ def weight_matching(
     seed = validate.seed(seed)
     if spec is not None:
         _check_spec_model(spec, model)
-    A, B = _point(a, names[0]), _point(b, names[1])
+    A, B = state_of(a, names[0]), state_of(b, names[1])
     _check_pair(model, A, B, names)
     inputs = _first_inputs(data)
     private = _private_copy(model)
@@ -1576,7 +1558,7 @@ def reset_bn(obj_or_model, weights, data=None, *, repair=None, alpha=None) -> We
         raise ArgumentTypeError(
             f"obj_or_model must be an Objective or an nn.Module, got {type(obj_or_model).__name__}"
         )
-    given = _point(weights, "weights")
+    given = state_of(weights, "weights")
     _check_against(model, given, "weights")
     ends = None
     if repair is None:
@@ -1598,7 +1580,7 @@ def reset_bn(obj_or_model, weights, data=None, *, repair=None, alpha=None) -> We
                     else type(repair).__name__
                 )
             )
-        ends = [_point(p, f"repair[{i}]") for i, p in enumerate(repair)]
+        ends = [state_of(p, f"repair[{i}]") for i, p in enumerate(repair)]
         for i, e in enumerate(ends):
             _check_against(model, e, f"repair[{i}]")
         alpha = validate.number(0.5 if alpha is None else alpha, "alpha", low=0, high=1)

@@ -25,7 +25,7 @@ from . import validate
 from .errors import ArgumentTypeError, CheckpointError, DataError, LossvizError
 from .interrupt import api
 from .objective import Objective
-from .weights import Weights, as_state
+from .weights import Weights, state_of
 
 _METHODS = ("uniform", "weighted", "fisher", "task_arithmetic")
 _POINT = "a model, a state dict, Weights or a checkpoint path"
@@ -38,20 +38,6 @@ def _is_point(p) -> bool:
         or hasattr(p, "__fspath__")
         or (isinstance(p, Mapping) and bool(p) and all(isinstance(v, Tensor) for v in p.values()))
     )
-
-
-def _as_point(p, where: str) -> dict:
-    if p is None:
-        raise ArgumentTypeError(f"{where} must be a point ({_POINT}), got None")
-    try:
-        st = as_state(p)
-    except CheckpointError as e:
-        raise CheckpointError(f"{where}: {e}") from None
-    except TypeError as e:
-        raise ArgumentTypeError(f"{where}: {e}") from None
-    if not st:
-        raise CheckpointError(f"{where} is empty: no tensor")
-    return st
 
 
 def _named(points, name: str = "points") -> tuple[list, list[dict]]:
@@ -73,7 +59,7 @@ def _named(points, name: str = "points") -> tuple[list, list[dict]]:
         )
     if not pts:
         raise LossvizError(f"{name} is empty: no points to merge")
-    return names, [_as_point(p, f"{name}[{nm!r}]") for nm, p in zip(names, pts)]
+    return names, [state_of(p, f"{name}[{nm!r}]") for nm, p in zip(names, pts)]
 
 
 def _labels(names: list, name: str = "points") -> list[str]:
@@ -260,7 +246,7 @@ def merge(
     ref = states[0]
     dev = next(iter(ref.values())).device
     if method == "task_arithmetic":
-        b = _as_point(base, "base")
+        b = state_of(base, "base")
         _check_same([b] + states, ["base"] + _labels(names))
         _check_integers([b] + states, ["base"] + _labels(names))
         lam = _coeffs(1.0 if weights is None else weights, k, "task_arithmetic", names)

@@ -292,3 +292,24 @@ def as_state(point) -> dict[str, Tensor]:
         "a point in weight space must be an nn.Module, a mapping name -> tensor, or a "
         f"checkpoint path; got {type(point).__name__}"
     )
+
+
+def state_of(point, name: str) -> dict[str, Tensor]:
+    """:func:`as_state` with errors that name the argument (``name``): a point that is
+    None, of the wrong type, an unreadable checkpoint or an empty mapping."""
+    from .errors import ArgumentTypeError
+
+    if point is None:
+        raise ArgumentTypeError(
+            f"{name} must be a point (a model, a state dict, Weights or a checkpoint path), "
+            "got None"
+        )
+    try:
+        st = as_state(point)
+    except CheckpointError as e:
+        raise CheckpointError(f"{name}: {e}") from None
+    except TypeError as e:
+        raise ArgumentTypeError(f"{name}: {e}") from None
+    if not st:
+        raise CheckpointError(f"{name} is empty: no tensor")
+    return st

@@ -152,3 +152,31 @@ def assert_unchanged(model: nn.Module, snap) -> None:
         )
     for n, b in snap["buffers"].items():
         assert torch.equal(b, now["buffers"][n]), f"buffer {n} changed"
+
+
+class Ticker:
+    """Raises KeyboardInterrupt after ``left`` calls; shared by every copy of a model."""
+
+    def __init__(self):
+        self.left = None
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self):
+        if self.left is not None:
+            self.left -= 1
+            if self.left < 0:
+                raise KeyboardInterrupt
+
+
+class Tick(nn.Module):
+    """An identity layer that calls a :class:`Ticker` at every forward."""
+
+    def __init__(self, ticker):
+        super().__init__()
+        self.ticker = ticker
+
+    def forward(self, x):
+        self.ticker()
+        return x

@@ -11,7 +11,7 @@ from torch import nn
 
 from lossviz.alignment import apply_permutation, permutation_spec, reset_bn, weight_matching
 from lossviz.errors import CheckpointError, DataError, LossvizError
-from tests.reference import assert_unchanged, snapshot
+from tests.reference import Tick, Ticker, assert_unchanged, snapshot
 
 
 class ResNet(nn.Module):
@@ -578,42 +578,16 @@ def test_tied_weights_are_permuted_under_every_name():
     torch.testing.assert_close(_load(b, r)(x), b(x), atol=1e-5, rtol=0)
 
 
-class _Ticker:
-    """Raises KeyboardInterrupt after ``left`` calls; shared by every copy of a model."""
-
-    def __init__(self):
-        self.left = None
-
-    def __deepcopy__(self, memo):
-        return self
-
-    def __call__(self):
-        if self.left is not None:
-            self.left -= 1
-            if self.left < 0:
-                raise KeyboardInterrupt
-
-
-class _Tick(nn.Module):
-    def __init__(self, ticker):
-        super().__init__()
-        self.ticker = ticker
-
-    def forward(self, x):
-        self.ticker()
-        return x
-
-
 @pytest.mark.parametrize("when", ["first", "last"])
 def test_ctrl_c_propagates_and_leaves_models_alone(when):
     """A KeyboardInterrupt raised by the model's forward (the first or the last one a call
     makes) propagates, and the user's models are unchanged."""
-    ticker = _Ticker()
+    ticker = Ticker()
 
     def net(seed):
         torch.manual_seed(seed)
         return nn.Sequential(
-            nn.Linear(4, 6), nn.BatchNorm1d(6), _Tick(ticker), nn.ReLU(), nn.Linear(6, 3)
+            nn.Linear(4, 6), nn.BatchNorm1d(6), Tick(ticker), nn.ReLU(), nn.Linear(6, 3)
         ).train()
 
     a, b = net(1), net(2)

@@ -8,7 +8,7 @@ from torch import nn
 from lossviz.errors import CheckpointError, LossvizError
 from lossviz.merging import averaging_variance, empirical_fisher, greedy_soup, merge
 from lossviz.objective import Objective
-from tests.reference import assert_unchanged, snapshot
+from tests.reference import Tick, Ticker, assert_unchanged, snapshot
 
 F = nn.functional
 
@@ -187,43 +187,17 @@ def test_merges_accept_weight_forms_and_move_devices_dtypes():
     assert type(m.state_dict()) is dict
 
 
-class _Ticker:
-    """Raises KeyboardInterrupt after ``left`` calls; shared by every copy of a model."""
-
-    def __init__(self):
-        self.left = None
-
-    def __deepcopy__(self, memo):
-        return self
-
-    def __call__(self):
-        if self.left is not None:
-            self.left -= 1
-            if self.left < 0:
-                raise KeyboardInterrupt
-
-
-class _Tick(nn.Module):
-    def __init__(self, ticker):
-        super().__init__()
-        self.ticker = ticker
-
-    def forward(self, x):
-        self.ticker()
-        return x
-
-
 @pytest.mark.parametrize("when", ["first", "last"])
 def test_ctrl_c_in_inner_calls_propagates(when):
     """Interrupting a forward inside greedy_soup / Fisher merging / the empirical Fisher
     raises KeyboardInterrupt (no other choice or number is returned) and changes no model."""
-    ticker = _Ticker()
+    ticker = Ticker()
 
     def tnet(seed):
         torch.manual_seed(seed)
         return (
             nn.Sequential(
-                nn.Linear(5, 7), nn.BatchNorm1d(7), nn.Tanh(), _Tick(ticker), nn.Linear(7, 3)
+                nn.Linear(5, 7), nn.BatchNorm1d(7), nn.Tanh(), Tick(ticker), nn.Linear(7, 3)
             )
             .double()
             .eval()
