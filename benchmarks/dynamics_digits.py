@@ -14,7 +14,7 @@ Every measurement is taken at θ_t on the batch of step t (the SubspaceTracker
 convention): the trackers are called before ``optimizer.step()``, so a record's gradient is
 the one the optimizer applies and its eigenvectors are those of the Hessian at θ_t. Run:
 
-    PYTHONPATH=. python benchmarks/dynamics_digits.py            # about 10 minutes on 2 CPU cores
+    PYTHONPATH=. python benchmarks/dynamics_digits.py            # about 35 s on 2 CPU cores
     PYTHONPATH=. python benchmarks/dynamics_digits.py --quick    # fewer steps
     PYTHONPATH=. python benchmarks/dynamics_digits.py --part eos --device cuda
 """
