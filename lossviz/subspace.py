@@ -246,7 +246,8 @@ class SubspaceTracker:
         max_subspaces: subspaces kept (on CPU) for :meth:`overlap_matrix`; when full every
             other one is dropped (the first and last are kept). 0 keeps none.
         warm_start: start Lanczos from the previous eigenvectors (their sum); measured on
-            digits (k = 10), 19 instead of 24.5 products per full-data refresh.
+            digits (k = 10), 16.7 instead of 20.6 products per full-data refresh
+            (``benchmarks/dynamics_digits.py``).
         seed: seed of the tracker's own random generators.
     """
 
