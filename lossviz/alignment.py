@@ -47,7 +47,7 @@ from . import validate
 from .errors import ArgumentTypeError, CheckpointError, DataError, LossvizError
 from .interrupt import api
 from .objective import MAX_BATCHES, Objective, call_model, is_single_batch, private_copy
-from .weights import Weights, state_of
+from .weights import Weights, check_matches, state_of
 
 FIXED = 0
 
@@ -1176,22 +1176,7 @@ def _check_pair(model: nn.Module, a: dict, b: dict, names=("a", "b")):
     params = dict(model.named_parameters())
     known = _model_state(model)
     for what, st in zip(names, (a, b)):
-        missing = [k for k in params if k not in st]
-        shapes = [
-            f"{k}: model {tuple(known[k].shape)} vs {what} {tuple(v.shape)}"
-            for k, v in st.items()
-            if k in known and v.shape != known[k].shape
-        ]
-        unknown = [k for k in st if k not in known]
-        if missing or shapes or unknown:
-            parts = []
-            if missing:
-                parts.append(f"missing {missing[:10]}")
-            if unknown:
-                parts.append(f"keys not in the model {unknown[:10]}")
-            if shapes:
-                parts.append(f"shape mismatches: {shapes[:10]}")
-            raise CheckpointError(f"{what} does not match the model: " + "; ".join(parts))
+        check_matches(st, {k: v.shape for k, v in known.items()}, params, what=what)
         bad = [k for k in params if not st[k].is_floating_point()]
         if bad:
             raise ArgumentTypeError(

@@ -54,7 +54,6 @@ from .landscape import (
     check_objective,
     kw_engine,
     resolve_metrics,
-    resolve_point,
     warn_nonfinite,
 )
 from .objective import Objective
@@ -111,10 +110,6 @@ def _metric(obj, metric: str):
 def _sign(metric_kind) -> float:
     """+1 where lower is better (loss, error, callables), -1 for accuracy."""
     return -1.0 if metric_kind in _HIGHER_IS_BETTER else 1.0
-
-
-def _point(obj: Objective, p, what: str) -> tuple[Tensor, dict[str, Tensor]]:
-    return resolve_point(obj, p, what)
 
 
 def _lerp_fixed(fa: dict, fb: dict, alpha: float) -> dict:
@@ -503,8 +498,8 @@ def interpolate(
             (("loss",), ()) if obj.forward is not None else (_DEFAULT_METRICS, ("accuracy",))
         )
     resolve_metrics(obj, metrics)
-    fa_flat, fa = _point(obj, a, "a")
-    fb_flat, fb = _point(obj, b, "b")
+    fa_flat, fa = obj.resolve(a, name="a")
+    fb_flat, fb = obj.resolve(b, name="b")
     mk, rules = _prepare_metrics(
         obj, metrics, fa_flat, fa, optional=optional, precision=ekw["precision"]
     )
@@ -665,7 +660,7 @@ def barrier_matrix(
     names, pts = _named_points(points)
     if len(pts) < 2:
         raise LossvizError(f"points: barrier_matrix needs at least 2 points, got {len(pts)}")
-    resolved = [_point(obj, p, f"points[{nm!r}]") for nm, p in zip(names, pts)]
+    resolved = [obj.resolve(p, name=f"points[{nm!r}]") for nm, p in zip(names, pts)]
     mk, rules = _prepare_metrics(
         obj, (metric,), *resolved[0], precision=ekw["precision"], name="metric"
     )
@@ -1053,8 +1048,8 @@ def layerwise_barriers(
     gmap, kind = resolve_groups(obj, groups)
     bases = _bases(base)
     alphas = _check_alpha_n(n)
-    fa_flat, fa = _point(obj, a, "a")
-    fb_flat, fb = _point(obj, b, "b")
+    fa_flat, fa = obj.resolve(a, name="a")
+    fb_flat, fb = obj.resolve(b, name="b")
     mk, rules = _prepare_metrics(
         obj, (metric,), fa_flat, fa, precision=ekw["precision"], name="metric"
     )
@@ -1197,7 +1192,10 @@ def layerwise_barriers_over(
     gidx = _group_index(obj, gmap)
     bases = _bases(base)
     resolved = [
-        (_point(obj, pr[0], f"pairs[{lab!r}][0]"), _point(obj, pr[1], f"pairs[{lab!r}][1]"))
+        (
+            obj.resolve(pr[0], name=f"pairs[{lab!r}][0]"),
+            obj.resolve(pr[1], name=f"pairs[{lab!r}][1]"),
+        )
         for lab, pr in zip(labels, plist)
     ]
     mk, rules = _prepare_metrics(

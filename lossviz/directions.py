@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from . import validate
-from .errors import ArgumentTypeError, CheckpointError, LossvizError
+from .errors import ArgumentTypeError, CheckpointError, LossvizError, named
 from .interrupt import api
 from .objective import Objective
 from .weights import Layout, Weights, as_state
@@ -39,12 +39,8 @@ def point_params(point, name: str = "point") -> Weights:
     (floating-point entries except BatchNorm statistics). Errors name the argument
     ``name``.
     """
-    try:
+    with named(name):
         return _point_params(point)
-    except CheckpointError as e:
-        raise CheckpointError(f"{name}: {e}") from None
-    except TypeError as e:
-        raise ArgumentTypeError(f"{name}: {e}") from None
 
 
 def _point_params(point) -> Weights:

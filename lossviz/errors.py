@@ -1,6 +1,8 @@
 """Errors lossviz raises for bad input. All are ``ValueError`` subclasses;
 :class:`ArgumentTypeError` is also a ``TypeError``."""
 
+import contextlib
+
 
 class LossvizError(ValueError):
     """Base class of lossviz's input errors."""
@@ -20,3 +22,22 @@ class DataError(LossvizError):
 
 class NonFiniteLossError(LossvizError):
     """The loss (or a curvature product) is NaN or infinite at the point."""
+
+
+@contextlib.contextmanager
+def named(name: str | None):
+    """Prefix the message of a lossviz error (or a ``TypeError``) raised inside with the
+    argument ``name`` it is about (nothing when ``name`` is None)::
+
+        with named("points[2]"):
+            obj.resolve(p)   # CheckpointError("points[2]: point does not match ...")
+    """
+    if name is None:
+        yield
+        return
+    try:
+        yield
+    except LossvizError as e:
+        raise type(e)(f"{name}: {e}") from None
+    except TypeError as e:
+        raise ArgumentTypeError(f"{name}: {e}") from None

@@ -163,10 +163,7 @@ def _as_v0(obj, v0, layout, n: int):
         if isinstance(v, Mapping):
             if layout is None:
                 raise ArgumentTypeError(f"v0[{i}] is a mapping: a matrix takes tensor vectors")
-            try:
-                rows.append(obj.as_flat(v))
-            except LossvizError as e:
-                raise type(e)(f"v0[{i}]: {e}") from None
+            rows.append(obj.as_flat(v, name=f"v0[{i}]"))
         elif isinstance(v, Tensor):
             if v.numel() != n:
                 raise LossvizError(f"v0[{i}] has {v.numel()} numbers, expected {n}")

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from . import validate
 from .directions import PCAResult, Plane, point_params, random_directions
-from .errors import ArgumentTypeError, CheckpointError, DataError, LossvizError
+from .errors import ArgumentTypeError, CheckpointError, DataError, LossvizError, named
 from .interrupt import api, keep_partial
 from .objective import (
     Objective,
@@ -82,18 +82,6 @@ def check_objective(obj, name: str = "obj") -> Objective:
             f"{type(obj).__name__}"
         )
     return obj
-
-
-def resolve_point(obj: Objective, p, name: str) -> tuple[Tensor, dict[str, Tensor]]:
-    """``obj.resolve(p)`` with errors that name the argument."""
-    try:
-        return obj.resolve(p)
-    except CheckpointError as e:
-        raise CheckpointError(f"{name}: {e}") from None
-    except LossvizError as e:
-        raise type(e)(f"{name}: {e}") from None
-    except TypeError as e:
-        raise ArgumentTypeError(f"{name}: {e}") from None
 
 
 _PRECISIONS = (None, "fp32", "float32", "bf16", "bfloat16", "fp16", "float16")
@@ -805,10 +793,7 @@ def _flat_direction(obj: Objective, d, name: str = "direction") -> Tensor:
                 f"{name} must be a flat tensor of {obj.layout.size} numbers (or Weights), got "
                 f"shape {tuple(d.shape)}"
             )
-        try:
-            flat = obj.as_flat(d)
-        except LossvizError as e:
-            raise type(e)(f"{name}: {e}") from None
+        flat = obj.as_flat(d, name=name)
     elif isinstance(d, Mapping):
         bad = [k for k, v in d.items() if not isinstance(v, Tensor)]
         if bad:
@@ -821,10 +806,7 @@ def _flat_direction(obj: Objective, d, name: str = "direction") -> Tensor:
                 "draw directions from the Objective (random_directions(obj)) or build it with "
                 "params= including them"
             )
-        try:
-            flat = obj.as_flat({n: d[n] for n in obj.layout.names if n in d} if extra else d)
-        except LossvizError as e:
-            raise type(e)(f"{name}: {e}") from None
+        flat = obj.as_flat({n: d[n] for n in obj.layout.names if n in d} if extra else d, name=name)
     else:
         raise ArgumentTypeError(
             f"{name} must be Weights, a mapping name -> tensor or a flat tensor, got "
@@ -866,12 +848,9 @@ def _flat_points(obj: Objective, points) -> Tensor:
                     f"points[{i}] must be a flat tensor of {obj.layout.size} numbers, got "
                     f"shape {tuple(p.shape)}"
                 )
-            try:
-                flats.append(obj.as_flat(p))
-            except LossvizError as e:
-                raise type(e)(f"points[{i}]: {e}") from None
+            flats.append(obj.as_flat(p, name=f"points[{i}]"))
         else:
-            flats.append(resolve_point(obj, p, f"points[{i}]")[0])
+            flats.append(obj.resolve(p, name=f"points[{i}]")[0])
     return torch.stack(flats)
 
 
@@ -958,7 +937,7 @@ def evaluate(
     )
     mk = resolve_metrics(obj, metrics)
     P = _flat_points(obj, points)
-    _, fixed = resolve_point(obj, at, "at")
+    _, fixed = obj.resolve(at, name="at")
     return _evaluate(obj, P, mk, fixed, progress=progress, where=lambda i: f"point {i}", **ekw)
 
 
@@ -1188,10 +1167,8 @@ class Surface:
 
     def add_point(self, name: str, point) -> tuple[float, float]:
         """Mark a point (a model / checkpoint, projected; or ``(a, b)`` coordinates)."""
-        try:
+        with named(f"point {name!r}"):
             xy = _point_xy(self, point)
-        except LossvizError as e:
-            raise type(e)(f"point {name!r}: {e}") from None
         self.points[str(name)] = xy
         return xy
 
@@ -1234,10 +1211,8 @@ class Surface:
                 raise LossvizError(f"trajectory {name!r} is empty")
             xy = []
             for i, p in enumerate(pts):
-                try:
+                with named(f"trajectory {name!r}, checkpoint {i}"):
                     xy.append(self.project(p))
-                except LossvizError as e:
-                    raise type(e)(f"trajectory {name!r}, checkpoint {i}: {e}") from None
             xy = np.array(xy, dtype=np.float64)
         self.paths[str(name)] = xy
         return xy
@@ -1446,7 +1421,7 @@ def line(
     lo, hi = _check_span(span)
     ekw = check_engine_args(obj, progress=kw.get("progress"), **kw_engine(kw))
     mk = resolve_metrics(obj, metrics)
-    theta, fixed = resolve_point(obj, center, "center")
+    theta, fixed = obj.resolve(center, name="center")
     if direction is None:
         _check_finite_center(theta)
         direction = random_directions(obj.layout.to_weights(theta), 1)[0]
@@ -1594,7 +1569,7 @@ def surface(
         span = ((-1, 1), (-1, 1))
     (x0, x1), (y0, y1) = _check_surface_span(span)
 
-    theta, fixed = resolve_point(obj, center, "center")
+    theta, fixed = obj.resolve(center, name="center")
     if directions is None:
         _check_finite_center(theta)
         directions = random_directions(obj.layout.to_weights(theta), 2)

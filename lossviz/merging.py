@@ -162,10 +162,7 @@ def empirical_fisher(obj: Objective, at=None) -> Weights:
     samples, from per-sample gradients (``torch.func.vmap`` of ``torch.func.grad``), for
     the Objective's varying parameters at the point ``at`` (default: the model)."""
     _check_fisher_obj(obj)
-    try:
-        flat, fixed = obj.resolve(at)
-    except CheckpointError as e:
-        raise CheckpointError(f"at: {e}") from None
+    flat, fixed = obj.resolve(at, name="at")
     theta = obj.layout.unflatten(flat.detach())
 
     def one(params, x, y):
@@ -272,10 +269,7 @@ def merge(
         if missing:
             raise CheckpointError(f"the points lack parameters {missing[:10]} of the Objective")
         for nm, st in zip(names, states):
-            try:
-                obj.resolve(st)
-            except CheckpointError as e:
-                raise CheckpointError(f"points[{nm!r}]: {e}") from None
+            obj.resolve(st, name=f"points[{nm!r}]")
     out = {}
     for key, v0 in ref.items():
         if not _floating(v0):
@@ -332,10 +326,7 @@ def greedy_soup(
     _check_same(states, _labels(names))
     _check_integers(states, _labels(names))
     for nm, st in zip(names, states):
-        try:
-            obj_val.resolve(st)
-        except CheckpointError as e:
-            raise CheckpointError(f"points[{nm!r}]: {e}") from None
+        obj_val.resolve(st, name=f"points[{nm!r}]")
     sign = 1.0 if metric == "accuracy" else -1.0
     kw = {"bn": "recompute", "bn_data": recompute_data} if bn == "recompute" else {}
 

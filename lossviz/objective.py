@@ -16,9 +16,16 @@ import torch
 from torch import Tensor, nn
 
 from . import validate
-from .errors import ArgumentTypeError, CheckpointError, DataError, LossvizError, NonFiniteLossError
+from .errors import (
+    ArgumentTypeError,
+    CheckpointError,
+    DataError,
+    LossvizError,
+    NonFiniteLossError,
+    named,
+)
 from .interrupt import api
-from .weights import Layout, Weights, as_state
+from .weights import Layout, Weights, as_state, check_matches
 
 try:  # the public context manager functional_call itself is built on
     from torch.nn.utils.stateless import _reparametrize_module
@@ -720,35 +727,24 @@ class Objective:
 
     # points ----------------------------------------------------------------
     @api
-    def resolve(self, at=None) -> tuple[Tensor, dict[str, Tensor]]:
+    def resolve(self, at=None, *, name: str | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """``(flat varying parameters (P,), other tensors)`` for a point ``at``, both
         private copies on the compute device.
 
         ``at`` may hold only the varying parameters (e.g. :class:`Weights`); the other
         parameters and buffers are then taken from the model. Keys and shapes are checked
-        against the model.
+        against the model; errors start with ``name`` (the argument ``at`` came from).
         """
+        with named(name):
+            return self._resolve(at)
+
+    def _resolve(self, at):
         cur = as_state(self.model)
         if at is None:
             state = cur
         else:
             given = as_state(at)
-            unknown = sorted(k for k in given if k not in cur and k not in self._aliases)
-            missing = [n for n in self.names if n not in given]
-            shapes = [
-                f"{k}: model {tuple(self._param_shapes[k])} vs given {tuple(v.shape)}"
-                for k, v in given.items()
-                if k in self._param_shapes and tuple(v.shape) != tuple(self._param_shapes[k])
-            ]
-            if unknown or missing or shapes:
-                parts = []
-                if missing:
-                    parts.append(f"missing {len(missing)} parameter(s): {missing[:10]}")
-                if unknown:
-                    parts.append(f"{len(unknown)} key(s) not in the model: {unknown[:10]}")
-                if shapes:
-                    parts.append(f"{len(shapes)} shape mismatch(es): " + "; ".join(shapes[:10]))
-                raise CheckpointError("point does not match the model: " + "; ".join(parts))
+            check_matches(given, self._param_shapes, self.names, ignore=self._aliases)
             state = dict(cur)
             state.update({k: v for k, v in given.items() if k not in self._aliases})
         flat = self.layout.flatten(state, dtype=self.dtype, device=self.device)
@@ -770,8 +766,13 @@ class Objective:
         """An exact, private record of the point ``at`` (see :class:`PointSnapshot`)."""
         return PointSnapshot(*self.resolve(at))
 
-    def as_flat(self, v) -> Tensor:
-        """A direction (Weights / mapping over the varying parameters, or a flat tensor)."""
+    def as_flat(self, v, *, name: str | None = None) -> Tensor:
+        """A direction (Weights / mapping over the varying parameters, or a flat tensor);
+        errors start with ``name`` (the argument it came from)."""
+        with named(name):
+            return self._as_flat(v)
+
+    def _as_flat(self, v) -> Tensor:
         if isinstance(v, Tensor):
             if v.ndim == 0 or v.shape[-1] != self.layout.size:
                 raise LossvizError(

@@ -36,7 +36,6 @@ from .landscape import (
     check_metrics,
     check_objective,
     kw_engine,
-    resolve_point,
 )
 from .objective import Objective
 
@@ -334,7 +333,7 @@ def roughness_index(
     args, ekw = _check_args(
         obj, n_directions, n_points, radius, norm, seed, n_bootstrap, confidence, kw
     )
-    theta, fixed = resolve_point(obj, at, "at")
+    theta, fixed = obj.resolve(at, name="at")
     return _roughness(obj, theta, fixed, progress=kw.get("progress"), **args, **ekw)
 
 
@@ -464,7 +463,7 @@ def roughness_along(
         )
     if not points:
         raise LossvizError("checkpoints is empty: no checkpoints given")
-    resolved = [resolve_point(obj, p, f"checkpoints[{lab!r}]") for lab, p in zip(labels, points)]
+    resolved = [obj.resolve(p, name=f"checkpoints[{lab!r}]") for lab, p in zip(labels, points)]
     res = RoughnessAlong(labels, [None] * len(points))
     for i, (theta, fixed) in enumerate(resolved):
         r = _roughness(obj, theta, fixed, progress=kw.get("progress"), **args, **ekw)

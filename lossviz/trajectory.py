@@ -273,12 +273,7 @@ def _points(checkpoints, steps):
 def _check_points(obj: Objective, pts) -> None:
     """Every point resolves against the model (keys, shapes), before any product."""
     for i, p in enumerate(pts):
-        try:
-            obj.resolve(p)
-        except LossvizError as e:
-            raise type(e)(f"checkpoints[{i}]: {e}") from None
-        except TypeError as e:
-            raise ArgumentTypeError(f"checkpoints[{i}]: {e}") from None
+        obj.resolve(p, name=f"checkpoints[{i}]")
 
 
 @api

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .errors import CheckpointError
+from .errors import ArgumentTypeError, CheckpointError, named
 
 
 class Weights(Mapping):
@@ -297,19 +297,38 @@ def as_state(point) -> dict[str, Tensor]:
 def state_of(point, name: str) -> dict[str, Tensor]:
     """:func:`as_state` with errors that name the argument (``name``): a point that is
     None, of the wrong type, an unreadable checkpoint or an empty mapping."""
-    from .errors import ArgumentTypeError
-
     if point is None:
         raise ArgumentTypeError(
             f"{name} must be a point (a model, a state dict, Weights or a checkpoint path), "
             "got None"
         )
-    try:
+    with named(name):
         st = as_state(point)
-    except CheckpointError as e:
-        raise CheckpointError(f"{name}: {e}") from None
-    except TypeError as e:
-        raise ArgumentTypeError(f"{name}: {e}") from None
     if not st:
         raise CheckpointError(f"{name} is empty: no tensor")
     return st
+
+
+def check_matches(
+    given: Mapping[str, Tensor], shapes: Mapping, required, *, what: str = "point", ignore=()
+) -> None:
+    """Raise :class:`CheckpointError` listing what of ``given`` does not fit a model whose
+    tensors have ``shapes`` (name -> shape): ``required`` names missing from it, keys the
+    model lacks (except ``ignore``, e.g. tied aliases) and shape mismatches."""
+    missing = [n for n in required if n not in given]
+    unknown = sorted(k for k in given if k not in shapes and k not in ignore)
+    bad = [
+        f"{k}: model {tuple(shapes[k])} vs given {tuple(v.shape)}"
+        for k, v in given.items()
+        if k in shapes and tuple(v.shape) != tuple(shapes[k])
+    ]
+    if not (missing or unknown or bad):
+        return
+    parts = []
+    if missing:
+        parts.append(f"missing {len(missing)} parameter(s): {missing[:10]}")
+    if unknown:
+        parts.append(f"{len(unknown)} key(s) not in the model: {unknown[:10]}")
+    if bad:
+        parts.append(f"{len(bad)} shape mismatch(es): " + "; ".join(bad[:10]))
+    raise CheckpointError(f"{what} does not match the model: " + "; ".join(parts))
