@@ -377,8 +377,8 @@ def check_metrics(
     :class:`LossvizError` naming it and the shapes, unless it is in ``optional`` (the
     defaults): then it is left out with a warning. Callables are tried once, so one that
     does not return a scalar is reported before any work."""
-    if obj.forward is not None:
-        return dict(metrics), {}
+    if obj.forward is not None or all(m == "loss" for m in metrics.values()):
+        return dict(metrics), {}  # nothing to check: no forward needed
     batch, _ = obj.first_batch()
     held = obj.held_batches()
     ys = [b[1] for b in held] if held is not None else [batch[1]]
@@ -445,8 +445,7 @@ class _Engine:
     """Evaluates metrics at chunks of flat points; see :func:`evaluate`.
 
     ``metrics``: a spec or an already resolved ``name -> metric`` dict; ``rules``: the
-    accuracy rules from :func:`check_metrics` (computed on the first point of :meth:`run`
-    when not given)."""
+    accuracy rules from :func:`check_metrics` (the callers check the metrics first)."""
 
     def __init__(
         self,
@@ -674,11 +673,6 @@ class _Engine:
 
         order = np.asarray(order, dtype=np.int64)
         order_t = torch.as_tensor(order, device=self.obj.device)
-        if self.rules is None and len(order):  # accuracy rules from the first point
-            first = make_points(order[:1], order_t[:1])[0]
-            self.metrics, self.rules = check_metrics(
-                self.obj, self.metrics, first, self.fixed, precision=self.precision
-            )
         buf = torch.full(out.shape, float("nan"), dtype=torch.float64, device=self.obj.device)
         launched = np.zeros_like(done)
         last = [time.perf_counter()]
@@ -869,14 +863,13 @@ def _evaluate(
     engine of composite calls: an interrupt here is theirs to handle)."""
     t0 = time.perf_counter()
     eng = _Engine(obj, metrics, fixed, rules=rules, **ekw)
-    n = P.shape[0]
-    out = np.full((len(eng.metrics), n), np.nan)
-    done = np.zeros(n, dtype=bool)
-    if eng.rules is None:  # metrics checked before the arrays are laid out
+    if eng.rules is None:  # the metrics that apply, checked before the arrays are laid out
         eng.metrics, eng.rules = check_metrics(
             obj, eng.metrics, P[0], fixed, precision=eng.precision
         )
-        out = np.full((len(eng.metrics), n), np.nan)
+    n = P.shape[0]
+    out = np.full((len(eng.metrics), n), np.nan)
+    done = np.zeros(n, dtype=bool)
     complete = eng.run(lambda idx, k: P[k], np.arange(n), out, done, progress=progress, where=where)
     res = Evaluations({k: out[i] for i, k in enumerate(eng.metrics)})
     res.complete, res.strategy, res.seconds = complete, eng.strategy, time.perf_counter() - t0
