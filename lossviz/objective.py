@@ -915,6 +915,12 @@ class Objective:
             self._op_cache = (op, self._data_copy())
         return op
 
+    def release(self) -> None:
+        """Free the cached curvature operator and its gradient graph (the next product
+        builds them again)."""
+        with self._lock:
+            self._op_cache = None
+
     def _data_copy(self):
         """A copy of the single in-memory batch (the cached graph depends on it)."""
         if self._batches is None or len(self._batches) != 1:

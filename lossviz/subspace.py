@@ -445,7 +445,7 @@ class SubspaceTracker:
             gd = obj.as_flat(obj.gradient())
             rec["gradient_fraction_data"] = gradient_fraction(gd, V, check=False)
         # the cached per-point graph is not needed any more
-        obj.operator(None, curvature=self.curvature).release()
+        obj.release()
         return eig, V, rec["n_hvp"]
 
     # -- public ---------------------------------------------------------------------

@@ -270,6 +270,22 @@ def _points(checkpoints, steps):
     return pts, st
 
 
+def _along(obj: Objective, pts, measure) -> bool:
+    """``measure(i, point)`` at each point, the cached gradient graph freed after each;
+    False when interrupted (Ctrl-C) in the outermost call: the points measured so far are
+    kept (an inner call lets the interrupt through)."""
+    for i, p in enumerate(pts):
+        try:
+            measure(i, p)
+        except KeyboardInterrupt:
+            if not keep_partial():
+                raise
+            return False
+        finally:
+            obj.release()
+    return True
+
+
 def _check_points(obj: Objective, pts) -> None:
     """Every point resolves against the model (keys, shapes), before any product."""
     for i, p in enumerate(pts):
@@ -310,22 +326,18 @@ def sharpness_along(
     _check_points(obj, pts)
     t0 = time.perf_counter()
     vals = np.full((len(pts), k), np.nan)
-    n_hvp, v0, complete = [], None, True
-    for i, p in enumerate(pts):
-        try:
-            e = hessian_eigs(
-                obj, k, at=p, tol=tol, seed=seed, curvature=curvature, v0=v0, progress=False
-            )
-        except KeyboardInterrupt:
-            if not keep_partial():
-                raise
-            complete = False
-            break
-        finally:
-            obj.operator(p, curvature=curvature).release()
+    n_hvp, v0 = [], None
+
+    def measure(i, p):
+        nonlocal v0
+        e = hessian_eigs(
+            obj, k, at=p, tol=tol, seed=seed, curvature=curvature, v0=v0, progress=False
+        )
         vals[i] = np.asarray(e.values, dtype=np.float64)
         n_hvp.append(e.n_hvp)
         v0 = e.vectors if warm_start else None
+
+    complete = _along(obj, pts, measure)
     return CurvatureTimeline(
         steps=st,
         values=vals,
@@ -371,29 +383,24 @@ def trace_along(
     t0 = time.perf_counter()
     vals = np.full((len(pts), 1), np.nan)
     errs = np.full(len(pts), np.nan)
-    n_hvp, complete = [], True
-    for i, p in enumerate(pts):
-        try:
-            t = hessian_trace(
-                obj,
-                at=p,
-                rtol=rtol,
-                max_hvp=max_hvp,
-                method=method,
-                seed=seed,
-                curvature=curvature,
-                progress=False,
-            )
-        except KeyboardInterrupt:
-            if not keep_partial():
-                raise
-            complete = False
-            break
-        finally:
-            obj.operator(p, curvature=curvature).release()
+    n_hvp = []
+
+    def measure(i, p):
+        t = hessian_trace(
+            obj,
+            at=p,
+            rtol=rtol,
+            max_hvp=max_hvp,
+            method=method,
+            seed=seed,
+            curvature=curvature,
+            progress=False,
+        )
         vals[i, 0] = t.value
         errs[i] = t.stderr
         n_hvp.append(t.n_hvp)
+
+    complete = _along(obj, pts, measure)
     return CurvatureTimeline(
         steps=st,
         values=vals,
