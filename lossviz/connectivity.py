@@ -41,17 +41,14 @@ import torch
 from torch import Tensor, nn
 
 from . import validate
-from .errors import ArgumentTypeError, LossvizError
+from .errors import ArgumentTypeError, LossvizError, warn
 from .interrupt import api
 from .landscape import (
-    _check_n,
-    _evaluate,
     _fmt,
-    _show,
-    _warn,
     check_engine_args,
     check_metrics,
     check_objective,
+    evaluate_points,
     kw_engine,
     resolve_metrics,
     warn_nonfinite,
@@ -71,7 +68,8 @@ def _check_obj(obj) -> Objective:
 def _check_kind(kind: str) -> str:
     if not isinstance(kind, str) or kind not in _KINDS:
         raise LossvizError(
-            f"kind must be 'linear' (Entezari et al.) or 'mean' (Frankle et al.), got {_show(kind)}"
+            "kind must be 'linear' (Entezari et al.) or 'mean' (Frankle et al.), got "
+            + validate.show(kind)
         )
     return kind
 
@@ -97,7 +95,7 @@ def _metric_name(metric) -> str:
     if not isinstance(metric, str) or metric not in _METRICS:
         raise (ArgumentTypeError if not isinstance(metric, str) else LossvizError)(
             f"metric must be one of {_METRICS} (a barrier is computed on one named metric), "
-            f"got {_show(metric)}"
+            f"got {validate.show(metric)}"
         )
     return metric
 
@@ -187,7 +185,7 @@ class _Batch:
             if not complete:
                 outs.append(None)
                 continue
-            r = _evaluate(
+            r = evaluate_points(
                 obj, torch.stack(pts), metrics, fixed, rules=rules, progress=progress, **ekw
             )
             outs.append(r)
@@ -490,7 +488,7 @@ def interpolate(
     """
     t0 = time.perf_counter()
     _check_obj(obj)
-    n = _check_n(n)
+    n = validate.integer(n, "n", low=2)
     ekw = _engine_args(obj, bn, recompute_data, progress, kw)
     optional: tuple = ()
     if metrics is None:
@@ -543,7 +541,7 @@ def barrier(
     _check_obj(obj)
     _check_kind(kind)
     _metric_name(metric)
-    _check_n(n)
+    validate.integer(n, "n", low=2)
     return interpolate(obj, a, b, n=n, metrics=(metric,), **kw).barrier(metric, kind)
 
 
@@ -654,7 +652,7 @@ def barrier_matrix(
     t0 = time.perf_counter()
     _check_obj(obj)
     _check_kind(kind)
-    n = _check_n(n)
+    n = validate.integer(n, "n", low=2)
     ekw = _engine_args(obj, bn, recompute_data, progress, kw)
     _metric(obj, metric)
     names, pts = _named_points(points)
@@ -696,7 +694,7 @@ def barrier_matrix(
                 + (" …" if len(nf) > 3 else "")
             )
     if bad:
-        _warn(
+        warn(
             f"{metric} is not finite on {len(bad)} path(s): "
             + "; ".join(bad[:5])
             + ("; …" if len(bad) > 5 else "")
@@ -774,7 +772,7 @@ def resolve_groups(obj: Objective, groups) -> tuple[dict[str, list[str]], str]:
         return out, "custom"
     raise (LossvizError if isinstance(groups, str) else ArgumentTypeError)(
         "groups must be 'module', 'cumulative' or a mapping name -> parameter or module "
-        f"names, got {_show(groups)}"
+        f"names, got {validate.show(groups)}"
     )
 
 
@@ -992,7 +990,7 @@ def _warn_layerwise(vals, done, idxs, metric, prefixes):
             if done[i] and not np.isfinite(vals[i]):
                 bad.append(f"{pre}{what} ({_fmt(vals[i])})")
     if bad:
-        _warn(
+        warn(
             f"{metric} is not finite at {len(bad)} point(s): "
             + "; ".join(bad[:5])
             + ("; …" if len(bad) > 5 else "")
@@ -1011,7 +1009,7 @@ def _group_index(obj, groups) -> dict[str, Tensor]:
 def _check_alpha_n(n):
     if n is None:
         return None
-    return np.linspace(0.0, 0.5, _check_n(n))
+    return np.linspace(0.0, 0.5, validate.integer(n, "n", low=2))
 
 
 @api

@@ -2,6 +2,9 @@
 :class:`ArgumentTypeError` is also a ``TypeError``."""
 
 import contextlib
+import os
+import sys
+import warnings
 
 
 class LossvizError(ValueError):
@@ -41,3 +44,14 @@ def named(name: str | None):
         raise type(e)(f"{name}: {e}") from None
     except TypeError as e:
         raise ArgumentTypeError(f"{name}: {e}") from None
+
+
+_PKG = os.path.dirname(os.path.abspath(__file__))
+
+
+def warn(message: str, category=UserWarning) -> None:
+    """``warnings.warn`` attributed to the first frame outside lossviz (the user's line)."""
+    f, level = sys._getframe(0), 1
+    while f is not None and os.path.abspath(f.f_code.co_filename).startswith(_PKG + os.sep):
+        f, level = f.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)

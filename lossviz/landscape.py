@@ -20,9 +20,7 @@ import contextlib
 import copy
 import html
 import os
-import sys
 import time
-import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -33,15 +31,15 @@ from torch import Tensor, nn
 
 from . import validate
 from .directions import PCAResult, Plane, point_params, random_directions
-from .errors import ArgumentTypeError, CheckpointError, DataError, LossvizError, named
+from .errors import ArgumentTypeError, CheckpointError, DataError, LossvizError, named, warn
 from .interrupt import api, keep_partial
 from .objective import (
     Objective,
-    _is_one_of,
-    _loss_target,
     batch_size,
     call_model,
+    is_one_of,
     is_single_batch,
+    loss_target,
     to_device,
 )
 from .weights import Weights
@@ -52,26 +50,12 @@ except ImportError:  # pragma: no cover
     _reparametrize_module = None
 
 _BUILTIN = ("loss", "accuracy", "error")
-_PKG = os.path.dirname(os.path.abspath(__file__))
 
 
 def _progress(progress) -> bool:
     if progress is None:
         return os.environ.get("LOSSVIZ_PROGRESS", "1") not in ("0", "false", "False")
     return bool(progress)
-
-
-def _warn(message: str, category=UserWarning) -> None:
-    """``warnings.warn`` attributed to the first frame outside lossviz (the user's line)."""
-    f, level = sys._getframe(0), 1
-    while f is not None and os.path.abspath(f.f_code.co_filename).startswith(_PKG + os.sep):
-        f, level = f.f_back, level + 1
-    warnings.warn(message, category, stacklevel=level)
-
-
-def _show(value) -> str:
-    s = repr(value)
-    return (s[:57] + "...") if len(s) > 60 else s
 
 
 # argument checks -------------------------------------------------------------------------
@@ -96,7 +80,7 @@ def check_precision(precision, name: str = "precision"):
             raise LossvizError(f"{want}, got {precision}")
         return precision
     if not isinstance(precision, str):
-        raise ArgumentTypeError(f"{want}, got {_show(precision)} ({type(precision).__name__})")
+        raise ArgumentTypeError(f"{want}, got {validate.show(precision)}")
     if precision not in _PRECISIONS:
         raise LossvizError(f"{want}, got {precision!r}")
     return precision
@@ -221,7 +205,7 @@ def resolve_metrics(obj: Objective, metrics, name: str = "metrics") -> dict[str,
             else:
                 raise ArgumentTypeError(
                     f"{name}: a metric is 'loss', 'accuracy', 'error' or a callable "
-                    f"(outputs, targets) -> scalar, got {_show(m)}"
+                    f"(outputs, targets) -> scalar, got {validate.show(m)}"
                 )
     else:
         raise ArgumentTypeError(
@@ -237,7 +221,7 @@ def resolve_metrics(obj: Objective, metrics, name: str = "metrics") -> dict[str,
             )
         if not isinstance(m, str) and not callable(m):
             raise ArgumentTypeError(
-                f"{name}: metric {mname!r} must be a name or a callable, got {_show(m)}"
+                f"{name}: metric {mname!r} must be a name or a callable, got {validate.show(m)}"
             )
         if mname in out:
             raise LossvizError(f"{name}: metric name {mname!r} given twice")
@@ -297,8 +281,8 @@ def accuracy_rule(out, ys: list[Tensor], loss_fn=None, ignore_index: int = -100)
         )
     if y.is_complex() or out.is_complex() or not out.is_floating_point():
         return f"outputs {out.dtype} / targets {y.dtype} are not real-valued scores and labels"
-    f, _ = _loss_target(loss_fn) if loss_fn is not None else (None, {})
-    thr = 0.5 if f is not None and _is_one_of(f, _HALF_THRESHOLD) else 0.0
+    f, _ = loss_target(loss_fn) if loss_fn is not None else (None, {})
+    thr = 0.5 if f is not None and is_one_of(f, _HALF_THRESHOLD) else 0.0
     integral = not y.is_floating_point()
     if out.ndim >= 1 and out.ndim == y.ndim + 1 and out.shape[:-1] == y.shape:
         c = int(out.shape[-1])
@@ -389,7 +373,7 @@ def check_metrics(
     rules: dict = {}
     for mname, m in metrics.items():
         if m in ("accuracy", "error"):
-            rule = accuracy_rule(out, ys, obj.loss_fn, getattr(obj, "_ignore_index", -100))
+            rule = accuracy_rule(out, ys, obj.loss_fn, obj.ignore_index)
             if isinstance(rule, str):
                 shapes = (
                     f"outputs {tuple(out.shape)} {str(out.dtype)[6:]}, targets "
@@ -399,7 +383,7 @@ def check_metrics(
                 )
                 why = f"does not apply to this model and data ({shapes}): {rule}"
                 if mname in optional:
-                    _warn(f"{m!r} (a default metric) is left out: it {why}")
+                    warn(f"{m!r} (a default metric) is left out: it {why}")
                     continue
                 raise LossvizError(f"{name}: {m!r} {why}")
             rules[mname] = rule
@@ -716,7 +700,7 @@ class _Engine:
                     if isinstance(e, LossvizError):  # bad input: the same point by point
                         raise
                     if vmapped and self.strategy is None and not _is_oom(e):
-                        _warn(
+                        warn(
                             "batched (vmap) evaluation is not possible for this model "
                             f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                             "evaluating one point at a time"
@@ -741,7 +725,7 @@ class _Engine:
             if not keep_partial():
                 raise
             complete = False
-            _warn(
+            warn(
                 f"interrupted: {int(launched.sum())} of {len(order)} points evaluated; the "
                 "others are NaN (result marked incomplete)"
             )
@@ -760,7 +744,7 @@ def warn_nonfinite(names, out: np.ndarray, done: np.ndarray, where, what: str = 
         if len(bad):
             shown = ", ".join(f"{where(int(j))} ({out[i, j]:g})" for j in bad[:5])
             more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-            _warn(
+            warn(
                 f"{what}{k} is not finite at {len(bad)} of {int(done.sum())} evaluated points: "
                 f"{shown}{more}; kept as NaN / inf (summaries over them are not finite)"
             )
@@ -848,7 +832,7 @@ def _flat_points(obj: Objective, points) -> Tensor:
     return torch.stack(flats)
 
 
-def _evaluate(
+def evaluate_points(
     obj: Objective,
     P: Tensor,
     metrics,
@@ -931,7 +915,9 @@ def evaluate(
     mk = resolve_metrics(obj, metrics)
     P = _flat_points(obj, points)
     _, fixed = obj.resolve(at, name="at")
-    return _evaluate(obj, P, mk, fixed, progress=progress, where=lambda i: f"point {i}", **ekw)
+    return evaluate_points(
+        obj, P, mk, fixed, progress=progress, where=lambda i: f"point {i}", **ekw
+    )
 
 
 # results ---------------------------------------------------------------------------------
@@ -1338,16 +1324,12 @@ class Surface:
 
 
 # slices ----------------------------------------------------------------------------------
-def _check_n(n, name="n", low: int = 2) -> int:
-    return validate.integer(n, name, low=low)
-
-
 def _check_span(span, name="span") -> tuple[float, float]:
     if isinstance(span, (str, bytes, Mapping)) or not isinstance(span, Iterable):
-        raise ArgumentTypeError(f"{name} must be (low, high), got {_show(span)}")
+        raise ArgumentTypeError(f"{name} must be (low, high), got {validate.show(span)}")
     vals = list(span)
     if len(vals) != 2:
-        raise LossvizError(f"{name} must be (low, high): two numbers, got {_show(span)}")
+        raise LossvizError(f"{name} must be (low, high): two numbers, got {validate.show(span)}")
     lo = validate.number(vals[0], f"{name}[0]")
     hi = validate.number(vals[1], f"{name}[1]")
     if not lo < hi:
@@ -1367,19 +1349,21 @@ def _check_surface_n(n) -> tuple[int, int]:
     if isinstance(n, (int, np.integer)) and not isinstance(n, (bool, np.bool_)):
         n = (n, n)
     if isinstance(n, (str, bytes, Mapping)) or not isinstance(n, Iterable):
-        raise ArgumentTypeError(f"n must be an int or (nx, ny), got {_show(n)}")
+        raise ArgumentTypeError(f"n must be an int or (nx, ny), got {validate.show(n)}")
     n = list(n)
     if len(n) != 2:
-        raise LossvizError(f"n must be an int or (nx, ny), got {_show(n)}")
-    return _check_n(n[0], "n[0]"), _check_n(n[1], "n[1]")
+        raise LossvizError(f"n must be an int or (nx, ny), got {validate.show(n)}")
+    return validate.integer(n[0], "n[0]", low=2), validate.integer(n[1], "n[1]", low=2)
 
 
 def _check_surface_span(span) -> tuple[tuple[float, float], tuple[float, float]]:
     if isinstance(span, (str, bytes, Mapping)) or not isinstance(span, Iterable):
-        raise ArgumentTypeError(f"span must be ((a_lo, a_hi), (b_lo, b_hi)), got {_show(span)}")
+        raise ArgumentTypeError(
+            f"span must be ((a_lo, a_hi), (b_lo, b_hi)), got {validate.show(span)}"
+        )
     sp = list(span)
     if len(sp) != 2:
-        raise LossvizError(f"span must be ((a_lo, a_hi), (b_lo, b_hi)), got {_show(span)}")
+        raise LossvizError(f"span must be ((a_lo, a_hi), (b_lo, b_hi)), got {validate.show(span)}")
     return _check_span(sp[0], "span[0]"), _check_span(sp[1], "span[1]")
 
 
@@ -1410,7 +1394,7 @@ def line(
     """
     t0 = time.perf_counter()
     check_objective(obj)
-    n = _check_n(n)
+    n = validate.integer(n, "n", low=2)
     lo, hi = _check_span(span)
     ekw = check_engine_args(obj, progress=kw.get("progress"), **kw_engine(kw))
     mk = resolve_metrics(obj, metrics)

@@ -154,7 +154,7 @@ def is_single_batch(data) -> bool:
     return False
 
 
-def _loss_target(loss_fn):
+def loss_target(loss_fn):
     """``(function or module, keyword arguments)`` behind ``functools.partial``."""
     kw: dict = {}
     while isinstance(loss_fn, functools.partial):
@@ -166,12 +166,12 @@ def _loss_target(loss_fn):
 def loss_reduction(loss_fn) -> str | None:
     """The reduction a loss declares: ``nn`` loss modules' ``.reduction``, or the
     ``reduction=`` keyword of a ``functools.partial``; None when it cannot be told."""
-    f, kw = _loss_target(loss_fn)
+    f, kw = loss_target(loss_fn)
     r = kw.get("reduction", getattr(f, "reduction", None))
     return r if isinstance(r, str) else None
 
 
-def _is_one_of(f, kinds) -> bool:
+def is_one_of(f, kinds) -> bool:
     return any(f is k if not isinstance(k, type) else isinstance(f, k) for k in kinds)
 
 
@@ -399,7 +399,9 @@ class Objective:
         self._hvp_times: dict[str, dict[str, float]] = {}  # seconds per vector
         self._hvp_failed: dict[str, str] = {}  # method -> why it is not used
         self._op_cache = None  # (operator, copy of the single batch it was built on)
-        self._ignore_index = -100
+        # the class label a classification loss skips (its ignore_index; -100 by default)
+        f, kw = loss_target(loss_fn)
+        self.ignore_index = kw.get("ignore_index", getattr(f, "ignore_index", -100))
         self._probe()
 
     # construction ------------------------------------------------------------
@@ -606,16 +608,16 @@ class Objective:
     def _check_targets(self, out, y, where: str) -> int | None:
         """Targets a classification or element-wise loss cannot take; returns the number of
         classes to check the other batches' labels against (None if not a class loss)."""
-        f, kw = _loss_target(self.loss_fn)
+        f, kw = loss_target(self.loss_fn)
         if not isinstance(out, Tensor) or not isinstance(y, Tensor):
             return None
-        if _is_one_of(f, _ELEMENTWISE) and out.shape != y.shape:
+        if is_one_of(f, _ELEMENTWISE) and out.shape != y.shape:
             raise DataError(
                 f"{where}: the model outputs {tuple(out.shape)} but the targets are "
                 f"{tuple(y.shape)}; an element-wise loss would broadcast them into a wrong "
                 "value: reshape the targets (e.g. y.view_as(outputs) or y[:, None])"
             )
-        if not _is_one_of(f, _CLASSIFICATION) or out.ndim < 2:
+        if not is_one_of(f, _CLASSIFICATION) or out.ndim < 2:
             return None
         if y.is_floating_point():
             if y.shape == out.shape:  # class probabilities
@@ -630,14 +632,13 @@ class Objective:
                 f"{where}: the targets are {str(y.dtype)[6:]}; class labels must be integers"
             )
         classes = int(out.shape[1])
-        self._ignore_index = kw.get("ignore_index", getattr(f, "ignore_index", -100))
         self._check_labels(y, classes, where)
         return classes
 
     def _check_labels(self, y, classes: int, where: str) -> None:
         if not isinstance(y, Tensor) or y.is_floating_point() or y.numel() == 0:
             return
-        ok = ((y >= 0) & (y < classes)) | (y == self._ignore_index)
+        ok = ((y >= 0) & (y < classes)) | (y == self.ignore_index)
         if not bool(ok.all()):
             bad = y[~ok]
             raise DataError(

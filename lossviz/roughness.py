@@ -26,12 +26,11 @@ from torch import nn
 
 from . import validate
 from .directions import _NORMS, iter_random_flat
-from .errors import ArgumentTypeError, LossvizError
+from .errors import ArgumentTypeError, LossvizError, warn
 from .interrupt import api
 from .landscape import (
     _Engine,
     _fmt,
-    _warn,
     check_engine_args,
     check_metrics,
     check_objective,
@@ -183,20 +182,20 @@ def _summarize(slices, ts, radius, *, n_bootstrap, confidence, seed, complete=Tr
         return *nan, tv, flat
     bad = np.flatnonzero(~np.isfinite(slices).all(1))
     if len(bad):
-        _warn(
+        warn(
             f"the loss is not finite on {len(bad)} of {len(slices)} slices (directions "
             f"{bad[:10].tolist()}{' …' if len(bad) > 10 else ''}): the roughness index is "
             "NaN (a smaller radius may stay where the loss is finite)"
         )
         return *nan, tv, flat
     if flat.any():
-        _warn(
+        warn(
             f"{int(flat.sum())} slice(s) are exactly flat (TV undefined); left out "
             "of the roughness index"
         )
     ok = tv[np.isfinite(tv)]
     if len(ok) < 2:
-        _warn("fewer than 2 slices with a defined TV: the roughness index is NaN")
+        warn("fewer than 2 slices with a defined TV: the roughness index is NaN")
         return *nan, tv, flat
     value = float(coefficient_of_variation(ok))
     if np.all(ok == ok[0]):

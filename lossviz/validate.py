@@ -30,7 +30,7 @@ import torch
 from .errors import ArgumentTypeError, LossvizError
 
 
-def _show(value) -> str:
+def show(value) -> str:
     s = repr(value)
     if len(s) > 60:
         s = s[:57] + "..."
@@ -53,7 +53,7 @@ def integer(
         ):
             value = int(value)
         else:
-            raise ArgumentTypeError(f"{name} must be an integer, got {_show(value)}")
+            raise ArgumentTypeError(f"{name} must be an integer, got {show(value)}")
     value = int(value)
     if low is not None and value < low:
         raise LossvizError(f"{name} must be an integer >= {low}, got {value}")
@@ -84,7 +84,7 @@ def number(
         or not isinstance(value, (Real, np.number))
         or isinstance(value, complex)
     ):
-        raise ArgumentTypeError(f"{name} must be a number, got {_show(value)}")
+        raise ArgumentTypeError(f"{name} must be a number, got {show(value)}")
     value = float(value)
     if math.isnan(value) or (finite and math.isinf(value)):
         raise LossvizError(f"{name} must be a finite number, got {value}")
@@ -104,13 +104,13 @@ def choice(value, name: str, choices: Iterable):
         ok = False
     if not ok:
         opts = ", ".join(repr(c) for c in choices)
-        raise LossvizError(f"{name} must be one of {opts}; got {_show(value)}")
+        raise LossvizError(f"{name} must be one of {opts}; got {show(value)}")
     return value
 
 
 def boolean(value, name: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
-        raise ArgumentTypeError(f"{name} must be True or False, got {_show(value)}")
+        raise ArgumentTypeError(f"{name} must be True or False, got {show(value)}")
     return bool(value)
 
 
@@ -123,7 +123,7 @@ def callable_(value, name: str, what: str = "a callable", *, none: bool = False)
     if value is None and none:
         return None
     if not callable(value):
-        raise ArgumentTypeError(f"{name} must be {what}, got {_show(value)}")
+        raise ArgumentTypeError(f"{name} must be {what}, got {show(value)}")
     return value
 
 
@@ -139,7 +139,7 @@ def device(value, name: str = "device") -> torch.device:
             raise LossvizError(f"{name}={value!r} is not a device ({e})") from None
     else:
         raise ArgumentTypeError(
-            f"{name} must be a torch.device or a string like 'cpu' or 'cuda', got {_show(value)}"
+            f"{name} must be a torch.device or a string like 'cpu' or 'cuda', got {show(value)}"
         )
     if dev.type == "cuda":
         if not torch.cuda.is_available():
