@@ -42,9 +42,9 @@ from torch import Tensor, nn
 
 from . import validate
 from .errors import ArgumentTypeError, LossvizError, warn
+from .formatting import short
 from .interrupt import api
 from .landscape import (
-    _fmt,
     check_engine_args,
     check_metrics,
     check_objective,
@@ -312,10 +312,10 @@ class PathResult:
             rows.append(
                 [
                     k,
-                    _fmt(v[0]),
-                    _fmt(v[-1]),
-                    _fmt(bl),
-                    _fmt(bm),
+                    short(v[0]),
+                    short(v[-1]),
+                    short(bl),
+                    short(bm),
                     "nan" if np.isnan(al) else f"{al:.3g}",
                 ]
             )
@@ -325,7 +325,7 @@ class PathResult:
         bad = self.nonfinite(metric)
         if not bad:
             return ""
-        shown = ", ".join(f"{a:.3g} ({_fmt(v)})" for a, v in list(bad.items())[:4])
+        shown = ", ".join(f"{a:.3g} ({short(v)})" for a, v in list(bad.items())[:4])
         return f", NOT FINITE at α = {shown}" + (" …" if len(bad) > 4 else "")
 
     def __repr__(self) -> str:
@@ -346,10 +346,10 @@ class PathResult:
         )
 
     def _repr_html_(self) -> str:
-        from .results import _html_table
+        from .formatting import html_table
 
         rows = [r + [self._notes(r[0])[2:] or "-"] for r in self._rows()]
-        return _html_table(
+        return html_table(
             ["metric", "at A", "at B", "barrier (linear)", "barrier (mean)", "α of max", "notes"],
             rows,
             f"linear path, {len(self.alphas)} points, bn={self.bn}"
@@ -368,7 +368,7 @@ class PathResult:
             rows=len(names),
             cols=1,
             shared_xaxes=True,
-            subplot_titles=[f"{k}: {kind} barrier {_fmt(self.barrier(k, kind))}" for k in names],
+            subplot_titles=[f"{k}: {kind} barrier {short(self.barrier(k, kind))}" for k in names],
         )
         a = self.alphas
         for r, k in enumerate(names, 1):
@@ -595,14 +595,14 @@ class BarrierMatrix:
             " " * w + "  " + "  ".join(s.rjust(9) for s in self.names),
         ]
         for nm, row in zip(self.names, self.values):
-            lines.append(nm.ljust(w) + "  " + "  ".join(_fmt(v).rjust(9) for v in row))
+            lines.append(nm.ljust(w) + "  " + "  ".join(short(v).rjust(9) for v in row))
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        from .results import _html_table
+        from .formatting import html_table
 
-        rows = [[nm] + [_fmt(v) for v in row] for nm, row in zip(self.names, self.values)]
-        return _html_table(
+        rows = [[nm] + [short(v) for v in row] for nm, row in zip(self.names, self.values)]
+        return html_table(
             [""] + list(self.names),
             rows,
             f"{self.metric} barrier ({self.kind})" + ("" if self.complete else " (incomplete)"),
@@ -618,7 +618,7 @@ class BarrierMatrix:
                 y=self.names,
                 colorscale="Viridis",
                 colorbar={"title": "barrier"},
-                text=[[_fmt(v) for v in r] for r in self.values],
+                text=[[short(v) for v in r] for r in self.values],
                 texttemplate="%{text}",
             )
         )
@@ -690,7 +690,7 @@ def barrier_matrix(
         if len(nf):
             bad.append(
                 f"{names[i]}–{names[j]} at α = "
-                + ", ".join(f"{alphas[k]:.3g} ({_fmt(f[k])})" for k in nf[:3])
+                + ", ".join(f"{alphas[k]:.3g} ({short(f[k])})" for k in nf[:3])
                 + (" …" if len(nf) > 3 else "")
             )
     if bad:
@@ -705,22 +705,13 @@ def barrier_matrix(
 
 
 # layer-wise barriers -----------------------------------------------------------------------
-def _module_groups(obj: Objective) -> dict[str, list[str]]:
-    """Varying parameters grouped by the module that owns them, in layout order."""
-    groups: dict[str, list[str]] = {}
-    for name in obj.layout.names:
-        mod = name.rsplit(".", 1)[0] if "." in name else name
-        groups.setdefault(mod, []).append(name)
-    return groups
-
-
 def resolve_groups(obj: Objective, groups) -> tuple[dict[str, list[str]], str]:
     """``groups`` as ``name -> list of varying parameter names`` and its kind.
 
     ``"module"``: one group per module (all parameters of one layer); ``"cumulative"``: the
     first k modules, k = 1..L (named after the k-th module); a mapping ``name -> list of
     parameter or module names`` (a module name stands for all its parameters)."""
-    mods = _module_groups(obj)
+    mods = obj.layout.by_module()
     if isinstance(groups, str) and groups == "module":
         return mods, "module"
     if isinstance(groups, str) and groups == "cumulative":
@@ -823,25 +814,25 @@ class LayerwiseResult:
         w = max(len(what), *(len(g) for g in self.groups))
         lines = [
             f"LayerwiseResult({self.metric}, {len(self.groups)} groups ({self.group_kind}), "
-            f"L(A) {_fmt(self.endpoint_values[0])}, L(B) {_fmt(self.endpoint_values[1])}; "
-            f"full-model barrier {_fmt(self.full)}"
+            f"L(A) {short(self.endpoint_values[0])}, L(B) {short(self.endpoint_values[1])}; "
+            f"full-model barrier {short(self.full)}"
             + ("" if self.complete else "; INCOMPLETE: NaN where not evaluated")
             + ")",
             what.ljust(w) + "  " + "  ".join(f"base {b}".rjust(10) for b in bases),
         ]
         for g in self.groups:
             lines.append(
-                g.ljust(w) + "  " + "  ".join(_fmt(self.barriers[b][g]).rjust(10) for b in bases)
+                g.ljust(w) + "  " + "  ".join(short(self.barriers[b][g]).rjust(10) for b in bases)
             )
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        from .results import _html_table
+        from .formatting import html_table
 
         bases = list(self.barriers)
-        rows = [[g] + [_fmt(self.barriers[b][g]) for b in bases] for g in self.groups]
-        rows.append(["(all layers)"] + [_fmt(self.full)] * len(bases))
-        return _html_table(
+        rows = [[g] + [short(self.barriers[b][g]) for b in bases] for g in self.groups]
+        rows.append(["(all layers)"] + [short(self.full)] * len(bases))
+        return html_table(
             ["group"] + [f"base {b}" for b in bases],
             rows,
             f"layer-wise {self.metric} barriers ({self.group_kind})"
@@ -867,11 +858,11 @@ class LayerwiseResult:
                 "len": 0.45 if self.curves else 1,
                 "y": 0.78 if self.curves else 0.5,
             },
-            text=[[_fmt(v) for v in r] for r in z],
+            text=[[short(v) for v in r] for r in z],
             texttemplate="%{text}",
         )
         title = (
-            f"layer-wise {self.metric} barriers ({self.group_kind}); full model {_fmt(self.full)}"
+            f"layer-wise {self.metric} barriers ({self.group_kind}); full model {short(self.full)}"
         )
         if not self.curves:
             fig = go.Figure(heat)
@@ -988,7 +979,7 @@ def _warn_layerwise(vals, done, idxs, metric, prefixes):
     for idx, pre in zip(idxs, prefixes):
         for i, what in idx["labels"].items():
             if done[i] and not np.isfinite(vals[i]):
-                bad.append(f"{pre}{what} ({_fmt(vals[i])})")
+                bad.append(f"{pre}{what} ({short(vals[i])})")
     if bad:
         warn(
             f"{metric} is not finite at {len(bad)} point(s): "
@@ -1100,22 +1091,22 @@ class LayerwiseOver:
         return (
             f"LayerwiseOver({len(self.labels)} pairs × {len(self.groups)} groups, "
             f"{r0.metric}; full-model barriers "
-            + ", ".join(f"{lab}: {_fmt(v)}" for lab, v in zip(self.labels, self.full))
+            + ", ".join(f"{lab}: {short(v)}" for lab, v in zip(self.labels, self.full))
             + ("" if self.complete else "; INCOMPLETE: NaN where not evaluated")
             + ")"
         )
 
     def _repr_html_(self) -> str:
-        from .results import _html_table
+        from .formatting import html_table
 
         bases = list(self.results[0].barriers)
         rows = []
         for lab, r in zip(self.labels, self.results):
             for b in bases:
                 rows.append(
-                    [lab, b] + [_fmt(r.barriers[b][g]) for g in self.groups] + [_fmt(r.full)]
+                    [lab, b] + [short(r.barriers[b][g]) for g in self.groups] + [short(r.full)]
                 )
-        return _html_table(
+        return html_table(
             ["pair", "base"] + self.groups + ["(all layers)"],
             rows,
             f"layer-wise {self.results[0].metric} barriers over a run",

@@ -280,12 +280,12 @@ class PCAResult:
         )
 
     def _repr_html_(self) -> str:
-        from .results import _html_table
+        from .formatting import html_table
 
         rows = [
             [f"PC{i + 1}", f"{100 * v:.2f}%"] for i, v in enumerate(self.explained_variance_ratio)
         ]
-        return _html_table(
+        return html_table(
             ["direction", "explained variance"],
             rows,
             f"PCA of a trajectory of {len(self.coords)} checkpoints",

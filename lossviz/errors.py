@@ -55,3 +55,19 @@ def warn(message: str, category=UserWarning) -> None:
     while f is not None and os.path.abspath(f.f_code.co_filename).startswith(_PKG + os.sep):
         f, level = f.f_back, level + 1
     warnings.warn(message, category, stacklevel=level)
+
+
+def is_oom(e: BaseException) -> bool:
+    """Whether ``e`` is an out-of-memory error (CUDA, MPS or a failed CPU allocation), the
+    one test every memory-aware loop uses to halve its chunk.
+
+    >>> is_oom(RuntimeError("CUDA out of memory. Tried to allocate 2 GiB")), is_oom(KeyError())
+    (True, False)
+    """
+    import torch
+
+    oom = getattr(torch, "OutOfMemoryError", None)
+    if (oom is not None and isinstance(e, oom)) or isinstance(e, MemoryError):
+        return True
+    s = str(e).lower()
+    return isinstance(e, RuntimeError) and ("out of memory" in s or "can't allocate" in s)

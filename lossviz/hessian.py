@@ -58,10 +58,7 @@ def resolve_blocks(obj: Objective, blocks) -> dict[str, list[str]]:
             raise LossvizError(
                 f"blocks must be 'module' or a mapping name -> parameter names, got {blocks!r}"
             )
-        out: dict[str, list[str]] = {}
-        for n in obj.names:
-            out.setdefault(n.rsplit(".", 1)[0] if "." in n else n, []).append(n)
-        return out
+        return obj.layout.by_module()
     if isinstance(blocks, Mapping):
         if not blocks:
             raise LossvizError("blocks is an empty mapping: name at least one block")

@@ -22,15 +22,10 @@ import warnings
 import torch
 from torch import Tensor
 
-from .errors import LossvizError
+from .errors import LossvizError, is_oom
 from .objective import _math_sdpa, check_differentiable, check_finite
 
 METHODS = ("batched", "loop", "fwd")
-
-
-def _is_oom(e: BaseException) -> bool:
-    oom = getattr(torch, "OutOfMemoryError", None)
-    return (oom is not None and isinstance(e, oom)) or "out of memory" in str(e).lower()
 
 
 def _sync(device: torch.device) -> None:
@@ -243,7 +238,7 @@ class CurvatureOperator:
                 _sync(self.device)
                 times[m] = time.perf_counter() - t0
             except Exception as e:  # noqa: BLE001 - an unsupported backend is skipped
-                if _is_oom(e):
+                if is_oom(e):
                     raise
                 if isinstance(e, LossvizError):  # bad input: the same for every method
                     raise
@@ -293,7 +288,7 @@ class CurvatureOperator:
                 else:
                     outs.append(self._apply_method(chunk, self.obj._hvp_method[self.curvature]))
             except Exception as e:
-                if _is_oom(e) and c > 1:
+                if is_oom(e) and c > 1:
                     self.max_chunk = max(1, c // 2)
                     if self.device.type == "cuda":
                         torch.cuda.empty_cache()

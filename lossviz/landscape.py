@@ -31,7 +31,8 @@ from torch import Tensor, nn
 
 from . import validate
 from .directions import PCAResult, Plane, point_params, random_directions
-from .errors import ArgumentTypeError, CheckpointError, DataError, LossvizError, named, warn
+from .errors import ArgumentTypeError, CheckpointError, DataError, LossvizError, is_oom, named, warn
+from .formatting import short
 from .interrupt import api, keep_partial
 from .objective import (
     Objective,
@@ -407,11 +408,6 @@ def check_metrics(
 
 
 # the engine ------------------------------------------------------------------------------
-def _is_oom(e: BaseException) -> bool:
-    if isinstance(e, torch.cuda.OutOfMemoryError):
-        return True
-    s = str(e)
-    return isinstance(e, RuntimeError) and ("out of memory" in s or "can't allocate" in s)
 
 
 def _autocast(precision, device: torch.device):
@@ -691,7 +687,7 @@ class _Engine:
                     vals = self.values(pts, vmapped)
                     times[ci] = (time.perf_counter() - t0) / len(idx)
                 except Exception as e:
-                    if _is_oom(e) and chunk > 1:
+                    if is_oom(e) and chunk > 1:
                         chunk = max(1, chunk // 2)
                         del pts
                         if self.obj.device.type == "cuda":
@@ -699,7 +695,7 @@ class _Engine:
                         continue
                     if isinstance(e, LossvizError):  # bad input: the same point by point
                         raise
-                    if vmapped and self.strategy is None and not _is_oom(e):
+                    if vmapped and self.strategy is None and not is_oom(e):
                         warn(
                             "batched (vmap) evaluation is not possible for this model "
                             f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
@@ -921,11 +917,6 @@ def evaluate(
 
 
 # results ---------------------------------------------------------------------------------
-def _fmt(x) -> str:
-    x = float(x)
-    return (
-        "nan" if np.isnan(x) else ("inf" if x > 0 else "-inf") if np.isinf(x) else f"{x + 0.0:.4g}"
-    )
 
 
 def _summary(name: str, v: np.ndarray, evaluated: np.ndarray | None, at) -> str:
@@ -937,12 +928,12 @@ def _summary(name: str, v: np.ndarray, evaluated: np.ndarray | None, at) -> str:
     ok = ev & ~np.isnan(v)
     if ok.any():
         i = int(np.flatnonzero(ok)[np.argmin(v[ok])])
-        s = f"{name}: min {_fmt(v[i])} at {at(i)}, max {_fmt(v[ok].max())}"
+        s = f"{name}: min {short(v[i])} at {at(i)}, max {short(v[ok].max())}"
     else:
         s = f"{name}: no value"
     bad = np.flatnonzero(ev & ~np.isfinite(v))
     if len(bad):
-        shown = ", ".join(f"{at(int(j))} ({_fmt(v[j])})" for j in bad[:3])
+        shown = ", ".join(f"{at(int(j))} ({short(v[j])})" for j in bad[:3])
         s += f", NOT FINITE at {len(bad)} point(s): {shown}" + (" …" if len(bad) > 3 else "")
     return s
 
@@ -955,7 +946,7 @@ def _minmax(v: np.ndarray, evaluated: np.ndarray | None) -> list[str]:
     bad = int((ev & ~np.isfinite(v)).sum())
     if not ok.any():
         return ["nan", "nan", str(bad)]
-    return [_fmt(v[ok].min()), _fmt(v[ok].max()), str(bad)]
+    return [short(v[ok].min()), short(v[ok].max()), str(bad)]
 
 
 def _point_xy(surface, p) -> tuple[float, float]:
@@ -1018,11 +1009,11 @@ class Slice1D:
         )
 
     def _repr_html_(self) -> str:
-        from .results import _html_table
+        from .formatting import html_table
 
         rows = [[k, *_minmax(v, self.evaluated)] for k, v in self.values.items()]
         cap = f"1-D slice, {len(self.t)} points" + ("" if self.complete else " (incomplete)")
-        return _html_table(["metric", "min", "max", "not finite"], rows, cap)
+        return html_table(["metric", "min", "max", "not finite"], rows, cap)
 
     def plot(self):
         import plotly.graph_objects as go
@@ -1214,7 +1205,7 @@ class Surface:
         )
 
     def _repr_html_(self) -> str:
-        from .results import _html_table
+        from .formatting import html_table
 
         rows = [[k, *_minmax(v, self.evaluated)] for k, v in self.values.items()]
         cap = f"surface {len(self.x)}×{len(self.y)}, {self.seconds:.2f} s" + (
@@ -1222,7 +1213,7 @@ class Surface:
             if self.complete
             else f" (incomplete: {self.n_evaluated} of {self.x.size * self.y.size} points)"
         )
-        return _html_table(["metric", "min", "max", "not finite"], rows, html.escape(cap))
+        return html_table(["metric", "min", "max", "not finite"], rows, html.escape(cap))
 
     def _interp(self, z: np.ndarray, xy: np.ndarray) -> np.ndarray:
         from scipy.interpolate import RegularGridInterpolator

@@ -410,10 +410,10 @@ class VarianceTable:
         )
 
     def _repr_html_(self) -> str:
-        from .results import _html_table
+        from .formatting import html_table
 
         cols = ["layer", "before", "after", "ratio", "1/k", "xavier"]
-        return _html_table(
+        return html_table(
             cols,
             [[r["layer"]] + [f"{r[c]:.4g}" for c in cols[1:]] for r in self.rows],
             f"weight variance before / after averaging {self.k} models",

@@ -3,26 +3,13 @@ HTML) and ``.plot()`` returning a plotly figure."""
 
 from __future__ import annotations
 
-import html
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .formatting import html_table, number
 from .weights import Weights
-
-
-def _fmt(x: float) -> str:
-    return f"{x:.6g}"
-
-
-def _html_table(header: list[str], rows: list[list], caption: str = "") -> str:
-    th = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows
-    )
-    cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
-    return f"<table>{cap}<thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _state_without_objective(self) -> dict:
@@ -59,7 +46,7 @@ class EigenResult:
         return bool(np.all(self.converged))
 
     def __repr__(self) -> str:
-        vals = ", ".join(_fmt(v) for v in self.values)
+        vals = ", ".join(number(v) for v in self.values)
         state = "converged" if self.all_converged else "NOT converged"
         if not self.complete:
             state += ", INCOMPLETE: interrupted"
@@ -71,7 +58,7 @@ class EigenResult:
 
     def _repr_html_(self) -> str:
         rows = [
-            [i + 1, _fmt(v), f"{r:.1e}", "yes" if c else "no"]
+            [i + 1, number(v), f"{r:.1e}", "yes" if c else "no"]
             for i, (v, r, c) in enumerate(zip(self.values, self.residuals, self.converged))
         ]
         cap = (
@@ -79,7 +66,7 @@ class EigenResult:
             f"{self.n_hvp} HVPs, {self.seconds:.2f} s)"
             + ("" if self.complete else " INCOMPLETE: interrupted")
         )
-        return _html_table(["#", "λ", "residual", "converged"], rows, cap)
+        return html_table(["#", "λ", "residual", "converged"], rows, cap)
 
     def plot(self):
         import plotly.graph_objects as go
@@ -124,16 +111,24 @@ class TraceResult:
 
     def __repr__(self) -> str:
         return (
-            f"TraceResult(tr = {_fmt(self.value)} ± {self.stderr:.3g} (std. error), "
+            f"TraceResult(tr = {number(self.value)} ± {self.stderr:.3g} (std. error), "
             f"{self.method}, {self.n_hvp} HVPs, {self.seconds:.2f} s"
             + ("" if self.complete else ", INCOMPLETE: interrupted")
             + ")"
         )
 
     def _repr_html_(self) -> str:
-        return _html_table(
+        return html_table(
             ["trace", "std. error", "method", "HVPs", "samples"],
-            [[_fmt(self.value), f"{self.stderr:.3g}", self.method, self.n_hvp, len(self.samples)]],
+            [
+                [
+                    number(self.value),
+                    f"{self.stderr:.3g}",
+                    self.method,
+                    self.n_hvp,
+                    len(self.samples),
+                ]
+            ],
             f"trace of the {self.curvature}"
             + ("" if self.complete else " INCOMPLETE: interrupted"),
         )
@@ -156,7 +151,7 @@ class TraceResult:
             ]
         )
         fig.update_layout(
-            title=f"trace estimate ({self.method}): {_fmt(self.value)} ± {self.stderr:.3g}",
+            title=f"trace estimate ({self.method}): {number(self.value)} ± {self.stderr:.3g}",
             xaxis_title="probes",
             yaxis_title="trace",
             template="plotly_white",
@@ -243,21 +238,21 @@ class SpectralDensity:
         return (
             f"SpectralDensity({self.curvature}, {self.nodes.shape[0]} probes × "
             f"{self.nodes.shape[1]} steps, {self.n_params:,} params): support ≈ "
-            f"[{_fmt(self.nodes.min())}, {_fmt(self.nodes.max())}], "
+            f"[{number(self.nodes.min())}, {number(self.nodes.max())}], "
             f"{len(self.outliers())} outlier(s), {self.n_hvp} HVPs, {self.seconds:.2f} s"
             + ("" if self.complete else ", INCOMPLETE: interrupted")
         )
 
     def _repr_html_(self) -> str:
-        outs = ", ".join(_fmt(v) for v in self.outliers()[:12])
-        return _html_table(
+        outs = ", ".join(number(v) for v in self.outliers()[:12])
+        return html_table(
             ["probes", "steps", "λ min", "λ max", "outliers", "HVPs"],
             [
                 [
                     self.nodes.shape[0],
                     self.nodes.shape[1],
-                    _fmt(self.nodes.min()),
-                    _fmt(self.nodes.max()),
+                    number(self.nodes.min()),
+                    number(self.nodes.max()),
                     outs or "none",
                     self.n_hvp,
                 ]
@@ -340,7 +335,7 @@ class BlockResults(Mapping):
     def __repr__(self) -> str:
         cols = self._cols()
         rows = [
-            [_fmt(r[c]) if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols]
+            [number(r[c]) if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols]
             for r in self.table
         ]
         widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
@@ -357,11 +352,11 @@ class BlockResults(Mapping):
     def _repr_html_(self) -> str:
         cols = self._cols()
         rows = [
-            [_fmt(r[c]) if isinstance(r.get(c), float) else r.get(c, "") for c in cols]
+            [number(r[c]) if isinstance(r.get(c), float) else r.get(c, "") for c in cols]
             for r in self.table
         ]
         state = "" if self.complete else " INCOMPLETE: interrupted"
-        return _html_table(cols, rows, f"per-block {self.kind}{state}")
+        return html_table(cols, rows, f"per-block {self.kind}{state}")
 
     def plot(self, column: str | None = None):
         import plotly.graph_objects as go

@@ -27,10 +27,10 @@ from torch import nn
 from . import validate
 from .directions import _NORMS, iter_random_flat
 from .errors import ArgumentTypeError, LossvizError, warn
+from .formatting import short
 from .interrupt import api
 from .landscape import (
     _Engine,
-    _fmt,
     check_engine_args,
     check_metrics,
     check_objective,
@@ -115,16 +115,16 @@ class RoughnessResult:
         if not self.complete:
             extra += ", INCOMPLETE (RI undefined)"
         return (
-            f"RoughnessResult(RI = {_fmt(self.value)}, {100 * self.confidence:.0f}% CI "
-            f"[{_fmt(self.ci[0])}, {_fmt(self.ci[1])}]; mean TV {_fmt(self.mean_tv)}; "
+            f"RoughnessResult(RI = {short(self.value)}, {100 * self.confidence:.0f}% CI "
+            f"[{short(self.ci[0])}, {short(self.ci[1])}]; mean TV {short(self.mean_tv)}; "
             f"{len(self.tv)} directions × {len(self.ts)} points in ±{self.radius:g}"
             f"{extra}; {self.seconds:.2f} s)"
         )
 
     def _repr_html_(self) -> str:
-        from .results import _html_table
+        from .formatting import html_table
 
-        return _html_table(
+        return html_table(
             [
                 "RI",
                 f"{100 * self.confidence:.0f}% CI",
@@ -372,21 +372,21 @@ class RoughnessAlong:
                 lines.append(f"  {lab!s:>8}  not evaluated")
             else:
                 lines.append(
-                    f"  {lab!s:>8}  RI {_fmt(r.value)}  [{_fmt(r.ci[0])}, {_fmt(r.ci[1])}]"
+                    f"  {lab!s:>8}  RI {short(r.value)}  [{short(r.ci[0])}, {short(r.ci[1])}]"
                     + ("" if r.complete else "  (interrupted)")
                 )
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        from .results import _html_table
+        from .formatting import html_table
 
         rows = [
             [lab, "-", "not evaluated"]
             if r is None
-            else [lab, _fmt(r.value), f"[{_fmt(r.ci[0])}, {_fmt(r.ci[1])}]"]
+            else [lab, short(r.value), f"[{short(r.ci[0])}, {short(r.ci[1])}]"]
             for lab, r in zip(self.labels, self.results)
         ]
-        return _html_table(
+        return html_table(
             ["checkpoint", "RI", "CI"],
             rows,
             "roughness index along a run" + ("" if self.complete else " (incomplete)"),

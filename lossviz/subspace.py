@@ -29,11 +29,12 @@ from torch import Tensor, nn
 
 from . import validate
 from .errors import ArgumentTypeError, CheckpointError, LossvizError
+from .formatting import html_table, number
 from .hessian import CURVATURES, hessian_eigs, hessian_trace
 from .hutchinson import check_trace_args
 from .interrupt import api
 from .objective import Objective, check_finite, is_single_batch, to_device
-from .results import EigenResult, _fmt, _html_table
+from .results import EigenResult
 from .weights import Weights
 
 __all__ = [
@@ -748,8 +749,8 @@ class SubspaceTracker:
 
     def __repr__(self) -> str:
         s = self._summary()
-        f = "–" if s["last gradient fraction"] is None else _fmt(s["last gradient fraction"])
-        lam = "–" if s["last λ_max"] is None else _fmt(s["last λ_max"])
+        f = "–" if s["last gradient fraction"] is None else number(s["last gradient fraction"])
+        lam = "–" if s["last λ_max"] is None else number(s["last λ_max"])
         return (
             f"SubspaceTracker(k={self.k}, every={self.every}, {self.curvature}: "
             f"{s['steps']} steps, {s['refreshes']} refreshes, last gradient fraction {f}, "
@@ -758,9 +759,14 @@ class SubspaceTracker:
 
     def _repr_html_(self) -> str:
         s = self._summary()
-        return _html_table(
+        return html_table(
             list(s),
-            [[("–" if v is None else _fmt(v) if isinstance(v, float) else v) for v in s.values()]],
+            [
+                [
+                    ("–" if v is None else number(v) if isinstance(v, float) else v)
+                    for v in s.values()
+                ]
+            ],
             f"top-{self.k} {self.curvature} subspace tracker",
         )
 

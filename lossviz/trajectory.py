@@ -20,11 +20,11 @@ from torch import Tensor, nn
 
 from . import validate
 from .errors import ArgumentTypeError, LossvizError
+from .formatting import html_table, number
 from .hessian import CURVATURES, hessian_eigs, hessian_trace
 from .interrupt import api, keep_partial
 from .lanczos import check_args
 from .objective import Objective
-from .results import _fmt, _html_table
 
 __all__ = ["CurvatureTimeline", "TrajectoryRecorder", "sharpness_along", "trace_along"]
 
@@ -193,9 +193,9 @@ class CurvatureTimeline:
 
     def __repr__(self) -> str:
         v = self.values[:, 0]
-        body = ", ".join(f"{s}: {_fmt(x)}" for s, x in list(zip(self.steps, v))[:8])
+        body = ", ".join(f"{s}: {number(x)}" for s, x in list(zip(self.steps, v))[:8])
         more = ", …" if len(v) > 8 else ""
-        thr = f"; 2/lr = {_fmt(2 / self.lr)}" if self.lr else ""
+        thr = f"; 2/lr = {number(2 / self.lr)}" if self.lr else ""
         return (
             f"CurvatureTimeline({self._header()}: {body}{more}{thr}; "
             f"{sum(self.n_hvp)} HVPs, {self.seconds:.2f} s)"
@@ -209,11 +209,11 @@ class CurvatureTimeline:
         )
         rows = []
         for i, s in enumerate(self.steps):
-            r = [s] + [_fmt(x) for x in self.values[i]]
+            r = [s] + [number(x) for x in self.values[i]]
             if self.kind == "trace":
                 r.append(f"{self.stderr[i]:.3g}")
             rows.append(r)
-        return _html_table(cols, rows, self._header())
+        return html_table(cols, rows, self._header())
 
     def plot(self):
         import plotly.graph_objects as go
@@ -238,7 +238,9 @@ class CurvatureTimeline:
             )
         if self.lr:
             fig.add_hline(
-                y=2 / self.lr, line={"dash": "dash"}, annotation_text=f"2/lr = {_fmt(2 / self.lr)}"
+                y=2 / self.lr,
+                line={"dash": "dash"},
+                annotation_text=f"2/lr = {number(2 / self.lr)}",
             )
         fig.update_layout(
             title=self._header(),

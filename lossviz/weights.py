@@ -223,6 +223,18 @@ class Layout:
             for n, s, k, a in zip(self.names, self.shapes, self.numels, self.offsets)
         }
 
+    def by_module(self) -> dict[str, list[str]]:
+        """Parameter names grouped by the module that owns them (the name up to the last
+        dot), in layout order: the one definition of "a layer" for blocks and groups.
+
+        >>> Layout([("0.weight", (2, 2)), ("0.bias", (2,)), ("scale", ())]).by_module()
+        {'0': ['0.weight', '0.bias'], 'scale': ['scale']}
+        """
+        out: dict[str, list[str]] = {}
+        for n in self.names:
+            out.setdefault(n.rsplit(".", 1)[0] if "." in n else n, []).append(n)
+        return out
+
     def to_weights(self, flat: Tensor) -> Weights:
         return Weights(self.unflatten(flat))
 

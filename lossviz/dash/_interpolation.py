@@ -23,10 +23,7 @@ def layer_groups(obj: Objective, layers=None) -> dict[str, list[str]]:
     parameter (``"param"``), or an explicit mapping."""
     names = list(obj.layout.names)
     if layers is None or layers == "module":
-        out: dict[str, list[str]] = {}
-        for n in names:
-            out.setdefault(n.rsplit(".", 1)[0] if "." in n else n, []).append(n)
-        return out
+        return obj.layout.by_module()
     if layers == "param":
         return {n: [n] for n in names}
     if not isinstance(layers, Mapping):

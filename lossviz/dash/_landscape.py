@@ -14,6 +14,7 @@ import torch
 
 from ..directions import pca_directions, plane_through, random_directions
 from ..errors import LossvizError
+from ..formatting import number
 from ..hessian import hessian_eigs
 from ..landscape import Surface, _flat_direction, evaluate, line, resolve_metrics, surface
 from ..objective import Objective
@@ -108,10 +109,6 @@ def _scaled(span, s: float):
         (0.5 * (lo + hi) - 0.5 * s * (hi - lo), 0.5 * (lo + hi) + 0.5 * s * (hi - lo))
         for lo, hi in span
     )
-
-
-def _fmt(v) -> str:
-    return "nan" if v is None or not math.isfinite(v) else f"{v:.6g}"
 
 
 class LandscapeDashboard(Dashboard):
@@ -1027,9 +1024,9 @@ class LandscapeDashboard(Dashboard):
         for k, val in res["values"].items():
             rows.append(
                 f"<tr><td>{html.escape(k)}</td><td class='lv-{html.escape(k)}'>"
-                f"{_fmt(val)}</td></tr>"
+                f"{number(val)}</td></tr>"
             )
-        rows.append(f"<tr><td>λ_max</td><td class='lv-lambda'>{_fmt(lam)}</td></tr>")
+        rows.append(f"<tr><td>λ_max</td><td class='lv-lambda'>{number(lam)}</td></tr>")
         if lam > 0:
             rows.append(
                 f"<tr><td>2/λ_max</td><td>{2 / lam:.4g} <small>(largest stable "
