@@ -1,4 +1,9 @@
-"""lossviz: see and measure neural-network loss landscapes."""
+"""lossviz: see and measure neural-network loss landscapes.
+
+``import lossviz as lv`` gives every public function and result type below;
+``lv.dash`` (live dashboards) and ``lv.teach`` are imported on first use, and the widget
+stack (ipywidgets, anywidget) only when a dashboard is opened.
+"""
 
 from .alignment import apply_permutation, permutation_spec, reset_bn, weight_matching
 from .connectivity import (
@@ -11,6 +16,7 @@ from .connectivity import (
     interpolate,
     layerwise_barriers,
     layerwise_barriers_over,
+    path_point,
 )
 from .directions import (
     PCAResult,
@@ -35,11 +41,14 @@ from .hessian import (
     hessian_eigs,
     hessian_trace,
 )
-from .landscape import Evaluations, Slice1D, Surface, evaluate, line, surface
+from .hvp import CurvatureOperator
+from .landscape import evaluate, line, surface
 from .merging import VarianceTable, averaging_variance, empirical_fisher, greedy_soup, merge
 from .objective import Objective
 from .results import BlockResults, DiagonalResult, EigenResult, SpectralDensity, TraceResult
 from .roughness import RoughnessAlong, RoughnessResult, roughness_along, roughness_index
+from .slices import Evaluations, Slice1D, Surface
+from .store import load
 from .subspace import SubspaceTracker, gradient_fraction, lightning_callback, subspace_overlap
 from .trajectory import CurvatureTimeline, TrajectoryRecorder, sharpness_along, trace_along
 from .weights import Weights, load_checkpoint
@@ -47,65 +56,99 @@ from .weights import Weights, load_checkpoint
 __version__ = "0.1.0"
 
 __all__ = [
+    # the loss of a model on data, and points in weight space
+    "Objective",
+    "Weights",
+    "load_checkpoint",
+    "load",  # a result saved with result.save(path)
+    # errors for bad input (all ValueError; ArgumentTypeError is also a TypeError)
     "ArgumentTypeError",
-    "BarrierMatrix",
-    "BlockResults",
     "CheckpointError",
-    "CurvatureTimeline",
     "DataError",
-    "DiagonalResult",
-    "EigenResult",
-    "Evaluations",
-    "LayerwiseOver",
-    "LayerwiseResult",
     "LossvizError",
     "NonFiniteLossError",
-    "Objective",
-    "PCAResult",
-    "PathResult",
-    "Plane",
-    "RoughnessAlong",
-    "RoughnessResult",
+    # loss landscapes: evaluations, 1-D slices and 2-D surfaces
+    "Evaluations",
     "Slice1D",
-    "SpectralDensity",
-    "SubspaceTracker",
     "Surface",
-    "TraceResult",
-    "TrajectoryRecorder",
-    "VarianceTable",
-    "Weights",
-    "apply_permutation",
-    "averaging_variance",
-    "barrier",
-    "barrier_matrix",
-    "eigen_directions",
-    "empirical_fisher",
     "evaluate",
-    "gradient_fraction",
-    "greedy_soup",
+    "line",
+    "surface",
+    # directions and planes to draw landscapes in
+    "PCAResult",
+    "Plane",
+    "eigen_directions",
+    "model_direction",
+    "pca_directions",
+    "plane_through",
+    "random_directions",
+    # curvature: the Hessian / Gauss-Newton operator and its spectrum
+    "CurvatureOperator",
+    "BlockResults",
+    "DiagonalResult",
+    "EigenResult",
+    "SpectralDensity",
+    "TraceResult",
     "hessian_blocks",
     "hessian_density",
     "hessian_diagonal",
     "hessian_eigs",
     "hessian_trace",
+    # training runs: recorded trajectories and curvature along them
+    "CurvatureTimeline",
+    "TrajectoryRecorder",
+    "sharpness_along",
+    "trace_along",
+    # live tracking of the top Hessian subspace during training
+    "SubspaceTracker",
+    "gradient_fraction",
+    "lightning_callback",
+    "subspace_overlap",
+    # roughness of the landscape around a point
+    "RoughnessAlong",
+    "RoughnessResult",
+    "roughness_along",
+    "roughness_index",
+    # mode connectivity: paths and barriers between models
+    "BarrierMatrix",
+    "LayerwiseOver",
+    "LayerwiseResult",
+    "PathResult",
+    "barrier",
+    "barrier_matrix",
     "interpolate",
     "layerwise_barriers",
     "layerwise_barriers_over",
-    "lightning_callback",
-    "line",
-    "load_checkpoint",
-    "merge",
-    "model_direction",
-    "pca_directions",
+    "path_point",
+    # permutation alignment of models
+    "apply_permutation",
     "permutation_spec",
-    "plane_through",
-    "random_directions",
     "reset_bn",
-    "roughness_along",
-    "roughness_index",
-    "sharpness_along",
-    "subspace_overlap",
-    "surface",
-    "trace_along",
     "weight_matching",
+    # merging models: averages, soups and their statistics
+    "VarianceTable",
+    "averaging_variance",
+    "empirical_fisher",
+    "greedy_soup",
+    "merge",
+    # submodules imported on first use (lv.dash needs no widget stack until a dashboard opens)
+    "dash",
+    "teach",
 ]
+
+_LAZY = ("dash", "teach")
+
+
+def __getattr__(name: str):
+    """``lv.dash`` / ``lv.teach``: imported on first access (PEP 562)."""
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module(f"{__name__}.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -205,9 +205,12 @@ class _UF:
 
 @dataclass
 class _Info:
-    """What a traced value's feature axis carries: a space, where the axis is
-    (``"c1"``: dim 1, conv-like; ``"last"``), the tensor's ndim if known, and for a flattened
-    value the order (``"cmajor"``: index c·k + r; ``"cminor"``: r·C + c)."""
+    """What a traced value's feature axis carries.
+
+    A space, where the axis is (``"c1"``: dim 1, conv-like; ``"last"``), the tensor's ndim
+    if known, and for a flattened value the order (``"cmajor"``: index c·k + r;
+    ``"cminor"``: r·C + c).
+    """
 
     space: int
     axis: str = "last"
@@ -225,13 +228,25 @@ class _Axis:
 class PermutationSpec:
     """Which axes of which tensors share a permutation, derived from a model.
 
-    ``spaces[s]`` lists ``(tensor name, axis, flat)`` entries of permutation space ``s``
-    (``flat``: None, or ``"cmajor"`` / ``"cminor"`` for the input axis of a Linear layer after
-    a flatten, whose ``C·k`` features are permuted in blocks); ``sizes[s]`` is the number of
-    units. Tensors not listed are never permuted. ``aliases`` maps the other names of a
-    shared (tied) tensor to the name used in ``spaces``; ``fixed_by`` says which operations
-    kept units fixed; ``shaped`` is True when the model was traced with example inputs
-    (every tensor's rank known).
+    Built by :func:`permutation_spec` (tracing the model with ``torch.fx``); used by
+    :func:`apply_permutation` and :func:`weight_matching`. Tensors not listed in any space
+    are never permuted.
+
+    Attributes:
+        spaces: ``space s -> [(tensor name, axis, flat)]``: the tensor axes permuted by
+            space ``s`` (``flat``: None, or ``"cmajor"`` / ``"cminor"`` for the input axis
+            of a Linear layer after a flatten, whose ``C·k`` features are permuted in
+            blocks).
+        sizes: ``space s -> number of units``.
+        names: ``space s -> readable name`` (the layer whose units it permutes).
+        fixed_by: the operations that kept units fixed (output, input, unknown
+            operations, rank-dependent layers without data).
+        aliases: the other names of a shared (tied) tensor -> the name used in
+            ``spaces``.
+        shaped: True when the model was traced with example inputs (every tensor's rank
+            known).
+        rank_unknown: the entries of ``fixed_by`` that only data would resolve (layers
+            whose axes depend on the input's rank).
     """
 
     spaces: dict = field(default_factory=dict)
@@ -297,8 +312,10 @@ def _has_tensor(x) -> bool:
 
 
 def _batch_inputs(batch, name: str):
-    """The model inputs of one batch: a tensor, ``batch[0]`` of ``(inputs, targets)``,
-    or a mapping of keyword inputs."""
+    """The model inputs of one batch.
+
+    A tensor, ``batch[0]`` of ``(inputs, targets)``, or a mapping of keyword inputs.
+    """
     x = batch[0] if isinstance(batch, (list, tuple)) and batch else batch
     if not _has_tensor(x):
         raise DataError(
@@ -419,9 +436,12 @@ def _device(model: nn.Module) -> torch.device:
 
 
 def _private_copy(model: nn.Module) -> nn.Module:
-    """A copy of the module tree in eval mode with its own copies of every parameter and
-    buffer (the user's modules and tensors are never touched; tied tensors stay tied). No
-    deep copy of arbitrary attributes is needed (see ``objective.private_copy``)."""
+    """A copy of the module tree in eval mode with its own copies of every tensor.
+
+    Every parameter and buffer is copied (the user's modules and tensors are never
+    touched; tied tensors stay tied). No deep copy of arbitrary attributes is needed (see
+    ``objective.private_copy``).
+    """
     m = private_copy(model)
     memo: dict = {}
     with torch.no_grad():
@@ -466,8 +486,10 @@ class _ShapeRecorder(torch.fx.Interpreter):
 
 
 def _graph_args(gm, inputs) -> list:
-    """Positional arguments for the traced graph from model inputs (a tensor, a tuple of
-    positional inputs, or a mapping of keyword inputs)."""
+    """Positional arguments for the traced graph from model inputs.
+
+    The inputs: a tensor, a tuple of positional inputs, or a mapping of keyword inputs.
+    """
     if isinstance(inputs, Mapping):
         names = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
         missing = [k for k in inputs if k not in names]
@@ -504,9 +526,11 @@ def _shapes_of(gm, inputs) -> dict:
 
 
 def _made_up_inputs(model: nn.Module):
-    """Candidate inputs for a model without data, from its first layer (a few samples,
-    seeded): ``(n, in)`` for a Linear layer, ``(n, C, s, …)`` over a range of sizes ``s``
-    for a convolution, integer indices for an Embedding."""
+    """Candidate inputs for a model without data, from its first layer.
+
+    A few samples, seeded: ``(n, in)`` for a Linear layer, ``(n, C, s, …)`` over a range of
+    sizes ``s`` for a convolution, integer indices for an Embedding.
+    """
     g = torch.Generator().manual_seed(0)
     dt, n = _float_dtype(model), 4
     first = next(
@@ -582,11 +606,37 @@ def _traced(model: nn.Module, data, *, need_inputs: bool):
 def permutation_spec(model: nn.Module, data=None) -> PermutationSpec:
     """The permutation symmetries of ``model``, found by tracing it with ``torch.fx``.
 
-    ``data`` (optional; a batch, an inputs tensor or an iterable of batches, or taken from
-    an Objective given as ``model``): the model runs once on its first batch so that every
-    tensor's rank is known. Without it, layers whose axes depend on the input's rank
-    (``BatchNorm1d`` or ``PReLU`` right after a Linear layer) keep their units fixed
-    (listed in ``spec.fixed_by``).
+    Which axes of which tensors share a permutation follows from the data flow (Linear /
+    Conv in and out features, norm-layer parameters and running statistics, elementwise
+    activations, pooling, flattening, residual additions that tie the spaces they add).
+    Spaces that reach the output, come from the input, or pass through an operation whose
+    permutation behaviour is unknown stay fixed (always correct, only less aligned). This
+    is the permutation structure of Git Re-Basin (Ainsworth, Hayase, Srinivasa 2023, "Git
+    Re-Basin: Merging Models modulo Permutation Symmetries"), derived instead of written
+    by hand.
+
+    Args:
+        model: the architecture: an ``nn.Module``, or an :class:`~lossviz.Objective`
+            (its model, and its data when ``data`` is None).
+        data: optional; a batch, an inputs tensor or an iterable of batches: the model
+            runs once on its first batch so that every tensor's rank is known. Without
+            it, layers whose axes depend on the input's rank (``BatchNorm1d`` or ``PReLU``
+            right after a Linear layer) keep their units fixed (listed in
+            ``spec.fixed_by``).
+
+    Returns:
+        :class:`PermutationSpec`: the permutation spaces, their sizes and the tensor axes
+        each permutes.
+
+    Raises:
+        ArgumentTypeError: ``model`` is not an ``nn.Module`` or Objective, or ``data`` is
+            not one of the forms above.
+        LossvizError: ``torch.fx`` cannot trace the model (data-dependent control flow),
+            or a layer with parameters lossviz cannot permute (a transposed or grouped
+            convolution, an unsupported layer type, a parameter used directly in
+            ``forward()``).
+        DataError: ``data`` is empty, holds no model inputs, or the model cannot run on
+            it.
 
     >>> spec = permutation_spec(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)))
     >>> [(spec.sizes[s], [f"{n}[{a}]" for n, a, _ in e]) for s, e in spec.spaces.items()]
@@ -631,9 +681,12 @@ class _Tracer:
         self.uf.union(FIXED, info.space)
 
     def rank_dependent(self, x: _Info, name: str, kind: str) -> None:
-        """``kind`` (BatchNorm, PReLU) acts on dim 1, which holds a "last"-axis tensor's
+        """Keep the units of ``x`` fixed unless ``kind`` is known to act on its features.
+
+        ``kind`` (BatchNorm, PReLU) acts on dim 1, which holds a "last"-axis tensor's
         features only when it is 2-D: the units are fixed (and why is said) unless the
-        layout is known to fit."""
+        layout is known to fit.
+        """
         if x.flat:
             self.fix(x, f"{name} ({kind} on flattened features)")
         elif x.axis == "c1" or x.ndim == 2:
@@ -858,8 +911,10 @@ class _Tracer:
         return _Info(s, first.axis, ndim, first.flat)
 
     def broadcasts(self, node) -> bool:
-        """With known shapes: an operand whose rank or feature size differs from the
-        result's (broadcast along the feature axis)."""
+        """Whether an operand is broadcast along the feature axis (with known shapes).
+
+        True for an operand whose rank or feature size differs from the result's.
+        """
         if self.shapes is None or node not in self.shapes:
             return False
         out = self.shapes[node]
@@ -1128,10 +1183,45 @@ def _apply(spec: PermutationSpec, st: dict, perms: Mapping) -> dict:
 
 @api
 def apply_permutation(spec: PermutationSpec, state, perms: Mapping[int, Tensor]) -> Weights:
-    """``state`` with unit ``i`` of space ``s`` taken from unit ``perms[s][i]`` (all tensors
-    the spec names, tied tensors under each of their names; the others copied). The result
-    computes the same function. ``perms``: space -> a permutation of ``0 … sizes[s]-1``
-    (spaces not given stay as they are)."""
+    """``state`` with its hidden units permuted: a point that computes the same function.
+
+    Unit ``i`` of space ``s`` is taken from unit ``perms[s][i]``: every tensor axis the spec
+    lists for ``s`` is indexed with ``perms[s]`` (for a Linear layer ``W_l ← P_l W_l
+    P_{l-1}ᵀ``, its bias ``b_l ← P_l b_l``), tied tensors under each of their names; the
+    tensors the spec does not name are copied.
+
+    Args:
+        spec: a :class:`PermutationSpec` from :func:`permutation_spec`.
+        state: the point: a model, a state dict, :class:`~lossviz.Weights` or a checkpoint
+            path (with every tensor the spec permutes, buffers included).
+        perms: ``space -> permutation`` of ``0 … sizes[s]-1`` (an integer tensor, array or
+            list); spaces not given stay as they are.
+
+    Returns:
+        :class:`~lossviz.weights.Weights` with every entry of ``state`` (private copies).
+
+    Raises:
+        ArgumentTypeError: ``spec`` is not a PermutationSpec; ``perms`` is not a mapping;
+            a permutation that is not a 1-D integer tensor (or array / list); ``state`` is
+            not a point.
+        LossvizError: ``perms`` names a space the spec does not have, or a permutation of
+            the wrong length or that is not a permutation.
+        CheckpointError: ``state`` lacks a tensor the spec permutes, its shapes do not
+            fit the spec, or a checkpoint cannot be read.
+
+    Swapping two hidden units of an MLP swaps the rows of the first layer and the columns
+    of the second:
+
+    >>> _ = torch.manual_seed(0)
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> spec = permutation_spec(model)
+    >>> (s,) = spec.sizes
+    >>> p = apply_permutation(spec, model, {s: torch.tensor([1, 0, 2, 3, 4, 5, 6, 7])})
+    >>> torch.equal(p["0.weight"][0], model[0].weight[1])
+    True
+    >>> torch.equal(p["2.weight"][:, 0], model[2].weight[:, 1])
+    True
+    """
     if not isinstance(spec, PermutationSpec):
         raise ArgumentTypeError(
             f"spec must be a PermutationSpec (from permutation_spec(model)), got "
@@ -1258,8 +1348,11 @@ class _Checker:
 
     @staticmethod
     def difference(ref: list, out: list) -> tuple[float, float]:
-        """``(max |out - ref|, max |ref|)`` over finite entries (inf when they differ in
-        shape, in non-finite positions, or in non-floating values)."""
+        """``(max |out - ref|, max |ref|)`` over finite entries.
+
+        The difference is inf when they differ in shape, in non-finite positions, or in
+        non-floating values.
+        """
         if len(ref) != len(out):
             return float("inf"), 1.0
         d, scale = 0.0, 0.0
@@ -1281,8 +1374,10 @@ class _Checker:
 
 
 def _check_function(private, spec, B: dict, R: dict, perms: dict, inputs, where: str) -> float:
-    """Raise a LossvizError unless ``R`` computes ``B``'s function on ``inputs``; returns
-    the relative difference."""
+    """Raise a LossvizError unless ``R`` computes ``B``'s function on ``inputs``.
+
+    Returns the relative difference.
+    """
     chk = _Checker(private, inputs, spec)
     ref = chk.outputs(B)
     if not any(t.is_floating_point() and bool(torch.isfinite(t).any()) for t in ref):
@@ -1335,36 +1430,77 @@ def weight_matching(
     seed: int = 0,
     spec: PermutationSpec | None = None,
 ) -> Weights:
-    """``b`` with its hidden units permuted to align with ``a`` (Git Re-Basin weight
-    matching, Ainsworth et al. 2023); the result computes the same function as ``b``
-    (checked, see below).
+    """``b`` with its hidden units permuted to align with ``a``: Git Re-Basin weight matching.
+
+    Ainsworth, Hayase, Srinivasa 2023, "Git Re-Basin: Merging Models modulo Permutation
+    Symmetries". Maximizes over the permutations ``P_l`` of the hidden units::
+
+        Σ_l <W_l^A, P_l W_l^B P_{l-1}ᵀ>
+
+    (Frobenius inner products over every parameter the spec permutes, biases included;
+    buffers are permuted, never matched on) by coordinate descent: in random order
+    (``seed``), each permutation ``P_l`` solves a linear assignment problem
+    (``scipy.optimize.linear_sum_assignment``) with the others held fixed, until no
+    permutation changes (at most ``max_iter`` sweeps). The permutation structure comes from
+    :func:`permutation_spec` (or ``spec=``).
 
     Two forms: ``weight_matching(a, b)`` with ``a`` a module (the architecture is taken
     from ``a``), or ``weight_matching(model, a, b)`` with ``model`` a module (or an
     Objective) giving the architecture and ``a``, ``b`` models, state dicts, Weights or
     checkpoint paths.
 
-    Maximizes ``Σ_layers <W_A, P_l W_B P_{l-1}ᵀ>`` by coordinate descent: in random order
-    (``seed``), each permutation ``P_l`` solves a linear assignment problem
-    (``scipy.optimize.linear_sum_assignment``) with the others held fixed, until no
-    permutation changes (at most ``max_iter`` sweeps). The permutation structure comes from
-    :func:`permutation_spec` (or ``spec=``).
+    The result computes the same function as ``b``, and this is checked whenever a unit
+    moved: the permuted ``b`` and ``b`` run on up to 16 samples of ``data`` (or random
+    inputs shaped for the model's first layer) in float64 where the model allows, and must
+    agree to ``1e-6`` of the output scale (``1e-3`` in the model's own precision).
 
-    ``data`` (a batch, an inputs tensor or an iterable of batches; default: the
-    Objective's data when ``model`` is one): the tracer runs the model on it to know every
-    tensor's shape, and the check below uses up to 16 of its samples. Without it, units
-    whose layout depends on the input's rank stay fixed (with a warning), and the check
-    uses random inputs shaped for the model's first layer.
+    Args:
+        model: the architecture (an ``nn.Module`` or an :class:`~lossviz.Objective`); in
+            the two-argument form, the point ``a`` itself (an ``nn.Module``).
+        a: the reference point (a model, state dict, Weights or checkpoint path); in the
+            two-argument form, the point to permute.
+        b: the point to permute (same forms); omitted in the two-argument form.
+        data: a batch, an inputs tensor or an iterable of batches (default: the
+            Objective's data when ``model`` is one): the tracer runs the model on it to
+            know every tensor's shape, and the check uses up to 16 of its samples.
+            Without it, units whose layout depends on the input's rank stay fixed (with a
+            warning).
+        max_iter: the most coordinate-descent sweeps (at least 1).
+        seed: the random order of the permutations in each sweep.
+        spec: a :class:`PermutationSpec` of ``model`` (default: traced from it).
 
-    The check: the permuted ``b`` and ``b`` run on those inputs (float64 where the model
-    allows) and must agree to ``1e-6`` of the output scale (``1e-3`` in the model's own
-    precision); otherwise a ``LossvizError`` names the permutation spaces (layers and
-    tensor axes) that change the function.
+    Returns:
+        :class:`~lossviz.weights.Weights` with every entry of ``b`` (buffers such as
+        BatchNorm running statistics permuted too): ``model.load_state_dict(result)``,
+        ``result.state_dict()`` (a plain dict, e.g. for ``torch.save``), or any lossviz
+        argument that takes a point.
 
-    Returns :class:`~lossviz.weights.Weights` with every entry of ``b`` (buffers such as
-    BatchNorm running statistics permuted too): ``model.load_state_dict(result)``,
-    ``result.state_dict()`` (a plain dict, e.g. for ``torch.save``), or any lossviz
-    argument that takes a point.
+    Raises:
+        ArgumentTypeError: in the two-argument form ``a`` is not a module; ``model`` is not
+            a module or an Objective; ``spec`` is not a PermutationSpec; ``data`` is not
+            one of the forms; ``a`` / ``b`` is not a point or has non-floating-point
+            parameters; ``max_iter`` / ``seed`` of the wrong type.
+        LossvizError: ``max_iter < 1`` or a bad ``seed``; ``a`` or ``b`` has NaN or
+            infinite parameters; ``spec`` does not belong to ``model``; the model cannot
+            be traced or has layers lossviz cannot permute (as :func:`permutation_spec`);
+            the permuted ``b`` does not compute ``b``'s function (the message names the
+            permutation spaces, layers and tensor axes, that change it); no inputs could
+            be made for the check (pass ``data``).
+        CheckpointError: ``a`` or ``b`` does not match the model (keys, shapes), ``a`` and
+            ``b`` have different keys, or ``b`` lacks a tensor the permutation acts on.
+        DataError: ``data`` is empty, holds no model inputs, or the model cannot run on
+            it.
+
+    A permuted copy is aligned back exactly:
+
+    >>> _ = torch.manual_seed(0)
+    >>> a = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> spec = permutation_spec(a)
+    >>> (s,) = spec.sizes
+    >>> b = apply_permutation(spec, a, {s: torch.randperm(8)})
+    >>> aligned = weight_matching(a, b)
+    >>> all(torch.equal(aligned[k], v) for k, v in a.state_dict().items())
+    True
     """
     from scipy.optimize import linear_sum_assignment
 
@@ -1503,8 +1639,11 @@ def _forward_all(m: nn.Module, xs: list) -> None:
 
 
 def _update_bn(m: nn.Module, xs: list) -> None:
-    """``torch.optim.swa_utils.update_bn``: running statistics reset and recomputed as the
-    cumulative average over the batches (only the BatchNorm layers in train mode)."""
+    """``torch.optim.swa_utils.update_bn`` on ``m``, in place.
+
+    Running statistics reset and recomputed as the cumulative average over the batches
+    (only the BatchNorm layers in train mode).
+    """
     bns = _bn_layers(m)
     momenta = {bn: bn.momentum for bn in bns}
     m.eval()
@@ -1523,17 +1662,62 @@ def _update_bn(m: nn.Module, xs: list) -> None:
 
 @api
 def reset_bn(obj_or_model, weights, data=None, *, repair=None, alpha=None) -> Weights:
-    """``weights`` with BatchNorm running statistics re-estimated on ``data``
-    (``torch.optim.swa_utils.update_bn``: the running averages are reset and recomputed as
-    the cumulative average over the batches, on a private copy of the model; dropout off).
+    """``weights`` with BatchNorm running statistics re-estimated on ``data``.
 
-    ``data``: batches ``(inputs, ...)``, an inputs tensor or an iterable (default: the
-    Objective's data). ``repair=(a, b)``: REPAIR (Jordan et al. 2023) for ``weights`` =
-    ``(1-alpha)·θA + alpha·θB`` (``alpha`` in [0, 1], default 0.5): every output channel of
-    each Linear / Conv layer (and each BatchNorm) is rescaled so its mean and standard
-    deviation on ``data`` are ``(1-alpha)·(μ_A, σ_A) + alpha·(μ_B, σ_B)``, layer by layer in
-    forward order. Returns all parameters and buffers. A model without BatchNorm running
-    statistics is refused unless ``repair`` is given.
+    As ``torch.optim.swa_utils.update_bn``: the running averages are reset and recomputed
+    as the cumulative average over the batches (``momentum=None``), on a private copy of
+    the model with only the BatchNorm layers in train mode (dropout off).
+
+    With ``repair=(a, b)``: REPAIR (Jordan, Sedghi, Saukh, Entezari, Neyshabur 2023,
+    "REPAIR: REnormalizing Permuted Activations for Interpolation Repair") for
+    ``weights = (1-alpha)·θA + alpha·θB``. Layer by layer in forward order, every output
+    channel ``c`` is rescaled so that its mean and standard deviation on ``data`` become
+    the interpolation of the endpoints'::
+
+        μ* = (1-alpha)·μ_A + alpha·μ_B,   σ* = (1-alpha)·σ_A + alpha·σ_B
+        W[c] ← W[c]·σ*/σ,   b[c] ← (b[c] - μ)·σ*/σ + μ*
+
+    (``μ``, ``σ``: the channel's statistics in the current network; a channel constant on
+    the data only gets its mean set). The layers corrected are the BatchNorm layers when
+    the model has any, else every Linear / Conv layer. Running statistics are then
+    re-estimated as above.
+
+    Args:
+        obj_or_model: an :class:`~lossviz.Objective` or an ``nn.Module`` (the
+            architecture; never changed).
+        weights: the point: a model, state dict, :class:`~lossviz.Weights` or checkpoint
+            path (entries not given come from the model).
+        data: batches ``(inputs, ...)``, an inputs tensor or an iterable of batches
+            (default: the Objective's data).
+        repair: ``(a, b)``: the endpoints of the interpolation (same forms as
+            ``weights``), to apply REPAIR; None: only re-estimate the statistics.
+        alpha: where ``weights`` lies between ``a`` and ``b``, in [0, 1] (default 0.5);
+            only with ``repair``.
+
+    Returns:
+        :class:`~lossviz.weights.Weights` with all parameters and buffers of the model
+        (private copies).
+
+    Raises:
+        ArgumentTypeError: ``obj_or_model`` is not an Objective or an ``nn.Module``;
+            ``repair`` is not a pair; ``data`` is not one of the forms; a point that is
+            not one; ``alpha`` is not a number.
+        LossvizError: the model has no BatchNorm layer with running statistics and no
+            ``repair`` is given; ``alpha`` without ``repair`` or outside [0, 1]; REPAIR on a
+            layer without a bias.
+        CheckpointError: ``weights`` or an endpoint does not match the model (unknown
+            keys, shapes), or a checkpoint cannot be read.
+        DataError: ``data`` is required (a bare module, or an Objective with a custom
+            ``forward=``) but not given; ``data`` is empty, endless or holds no inputs; the
+            model cannot run on a batch.
+
+    On one batch the running mean is the batch mean and the running variance the
+    unbiased batch variance:
+
+    >>> model = nn.Sequential(nn.BatchNorm1d(2))
+    >>> w = reset_bn(model, model, torch.tensor([[0.0, 1.0], [2.0, 5.0]]))
+    >>> w["0.running_mean"], w["0.running_var"]
+    (tensor([1., 3.]), tensor([2., 8.]))
     """
     if isinstance(obj_or_model, Objective):
         model = obj_or_model.model

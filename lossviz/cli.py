@@ -1,5 +1,7 @@
-"""``lossviz`` command line: ``lossviz demo`` trains a small network on the digits data
-bundled with scikit-learn and writes an HTML report of its Hessian spectrum.
+"""``lossviz`` command line.
+
+``lossviz demo`` trains a small network on the digits data bundled with scikit-learn and
+writes an HTML report of its Hessian spectrum.
 
 Every argument is checked before any work starts; a bad one, or a lossviz input error
 during the run, is one line on stderr (``lossviz: error: ...``) and exit status 2. Ctrl-C
@@ -97,8 +99,32 @@ def _check_out(out, name: str) -> Path:
 
 
 def check_demo_args(out, steps, device, seed, *, cli: bool = False):
-    """Normalized ``(out, steps, device, seed)`` of :func:`demo`, or a
-    :class:`~lossviz.errors.LossvizError` naming the argument (``--steps`` when ``cli``)."""
+    """Check the arguments of :func:`demo` before any work.
+
+    Args:
+        out: the report's file name (its directory must exist and take a new file).
+        steps: SGD steps, an integer (or a string of one) >= ``MIN_STEPS`` (2).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"`` (a str or
+            ``torch.device``), available on this machine.
+        seed: an integer (or a string of one) in ``[0, 2**64 - 1]``.
+        cli: name the arguments as command-line options (``--steps``) in the errors,
+            and refer to ``--device cpu``.
+
+    Returns:
+        ``(out, steps, device, seed)`` normalized: a ``Path``, an int, a
+        ``torch.device`` and an int.
+
+    Raises:
+        ArgumentTypeError: ``steps`` / ``seed`` is not an integer, or ``out`` is not a
+            non-empty str / path.
+        LossvizError: ``steps < 2``, ``seed`` out of range, a device that is not one or
+            is not available, or ``out`` a directory, in a missing or unwritable
+            directory, or an existing unwritable file.
+
+    >>> out = os.path.join(tempfile.gettempdir(), "report.html")
+    >>> check_demo_args(out, "300", "cpu", 0)[1:]
+    (300, device(type='cpu'), 0)
+    """
     name = (lambda n: f"--{n}") if cli else (lambda n: n)
     steps = _as_int(steps, name("steps"), low=MIN_STEPS)
     seed = _as_int(seed, name("seed"), low=0, high=2**64 - 1)  # torch.manual_seed's range
@@ -108,16 +134,21 @@ def check_demo_args(out, steps, device, seed, *, cli: bool = False):
 
 
 def _whole(result):
-    """``result``, unless it is partial (a lossviz call that kept what it had when Ctrl-C
-    came): a report must not show an interrupted computation as a final one."""
+    """``result``, unless it is partial (a lossviz call that kept what it had at Ctrl-C).
+
+    A report must not show an interrupted computation as a final one.
+    """
     if getattr(result, "complete", True) is False:
         raise KeyboardInterrupt
     return result
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file next to ``path``, then rename it: an interrupt
-    or a full disk never leaves a half-written report (nor the temporary file)."""
+    """Write ``text`` to a temporary file next to ``path``, then rename it.
+
+    An interrupt or a full disk never leaves a half-written report (nor the temporary
+    file).
+    """
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
@@ -151,9 +182,30 @@ def demo(
 ) -> Path:
     """Train an MLP on digits, measure its curvature, write a self-contained HTML report.
 
-    Every argument is checked first (``steps >= 2``, ``seed >= 0``, a usable ``device``,
-    ``out`` in an existing writable directory). ``quiet`` prints nothing: no results, no
-    progress bars, no warnings. A report is written completely or not at all."""
+    The model is a tanh MLP 64-64-64-10 trained with SGD (momentum 0.9); the report holds
+    its extreme Hessian and Gauss-Newton eigenvalues, the spectral density, the trace,
+    per-layer curvature, loss surfaces (PCA plane of the training path, filter-normalized
+    random plane), the loss along the top eigenvector and the roughness index. Every
+    argument is checked first (:func:`check_demo_args`). A report is written completely
+    or not at all.
+
+    Args:
+        out: the report's file name (in an existing writable directory).
+        steps: SGD steps (at least 2).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
+        seed: the random seed (data split, initialization, probes), >= 0.
+        quiet: print nothing: no results, no progress bars, no warnings.
+
+    Returns:
+        The path of the report.
+
+    Raises:
+        ArgumentTypeError: an argument of the wrong type (``quiet`` not a bool, ...).
+        LossvizError: a bad argument (as for :func:`check_demo_args`), or the report
+            cannot be written.
+        KeyboardInterrupt: Ctrl-C, or a computation that came back incomplete; no
+            report is written.
+    """
     path, steps, dev, seed = check_demo_args(out, steps, device, seed)
     validate.boolean(quiet, "quiet")
     with warnings.catch_warnings():
@@ -282,6 +334,21 @@ def _fail(message: str, status: int) -> int:
 
 
 def main(argv=None) -> int:
+    """Run the ``lossviz`` command line (``lossviz demo [--out ...] [--steps ...] ...``).
+
+    A bad argument or a lossviz input error is one line on stderr and exit status 2;
+    Ctrl-C is one line and exit status 130 (no report written).
+
+    Args:
+        argv: the arguments after the program name (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status: 0, 2 (``EXIT_USAGE``) or 130 (``EXIT_INTERRUPTED``).
+
+    Raises:
+        SystemExit: from argparse for ``--help`` and ``--version`` (status 0) and for a
+            usage error such as an unknown option (status 2, one line on stderr).
+    """
     from . import __version__
     from .interrupt import inner
 

@@ -1,12 +1,15 @@
-"""Mode connectivity: loss along the straight line between two solutions, barriers, and
-layer-wise barriers.
+"""Mode connectivity: metrics along the straight line between two solutions, and barriers.
 
 Along ``θ(α) = (1-α)·θA + α·θB`` (α in [0, 1]) lossviz reports both barriers in use:
 
-- ``kind="linear"`` (Entezari, Sedghi, Saukh, Neyshabur 2022):
-  ``B = max_α [ L(θ(α)) - ((1-α)·L(θA) + α·L(θB)) ]``;
-- ``kind="mean"`` (Frankle, Dziugaite, Roy, Carbin 2020 on error; the Git Re-Basin code on
-  loss): ``B = max_α L(θ(α)) - ½·(L(θA) + L(θB))``.
+- ``kind="linear"`` (Entezari, Sedghi, Saukh, Neyshabur 2022, "The Role of Permutation
+  Invariance in Linear Mode Connectivity of Neural Networks"):
+  ``B = max_α [ L(θ(α)) - ((1-α)·L(θA) + α·L(θB)) ]``, the height above the chord;
+- ``kind="mean"`` (Frankle, Dziugaite, Roy, Carbin 2020, "Linear Mode Connectivity and the
+  Lottery Ticket Hypothesis", on error; the Git Re-Basin code on loss):
+  ``B = max_α L(θ(α)) - ½·(L(θA) + L(θB))``, the height above the endpoints' mean.
+
+The two agree when ``L(θA) = L(θB)``.
 
 For accuracy, where higher is better, the sign flips (the barrier is the largest *drop*
 below the chord or the mean).
@@ -33,7 +36,7 @@ Every set of points goes through the batched engine of :func:`lossviz.landscape.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,19 +44,22 @@ import torch
 from torch import Tensor, nn
 
 from . import validate
-from .errors import ArgumentTypeError, LossvizError, warn
-from .formatting import short
-from .interrupt import api
-from .landscape import (
+from .deprecation import renamed
+from .engine import (
     check_engine_args,
     check_metrics,
     check_objective,
     evaluate_points,
     kw_engine,
-    resolve_metrics,
     warn_nonfinite,
 )
+from .errors import ArgumentTypeError, LossvizError, warn
+from .formatting import short
+from .interrupt import api
+from .metrics import resolve_metrics
 from .objective import Objective
+from .provenance import Provenance
+from .results import DataResult, deprecated_obj
 
 _KINDS = ("linear", "mean")
 _METRICS = ("loss", "accuracy", "error")
@@ -74,18 +80,20 @@ def _check_kind(kind: str) -> str:
     return kind
 
 
-def _engine_args(obj, bn, recompute_data, progress, kw) -> dict:
+def _engine_args(obj, bn, bn_data, progress, kw) -> dict:
     """The evaluation keywords of a connectivity call, checked (before any work).
+
     ``bn="eval"`` means the Objective's own setting (running statistics interpolated with
-    the weights for an Objective built with ``bn="eval"``)."""
+    the weights for an Objective built with ``bn="eval"``).
+    """
     validate.choice(bn, "bn", ("eval", "recompute"))
     return check_engine_args(
         obj,
         bn=None if bn == "eval" else bn,
-        bn_data=recompute_data,
+        bn_data=bn_data,
         progress=progress,
         bn_name="bn",
-        data_name="recompute_data",
+        data_name="bn_data",
         bn_choices=(None, "recompute"),
         **kw_engine(kw, ("precision", "batched", "chunk_size")),
     )
@@ -111,10 +119,12 @@ def _sign(metric_kind) -> float:
 
 
 def _lerp_fixed(fa: dict, fb: dict, alpha: float) -> dict:
-    """Non-varying tensors at ``α`` on the line from A to B: exactly A's at α = 0 and B's
-    at α = 1; in between floating-point ones interpolated where they differ, and integer /
-    boolean ones (``num_batches_tracked``, counters) from the nearest endpoint (A for
-    α ≤ ½, B for α > ½)."""
+    """Non-varying tensors at ``α`` on the line from A to B.
+
+    Exactly A's at α = 0 and B's at α = 1; in between floating-point ones interpolated
+    where they differ, and integer / boolean ones (``num_batches_tracked``, counters) from
+    the nearest endpoint (A for α ≤ ½, B for α > ½).
+    """
     alpha = float(alpha)
     if alpha == 0.0:
         return fa
@@ -154,8 +164,10 @@ def _same_fixed(fa: dict, fb: dict) -> bool:
 
 
 class _Batch:
-    """Points to evaluate, grouped by their non-varying tensors (buffers): one batched
-    evaluation per group."""
+    """Points to evaluate, grouped by their non-varying tensors (buffers).
+
+    One batched evaluation per group.
+    """
 
     def __init__(self, obj: Objective):
         self.obj = obj
@@ -175,9 +187,11 @@ class _Batch:
     def run(
         self, metrics: dict, rules: dict, *, progress=None, **ekw
     ) -> tuple[dict[str, np.ndarray], np.ndarray, bool]:
-        """``(values per metric, evaluated mask, complete)``. After Ctrl-C (outermost call)
-        the groups not evaluated stay NaN and no further group runs; inside another
-        lossviz call the interrupt propagates."""
+        """``(values per metric, evaluated mask, complete)``.
+
+        After Ctrl-C (outermost call) the groups not evaluated stay NaN and no further
+        group runs; inside another lossviz call the interrupt propagates.
+        """
         obj = self.obj
         outs: list = []
         complete = True
@@ -211,11 +225,46 @@ def _prepare_metrics(obj, metrics, flat, fixed, *, optional=(), precision=None, 
 
 # straight-line paths -----------------------------------------------------------------------
 def curve_barrier(alphas: np.ndarray, f: np.ndarray, kind: str, sign: float) -> tuple[float, int]:
-    """``(barrier, index of the maximizing α)`` of a curve (sign -1: higher is better).
+    """``(barrier, index of the maximizing α)`` of a curve sampled along a path.
+
+    With ``f_0 = f[0]``, ``f_1 = f[-1]`` and ``s = sign``:
+
+    - ``kind="linear"`` (Entezari, Sedghi, Saukh, Neyshabur 2022, "The Role of
+      Permutation Invariance in Linear Mode Connectivity of Neural Networks"):
+      ``max_i s·(f[i] - ((1-α_i)·f_0 + α_i·f_1))``;
+    - ``kind="mean"`` (Frankle, Dziugaite, Roy, Carbin 2020, "Linear Mode Connectivity and
+      the Lottery Ticket Hypothesis"): ``max_i s·(f[i] - ½·(f_0 + f_1))``.
 
     A curve with a non-finite value has no finite barrier: ``+inf`` (at the first such α)
     when the only non-finite values are worse-than-any (``+inf`` loss, ``-inf`` accuracy)
-    between finite endpoints, otherwise ``NaN`` (at the first non-finite α)."""
+    between finite endpoints, otherwise ``NaN`` (at the first non-finite α).
+
+    Args:
+        alphas: the α of the samples, ``alphas[0] = 0`` and ``alphas[-1] = 1``.
+        f: the metric at each α (same length as ``alphas``).
+        kind: ``"linear"`` (height above the chord) or ``"mean"`` (height above the
+            endpoints' mean).
+        sign: ``+1`` where lower is better (loss, error), ``-1`` where higher is better
+            (accuracy: the barrier is the largest drop).
+
+    Returns:
+        ``(barrier, i)``: the barrier as a float and the index of the α where it is reached
+        (the first one on ties; the first non-finite one when the barrier is not finite).
+
+    Raises:
+        LossvizError: ``kind`` is not ``"linear"`` or ``"mean"``.
+
+    A monotone path has no linear barrier, but its mean barrier is the gap to the worse
+    endpoint; an infinite loss inside the path gives an infinite barrier:
+
+    >>> a = np.array([0.0, 0.5, 1.0])
+    >>> curve_barrier(a, np.array([1.0, 2.0, 3.0]), "linear", 1.0)
+    (0.0, 0)
+    >>> curve_barrier(a, np.array([1.0, 2.0, 3.0]), "mean", 1.0)
+    (1.0, 2)
+    >>> curve_barrier(a, np.array([1.0, np.inf, 3.0]), "linear", 1.0)
+    (inf, 1)
+    """
     _check_kind(kind)
     f = np.asarray(f, dtype=np.float64)
     if not np.isfinite(f).all():
@@ -231,25 +280,39 @@ def curve_barrier(alphas: np.ndarray, f: np.ndarray, kind: str, sign: float) -> 
     return float(gap[i]), i
 
 
-@dataclass(repr=False)
-class PathResult:
-    """Metrics along ``θ(α) = (1-α)·θA + α·θB``: ``alphas`` and one array per metric
-    (``result["loss"]`` or ``result.loss``).
+@dataclass(kw_only=True, repr=False)
+class PathResult(DataResult):
+    """Metrics along the straight line ``θ(α) = (1-α)·θA + α·θB`` (:func:`interpolate`).
 
-    :meth:`barrier` gives ``kind="linear"`` (Entezari et al. 2022, height above the chord)
-    or ``kind="mean"`` (Frankle et al. 2020, height above the endpoints' mean). A metric
-    that is not finite somewhere on the path (:meth:`nonfinite` lists the α) has a
-    non-finite barrier; an interrupted path (``complete=False``, NaN where not evaluated)
-    has NaN barriers.
+    One array per metric: ``result["loss"]`` or ``result.loss``. :meth:`barrier` gives
+    ``kind="linear"`` (Entezari et al. 2022, ``max_α [L(θ(α)) - ((1-α)·L(θA) +
+    α·L(θB))]``, the height above the chord) or ``kind="mean"`` (Frankle et al. 2020,
+    ``max_α L(θ(α)) - ½·(L(θA) + L(θB))``, the height above the endpoints' mean); for
+    accuracy the sign flips (the largest drop). A metric that is not finite somewhere on
+    the path (:meth:`nonfinite` lists the α) has a non-finite barrier; an interrupted path
+    (``complete=False``, NaN where not evaluated) has NaN barriers.
+
+    Attributes:
+        alphas: the α in [0, 1] (float64, both ends included).
+        values: ``metric name -> array`` of the metric at each α (NaN where not
+            evaluated).
+        metric_kinds: ``metric name -> kind`` (``"loss"``, ``"accuracy"``, ``"error"``, or
+            the name of a callable metric); decides the sign of the barrier.
+        bn: how BatchNorm statistics were handled: ``"eval"`` or ``"recompute"``.
+        seconds: wall time.
+        complete: False when interrupted (Ctrl-C): NaN where not evaluated.
+        evaluated: which α were evaluated (boolean array; all unless interrupted; None
+            means all).
+        provenance: where it comes from (:class:`~lossviz.provenance.Provenance`; None
+            when built by hand). Set by :func:`interpolate`, it keeps the Objective
+            (``objective``) and the endpoints (``a``, ``b``) live for :meth:`dashboard`;
+            they are not saved.
     """
 
     alphas: np.ndarray
     values: dict
     metric_kinds: dict = field(default_factory=dict)
     bn: str = "eval"
-    obj: Objective | None = None
-    a: object = None
-    b: object = None
     seconds: float = 0.0
     complete: bool = True
     #: which α were evaluated (all unless interrupted)
@@ -265,6 +328,20 @@ class PathResult:
         if values is not None and name in values:
             return values[name]
         raise AttributeError(name)
+
+    obj = property(deprecated_obj)
+
+    @property
+    def a(self):
+        """The first endpoint as given to :func:`interpolate` (live; None when unknown)."""
+        at = self.at
+        return at[0] if isinstance(at, tuple) and len(at) == 2 else None
+
+    @property
+    def b(self):
+        """The second endpoint as given to :func:`interpolate` (live; None when unknown)."""
+        at = self.at
+        return at[1] if isinstance(at, tuple) and len(at) == 2 else None
 
     def _evaluated(self) -> np.ndarray:
         if self.evaluated is None:
@@ -286,23 +363,60 @@ class PathResult:
         return b, float(self.alphas[i])
 
     def barrier(self, metric: str = "loss", kind: str = "linear") -> float:
-        """The barrier of ``metric`` along the path (see the class docstring): ``inf`` /
-        ``NaN`` when the metric is not finite somewhere on the path, NaN when the path is
-        incomplete."""
+        """The barrier of ``metric`` along the path (formulas in the class docstring).
+
+        Args:
+            metric: a metric of this result (``"loss"``, ``"accuracy"``, ...).
+            kind: ``"linear"`` (above the chord) or ``"mean"`` (above the endpoints' mean).
+
+        Returns:
+            The barrier as a float: ``inf`` / ``NaN`` when the metric is not finite
+            somewhere on the path, NaN when the path is incomplete.
+
+        Raises:
+            LossvizError: ``metric`` is not in this result, or ``kind`` is not
+                ``"linear"`` / ``"mean"``.
+        """
         return self._barrier(metric, kind)[0]
 
     def barrier_alpha(self, metric: str = "loss", kind: str = "linear") -> float:
-        """The α where the barrier is reached (the first non-finite α when the barrier is
-        not finite; NaN for an incomplete path)."""
+        """The α where the barrier is reached.
+
+        Args:
+            metric: a metric of this result.
+            kind: ``"linear"`` or ``"mean"``.
+
+        Returns:
+            The α as a float (the first non-finite α when the barrier is not finite; NaN
+            for an incomplete path).
+
+        Raises:
+            LossvizError: ``metric`` is not in this result, or ``kind`` is not
+                ``"linear"`` / ``"mean"``.
+        """
         return self._barrier(metric, kind)[1]
 
     def dashboard(self, **kw):
-        """An interactive view of this path (:func:`lossviz.dash.interpolation`)."""
-        if self.obj is None:
+        """An interactive view of this path (:func:`lossviz.dash.interpolation`).
+
+        It opens on this result's own curve, with its ``bn``, ``n`` and metrics.
+
+        Args:
+            **kw: keywords for the dashboard (e.g. ``bn_data``, ``precision``, ``groups``).
+
+        Returns:
+            The dashboard widget.
+
+        Raises:
+            LossvizError: this result has no Objective (built by hand, or loaded).
+        """
+        if self.objective is None:
             raise LossvizError("this PathResult has no Objective to build a dashboard from")
         from lossviz import dash
 
-        return dash.interpolation(self.obj, self.a, self.b, **kw)
+        metrics = {k: self.metric_kinds.get(k, k) for k in self.values}
+        opts = {"n": len(self.alphas), "metrics": metrics, "bn": self.bn}
+        return dash.interpolation(self.objective, self.a, self.b, path=self, **{**opts, **kw})
 
     def _rows(self):
         rows = []
@@ -357,8 +471,20 @@ class PathResult:
         )
 
     def plot(self, kind: str = "linear"):
-        """One panel per metric: the curve, the endpoints, the chord (``kind="linear"``)
-        or the endpoints' mean (``kind="mean"``), and the barrier marked."""
+        """One panel per metric: the curve, the endpoints, the reference, and the barrier.
+
+        The reference is the chord (``kind="linear"``) or the endpoints' mean
+        (``kind="mean"``); the barrier is marked where it is finite.
+
+        Args:
+            kind: ``"linear"`` or ``"mean"``.
+
+        Returns:
+            A plotly ``Figure``.
+
+        Raises:
+            LossvizError: ``kind`` is not ``"linear"`` / ``"mean"``.
+        """
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
@@ -447,6 +573,7 @@ _DEFAULT_METRICS = ("loss", "accuracy")
 
 
 @api
+@renamed(recompute_data="bn_data")
 def interpolate(
     obj: Objective,
     a,
@@ -455,29 +582,65 @@ def interpolate(
     n: int = 25,
     metrics=None,
     bn: str = "eval",
-    recompute_data=None,
+    bn_data=None,
     progress=None,
     **kw,
 ) -> PathResult:
-    """Metrics along the straight line ``θ(α) = (1-α)·θA + α·θB`` at ``n`` evenly spaced
-    α in [0, 1] (both ends included), all in batched passes.
+    """Metrics along the straight line ``θ(α) = (1-α)·θA + α·θB``, α in [0, 1].
 
-    ``a``, ``b``: models, state dicts, :class:`~lossviz.Weights` or checkpoint paths.
-    ``metrics``: default loss and accuracy — accuracy only where it applies (class scores
-    with labels, binary outputs with 0/1 targets; left out with a warning for a
-    regression); given explicitly, a metric that does not apply is an error. Parameters
-    that do not vary in ``obj`` and buffers follow the path too: floating-point ones are
-    interpolated where A and B differ, integer ones (``num_batches_tracked``, counters) come
-    from the nearest endpoint (A for α ≤ ½, B for α > ½), so the values at α = 0 and 1 are
-    exactly ``L(θA)`` and ``L(θB)``. ``bn="recompute"`` re-estimates BatchNorm running
-    statistics at every α on ``recompute_data`` (default: the Objective's data), as
-    curve-finding code does (Garipov et al. 2018); with BatchNorm, ``bn="eval"`` evaluates
-    with interpolated running statistics, which is often wrong. Other keywords:
-    ``precision``, ``batched``, ``chunk_size`` (as :func:`lossviz.landscape.evaluate`).
+    ``n`` evenly spaced α, both ends included, all evaluated in batched passes. The
+    barriers of the result (:meth:`PathResult.barrier`) are ``kind="linear"`` (Entezari,
+    Sedghi, Saukh, Neyshabur 2022, "The Role of Permutation Invariance in Linear Mode
+    Connectivity of Neural Networks"): ``max_α [L(θ(α)) - ((1-α)·L(θA) + α·L(θB))]``, and
+    ``kind="mean"`` (Frankle, Dziugaite, Roy, Carbin 2020, "Linear Mode Connectivity and the
+    Lottery Ticket Hypothesis"): ``max_α L(θ(α)) - ½·(L(θA) + L(θB))``.
+
+    Parameters that do not vary in ``obj`` and buffers follow the path too: floating-point
+    ones are interpolated where A and B differ, integer ones (``num_batches_tracked``,
+    counters) come from the nearest endpoint (A for α ≤ ½, B for α > ½), so the values at
+    α = 0 and 1 are exactly ``L(θA)`` and ``L(θB)``.
 
     A value that is not finite is kept (the barrier is then not finite) and reported in a
     warning naming the α (also :meth:`PathResult.nonfinite`). After Ctrl-C the result has
     ``complete=False``, NaN where not evaluated, and NaN barriers.
+
+    Args:
+        obj: the :class:`~lossviz.Objective` (model, loss, data; never changed).
+        a: the first endpoint θA: a model, a state dict, :class:`~lossviz.Weights` or a
+            checkpoint path.
+        b: the second endpoint θB (same forms).
+        n: the number of α (at least 2).
+        metrics: a metric or a list of them (``"loss"``, ``"accuracy"``, ``"error"``, or a
+            callable ``(outputs, targets) -> scalar``), or a mapping name -> metric.
+            Default: loss and accuracy — accuracy only where it applies (class scores
+            with labels, binary outputs with 0/1 targets; left out with a warning for a
+            regression; only loss with a custom ``forward=``); given explicitly, a metric
+            that does not apply is an error.
+        bn: ``"eval"`` (the Objective's own setting: with BatchNorm, the running
+            statistics are interpolated with the weights, which is often wrong) or
+            ``"recompute"`` (BatchNorm running statistics re-estimated at every α, as
+            curve-finding code does: Garipov, Izmailov, Podoprikhin, Vetrov, Wilson 2018,
+            "Loss Surfaces, Mode Connectivity, and Fast Ensembling of DNNs").
+        bn_data: the batches for ``bn="recompute"`` (default: the Objective's data);
+            ``recompute_data=`` is its deprecated name.
+        progress: show a progress bar (default on unless ``LOSSVIZ_PROGRESS=0``).
+        **kw: ``precision``, ``batched``, ``chunk_size`` (as
+            :func:`lossviz.landscape.evaluate`).
+
+    Returns:
+        :class:`PathResult`: ``alphas`` and one array per metric, with its barriers.
+
+    Raises:
+        ArgumentTypeError: ``obj`` is not an Objective; an argument of the wrong type; an
+            unknown keyword; both ``bn_data`` and ``recompute_data``.
+        LossvizError: ``n < 2``; ``bn`` not ``"eval"`` / ``"recompute"``;
+            ``bn="recompute"`` on a model without BatchNorm running statistics or an
+            Objective not built with ``bn="eval"``; ``bn_data`` without
+            ``bn="recompute"``; an unknown metric, or one given explicitly that does not
+            apply to the model and data; a bad ``precision``.
+        CheckpointError: ``a`` or ``b`` does not match the model (keys, shapes), or a
+            checkpoint path that cannot be read.
+        DataError: ``bn_data`` is empty.
 
     >>> from lossviz.data import digits, mlp
     >>> x, y = digits()
@@ -489,7 +652,7 @@ def interpolate(
     t0 = time.perf_counter()
     _check_obj(obj)
     n = validate.integer(n, "n", low=2)
-    ekw = _engine_args(obj, bn, recompute_data, progress, kw)
+    ekw = _engine_args(obj, bn, bn_data, progress, kw)
     optional: tuple = ()
     if metrics is None:
         metrics, optional = (
@@ -515,29 +678,107 @@ def interpolate(
         "on the path: ",
     )
     return PathResult(
-        alphas,
-        vals,
-        {k: v if isinstance(v, str) else k for k, v in mk.items()},
-        bn,
-        obj,
-        a,
-        b,
-        time.perf_counter() - t0,
-        complete,
-        done,
+        alphas=alphas,
+        values=vals,
+        metric_kinds={k: v if isinstance(v, str) else k for k, v in mk.items()},
+        bn=bn,
+        seconds=time.perf_counter() - t0,
+        complete=complete,
+        evaluated=done,
+        provenance=Provenance.of(obj, kernel="interpolate", at=(a, b)),
     )
+
+
+@api
+def path_point(obj: Objective, a, b, alpha: float) -> dict[str, Tensor]:
+    """The full state at ``α`` on the straight line from ``a`` to ``b``.
+
+    Varying parameters, other parameters and buffers, exactly as :func:`interpolate`
+    evaluates them: parameters ``(1-α)·θA + α·θB``, floating-point buffers interpolated
+    where A and B differ, integer ones from the nearest endpoint (A for α ≤ ½, B for
+    α > ½); exactly A at α = 0 and B at α = 1.
+
+    Args:
+        obj: the :class:`~lossviz.Objective` (which parameters vary; never changed).
+        a: the first endpoint (a model, state dict, Weights or checkpoint path).
+        b: the second endpoint (same forms).
+        alpha: a number in [0, 1].
+
+    Returns:
+        A dict ``name -> tensor`` (private copies), usable wherever a point is taken
+        (``obj.loss(at=...)``, ``evaluate(obj, [p], at=p)``, ``model.load_state_dict``).
+
+    Raises:
+        ArgumentTypeError: ``obj`` is not an Objective, ``alpha`` is not a number, or
+            ``a`` / ``b`` is not a point.
+        LossvizError: ``alpha`` outside [0, 1] (or NaN).
+        CheckpointError: ``a`` / ``b`` do not match the model (keys, shapes).
+
+    >>> model = nn.Sequential(nn.Linear(1, 1, bias=False), nn.Linear(1, 1, bias=False))
+    >>> obj = Objective(model, nn.functional.mse_loss, (torch.ones(1, 1), torch.ones(1, 1)))
+    >>> def w(v):
+    ...     return {"0.weight": torch.tensor([[v]]), "1.weight": torch.tensor([[v]])}
+    >>> path_point(obj, w(1.0), w(-1.0), 0.25)
+    {'0.weight': tensor([[0.5000]]), '1.weight': tensor([[0.5000]])}
+    """
+    _check_obj(obj)
+    alpha = validate.number(alpha, "alpha", low=0.0, high=1.0)
+    fa_flat, fa = obj.resolve(a, name="a")
+    fb_flat, fb = obj.resolve(b, name="b")
+    fixed = fa if _same_fixed(fa, fb) else _lerp_fixed(fa, fb, alpha)
+    return {**fixed, **obj.layout.unflatten(_lerp_flat(fa_flat, fb_flat, alpha))}
 
 
 @api
 def barrier(
     obj: Objective, a, b, *, metric: str = "loss", kind: str = "linear", n: int = 25, **kw
 ) -> float:
-    """The barrier between ``a`` and ``b`` on the straight line (``n`` α values):
-    ``kind="linear"``: ``max_α [L(θ(α)) - ((1-α)L(θA) + αL(θB))]`` (Entezari et al. 2022);
-    ``kind="mean"``: ``max_α L(θ(α)) - ½(L(θA) + L(θB))`` (Frankle et al. 2020).
-    Keywords as :func:`interpolate`. Not finite (with a warning naming the α) when the
-    metric is not finite somewhere on the path; Ctrl-C propagates (a single number has no
-    partial form)."""
+    """The barrier between ``a`` and ``b`` on the straight line ``θ(α) = (1-α)·θA + α·θB``.
+
+    - ``kind="linear"`` (Entezari, Sedghi, Saukh, Neyshabur 2022, "The Role of Permutation
+      Invariance in Linear Mode Connectivity of Neural Networks"):
+      ``max_α [L(θ(α)) - ((1-α)·L(θA) + α·L(θB))]``;
+    - ``kind="mean"`` (Frankle, Dziugaite, Roy, Carbin 2020, "Linear Mode Connectivity and
+      the Lottery Ticket Hypothesis", on test error: linearly connected below ~2%):
+      ``max_α L(θ(α)) - ½·(L(θA) + L(θB))``.
+
+    For accuracy the sign flips (the largest drop below the chord or the mean). The max is
+    over ``n`` evenly spaced α in [0, 1], computed by :func:`interpolate`.
+
+    Args:
+        obj: the :class:`~lossviz.Objective` (never changed).
+        a: the first endpoint (a model, state dict, Weights or checkpoint path).
+        b: the second endpoint (same forms).
+        metric: ``"loss"``, ``"accuracy"`` or ``"error"``.
+        kind: ``"linear"`` (above the chord) or ``"mean"`` (above the endpoints' mean).
+        n: the number of α (at least 2).
+        **kw: as :func:`interpolate`: ``bn``, ``bn_data``, ``progress``, ``precision``,
+            ``batched``, ``chunk_size``.
+
+    Returns:
+        The barrier as a float: not finite (with a warning naming the α) when the metric
+        is not finite somewhere on the path. Ctrl-C propagates (a single number has no
+        partial form).
+
+    Raises:
+        ArgumentTypeError: ``obj`` is not an Objective; ``metric`` is not a string; an
+            argument of the wrong type or an unknown keyword.
+        LossvizError: ``metric`` or ``kind`` not one of the names above; ``n < 2``; the
+            metric does not apply to the model and data; a bad ``bn`` (as
+            :func:`interpolate`).
+        CheckpointError: ``a`` or ``b`` does not match the model.
+        DataError: ``bn_data`` is empty.
+
+    On ``L(w₁, w₂) = (w₁·w₂ - 1)²``, zero at ``(1, 1)`` and ``(-1, -1)``, the path crosses
+    ``(0, 0)`` where the loss is 1:
+
+    >>> model = nn.Sequential(nn.Linear(1, 1, bias=False), nn.Linear(1, 1, bias=False))
+    >>> obj = Objective(model, nn.functional.mse_loss, (torch.ones(1, 1), torch.ones(1, 1)))
+    >>> def w(v):
+    ...     return {"0.weight": torch.tensor([[v]]), "1.weight": torch.tensor([[v]])}
+    >>> barrier(obj, w(1.0), w(-1.0), n=3, progress=False)
+    1.0
+    """
     _check_obj(obj)
     _check_kind(kind)
     _metric_name(metric)
@@ -546,36 +787,28 @@ def barrier(
 
 
 # barrier matrix ----------------------------------------------------------------------------
-def _named_points(points, what="points") -> tuple[list[str], list]:
-    if isinstance(points, Mapping) and not _looks_like_state(points):
-        names, pts = [str(k) for k in points], list(points.values())
-        if len(set(names)) != len(names):
-            raise LossvizError(f"{what}: names {names} are not distinct as strings")
-    elif isinstance(points, Sequence) and not isinstance(points, (str, bytes)):
-        pts = list(points)
-        names = [str(i) for i in range(len(pts))]
-    elif isinstance(points, Mapping):
-        raise ArgumentTypeError(
-            f"{what} is a single state dict: pass a list of points or a mapping name -> point"
-        )
-    else:
-        raise ArgumentTypeError(
-            f"{what} must be a list of points or a mapping name -> point, got "
-            f"{type(points).__name__}"
-        )
-    return names, pts
+@dataclass(kw_only=True, repr=False)
+class BarrierMatrix(DataResult):
+    """Pairwise barriers between N points (:func:`barrier_matrix`).
 
+    ``values[i, j]`` is the barrier of the straight path between points i and j (as
+    :func:`barrier`): symmetric, zero diagonal. NaN for a pair not evaluated
+    (``complete=False`` after Ctrl-C) or whose path has a NaN; ``inf`` for a path with an
+    infinite loss between finite endpoints.
 
-def _looks_like_state(m: Mapping) -> bool:
-    return bool(m) and all(isinstance(v, Tensor) for v in m.values())
-
-
-@dataclass(repr=False)
-class BarrierMatrix:
-    """Pairwise barriers between N points: ``values[i, j]`` (symmetric, zero diagonal).
-
-    NaN for a pair not evaluated (``complete=False`` after Ctrl-C) or whose path has a NaN;
-    ``inf`` for a path with an infinite loss between finite endpoints."""
+    Attributes:
+        names: the points' names (strings), in order.
+        values: the ``(N, N)`` barrier matrix (float64).
+        metric: the metric the barriers are computed on.
+        kind: ``"linear"`` (Entezari et al. 2022) or ``"mean"`` (Frankle et al. 2020).
+        endpoint_values: the metric at each point, shape ``(N,)`` (NaN where not
+            evaluated).
+        n: the number of α per path, both ends included.
+        seconds: wall time.
+        complete: False when interrupted (Ctrl-C): NaN where not evaluated.
+        provenance: where it comes from (:class:`~lossviz.provenance.Provenance`; None
+            when built by hand).
+    """
 
     names: list
     values: np.ndarray
@@ -609,6 +842,11 @@ class BarrierMatrix:
         )
 
     def plot(self):
+        """Heatmap of the pairwise barriers, each cell labelled with its value.
+
+        Returns:
+            A plotly ``Figure``.
+        """
         import plotly.graph_objects as go
 
         fig = go.Figure(
@@ -632,6 +870,7 @@ class BarrierMatrix:
 
 
 @api
+@renamed(recompute_data="bn_data")
 def barrier_matrix(
     obj: Objective,
     points,
@@ -640,24 +879,68 @@ def barrier_matrix(
     kind: str = "linear",
     n: int = 25,
     bn: str = "eval",
-    recompute_data=None,
+    bn_data=None,
     progress=None,
     **kw,
 ) -> BarrierMatrix:
-    """Barriers between every pair of ``points`` (a list, or a mapping name -> point), e.g.
-    a soup's ingredients. Each endpoint is evaluated once; all interior α of all pairs go
-    through batched passes. Definitions (and the non-finite and Ctrl-C rules) as
-    :func:`barrier` / :func:`interpolate`; after Ctrl-C the pairs not fully evaluated are
-    NaN and ``complete`` is False."""
+    """Barriers between every pair of ``points``, e.g. a soup's ingredients.
+
+    Each endpoint is evaluated once; all interior α of all pairs go through batched
+    passes. Definitions (and the non-finite rules) as :func:`barrier`:
+    ``kind="linear"`` (Entezari et al. 2022) ``max_α [L(θ(α)) - ((1-α)·L(θ_i) +
+    α·L(θ_j))]``, ``kind="mean"`` (Frankle et al. 2020) ``max_α L(θ(α)) - ½·(L(θ_i) +
+    L(θ_j))``, with ``θ(α) = (1-α)·θ_i + α·θ_j``. A path with a non-finite value gets a
+    non-finite barrier and a warning naming the pair and the α.
+
+    Args:
+        obj: the :class:`~lossviz.Objective` (never changed).
+        points: at least two points: a list, a mapping name -> point or a
+            :class:`~lossviz.TrajectoryRecorder` (each point a model, state dict,
+            Weights or checkpoint path).
+        metric: ``"loss"``, ``"accuracy"`` or ``"error"``.
+        kind: ``"linear"`` or ``"mean"``.
+        n: the number of α per path (at least 2), both ends included.
+        bn: ``"eval"`` or ``"recompute"`` (as :func:`interpolate`).
+        bn_data: the batches for ``bn="recompute"`` (default: the Objective's data);
+            ``recompute_data=`` is its deprecated name.
+        progress: show a progress bar (default on unless ``LOSSVIZ_PROGRESS=0``).
+        **kw: ``precision``, ``batched``, ``chunk_size`` (as
+            :func:`lossviz.landscape.evaluate`).
+
+    Returns:
+        :class:`BarrierMatrix`; after Ctrl-C the pairs not fully evaluated are NaN and
+        ``complete`` is False.
+
+    Raises:
+        ArgumentTypeError: ``obj`` is not an Objective; ``points`` is not one of the
+            forms; ``metric`` is not a string; an argument of the wrong type or an
+            unknown keyword.
+        LossvizError: fewer than two points; names that are not distinct as strings;
+            ``metric`` or ``kind`` not one of the names above; ``n < 2``; the metric does
+            not apply; a bad ``bn`` / ``bn_data`` combination (as :func:`interpolate`).
+        CheckpointError: a point does not match the model.
+        DataError: ``bn_data`` is empty.
+
+    >>> model = nn.Sequential(nn.Linear(1, 1, bias=False), nn.Linear(1, 1, bias=False))
+    >>> obj = Objective(model, nn.functional.mse_loss, (torch.ones(1, 1), torch.ones(1, 1)))
+    >>> def w(v):
+    ...     return {"0.weight": torch.tensor([[v]]), "1.weight": torch.tensor([[v]])}
+    >>> m = barrier_matrix(obj, {"A": w(1.0), "B": w(-1.0), "C": w(1.0)}, n=3, progress=False)
+    >>> m.values.tolist()
+    [[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]
+    """
     t0 = time.perf_counter()
     _check_obj(obj)
     _check_kind(kind)
     n = validate.integer(n, "n", low=2)
-    ekw = _engine_args(obj, bn, recompute_data, progress, kw)
+    ekw = _engine_args(obj, bn, bn_data, progress, kw)
     _metric(obj, metric)
-    names, pts = _named_points(points)
-    if len(pts) < 2:
-        raise LossvizError(f"points: barrier_matrix needs at least 2 points, got {len(pts)}")
+    from .points import as_points  # a list, a dict name -> point or a TrajectoryRecorder
+
+    labels, pts, _ = as_points(points, "points", at_least=2, what="barrier_matrix")
+    names = [str(lab) for lab in labels]
+    if len(set(names)) != len(names):
+        raise LossvizError(f"points: names {names} are not distinct as strings")
     resolved = [obj.resolve(p, name=f"points[{nm!r}]") for nm, p in zip(names, pts)]
     mk, rules = _prepare_metrics(
         obj, (metric,), *resolved[0], precision=ekw["precision"], name="metric"
@@ -701,16 +984,40 @@ def barrier_matrix(
             + "; their barriers are not finite"
         )
     ev = np.where(done[ends], vals[ends], np.nan)
-    return BarrierMatrix(names, M, metric, kind, ev, n, time.perf_counter() - t0, complete)
+    return BarrierMatrix(
+        names=names,
+        values=M,
+        metric=metric,
+        kind=kind,
+        endpoint_values=ev,
+        n=n,
+        seconds=time.perf_counter() - t0,
+        complete=complete,
+        provenance=Provenance.of(obj, kernel="barrier_matrix"),
+    )
 
 
 # layer-wise barriers -----------------------------------------------------------------------
 def resolve_groups(obj: Objective, groups) -> tuple[dict[str, list[str]], str]:
-    """``groups`` as ``name -> list of varying parameter names`` and its kind.
+    """``groups`` as ``name -> list of varying parameter names``, and its kind.
 
-    ``"module"``: one group per module (all parameters of one layer); ``"cumulative"``: the
-    first k modules, k = 1..L (named after the k-th module); a mapping ``name -> list of
-    parameter or module names`` (a module name stands for all its parameters)."""
+    Args:
+        obj: the :class:`~lossviz.Objective` (its varying parameters and their modules).
+        groups: ``"module"``: one group per module (all parameters of one layer);
+            ``"cumulative"``: the first k modules, k = 1..L (named after the k-th module);
+            or a mapping ``name -> list of parameter or module names`` (a module name
+            stands for all its varying parameters; a single string is a one-name list).
+
+    Returns:
+        ``(mapping, kind)``: the groups as ``name -> parameter names`` and ``"module"``,
+        ``"cumulative"`` or ``"custom"``.
+
+    Raises:
+        ArgumentTypeError: ``groups`` is not a string or a mapping, or a group is not a
+            list of strings.
+        LossvizError: an unknown string; an empty mapping or group; a name that is no
+            varying parameter or module; a group name given twice (as a string).
+    """
     mods = obj.layout.by_module()
     if isinstance(groups, str) and groups == "module":
         return mods, "module"
@@ -772,19 +1079,35 @@ def _bases(base) -> list[str]:
     return ["A", "B"] if base == "both" else [base]
 
 
-@dataclass(repr=False)
-class LayerwiseResult:
-    """Layer-wise barriers (Adilova et al., ICLR 2024).
+@dataclass(kw_only=True, repr=False)
+class LayerwiseResult(DataResult):
+    """Layer-wise barriers (:func:`layerwise_barriers`; Adilova et al., ICLR 2024).
 
     ``barriers[base][group] = L(θ_base^S) - ½(L(θA) + L(θB))`` where ``θ_base^S`` is the
     base model with block ``S`` replaced by ``½(θA[S] + θB[S])``; ``full`` is the
     full-model counterpart ``L(½θA + ½θB) - ½(L(θA) + L(θB))``. With ``n``, ``curves[base]
     [group]`` holds the metric as block S moves from the base toward the average:
-    ``θ_base[S] + α·(θ_other[S] - θ_base[S])`` at ``alphas`` in [0, ½].
+    ``θ_base[S] + α·(θ_other[S] - θ_base[S])`` at ``alphas`` in [0, ½]. For accuracy the
+    sign flips (a barrier is a drop below the mean).
 
     A barrier is NaN when a value it needs was not evaluated (``complete=False`` after
     Ctrl-C) or is NaN, or when ``L(A)`` / ``L(B)`` is not finite; ``inf`` when the
     block-averaged model's loss is ``+inf``.
+
+    Attributes:
+        groups: ``group name -> parameter names`` of each block S.
+        barriers: ``base ("A" / "B") -> group -> barrier``.
+        full: the full-model barrier ``L(½θA + ½θB) - ½(L(θA) + L(θB))``.
+        endpoint_values: ``(L(θA), L(θB))``.
+        metric: the metric the barriers are computed on.
+        group_kind: ``"module"``, ``"cumulative"`` or ``"custom"``.
+        alphas: the α of the curves in [0, ½] (None without ``n``).
+        curves: ``base -> group -> array`` of the metric along ``alphas`` (None without
+            ``n``).
+        seconds: wall time.
+        complete: False when interrupted (Ctrl-C): NaN where not evaluated.
+        provenance: where it comes from (:class:`~lossviz.provenance.Provenance`; None
+            when built by hand).
     """
 
     groups: dict
@@ -804,6 +1127,7 @@ class LayerwiseResult:
         return {g: {b: float(self.barriers[b][g]) for b in self.barriers} for g in self.groups}
 
     def to_pandas(self):
+        """:attr:`table` as a ``pandas.DataFrame`` (rows: groups; columns: bases)."""
         import pandas as pd
 
         return pd.DataFrame(self.table).T
@@ -840,8 +1164,14 @@ class LayerwiseResult:
         )
 
     def plot(self):
-        """Heatmap of the barriers (groups × bases, and the full model); with curves, the
-        curves below it."""
+        """Heatmap of the barriers (groups × bases, and the full model).
+
+        With curves (``n`` given), the curves are drawn below it with the endpoints' mean
+        as a reference line.
+
+        Returns:
+            A plotly ``Figure``.
+        """
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
@@ -900,8 +1230,11 @@ class LayerwiseResult:
 
 
 def _layerwise_points(obj, batch, fa_flat, fa, fb_flat, fb, gidx, bases, alphas):
-    """Add the points of one pair to ``batch``; returns the index bookkeeping (and
-    ``labels``: index -> what the point is, for warnings)."""
+    """Add the points of one pair to ``batch``.
+
+    Returns the index bookkeeping (and ``labels``: index -> what the point is, for
+    warnings).
+    """
     same = _same_fixed(fa, fb)
     avg = 0.5 * (fa_flat + fb_flat)
     idx = {
@@ -935,8 +1268,11 @@ def _layerwise_points(obj, batch, fa_flat, fa, fb_flat, fb, gidx, bases, alphas)
 
 
 def _gap(v: float, ref: float, sign: float) -> float:
-    """``sign·(v - ref)`` with the non-finite rule: NaN unless both are finite, except a
-    worse-than-any value (``+inf`` loss) over a finite reference, which is ``+inf``."""
+    """``sign·(v - ref)`` with the non-finite rule.
+
+    NaN unless both are finite, except a worse-than-any value (``+inf`` loss) over a
+    finite reference, which is ``+inf``.
+    """
     v, ref = float(v), float(ref)
     if np.isfinite(v) and np.isfinite(ref):
         return sign * (v - ref)
@@ -961,16 +1297,16 @@ def _layerwise_result(vals, done, idx, groups, kind, bases, metric, sign, alphas
     labels = idx["labels"]
     every = np.array(sorted(labels))
     return LayerwiseResult(
-        groups,
-        bar,
-        _gap(val(idx["full"]), ref, sign),
-        (la, lb),
-        metric,
-        kind,
-        alphas,
-        curves,
-        seconds,
-        bool(done[every].all()),
+        groups=groups,
+        barriers=bar,
+        full=_gap(val(idx["full"]), ref, sign),
+        endpoint_values=(la, lb),
+        metric=metric,
+        group_kind=kind,
+        alphas=alphas,
+        curves=curves,
+        seconds=seconds,
+        complete=bool(done[every].all()),
     )
 
 
@@ -1004,6 +1340,7 @@ def _check_alpha_n(n):
 
 
 @api
+@renamed(recompute_data="bn_data")
 def layerwise_barriers(
     obj: Objective,
     a,
@@ -1014,25 +1351,72 @@ def layerwise_barriers(
     metric: str = "loss",
     n: int | None = None,
     bn: str = "eval",
-    recompute_data=None,
+    bn_data=None,
     progress=None,
     **kw,
 ) -> LayerwiseResult:
-    """Layer-wise barriers (Adilova, Andriushchenko, Kamp, Fischer, Jaggi, ICLR 2024).
+    """Layer-wise barriers: the cost of averaging one block of two models.
 
-    For each group S and base ``b ∈ {A, B}``: ``B_S^(b) = L(θ_b^S) - ½(L(θA) + L(θB))``,
-    ``θ_b^S`` = θ_b with block S replaced by ``½(θA[S] + θB[S])``; plus the full-model
-    barrier ``L(½θA + ½θB) - ½(L(θA) + L(θB))``. ``groups``: ``"module"`` (one per layer,
-    named as in ``model.named_modules()``), ``"cumulative"`` (the first k layers) or a
-    mapping ``name -> parameter / module names``. With ``n``, also the curves moving block S
-    from the base toward the average (α in [0, ½]; never up to 1, which would be a layer
-    swap). The base keeps its own buffers (``bn="recompute"`` re-estimates them); the full
+    Adilova, Andriushchenko, Kamp, Fischer, Jaggi, ICLR 2024, "Layer-wise Linear Mode
+    Connectivity". For each group S and base ``b ∈ {A, B}``::
+
+        B_S^(b) = L(θ_b^S) - ½(L(θA) + L(θB)),   θ_b^S = θ_b with θ_b[S] ← ½(θA[S] + θB[S])
+
+    plus the full-model barrier ``L(½θA + ½θB) - ½(L(θA) + L(θB))``. The measure is
+    asymmetric in the base, so both bases are reported by default. For accuracy the sign
+    flips. The base keeps its own buffers (``bn="recompute"`` re-estimates them); the full
     average interpolates floating-point buffers and takes integer ones from A. All points
-    in batched passes. Non-finite values and Ctrl-C as :func:`interpolate`.
+    go through batched passes. Non-finite values (a warning naming the points) and Ctrl-C
+    (``complete=False``, NaN where not evaluated) as :func:`interpolate`.
+
+    Args:
+        obj: the :class:`~lossviz.Objective` (never changed).
+        a: the first model θA (a model, state dict, Weights or checkpoint path).
+        b: the second model θB (same forms).
+        groups: the blocks S: ``"module"`` (one per layer, named as in
+            ``model.named_modules()``), ``"cumulative"`` (the first k layers, k = 1..L) or
+            a mapping ``name -> parameter / module names`` (see :func:`resolve_groups`).
+        base: ``"A"``, ``"B"`` or ``"both"``.
+        metric: ``"loss"``, ``"accuracy"`` or ``"error"``.
+        n: with ``n`` (at least 2), also the curves moving block S from the base toward
+            the average at ``n`` α in [0, ½] (never up to 1, which would be a layer swap
+            between unrelated networks).
+        bn: ``"eval"`` or ``"recompute"`` (as :func:`interpolate`).
+        bn_data: the batches for ``bn="recompute"`` (default: the Objective's data);
+            ``recompute_data=`` is its deprecated name.
+        progress: show a progress bar (default on unless ``LOSSVIZ_PROGRESS=0``).
+        **kw: ``precision``, ``batched``, ``chunk_size`` (as
+            :func:`lossviz.landscape.evaluate`).
+
+    Returns:
+        :class:`LayerwiseResult` (``barriers[base][group]``, ``full``, and with ``n`` the
+        ``curves``).
+
+    Raises:
+        ArgumentTypeError: ``obj`` is not an Objective; ``metric`` is not a string;
+            ``groups`` of the wrong type; an argument of the wrong type or an unknown
+            keyword.
+        LossvizError: ``metric`` not one of the names above; ``base`` not ``"A"``,
+            ``"B"`` or ``"both"``; ``n < 2``; bad ``groups`` (unknown names, empty
+            groups); the metric does not apply; a bad ``bn`` / ``bn_data`` combination
+            (as :func:`interpolate`).
+        CheckpointError: ``a`` or ``b`` does not match the model.
+        DataError: ``bn_data`` is empty.
+
+    On ``L(w₁, w₂) = (w₁·w₂ - 1)²`` with A = (1, 1) and B = (-1, -1), averaging either
+    weight alone already gives the loss at the midpoint (1):
+
+    >>> model = nn.Sequential(nn.Linear(1, 1, bias=False), nn.Linear(1, 1, bias=False))
+    >>> obj = Objective(model, nn.functional.mse_loss, (torch.ones(1, 1), torch.ones(1, 1)))
+    >>> def w(v):
+    ...     return {"0.weight": torch.tensor([[v]]), "1.weight": torch.tensor([[v]])}
+    >>> r = layerwise_barriers(obj, w(1.0), w(-1.0), progress=False)
+    >>> r.barriers, r.full
+    ({'A': {'0': 1.0, '1': 1.0}, 'B': {'0': 1.0, '1': 1.0}}, 1.0)
     """
     t0 = time.perf_counter()
     _check_obj(obj)
-    ekw = _engine_args(obj, bn, recompute_data, progress, kw)
+    ekw = _engine_args(obj, bn, bn_data, progress, kw)
     _metric(obj, metric)
     gmap, kind = resolve_groups(obj, groups)
     bases = _bases(base)
@@ -1049,7 +1433,7 @@ def layerwise_barriers(
     allvals, done, _ = batch.run(mk, rules, progress=progress, **ekw)
     vals = allvals[metric]
     _warn_layerwise(vals, done, [idx], metric, [""])
-    return _layerwise_result(
+    res = _layerwise_result(
         vals,
         done,
         idx,
@@ -1061,13 +1445,25 @@ def layerwise_barriers(
         alphas,
         time.perf_counter() - t0,
     )
+    res.provenance = Provenance.of(obj, kernel="layerwise_barriers", at=(a, b))
+    return res
 
 
-@dataclass(repr=False)
-class LayerwiseOver:
-    """Layer-wise barriers over a training run: ``results[label]`` per pair of checkpoints;
-    ``matrix(base)`` is the (pairs × groups) array of barriers (NaN where not evaluated
-    after Ctrl-C: ``complete=False``)."""
+@dataclass(kw_only=True, repr=False)
+class LayerwiseOver(DataResult):
+    """Layer-wise barriers over a training run (:func:`layerwise_barriers_over`).
+
+    One :class:`LayerwiseResult` per pair of checkpoints; :meth:`matrix` is the
+    (pairs × groups) array of barriers (NaN where not evaluated after Ctrl-C:
+    ``complete=False``).
+
+    Attributes:
+        labels: the pairs' labels (the mapping's keys, or 0, 1, ... for a list).
+        results: one :class:`LayerwiseResult` per pair, in the order of ``labels``.
+        complete: False when interrupted (Ctrl-C): NaN where not evaluated.
+        provenance: where it comes from (:class:`~lossviz.provenance.Provenance`; None
+            when built by hand).
+    """
 
     labels: list
     results: list
@@ -1075,15 +1471,28 @@ class LayerwiseOver:
 
     @property
     def groups(self) -> list:
+        """The group names (the same for every pair)."""
         return list(self.results[0].groups)
 
     def matrix(self, base: str = "A") -> np.ndarray:
+        """The barriers with base ``base`` as a (pairs × groups) array.
+
+        Args:
+            base: ``"A"`` or ``"B"`` (one of the bases computed).
+
+        Returns:
+            A float64 array, rows in the order of ``labels``, columns of ``groups``.
+
+        Raises:
+            LossvizError: ``base`` was not computed.
+        """
         if base not in self.results[0].barriers:
             raise LossvizError(f"no base {base!r}; have {list(self.results[0].barriers)}")
         return np.array([[r.barriers[base][g] for g in self.groups] for r in self.results])
 
     @property
     def full(self) -> np.ndarray:
+        """The full-model barriers, one per pair."""
         return np.array([r.full for r in self.results])
 
     def __repr__(self) -> str:
@@ -1113,7 +1522,17 @@ class LayerwiseOver:
         )
 
     def plot(self, base: str = "A"):
-        """Heatmap: pairs (e.g. epochs) × layers, plus the full-model column."""
+        """Heatmap: pairs (e.g. epochs) × layers, plus the full-model column.
+
+        Args:
+            base: ``"A"`` or ``"B"`` (one of the bases computed).
+
+        Returns:
+            A plotly ``Figure``.
+
+        Raises:
+            LossvizError: ``base`` was not computed.
+        """
         import plotly.graph_objects as go
 
         if base not in self.results[0].barriers:
@@ -1139,6 +1558,7 @@ class LayerwiseOver:
 
 
 @api
+@renamed(recompute_data="bn_data")
 def layerwise_barriers_over(
     obj: Objective,
     pairs,
@@ -1147,17 +1567,49 @@ def layerwise_barriers_over(
     base="both",
     metric: str = "loss",
     bn: str = "eval",
-    recompute_data=None,
+    bn_data=None,
     progress=None,
     **kw,
 ) -> LayerwiseOver:
-    """:func:`layerwise_barriers` for many pairs ``(θA_t, θB_t)`` (e.g. two runs at each
-    epoch): a list of pairs or a mapping label -> pair. All pairs' points go through the
-    same batched passes. ``.plot()`` is the epoch × layer heatmap of the paper's figures.
-    After Ctrl-C the barriers not evaluated are NaN and ``complete`` is False."""
+    """:func:`layerwise_barriers` for many pairs ``(θA_t, θB_t)``, e.g. two runs at each epoch.
+
+    For each pair, group S and base ``b``: ``B_S^(b) = L(θ_b^S) - ½(L(θA) + L(θB))`` with
+    ``θ_b^S`` the base with block S replaced by ``½(θA[S] + θB[S])`` (Adilova,
+    Andriushchenko, Kamp, Fischer, Jaggi, ICLR 2024, "Layer-wise Linear Mode
+    Connectivity"). All pairs' points go through the same batched passes.
+    ``.plot()`` is the epoch × layer heatmap of the paper's figures.
+
+    Args:
+        obj: the :class:`~lossviz.Objective` (never changed).
+        pairs: a list of pairs ``(a, b)`` or a mapping label -> pair (each point a model,
+            state dict, Weights or checkpoint path).
+        groups: the blocks S, as :func:`layerwise_barriers`.
+        base: ``"A"``, ``"B"`` or ``"both"``.
+        metric: ``"loss"``, ``"accuracy"`` or ``"error"``.
+        bn: ``"eval"`` or ``"recompute"`` (as :func:`interpolate`).
+        bn_data: the batches for ``bn="recompute"`` (default: the Objective's data);
+            ``recompute_data=`` is its deprecated name.
+        progress: show a progress bar (default on unless ``LOSSVIZ_PROGRESS=0``).
+        **kw: ``precision``, ``batched``, ``chunk_size`` (as
+            :func:`lossviz.landscape.evaluate`).
+
+    Returns:
+        :class:`LayerwiseOver`: one :class:`LayerwiseResult` per pair. After Ctrl-C the
+        barriers not evaluated are NaN and ``complete`` is False.
+
+    Raises:
+        ArgumentTypeError: ``obj`` is not an Objective; ``pairs`` is not a list or a
+            mapping; ``metric`` is not a string; ``groups`` of the wrong type; an
+            argument of the wrong type or an unknown keyword.
+        LossvizError: ``pairs`` is empty or holds something that is not a pair;
+            ``metric`` not one of the names above; a bad ``base`` or ``groups``; the
+            metric does not apply; a bad ``bn`` / ``bn_data`` combination.
+        CheckpointError: a point does not match the model.
+        DataError: ``bn_data`` is empty.
+    """
     t0 = time.perf_counter()
     _check_obj(obj)
-    ekw = _engine_args(obj, bn, recompute_data, progress, kw)
+    ekw = _engine_args(obj, bn, bn_data, progress, kw)
     _metric(obj, metric)
     if isinstance(pairs, Mapping):
         labels, plist = list(pairs), list(pairs.values())
@@ -1200,12 +1652,13 @@ def layerwise_barriers_over(
     _warn_layerwise(vals, done, idxs, metric, [f"pair {lab!r}: " for lab in labels])
     sec = time.perf_counter() - t0
     return LayerwiseOver(
-        labels,
-        [
+        labels=labels,
+        results=[
             _layerwise_result(
                 vals, done, ix, gmap, kind, bases, metric, _sign(mk[metric]), None, sec
             )
             for ix in idxs
         ],
-        complete,
+        complete=complete,
+        provenance=Provenance.of(obj, kernel="layerwise_barriers_over"),
     )

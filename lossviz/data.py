@@ -12,8 +12,18 @@ from torch import Tensor, nn
 def digits(*, split: float | None = None, dtype=torch.float32, device=None, seed: int = 0):
     """The digits dataset as tensors: inputs ``(N, 64)`` scaled to [0, 1], labels ``(N,)``.
 
-    With ``split`` (a test fraction), returns ``((x_train, y_train), (x_test, y_test))``
-    from a fixed random permutation.
+    Args:
+        split: A test fraction; when given the data are split along a fixed random
+            permutation (``round(split * N)`` test samples).
+        dtype: The dtype of the inputs.
+        device: Where the tensors live.
+        seed: The seed of the permutation used by ``split``.
+
+    Returns:
+        ``(x, y)``, or ``((x_train, y_train), (x_test, y_test))`` with ``split``.
+
+    Raises:
+        ImportError: if scikit-learn is not installed.
     """
     try:
         from sklearn.datasets import load_digits
@@ -33,7 +43,16 @@ def digits(*, split: float | None = None, dtype=torch.float32, device=None, seed
 def mlp(
     sizes=(64, 64, 64, 10), activation: type[nn.Module] = nn.ReLU, *, seed: int = 0
 ) -> nn.Module:
-    """A fully connected network ``sizes[0] -> ... -> sizes[-1]`` with a fixed init seed."""
+    """A fully connected network ``sizes[0] -> ... -> sizes[-1]`` with a fixed init seed.
+
+    Args:
+        sizes: The layer widths, input first.
+        activation: The activation module class placed between linear layers.
+        seed: The seed of the initialization (the global RNG state is restored).
+
+    Returns:
+        An ``nn.Sequential`` of ``nn.Linear`` layers and activations.
+    """
     g = torch.random.fork_rng(devices=[])
     with g:
         torch.manual_seed(seed)
@@ -57,8 +76,23 @@ def train(
     seed: int = 0,
     every: int | None = None,
 ) -> list[dict[str, Tensor]]:
-    """Train ``model`` in place with SGD (this one is meant to change the model) and
-    return state-dict snapshots every ``every`` steps (and the last one)."""
+    """Train ``model`` in place with SGD (this one is meant to change the model).
+
+    Args:
+        model: The model to train; left in eval mode.
+        data: ``(x, y)`` tensors.
+        steps: The number of SGD steps.
+        lr: The learning rate.
+        momentum: The SGD momentum.
+        batch_size: Mini-batches drawn with replacement; the full data when None or at
+            least ``len(y)``.
+        loss_fn: ``loss_fn(model(x), y)`` is minimized.
+        seed: The seed of the mini-batch sampling.
+        every: Snapshot period in steps (only the final state when None or 0).
+
+    Returns:
+        State-dict snapshots (detached clones) every ``every`` steps, then the last one.
+    """
     x, y = data
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     gen = torch.Generator().manual_seed(seed)

@@ -14,7 +14,7 @@ never perturbed.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,19 +25,31 @@ from . import validate
 from .errors import ArgumentTypeError, CheckpointError, LossvizError, named
 from .interrupt import api
 from .objective import Objective
+from .points import as_points
+from .provenance import Provenance
+from .results import DataResult
 from .weights import Layout, Weights, as_state
 
 _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
-_NORMS = ("filter", "layer", "none")
+#: the normalizations of a random direction (see :func:`random_directions`)
+NORMS = ("filter", "layer", "none")
 
 
 def point_params(point, name: str = "point") -> Weights:
     """The parameters of a point in weight space (buffers left out), as :class:`Weights`.
 
-    ``point``: an :class:`~lossviz.Objective` (its varying parameters at the model), an
-    ``nn.Module`` (its parameters), :class:`Weights`, or a state dict / checkpoint path
-    (floating-point entries except BatchNorm statistics). Errors name the argument
-    ``name``.
+    Args:
+        point: An :class:`~lossviz.Objective` (its varying parameters at the model), an
+            ``nn.Module`` (its parameters), :class:`Weights`, or a state dict / checkpoint
+            path (floating-point entries except BatchNorm statistics).
+        name: The argument's name, prefixed to error messages.
+
+    Returns:
+        The parameters as :class:`Weights` (not copied).
+
+    Raises:
+        ArgumentTypeError: if ``point`` is of none of these types.
+        CheckpointError: if a checkpoint path cannot be loaded.
     """
     with named(name):
         return _point_params(point)
@@ -87,14 +99,31 @@ def normalize_directions(
 ) -> Tensor:
     """Rescale flat directions ``d`` (``(..., P)``) in place, relative to weights ``theta``.
 
-    ``norm="filter"``: for every tensor with ``ndim >= 2`` and every filter ``j`` (a slice
-    along dim 0), ``d[j] <- d[j]·||θ[j]|| / (||d[j]|| + 1e-10)`` (Li et al. 2018).
+    Filter normalization (Li, Xu, Taylor, Studer, Goldstein 2018, "Visualizing the Loss
+    Landscape of Neural Nets"): for every tensor with ``ndim >= 2`` and every filter ``j``
+    (a slice along dim 0)::
+
+        d[j] <- d[j] · ||θ[j]|| / (||d[j]|| + 1e-10)
+
     ``norm="layer"``: the same with the whole tensor as one filter. ``norm="none"``: as
     drawn. Tensors with ``ndim <= 1`` are zeroed with ``ignore="biasbn"``; otherwise they are
     scaled as a single filter (``"filter"``/``"layer"``). A tensor with no elements has an
     empty direction; a filter of zero norm gets a zero direction.
+
+    Args:
+        d: Flat directions, shape ``(..., P)``; modified in place.
+        theta: The flat weights, shape ``(P,)``.
+        layout: The names, shapes and offsets of the ``P`` entries.
+        norm: ``"filter"``, ``"layer"`` or ``"none"``.
+        ignore: ``"biasbn"`` (zero the tensors with ``ndim <= 1``) or None.
+
+    Returns:
+        ``d`` itself, rescaled.
+
+    Raises:
+        LossvizError: if ``norm`` or ``ignore`` is not one of its choices.
     """
-    validate.choice(norm, "norm", _NORMS)
+    validate.choice(norm, "norm", NORMS)
     validate.choice(ignore, "ignore", ("biasbn", None))
     lead = d.shape[:-1]
     for shape, k, a in zip(layout.shapes, layout.numels, layout.offsets):
@@ -127,13 +156,30 @@ def iter_random_flat(
     ignore: str | None = "biasbn",
     seed: int = 0,
 ) -> Iterator[Tensor]:
-    """Flat normalized random directions, one at a time (the stream behind
-    :func:`random_directions`: the j-th direction does not depend on how many are drawn).
+    """Flat normalized random directions, one at a time.
 
-    Draws happen on the CPU from ``torch.Generator().manual_seed(seed)`` (so a seed gives
-    the same directions on every device), then move to ``theta``'s device and dtype.
+    The stream behind :func:`random_directions`: the j-th direction does not depend on how
+    many are drawn. Draws happen on the CPU from ``torch.Generator().manual_seed(seed)``
+    (so a seed gives the same directions on every device), in float64 for float64 weights
+    and float32 otherwise, then move to ``theta``'s device and dtype and are normalized
+    with :func:`normalize_directions`.
+
+    Args:
+        theta: The flat weights, shape ``(P,)``.
+        layout: The names, shapes and offsets of the ``P`` entries.
+        n: How many directions to yield.
+        norm: ``"filter"``, ``"layer"`` or ``"none"``.
+        ignore: ``"biasbn"`` or None (see :func:`normalize_directions`).
+        seed: The seed of the CPU generator.
+
+    Yields:
+        Flat directions of shape ``(P,)``.
+
+    Raises:
+        LossvizError: if ``norm`` or ``ignore`` is not one of its choices (on the first
+            ``next``).
     """
-    validate.choice(norm, "norm", _NORMS)
+    validate.choice(norm, "norm", NORMS)
     validate.choice(ignore, "ignore", ("biasbn", None))
     gen = torch.Generator().manual_seed(int(seed))
     draw = torch.float64 if theta.dtype == torch.float64 else torch.float32
@@ -154,25 +200,48 @@ def random_directions(
     ignore: str | None = "biasbn",
     seed: int = 0,
 ) -> list[Weights]:
-    """``n`` random Gaussian directions, filter-normalized (Li et al. 2018).
+    """``n`` random Gaussian directions, filter-normalized.
 
-    ``d ~ N(0, I)``; for every weight tensor with ``ndim >= 2`` and each filter ``j``:
-    ``d[j] <- d[j]·||θ[j]|| / (||d[j]|| + 1e-10)``; 1-D tensors (biases, norm gains) are
-    zeroed with ``ignore="biasbn"``. Buffers (BatchNorm statistics) are never part of a
-    direction. The directions live on the weights' device and dtype.
+    Filter normalization (Li, Xu, Taylor, Studer, Goldstein 2018, "Visualizing the Loss
+    Landscape of Neural Nets"): draw ``d ~ N(0, I)`` shaped like the weights ``θ``; for
+    every weight tensor with ``ndim >= 2`` and each filter ``j`` (a slice along dim 0)::
 
-    ``obj_or_weights``: an :class:`~lossviz.Objective` (its varying parameters), a model,
-    :class:`Weights`, a state dict or a checkpoint path.
+        d[j] <- d[j] · ||θ[j]|| / (||d[j]|| + 1e-10)
 
-    >>> model = torch.nn.Linear(3, 2)
-    >>> d, = random_directions(model, 1)
-    >>> torch.allclose(d["weight"].norm(dim=1), model.weight.detach().norm(dim=1))
-    True
-    >>> float(d["bias"].abs().sum())
-    0.0
+    Tensors with ``ndim <= 1`` (biases, norm gains) are zeroed with ``ignore="biasbn"``,
+    otherwise scaled as one filter. Buffers (BatchNorm statistics) are never part of a
+    direction. The directions live on the weights' device and dtype; the j-th direction
+    for a seed does not depend on ``n`` nor on the device.
+
+    Args:
+        obj_or_weights: An :class:`~lossviz.Objective` (its varying parameters), a model,
+            :class:`Weights`, a state dict or a checkpoint path.
+        n: The number of directions.
+        norm: ``"filter"`` (per filter, as above), ``"layer"`` (each tensor as one
+            filter) or ``"none"`` (as drawn).
+        ignore: ``"biasbn"`` (zero the tensors with ``ndim <= 1``) or None.
+        seed: The seed of the draws (an integer >= 0).
+
+    Returns:
+        A list of ``n`` :class:`Weights` with the keys and shapes of the parameters.
+
+    Raises:
+        ArgumentTypeError: if ``n`` or ``seed`` is not an integer, or ``obj_or_weights`` is
+            not a point (None or another type).
+        LossvizError: if ``n < 1``, ``seed < 0``, ``norm`` or ``ignore`` is not one of its
+            choices, or the weights are empty, not floating-point, or hold NaN or inf.
+        CheckpointError: if a checkpoint path cannot be loaded.
+
+    Example:
+        >>> model = torch.nn.Linear(3, 2)
+        >>> d, = random_directions(model, 1)
+        >>> torch.allclose(d["weight"].norm(dim=1), model.weight.detach().norm(dim=1))
+        True
+        >>> float(d["bias"].abs().sum())
+        0.0
     """
     n = validate.integer(n, "n", low=1)
-    validate.choice(norm, "norm", _NORMS)
+    validate.choice(norm, "norm", NORMS)
     validate.choice(ignore, "ignore", ("biasbn", None))
     seed = validate.seed(seed)
     w = point_params(obj_or_weights, "obj_or_weights")
@@ -185,7 +254,21 @@ def random_directions(
 
 @api
 def model_direction(a, b) -> Weights:
-    """The direction from model ``a`` to model ``b``: ``b - a`` (parameters only)."""
+    """The direction from model ``a`` to model ``b``: ``b - a`` (parameters only).
+
+    Args:
+        a: The start point: an Objective, a model, :class:`Weights`, a state dict or a
+            checkpoint path (buffers left out).
+        b: The end point, in any of the same forms.
+
+    Returns:
+        ``b - a`` as :class:`Weights`.
+
+    Raises:
+        ArgumentTypeError: if ``a`` or ``b`` is not a point.
+        CheckpointError: if they have different parameter names (or order) or shapes, or
+            a checkpoint cannot be loaded.
+    """
     pa, pb = point_params(a, "a"), point_params(b, "b")
     if list(pa.keys()) != list(pb.keys()):
         ka, kb = set(pa.keys()), set(pb.keys())
@@ -205,10 +288,25 @@ def model_direction(a, b) -> Weights:
 
 @api
 def eigen_directions(obj: Objective, n: int = 2, at=None, **kw) -> list[Weights]:
-    """The top-``n`` Hessian eigenvectors at ``at`` (unit norm, largest eigenvalue first),
-    from :func:`lossviz.hessian.hessian_eigs` (keyword arguments are passed on).
+    """The top-``n`` Hessian eigenvectors at ``at`` (unit norm, largest eigenvalue first).
 
-    Unit directions: choose a ``span`` in weight units (e.g. a few times ``||θ||/√P``).
+    Computed by :func:`lossviz.hessian.hessian_eigs` (Lanczos with full
+    reorthogonalization). Unit directions: choose a ``span`` in weight units (e.g. a few
+    times ``||θ||/√P``).
+
+    Args:
+        obj: The :class:`~lossviz.Objective` (model, data, loss).
+        n: The number of eigenvectors (at most the number of parameters).
+        at: The point (None: the model's current parameters).
+        **kw: Passed on to :func:`~lossviz.hessian_eigs` (``tol``, ``curvature``, ...).
+
+    Returns:
+        A list of ``n`` unit :class:`Weights`.
+
+    Raises:
+        ArgumentTypeError: if ``obj`` is not an Objective or ``n`` not an integer.
+        LossvizError: if ``n < 1`` or ``n`` exceeds the number of parameters; whatever
+            :func:`~lossviz.hessian_eigs` raises for ``at`` and ``**kw``.
     """
     from .hessian import hessian_eigs
 
@@ -253,13 +351,22 @@ def _stack(
     return keys, ws, X
 
 
-@dataclass(repr=False)
-class PCAResult:
-    """Principal directions of a training trajectory (Li et al. 2018, §7).
+@dataclass(kw_only=True, repr=False)
+class PCAResult(DataResult):
+    """Principal directions of a training trajectory (:func:`pca_directions`).
 
-    ``directions``: unit, orthogonal :class:`Weights`; ``explained_variance_ratio``: the share
-    of the trajectory's variance along each; ``coords``: ``(T, n)`` coordinates of the
-    checkpoints relative to ``center`` (``(θ_t - center)·d_k``).
+    Li et al. 2018, §7, "Visualizing the Loss Landscape of Neural Nets".
+
+    Attributes:
+        directions: Unit, orthogonal :class:`Weights`, by decreasing variance.
+        explained_variance_ratio: The share of the trajectory's variance along each,
+            ``λ_k / Σ_i λ_i``.
+        coords: ``(T, n)`` coordinates of the checkpoints relative to ``center``,
+            ``(θ_t - center)·d_k``.
+        center: The origin of ``coords`` (and of a surface drawn with the result).
+        labels: The checkpoints' labels (dict keys or recorder steps; empty for a list).
+        provenance: The :class:`~lossviz.provenance.Provenance` record of where the result
+            was computed.
     """
 
     directions: list
@@ -270,6 +377,7 @@ class PCAResult:
 
     @property
     def points(self) -> dict:
+        """The first and last checkpoints' coordinates, ``{"start": ..., "end": ...}``."""
         return {"start": tuple(self.coords[0, :2]), "end": tuple(self.coords[-1, :2])}
 
     def __repr__(self) -> str:
@@ -292,6 +400,7 @@ class PCAResult:
         )
 
     def plot(self):
+        """The trajectory in its first two principal coordinates (a plotly Figure)."""
         import plotly.graph_objects as go
 
         c = self.coords
@@ -329,40 +438,46 @@ class PCAResult:
 
 
 @api
-def pca_directions(trajectory: Sequence, n: int = 2, *, center="last") -> PCAResult:
-    """The top-``n`` principal directions of a trajectory of checkpoints (Li et al. 2018).
+def pca_directions(trajectory, n: int = 2, *, center="last") -> PCAResult:
+    """The top-``n`` principal directions of a trajectory of checkpoints.
 
-    PCA of the checkpoints' parameters (mean-centred, through the ``T×T`` Gram matrix, so
-    memory stays ``O(T·P)``). ``center``: ``"last"`` (the reference tool's choice, the final
-    model), ``"first"``, ``"mean"``, or an index into the trajectory: the origin of
-    ``coords`` and of a surface drawn with the result.
+    As in Li, Xu, Taylor, Studer, Goldstein 2018, "Visualizing the Loss Landscape of Neural
+    Nets", §7. PCA of the checkpoints' parameters ``X`` (``T×P``, mean-centred:
+    ``Xc = X - mean``) through the ``T×T`` Gram matrix, so memory stays ``O(T·P)``::
 
-    ``trajectory``: checkpoints as models, state dicts, :class:`Weights` or paths; a dict
-    ``label -> checkpoint`` keeps the labels for plots.
+        Xc Xcᵀ = U Λ Uᵀ,   d_k = Xcᵀ u_k / √λ_k,   ratio_k = λ_k / Σ_i λ_i
+
+    Each ``u_k`` is signed so that its largest-magnitude entry is positive (as
+    scikit-learn's ``svd_flip``).
+
+    Args:
+        trajectory: Checkpoints as models, state dicts, :class:`Weights` or paths, in a
+            list, a dict ``label -> checkpoint`` or a :class:`~lossviz.TrajectoryRecorder`
+            (the dict's keys or the recorder's steps label the points in plots).
+        n: The number of directions; the trajectory needs at least ``n + 1`` checkpoints.
+        center: ``"last"`` (the reference tool's choice, the final model), ``"first"``,
+            ``"mean"``, or an index into the trajectory: the origin of ``coords`` and of a
+            surface drawn with the result.
+
+    Returns:
+        A :class:`PCAResult`.
+
+    Raises:
+        ArgumentTypeError: if ``n`` is not an integer, ``trajectory`` is a single point
+            or not a collection of points, or a checkpoint is not a point.
+        LossvizError: if ``n < 1``, there are fewer than ``n + 1`` checkpoints, ``center``
+            is not a valid choice or index, the checkpoints are all equal, span fewer
+            than ``n`` dimensions, hold NaN or inf, or have no parameters.
+        CheckpointError: if checkpoints differ in parameter names or shapes, or one cannot
+            be loaded.
     """
     n = validate.integer(n, "n", low=1)
-    labels: list = []
-    if isinstance(trajectory, Mapping):
-        if trajectory and all(isinstance(v, Tensor) for v in trajectory.values()):
-            raise ArgumentTypeError(
-                "trajectory is a single state dict: pass a list of checkpoints or a dict "
-                "label -> checkpoint"
-            )
-        labels = list(trajectory.keys())
-        trajectory = list(trajectory.values())
-    elif isinstance(trajectory, (str, bytes, nn.Module, Tensor)) or not isinstance(
-        trajectory, Iterable
-    ):
-        raise ArgumentTypeError(
-            "trajectory must be a list of checkpoints (models, state dicts, Weights, paths) "
-            f"or a dict label -> checkpoint, got {type(trajectory).__name__}"
-        )
-    trajectory = list(trajectory)
+    labels, trajectory, keyed = as_points(
+        trajectory, "trajectory", at_least=n + 1, what=f"{n} principal direction(s)"
+    )
+    if not keyed:
+        labels = []
     T = len(trajectory)
-    if T < n + 1:
-        raise LossvizError(
-            f"trajectory: {n} principal direction(s) need at least {n + 1} checkpoints, got {T}"
-        )
     if isinstance(center, str) and center in ("last", "first", "mean"):
         ci = {"last": T - 1, "first": 0, "mean": None}[center]
     elif (
@@ -404,21 +519,42 @@ def pca_directions(trajectory: Sequence, n: int = 2, *, center="last") -> PCARes
     dt = ws[0][keys[0]].dtype
     dirs = [layout.to_weights(d.to(dt).clone()) for d in D]
     evr = (lam[:n] / lam.clamp_min(0).sum()).cpu().numpy()
-    return PCAResult(dirs, evr, coords, layout.to_weights(c.to(dt).clone()), labels)
+    return PCAResult(
+        directions=dirs,
+        explained_variance_ratio=evr,
+        coords=coords,
+        center=layout.to_weights(c.to(dt).clone()),
+        labels=labels,
+        provenance=Provenance.of(dirs, kernel="pca_directions"),
+    )
 
 
-@dataclass(repr=False)
-class Plane:
-    """An orthonormal plane through three models: ``origin`` (the first), unit
-    ``directions`` ``e1 = (b-a)/||b-a||`` and ``e2`` (the part of ``c-a`` orthogonal to
-    ``e1``, normalized), and the three ``points`` as plane coordinates."""
+@dataclass(kw_only=True, repr=False)
+class Plane(DataResult):
+    """An orthonormal plane through three models (:func:`plane_through`).
+
+    Attributes:
+        origin: The first model's parameters, the plane's origin.
+        directions: The unit directions ``[e1, e2]``: ``e1 = (b-a)/||b-a||`` and ``e2``
+            the part of ``c-a`` orthogonal to ``e1``, normalized.
+        points: The three models' plane coordinates, ``name -> (x, y)``.
+        provenance: The :class:`~lossviz.provenance.Provenance` record of where the result
+            was computed.
+    """
 
     origin: Weights
     directions: list
     points: dict
 
     def span(self, margin: float = 0.25) -> tuple[tuple[float, float], tuple[float, float]]:
-        """A surface span that shows the three points with a relative ``margin``."""
+        """A surface span that shows the three points with a relative ``margin``.
+
+        Args:
+            margin: The margin on each side, as a fraction of the points' largest extent.
+
+        Returns:
+            ``((x_lo, x_hi), (y_lo, y_hi))``.
+        """
         xy = np.array(list(self.points.values()))
         lo, hi = xy.min(0), xy.max(0)
         w = max(float((hi - lo).max()), 1e-12)
@@ -431,15 +567,36 @@ class Plane:
 
 @api
 def plane_through(a, b, c, *, names: Sequence[str] = ("a", "b", "c")) -> Plane:
-    """The plane through models ``a``, ``b``, ``c`` (e.g. A, B and their merge), with an
-    orthonormal basis from Gram-Schmidt: ``e1 = (b-a)/||b-a||``,
-    ``e2 = (c-a - ((c-a)·e1)e1) / ||…||``; ``a`` is the origin.
+    """The plane through models ``a``, ``b``, ``c`` (e.g. A, B and their merge).
 
-    >>> A = {"w": torch.zeros(2, 2)}
-    >>> B = {"w": torch.tensor([[2.0, 0], [0, 0]])}
-    >>> C = {"w": torch.tensor([[1.0, 3.0], [0, 0]])}
-    >>> plane_through(A, B, C).points
-    {'a': (0.0, 0.0), 'b': (2.0, 0.0), 'c': (1.0, 3.0)}
+    As in Garipov, Izmailov, Podoprikhin, Vetrov, Wilson 2018, "Loss Surfaces, Mode
+    Connectivity, and Fast Ensembling of DNNs". The orthonormal basis comes from
+    Gram-Schmidt (in float64), with ``a`` as the origin::
+
+        e1 = (b-a) / ||b-a||,   e2 = (c-a - ((c-a)·e1) e1) / ||c-a - ((c-a)·e1) e1||
+
+    Args:
+        a: The first model (the origin): an Objective, a model, :class:`Weights`, a state
+            dict or a checkpoint path.
+        b: The second model (along ``e1``).
+        c: The third model.
+        names: Three distinct labels of the points in :attr:`Plane.points`.
+
+    Returns:
+        A :class:`Plane`.
+
+    Raises:
+        ArgumentTypeError: if ``a``, ``b`` or ``c`` is not a point.
+        LossvizError: if ``names`` is not three distinct strings, ``a == b``, the three
+            points lie on one line, or the weights hold NaN or inf or are empty.
+        CheckpointError: if the models differ in parameter names or shapes.
+
+    Example:
+        >>> A = {"w": torch.zeros(2, 2)}
+        >>> B = {"w": torch.tensor([[2.0, 0], [0, 0]])}
+        >>> C = {"w": torch.tensor([[1.0, 3.0], [0, 0]])}
+        >>> plane_through(A, B, C).points
+        {'a': (0.0, 0.0), 'b': (2.0, 0.0), 'c': (1.0, 3.0)}
     """
     if (
         isinstance(names, (str, bytes))
@@ -473,4 +630,5 @@ def plane_through(a, b, c, *, names: Sequence[str] = ("a", "b", "c")) -> Plane:
         origin=layout.to_weights(X[0].to(dt).clone()),
         directions=[layout.to_weights(e.to(dt)) for e in (e1, e2)],
         points=pts,
+        provenance=Provenance.of(ws[0], kernel="plane_through"),
     )

@@ -1,5 +1,7 @@
-"""Errors lossviz raises for bad input. All are ``ValueError`` subclasses;
-:class:`ArgumentTypeError` is also a ``TypeError``."""
+"""Errors lossviz raises for bad input.
+
+All are ``ValueError`` subclasses; :class:`ArgumentTypeError` is also a ``TypeError``.
+"""
 
 import contextlib
 import os
@@ -29,11 +31,23 @@ class NonFiniteLossError(LossvizError):
 
 @contextlib.contextmanager
 def named(name: str | None):
-    """Prefix the message of a lossviz error (or a ``TypeError``) raised inside with the
-    argument ``name`` it is about (nothing when ``name`` is None)::
+    """Prefix the message of an error raised inside with the argument it is about.
+
+    Nothing changes when ``name`` is None::
 
         with named("points[2]"):
             obj.resolve(p)   # CheckpointError("points[2]: point does not match ...")
+
+    Args:
+        name: The argument's name, or None.
+
+    Yields:
+        None.
+
+    Raises:
+        LossvizError: the same subclass as the one raised inside, with the prefixed
+            message.
+        ArgumentTypeError: in place of a ``TypeError`` raised inside.
     """
     if name is None:
         yield
@@ -50,7 +64,12 @@ _PKG = os.path.dirname(os.path.abspath(__file__))
 
 
 def warn(message: str, category=UserWarning) -> None:
-    """``warnings.warn`` attributed to the first frame outside lossviz (the user's line)."""
+    """``warnings.warn`` attributed to the first frame outside lossviz (the user's line).
+
+    Args:
+        message: The warning text.
+        category: The warning class.
+    """
     f, level = sys._getframe(0), 1
     while f is not None and os.path.abspath(f.f_code.co_filename).startswith(_PKG + os.sep):
         f, level = f.f_back, level + 1
@@ -58,11 +77,20 @@ def warn(message: str, category=UserWarning) -> None:
 
 
 def is_oom(e: BaseException) -> bool:
-    """Whether ``e`` is an out-of-memory error (CUDA, MPS or a failed CPU allocation), the
-    one test every memory-aware loop uses to halve its chunk.
+    """Whether ``e`` is an out-of-memory error (CUDA, MPS or a failed CPU allocation).
 
-    >>> is_oom(RuntimeError("CUDA out of memory. Tried to allocate 2 GiB")), is_oom(KeyError())
-    (True, False)
+    The one test every memory-aware loop uses to halve its chunk.
+
+    Args:
+        e: The caught exception.
+
+    Returns:
+        True for ``torch.OutOfMemoryError``, ``MemoryError`` and a ``RuntimeError`` whose
+        message says "out of memory" or "can't allocate".
+
+    Example:
+        >>> is_oom(RuntimeError("CUDA out of memory. Tried to allocate 2 GiB")), is_oom(KeyError())
+        (True, False)
     """
     import torch
 

@@ -1,5 +1,7 @@
-"""How results print: one place for number formatting and HTML tables, so that every
-repr, table and dashboard label shows a value the same way."""
+"""How results print: one place for number formatting and HTML tables.
+
+Every repr, table and dashboard label shows a value the same way.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +12,24 @@ __all__ = ["html_table", "number", "short"]
 
 
 def number(x, digits: int = 6) -> str:
-    """``x`` with ``digits`` significant digits; ``nan``, ``inf``, ``-inf`` spelled out
-    (``None`` prints as ``nan``) and ``-0`` printed as ``0``.
+    """``x`` with ``digits`` significant digits.
 
-    >>> number(3.14159265), number(float("nan")), number(-0.0), number(2.0, digits=3)
-    ('3.14159', 'nan', '0', '2')
+    ``nan``, ``inf``, ``-inf`` are spelled out (``None`` prints as ``nan``) and ``-0`` is
+    printed as ``0``.
+
+    Args:
+        x: A real number (anything ``float()`` accepts) or None.
+        digits: The number of significant digits (``%g`` format).
+
+    Returns:
+        The formatted string.
+
+    Raises:
+        TypeError: if ``float(x)`` refuses ``x`` (``ValueError`` for a non-numeric string).
+
+    Example:
+        >>> number(3.14159265), number(float("nan")), number(-0.0), number(2.0, digits=3)
+        ('3.14159', 'nan', '0', '2')
     """
     if x is None:
         return "nan"
@@ -29,8 +44,15 @@ def number(x, digits: int = 6) -> str:
 def short(x) -> str:
     """:func:`number` with 4 significant digits (landscape and barrier tables).
 
-    >>> short(0.123456)
-    '0.1235'
+    Args:
+        x: A real number or None.
+
+    Returns:
+        The formatted string.
+
+    Example:
+        >>> short(0.123456)
+        '0.1235'
     """
     return number(x, 4)
 
@@ -38,8 +60,17 @@ def short(x) -> str:
 def html_table(header: list, rows: list[list], caption: str = "") -> str:
     """An HTML ``<table>`` with every cell escaped (what ``_repr_html_`` returns).
 
-    >>> html_table(["a"], [["<b>"]])
-    '<table><thead><tr><th>a</th></tr></thead><tbody><tr><td>&lt;b&gt;</td></tr></tbody></table>'
+    Args:
+        header: The column titles (converted with ``str``).
+        rows: The rows, each a list of cells (converted with ``str``).
+        caption: A ``<caption>``; none when empty.
+
+    Returns:
+        The HTML string.
+
+    Example:
+        >>> html_table(["a"], [["<b>"]])
+        '<table><thead><tr><th>a</th></tr></thead><tbody><tr><td>&lt;b&gt;</td></tr></tbody></table>'
     """
     th = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join(

@@ -1,9 +1,12 @@
-"""Hessian spectra of an :class:`~lossviz.Objective`: extreme eigenpairs (Lanczos),
-spectral density (SLQ), trace (Hutchinson / Hutch++), diagonal, and the same per block of
-parameters. Every function also accepts a bare symmetric operator or dense matrix.
+"""Hessian spectra of an :class:`~lossviz.Objective`.
+
+Extreme eigenpairs (Lanczos), spectral density (SLQ), trace (Hutchinson / Hutch++),
+diagonal, and the same per block of parameters. Every function also accepts a bare
+symmetric operator or dense matrix.
 
 Every argument is checked before the first product; an interrupt (Ctrl-C) either gives a
-visibly partial result (``complete=False``) or propagates (see :mod:`lossviz.interrupt`)."""
+visibly partial result (``complete=False``) or propagates (see :mod:`lossviz.interrupt`).
+"""
 
 from __future__ import annotations
 
@@ -17,12 +20,14 @@ import torch
 from torch import Tensor
 
 from . import validate
+from .deprecation import renamed
 from .errors import ArgumentTypeError, LossvizError, NonFiniteLossError
 from .hutchinson import check_trace_args, hutchinson_diagonal, hutchinson_trace
-from .hvp import SubOperator, check_operator, op_meta
+from .hvp import SubOperator, check_operator, op_meta, product_methods
 from .interrupt import api, keep_partial
 from .lanczos import WHICH, check_args, check_v0, lanczos
 from .objective import Objective
+from .provenance import Provenance
 from .results import BlockResults, DiagonalResult, EigenResult, SpectralDensity, TraceResult
 from .slq import slq
 from .weights import Weights
@@ -38,8 +43,11 @@ def _progress(progress) -> bool:
 
 
 def _operator(obj, at, curvature):
-    """``(operator, layout)``: the Objective's curvature at ``at``, or a bare operator
-    (checked: a dense matrix must be real, finite and symmetric). No product is taken."""
+    """``(operator, layout)``: the Objective's curvature at ``at``, or a bare operator.
+
+    A bare operator is checked (a dense matrix must be real, finite and symmetric). No
+    product is taken.
+    """
     if isinstance(obj, Objective):
         return obj.operator(at, curvature=curvature), obj.layout
     if at is not None:
@@ -48,52 +56,85 @@ def _operator(obj, at, curvature):
     return obj, None
 
 
-def resolve_blocks(obj: Objective, blocks) -> dict[str, list[str]]:
-    """``blocks="module"``: parameters grouped by the module that owns them; or a
-    mapping ``block name -> parameter names`` (checked: known, varying, no repeats)."""
+def resolve_groups(obj: Objective, groups, name: str = "groups") -> dict[str, list[str]]:
+    """Parameter groups (the diagonal blocks ``H_SS``) as ``group name -> parameter names``.
+
+    Args:
+        obj: the Objective whose varying parameters are grouped.
+        groups: ``"module"`` (parameters grouped by the module that owns them,
+            :meth:`lossviz.weights.Layout.by_module`) or a mapping ``group name ->
+            parameter names`` (checked: known, varying, no repeats, none empty).
+        name: the argument's name in error messages.
+
+    Returns:
+        A dict ``group name -> [parameter names]``.
+
+    Raises:
+        ArgumentTypeError: ``groups`` (or a group) has the wrong type.
+        LossvizError: ``obj`` is not an Objective, ``groups`` is a string other than
+            ``"module"`` or an empty mapping, or a group is empty or names unknown
+            or repeated parameters.
+    """
     if not isinstance(obj, Objective):
-        raise LossvizError("blocks= needs an Objective (its parameter names define blocks)")
-    if isinstance(blocks, str):
-        if blocks != "module":
+        raise LossvizError(f"{name}= needs an Objective (its parameter names define the groups)")
+    if isinstance(groups, str):
+        if groups != "module":
             raise LossvizError(
-                f"blocks must be 'module' or a mapping name -> parameter names, got {blocks!r}"
+                f"{name} must be 'module' or a mapping name -> parameter names, got {groups!r}"
             )
         return obj.layout.by_module()
-    if isinstance(blocks, Mapping):
-        if not blocks:
-            raise LossvizError("blocks is an empty mapping: name at least one block")
+    if isinstance(groups, Mapping):
+        if not groups:
+            raise LossvizError(f"{name} is an empty mapping: name at least one group")
         out = {}
-        for k, v in blocks.items():
+        for k, v in groups.items():
             if isinstance(v, str):
                 v = [v]
             try:
                 names = list(v)
             except TypeError:
                 raise ArgumentTypeError(
-                    f"blocks[{k!r}] must be a list of parameter names, got {type(v).__name__}"
+                    f"{name}[{k!r}] must be a list of parameter names, got {type(v).__name__}"
                 ) from None
             bad = [p for p in names if not isinstance(p, str)]
             if bad:
                 raise ArgumentTypeError(
-                    f"blocks[{k!r}] must hold parameter names (strings), got {bad[:5]!r}"
+                    f"{name}[{k!r}] must hold parameter names (strings), got {bad[:5]!r}"
                 )
             if len(set(names)) != len(names):
                 dup = sorted({p for p in names if names.count(p) > 1})
-                raise LossvizError(f"blocks[{k!r}] names a parameter twice: {dup[:10]}")
+                raise LossvizError(f"{name}[{k!r}] names a parameter twice: {dup[:10]}")
             out[str(k)] = names
         unknown = [p for ps in out.values() for p in ps if p not in obj.names]
         if unknown:
             raise LossvizError(
-                f"blocks name parameters that do not vary: {unknown[:10]} (the varying ones "
+                f"{name} name parameters that do not vary: {unknown[:10]} (the varying ones "
                 f"are {obj.names[:10]}{', …' if len(obj.names) > 10 else ''})"
             )
         empty = [k for k, v in out.items() if not v]
         if empty:
-            raise LossvizError(f"blocks has empty blocks: {empty}")
+            raise LossvizError(f"{name} has empty groups: {empty}")
         return out
     raise ArgumentTypeError(
-        f"blocks must be 'module' or a mapping name -> parameter names, got {type(blocks).__name__}"
+        f"{name} must be 'module' or a mapping name -> parameter names, got {type(groups).__name__}"
     )
+
+
+def resolve_blocks(obj: Objective, blocks) -> dict[str, list[str]]:
+    """:func:`resolve_groups` for an argument called ``blocks`` (the spectrum dashboard's).
+
+    Args:
+        obj: The Objective whose varying parameters are grouped.
+        blocks: ``"module"`` or a mapping ``block name -> parameter names``.
+
+    Returns:
+        A dict ``block name -> [parameter names]``.
+
+    Raises:
+        ArgumentTypeError: ``blocks`` (or a block) has the wrong type.
+        LossvizError: as :func:`resolve_groups`, naming ``blocks``.
+    """
+    return resolve_groups(obj, blocks, name="blocks")
 
 
 def _block_index(obj: Objective, names: list[str]) -> Tensor:
@@ -118,17 +159,30 @@ def _vectors(rows: Tensor, layout, names=None) -> list:
 
 
 def point_version(obj: Objective, at):
-    """An exact record of the point ``at`` (the model's own for ``None``): a private copy of
-    its tensors (:meth:`Objective.snapshot`). Compared with ``==`` later, it tells whether
-    the point still holds, whatever changed the weights in place (an optimizer step,
-    ``.data``, ``load_state_dict``)."""
+    """An exact record of the point ``at`` (the model's own for ``None``).
+
+    A private copy of its tensors (:meth:`Objective.snapshot`). Compared with ``==``
+    later, it tells whether the point still holds, whatever changed the weights in place
+    (an optimizer step, ``.data``, ``load_state_dict``).
+
+    Args:
+        obj: The Objective.
+        at: The point, or None for the model's current weights.
+
+    Returns:
+        The snapshot (compare it with ``==``).
+    """
     return obj.snapshot(at)
 
 
-def _attach(res, obj, at):
-    """Keep the Objective and the point on a result (for ``res.dashboard()``)."""
-    if isinstance(obj, Objective):
-        res.objective, res.at, res.at_version = obj, at, point_version(obj, at)
+def _attach(res, obj, at, kernel: str, curvature: str, *, version: bool = False):
+    """Set the result's provenance.
+
+    The saved facts, and the Objective and the point kept live (for ``res.dashboard()``);
+    with ``version``, an exact record of the point too.
+    """
+    v = point_version(obj, at) if version and isinstance(obj, Objective) else None
+    res.provenance = Provenance.of(obj, kernel=kernel, at=at, at_version=v, curvature=curvature)
     return res
 
 
@@ -138,8 +192,10 @@ def _check(values, what: str):
 
 
 def _as_v0(obj, v0, layout, n: int):
-    """Warm-start vectors (Weights, a list of them, an EigenResult, or tensors) as a
-    checked ``(j, n)`` tensor."""
+    """Warm-start vectors as a checked ``(j, n)`` tensor.
+
+    ``v0`` may be Weights, a list of them, an EigenResult, or tensors.
+    """
     if v0 is None:
         return None
     if isinstance(v0, EigenResult):
@@ -178,6 +234,7 @@ def _common(seed, curvature, progress) -> tuple[int, bool]:
 
 
 @api
+@renamed(blocks="groups")
 def hessian_eigs(
     obj,
     k: int = 5,
@@ -186,46 +243,90 @@ def hessian_eigs(
     at=None,
     tol: float = 1e-4,
     max_hvp: int | None = None,
-    blocks=None,
+    groups=None,
     seed: int = 0,
     v0=None,
     curvature: str = "hessian",
     block_size: int | None = None,
+    check: bool = False,
     progress: bool | None = None,
 ):
     """The ``k`` extreme eigenpairs of the Hessian ``∇²L(θ)`` (or the Gauss-Newton matrix).
 
-    Thick-restart Lanczos with full reorthogonalization (:func:`lossviz.lanczos.lanczos`),
-    run until every returned pair has ``||Hv - λv|| <= tol·|λ|_max``; ``residuals`` are
-    those norms divided by ``|λ|_max``. ``which``: ``"largest"``, ``"smallest"``,
-    ``"both"`` (k of each end), ``"magnitude"``. ``tol`` in ``(0, 1)`` and not below what
-    the dtype resolves (float16 / bfloat16 models: raised to ``4·eps`` with a warning, the
-    basis kept in float32 and the residuals checked with true products). ``v0``: Weights
-    (or a list, or an EigenResult) to warm-start from. ``blocks="module"`` or a mapping:
-    the eigenpairs of each diagonal block ``H_SS`` (a :class:`BlockResults`).
+    Thick-restart Lanczos with full reorthogonalization (:func:`lossviz.lanczos.lanczos`;
+    Lanczos 1950; Wu & Simon 2000, "Thick-Restart Lanczos Method for Large Symmetric
+    Eigenvalue Problems"), run until every returned pair has
+    ``||Hv - λv|| <= tol·|λ|_max``. ``residuals`` are
+    those norms divided by ``|λ|_max``, from the Lanczos recurrence (equal to the true
+    residuals up to rounding, with full reorthogonalization); with ``check=True`` they
+    are recomputed with ``k`` true products (counted in ``n_hvp``), and float16 /
+    bfloat16 models always get true products (their ``tol`` is raised to ``4·eps`` with a
+    warning and the basis kept in float32). A pair is ``converged`` when its reported
+    residual is at most ``tol``.
 
-    ``obj`` may also be a dense symmetric matrix (checked for symmetry) or an operator.
-    Interrupted (Ctrl-C), the Ritz pairs so far with ``complete=False``.
+    Args:
+        obj: an :class:`~lossviz.Objective`, a dense symmetric matrix (checked for
+            symmetry) or an operator (``shape``, ``dtype``, ``device``, ``apply`` / ``@``).
+        k: eigenpairs (``which="both"``: ``k`` of each end).
+        which: ``"largest"``, ``"smallest"``, ``"both"``, ``"magnitude"``.
+        at: the point (default: the model's current weights); Objective only.
+        tol: in ``(0, 1)``, not below what the dtype resolves.
+        max_hvp: product budget (default ``max(1000, 40·basis)``).
+        groups: ``"module"`` or a mapping ``group -> parameter names``: the eigenpairs of
+            each diagonal block ``H_SS`` (a :class:`~lossviz.results.BlockResults`).
+            ``blocks=`` is its deprecated name.
+        seed: the random start vectors.
+        v0: Weights (or a list, or an EigenResult, or a ``(j, P)`` tensor) to warm-start
+            from; not with ``groups`` (each group starts afresh: an error).
+        curvature: ``"hessian"`` or ``"ggn"`` (Gauss-Newton ``Jᵀ H_ℓ J``).
+        block_size: vectors per product (default: 4 on a GPU where batched products are
+            at least twice as fast per vector, else 1).
+        check: recompute the residuals with true products.
+        progress: a progress bar (default on unless ``LOSSVIZ_PROGRESS=0``).
 
-    >>> A = torch.diag(torch.tensor([3.0, -5.0, 1.0, 0.5], dtype=torch.float64))
-    >>> hessian_eigs(A, k=2, which="magnitude", progress=False).values.round(12).tolist()
-    [-5.0, 3.0]
+    Returns:
+        :class:`~lossviz.results.EigenResult` (``values``, ``vectors`` as Weights,
+        ``residuals``, ``converged``, ``n_hvp``); with ``groups``, a ``BlockResults`` of
+        them. Interrupted (Ctrl-C), the Ritz pairs so far with ``complete=False``.
+
+    Raises:
+        LossvizError: a bad value (``k`` above the size, ``tol`` out of range, ``v0``
+            with ``groups``, unknown parameters in ``groups``, ...).
+        ArgumentTypeError: an argument of the wrong type.
+        NonFiniteLossError: the products are not finite.
+
+    Example:
+        >>> A = torch.diag(torch.tensor([3.0, -5.0, 1.0, 0.5], dtype=torch.float64))
+        >>> hessian_eigs(A, k=2, which="magnitude", progress=False).values.round(12).tolist()
+        [-5.0, 3.0]
     """
     k = validate.integer(k, "k")
     validate.choice(which, "which", WHICH)
     tol = validate.number(tol, "tol", low=0, low_open=True, high=1, high_open=True)
     max_hvp = validate.integer(max_hvp, "max_hvp", none=True)
     block_size = validate.integer(block_size, "block_size", none=True)
+    check = validate.boolean(check, "check")
     seed, progress = _common(seed, curvature, progress)
-    if blocks is not None:
+    common = dict(
+        which=which,
+        tol=tol,
+        max_hvp=max_hvp,
+        seed=seed,
+        curvature=curvature,
+        block_size=block_size,
+        check=check,
+        progress=progress,
+        obj=obj,
+    )
+    if groups is not None:
         if v0 is not None:
-            raise LossvizError("v0= cannot be combined with blocks= (each block starts afresh)")
-        names = resolve_blocks(obj, blocks)
+            raise LossvizError("v0= cannot be combined with groups= (each group starts afresh)")
+        names = resolve_groups(obj, groups)
         op, layout = _operator(obj, at, curvature)
         _, dtype, _ = op_meta(op)
         idxs = {b: _block_index(obj, pn) for b, pn in names.items()}
         biggest = max(i.numel() for i in idxs.values())
-        # every block's arguments are checked before the first product
+        # every group's arguments are checked before the first product
         _, tol, max_hvp, _, _ = check_args(
             biggest,
             dtype,
@@ -236,26 +337,18 @@ def hessian_eigs(
             block_size or 1,
             max_name="max_hvp",
         )
+        common.update(tol=tol, max_hvp=max_hvp)
         res, complete = {}, True
         for bname, pnames in names.items():
             idx = idxs[bname]
-            sub = SubOperator(op, idx)
-            kb = min(k, idx.numel())
             try:
                 r = _eigs(
-                    sub,
-                    kb,
-                    which,
-                    tol,
-                    max_hvp,
-                    seed,
-                    None,
-                    curvature,
-                    block_size,
-                    progress,
-                    layout,
-                    set(pnames),
-                    obj,
+                    SubOperator(op, idx),
+                    k=min(k, idx.numel()),
+                    v0=None,
+                    layout=layout,
+                    names=set(pnames),
+                    **common,
                 )
             except KeyboardInterrupt:
                 if not res or not keep_partial():
@@ -268,27 +361,27 @@ def hessian_eigs(
                 break
         if not complete:
             warnings.warn(
-                f"hessian_eigs interrupted: {len(res)} of {len(names)} blocks kept",
+                f"hessian_eigs interrupted: {len(res)} of {len(names)} groups kept",
                 stacklevel=3,
             )
-        return BlockResults(res, kind=f"{which} eigenvalues", complete=complete)
+        res = BlockResults(results=res, kind=f"{which} eigenvalues", complete=complete)
+        return _attach(res, obj, at, "hessian_eigs", curvature)
     op, layout = _operator(obj, at, curvature)
     n, dtype, _ = op_meta(op)
     k, tol, max_hvp, _, _ = check_args(
         n, dtype, k, which, tol, max_hvp, block_size or 1, max_name="max_hvp"
     )
+    common.update(tol=tol, max_hvp=max_hvp)
     v0 = _as_v0(obj, v0, layout, n)
-    res = _eigs(
-        op, k, which, tol, max_hvp, seed, v0, curvature, block_size, progress, layout, None, obj
-    )
-    return _attach(res, obj, at)
+    res = _eigs(op, k=k, v0=v0, layout=layout, names=None, **common)
+    return _attach(res, obj, at, "hessian_eigs", curvature, version=True)
 
 
 def _auto_block_size(obj) -> int:
     """Block Lanczos pays off when batched products are much cheaper per vector."""
     if not isinstance(obj, Objective):
         return 1
-    t = obj._hvp_times.get("hessian")
+    t = product_methods(obj).times.get("hessian")
     if not t or obj.device.type != "cuda":
         return 1
     best = min(t.values())
@@ -296,8 +389,26 @@ def _auto_block_size(obj) -> int:
 
 
 def _eigs(
-    op, k, which, tol, max_hvp, seed, v0, curvature, block_size, progress, layout, names, obj
-):
+    op,
+    *,
+    k: int,
+    which: str,
+    tol: float,
+    max_hvp: int | None,
+    seed: int,
+    v0,
+    curvature: str,
+    block_size: int | None,
+    check: bool,
+    progress: bool,
+    layout,
+    names,
+    obj,
+) -> EigenResult:
+    """One Lanczos solve on ``op`` as an EigenResult.
+
+    Vectors come as Weights over ``names`` of ``layout``, or tensors without a layout.
+    """
     t0 = time.perf_counter()
     bs = block_size or _auto_block_size(obj)
     out = lanczos(
@@ -309,6 +420,7 @@ def _eigs(
         v0=v0,
         block_size=bs,
         seed=seed,
+        check=check,
         progress=progress,
     )
     _check(out.values, "eigenvalues")
@@ -337,13 +449,54 @@ def hessian_density(
     curvature: str = "hessian",
     progress: bool | None = None,
 ) -> SpectralDensity:
-    """Spectral density by stochastic Lanczos quadrature (Ghorbani et al. 2019).
+    """Spectral density by stochastic Lanczos quadrature (SLQ).
 
-    ``n_probes`` Rademacher probes advance in lockstep (batched products), each with
-    ``steps`` fully reorthogonalized Lanczos steps (``min(steps, P)``). ``Σ_i w_i λ_i^p =
-    vᵀH^p v`` for ``p <= 2·steps - 1``. An exhausted Krylov space (a zero or low-rank
-    Hessian) is handled exactly: the nodes carry all the mass where the spectrum is.
-    Interrupted (Ctrl-C), the finished probes (or fewer steps) with ``complete=False``.
+    Ghorbani, Krishnan, Xiao 2019, "An Investigation into Neural Net Optimization via
+    Hessian Eigenvalue Density"; Papyan 2019; Lin, Saad, Yang 2016, "Approximating
+    Spectral Densities of Large Matrices". ``n_probes`` Rademacher probes ``v``
+    (normalized to unit length) advance in lockstep (batched products), each with
+    ``m = min(steps, P)`` fully reorthogonalized Lanczos steps. The eigenvalues ``λ_i`` of
+    each probe's tridiagonal ``T`` are the nodes and the squared first components of its
+    eigenvectors the weights ``w_i`` (they sum to 1); the quadrature is exact for
+    polynomials of degree up to ``2m - 1``::
+
+        Σ_i w_i λ_i^p = vᵀ H^p v   (p <= 2m - 1)
+
+    The smoothed density (:meth:`~lossviz.results.SpectralDensity.density`) is
+    ``φ(t) = mean over probes of Σ_i w_i N(t; λ_i, σ²)``. An exhausted Krylov space (a
+    zero or low-rank Hessian) is handled exactly: the nodes carry all the mass where the
+    spectrum is.
+
+    Args:
+        obj: An :class:`~lossviz.Objective`, a dense symmetric matrix or an operator
+            (``shape``, ``dtype``, ``device``, ``apply`` / ``@``).
+        n_probes: The number of random probes.
+        steps: Lanczos steps per probe (capped at the number of parameters).
+        at: The point (default: the model's current weights); Objective only.
+        seed: The seed of the probes.
+        curvature: ``"hessian"`` or ``"ggn"`` (Gauss-Newton ``Jᵀ H_ℓ J``).
+        progress: A progress bar (default on unless ``LOSSVIZ_PROGRESS=0``).
+
+    Returns:
+        A :class:`~lossviz.results.SpectralDensity` (``nodes`` and ``weights`` of shape
+        ``(n_probes, m)``, ``n_hvp = n_probes·m``). Interrupted (Ctrl-C), the finished
+        probes (or all probes with fewer steps) with ``complete=False`` and a warning.
+
+    Raises:
+        ArgumentTypeError: if an argument has the wrong type (``obj`` neither an
+            Objective nor a matrix / operator, a non-integer count or seed, a non-bool
+            ``progress``), or ``at`` is not a point.
+        LossvizError: if a value is out of range (a count below 1, a negative seed, an
+            unknown ``curvature``), ``at`` is given with a bare operator, or a dense
+            matrix is not square, finite and symmetric.
+        CheckpointError: if ``at`` does not match the model's parameters.
+        NonFiniteLossError: if the loss or the curvature products are not finite.
+
+    Example:
+        >>> A = torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+        >>> d = hessian_density(A, n_probes=2, steps=3, progress=False)
+        >>> [round(float((w * x**2).sum()), 12) for x, w in zip(d.nodes, d.weights)]
+        [4.666666666667, 4.666666666667]
     """
     n_probes = validate.integer(n_probes, "n_probes")
     steps = validate.integer(steps, "steps")
@@ -366,10 +519,11 @@ def hessian_density(
         curvature=curvature,
         seconds=time.perf_counter() - t0,
     )
-    return _attach(res, obj, at)
+    return _attach(res, obj, at, "hessian_density", curvature, version=True)
 
 
 @api
+@renamed(blocks="groups")
 def hessian_trace(
     obj,
     *,
@@ -378,34 +532,74 @@ def hessian_trace(
     max_hvp: int = 1000,
     at=None,
     seed: int = 0,
-    blocks=None,
+    groups=None,
     curvature: str = "hessian",
     batch_size: int | None = None,
     progress: bool | None = None,
 ):
-    """``tr(H)`` by Hutchinson (``zᵀHz``, Rademacher z) or Hutch++ (Meyer et al. 2021).
+    """``tr(H)`` by Hutchinson or Hutch++.
 
-    Probes are drawn in batches until the standard error is at most ``rtol·|tr|`` (or
-    ``max_hvp`` products; ``rtol=0`` spends the whole budget). With ``blocks``,
-    ``tr(H_SS)`` for every block from the same probes (``z_Sᵀ(Hz)_S`` is unbiased for
-    it), as a :class:`BlockResults`. Interrupted (Ctrl-C) after two probes, the estimate
-    so far with ``complete=False``.
+    Hutchinson 1989, "A Stochastic Estimator of the Trace of the Influence Matrix for
+    Laplacian Smoothing Splines": ``tr(H) ≈ mean_z zᵀHz`` over Rademacher ``z``
+    (``E[zzᵀ] = I``). Hutch++ (Meyer, Musco, Musco, Woodruff 2021, "Hutch++: Optimal
+    Stochastic Trace Estimation"): with ``Q = orth(H S)`` for a Rademacher sketch ``S``
+    of ``s`` columns (``s = min(P, max(max_hvp // 10, 4), 50)``, ``2s`` products),
+    ``tr(H) ≈ tr(Qᵀ H Q) + mean_z zᵀ (I - QQᵀ) H (I - QQᵀ) z``; it reduces the variance when
+    the spectrum decays. Probes are drawn in batches (at least 10, budget allowing) until
+    the standard error of the mean ``std(zᵀHz, ddof=1)/√n`` is at most ``rtol·|tr|`` (or
+    ``max_hvp`` products; ``rtol=0`` spends the whole budget).
 
-    >>> A = torch.diag(torch.arange(1.0, 11.0, dtype=torch.float64))
-    >>> hessian_trace(A, progress=False).value
-    55.0
+    Args:
+        obj: An :class:`~lossviz.Objective`, a dense symmetric matrix or an operator
+            (``shape``, ``dtype``, ``device``, ``apply`` / ``@``).
+        method: ``"hutchinson"`` or ``"hutch++"``.
+        rtol: The relative standard error to stop at (``>= 0``).
+        max_hvp: The product budget (at least 2; Hutch++ needs ``2s + 2``).
+        at: The point (default: the model's current weights); Objective only.
+        seed: The seed of the probes.
+        groups: ``"module"`` or a mapping ``group -> parameter names``: ``tr(H_SS)`` for
+            every group from the same probes (``z_Sᵀ(Hz)_S`` is unbiased for it), as a
+            :class:`~lossviz.results.BlockResults`; Objective and Hutchinson only.
+            ``blocks=`` is its deprecated name.
+        curvature: ``"hessian"`` or ``"ggn"`` (Gauss-Newton ``Jᵀ H_ℓ J``).
+        batch_size: Probes per batched product (default 50 on a GPU, 16 on the CPU).
+        progress: A progress bar (default on unless ``LOSSVIZ_PROGRESS=0``).
+
+    Returns:
+        A :class:`~lossviz.results.TraceResult` (``value``, ``stderr``, ``samples``,
+        ``n_hvp``; ``exact_part`` the sketched ``tr(QᵀHQ)`` of Hutch++); with ``groups``,
+        a ``BlockResults`` of them. Interrupted (Ctrl-C) after two probes, the estimate so
+        far with ``complete=False``.
+
+    Raises:
+        ArgumentTypeError: if an argument has the wrong type (``obj`` neither an
+            Objective nor a matrix / operator, a non-integer count or seed, a non-bool
+            ``progress``), or ``at`` is not a point.
+        LossvizError: if a value is out of range (a count below 1, a negative seed, an
+            unknown ``curvature``), ``at`` is given with a bare operator, or a dense
+            matrix is not square, finite and symmetric.
+        CheckpointError: if ``at`` does not match the model's parameters.
+        NonFiniteLossError: if the loss or the curvature products are not finite.
+        LossvizError: also if ``method`` is unknown, ``max_hvp`` is below what the method
+            needs, ``method="hutch++"`` is combined with ``groups``, or ``groups`` is
+            given with a bare operator or names unknown parameters.
+
+    Example:
+        >>> A = torch.diag(torch.arange(1.0, 11.0, dtype=torch.float64))
+        >>> hessian_trace(A, progress=False).value  # zᵀAz = tr(A) for a diagonal A
+        55.0
     """
     validate.choice(method, "method", ("hutchinson", "hutch++"))
     rtol = validate.number(rtol, "rtol", low=0)
     max_hvp = validate.integer(max_hvp, "max_hvp")
     batch_size = validate.integer(batch_size, "batch_size", none=True)
     seed, progress = _common(seed, curvature, progress)
-    if blocks is not None and method == "hutch++":
+    if groups is not None and method == "hutch++":
         raise LossvizError(
-            "method='hutch++' is for the whole Hessian, not per block: use blocks=None"
+            "method='hutch++' is for the whole Hessian, not per group: use groups=None"
         )
     t0 = time.perf_counter()
-    groups = resolve_blocks(obj, blocks) if blocks is not None else None
+    groups = resolve_groups(obj, groups) if groups is not None else None
     op, layout = _operator(obj, at, curvature)
     n = op_meta(op)[0]
     check_trace_args(n, rtol, max_hvp, method, batch_size, max_name="max_hvp")
@@ -442,8 +636,9 @@ def hessian_trace(
         for i in range(len(est.value))
     ]
     if bnames is None:
-        return results[0]
-    return BlockResults(dict(zip(bnames, results)), kind="trace", complete=est.complete)
+        return _attach(results[0], obj, at, "hessian_trace", curvature)
+    res = BlockResults(results=dict(zip(bnames, results)), kind="trace", complete=est.complete)
+    return _attach(res, obj, at, "hessian_trace", curvature)
 
 
 @api
@@ -457,12 +652,46 @@ def hessian_diagonal(
     batch_size: int | None = None,
     progress: bool | None = None,
 ):
-    """``diag(H) ≈ mean_z z ⊙ Hz`` over ``n_probes`` Rademacher probes (Hutchinson; as in
-    AdaHessian), as a :class:`~lossviz.results.DiagonalResult`: :class:`Weights` shaped
-    like the parameters (in at least float32) that also carries ``stderr`` (Weights),
-    ``n_probes`` (done) and ``complete``. Interrupted (Ctrl-C), the estimate from the
-    probes finished so far, ``complete=False`` (and a warning). For a bare matrix or
-    operator, the diagonal as a tensor."""
+    """The Hessian's diagonal by Hutchinson's estimator: ``diag(H) ≈ mean_z z ⊙ Hz``.
+
+    Over ``n_probes`` Rademacher probes ``z``; Bekas, Kokiopoulou, Saad 2007, "An
+    Estimator for the Diagonal of a Matrix"; as in AdaHessian (Yao, Gholami, Shen,
+    Mustafa, Keutzer, Mahoney 2021, "ADAHESSIAN: An Adaptive Second Order Optimizer for
+    Machine Learning"). The standard error of each entry is ``std(z ⊙ Hz, ddof=1)/√n``.
+
+    Args:
+        obj: An :class:`~lossviz.Objective`, a dense symmetric matrix or an operator
+            (``shape``, ``dtype``, ``device``, ``apply`` / ``@``).
+        n_probes: The number of probes.
+        at: The point (default: the model's current weights); Objective only.
+        seed: The seed of the probes.
+        curvature: ``"hessian"`` or ``"ggn"`` (Gauss-Newton ``Jᵀ H_ℓ J``).
+        batch_size: Probes per batched product (default 50 on a GPU, 16 on the CPU).
+        progress: A progress bar (default on unless ``LOSSVIZ_PROGRESS=0``).
+
+    Returns:
+        For an Objective, a :class:`~lossviz.results.DiagonalResult`: :class:`Weights`
+        shaped like the parameters (in at least float32) that also carries ``stderr``
+        (Weights; NaN with one probe), ``n_probes`` (done) and ``complete``. For a bare
+        matrix or operator, the diagonal as a ``(P,)`` tensor. Interrupted (Ctrl-C), the
+        estimate from the probes finished so far, ``complete=False`` (and a warning).
+
+    Raises:
+        ArgumentTypeError: if an argument has the wrong type (``obj`` neither an
+            Objective nor a matrix / operator, a non-integer count or seed, a non-bool
+            ``progress``), or ``at`` is not a point.
+        LossvizError: if a value is out of range (a count below 1, a negative seed, an
+            unknown ``curvature``), ``at`` is given with a bare operator, or a dense
+            matrix is not square, finite and symmetric.
+        CheckpointError: if ``at`` does not match the model's parameters.
+        NonFiniteLossError: if the loss or the curvature products are not finite.
+
+    Example:
+        >>> A = torch.tensor([[2.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
+        >>> d = hessian_diagonal(A, n_probes=64, progress=False)
+        >>> bool(torch.allclose(d, torch.tensor([2.0, 3.0], dtype=torch.float64), atol=0.5))
+        True
+    """
     n_probes = validate.integer(n_probes, "n_probes")
     batch_size = validate.integer(batch_size, "batch_size", none=True)
     seed, progress = _common(seed, curvature, progress)
@@ -477,7 +706,7 @@ def hessian_diagonal(
         )
     if layout is None:
         return est.mean
-    return DiagonalResult(
+    res = DiagonalResult(
         layout.to_weights(est.mean),
         stderr=layout.to_weights(est.stderr),
         n_probes=est.n_probes,
@@ -486,12 +715,14 @@ def hessian_diagonal(
         curvature=curvature,
         seconds=time.perf_counter() - t0,
     )
+    return _attach(res, obj, at, "hessian_diagonal", curvature)
 
 
 @api
+@renamed(blocks="groups")
 def hessian_blocks(
     obj,
-    blocks="module",
+    groups="module",
     *,
     k: int = 1,
     at=None,
@@ -502,28 +733,58 @@ def hessian_blocks(
     curvature: str = "hessian",
     progress: bool | None = None,
 ) -> BlockResults:
-    """One table per block: the top-``k`` eigenvalues of ``H_SS`` and ``tr(H_SS)``
-    (``max_hvp`` is the trace's budget). Every argument is checked before the first
-    product. An interrupt (Ctrl-C) propagates: half a table is not returned."""
+    """One table row per parameter group ``S``: top eigenvalues and trace of ``H_SS``.
+
+    The top-``k`` eigenvalues of the diagonal block ``H_SS`` (:func:`hessian_eigs` with
+    ``groups``) and ``tr(H_SS)`` (:func:`hessian_trace` with ``groups``), with its
+    standard error. An interrupt (Ctrl-C) propagates: half a table is not returned.
+
+    Args:
+        obj: an :class:`~lossviz.Objective`.
+        groups: ``"module"`` or a mapping ``group -> parameter names`` (``blocks=`` is
+            its deprecated name).
+        k: eigenvalues per group.
+        at: the point (default: the model's current weights).
+        tol: the eigenvalues' residual tolerance (as :func:`hessian_eigs`).
+        rtol: the trace's relative standard error target (as :func:`hessian_trace`).
+        max_hvp: the product budget of each group's eigen solve and of the trace
+            estimate (shared by all groups: the same probes).
+        seed: the random start vectors and probes.
+        curvature: ``"hessian"`` or ``"ggn"``.
+        progress: progress bars (default on unless ``LOSSVIZ_PROGRESS=0``).
+
+    Returns:
+        :class:`~lossviz.results.BlockResults`: ``group -> {"params", "λ1", …, "trace",
+        "std. error"}``.
+
+    Raises:
+        ArgumentTypeError: if ``obj`` is not an Objective, or an argument has the wrong
+            type; checked before the first product.
+        LossvizError: if a value is out of range or ``groups`` names unknown parameters;
+            checked before the first product.
+        NonFiniteLossError: if the curvature products are not finite.
+    """
     if not isinstance(obj, Objective):
         raise ArgumentTypeError(
-            f"obj must be an Objective (blocks are named parameters), got {type(obj).__name__}"
+            f"obj must be an Objective (groups are named parameters), got {type(obj).__name__}"
         )
     k = validate.integer(k, "k")
     tol = validate.number(tol, "tol", low=0, low_open=True, high=1, high_open=True)
     rtol = validate.number(rtol, "rtol", low=0)
     max_hvp = validate.integer(max_hvp, "max_hvp")
     seed, progress = _common(seed, curvature, progress)
-    groups = resolve_blocks(obj, blocks)
+    groups = resolve_groups(obj, groups)
     smallest = min(_block_index(obj, pn).numel() for pn in groups.values())
     check_trace_args(smallest, rtol, max_hvp, "hutchinson", None, max_name="max_hvp")
     op, _ = _operator(obj, at, curvature)
     biggest = max(_block_index(obj, pn).numel() for pn in groups.values())
     dtype = op_meta(op)[1]
-    _, tol, _, _, _ = check_args(biggest, dtype, min(k, biggest), "largest", tol, None, 1)
-    kw = dict(at=at, seed=seed, curvature=curvature, progress=progress)
-    eig = hessian_eigs(obj, k, tol=tol, blocks=groups, **kw)
-    tr = hessian_trace(obj, rtol=rtol, max_hvp=max_hvp, blocks=groups, **kw)
+    _, tol, _, _, _ = check_args(
+        biggest, dtype, min(k, biggest), "largest", tol, max_hvp, 1, max_name="max_hvp"
+    )
+    kw = dict(at=at, seed=seed, curvature=curvature, progress=progress, max_hvp=max_hvp)
+    eig = hessian_eigs(obj, k, tol=tol, groups=groups, **kw)
+    tr = hessian_trace(obj, rtol=rtol, groups=groups, **kw)
     rows = {}
     for name in eig:
         e, t = eig[name], tr[name]
@@ -531,4 +792,5 @@ def hessian_blocks(
         row.update({f"λ{i + 1}": float(v) for i, v in enumerate(e.values)})
         row.update({"trace": t.value, "std. error": t.stderr})
         rows[name] = row
-    return BlockResults(rows, kind="curvature per block")
+    res = BlockResults(results=rows, kind="curvature per block")
+    return _attach(res, obj, at, "hessian_blocks", curvature)

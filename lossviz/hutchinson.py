@@ -26,6 +26,19 @@ from .slq import make_bar, probe_generator, rademacher
 
 @dataclass
 class TraceEstimate:
+    """What :func:`hutchinson_trace` returns (``B`` blocks; ``B = 1`` without masks).
+
+    Attributes:
+        value: ``(B,)`` the estimates (the Hutchinson mean plus ``exact_part``).
+        stderr: ``(B,)`` their standard errors, ``std(samples, ddof=1)/√n`` (inf with
+            one sample).
+        samples: ``(n_samples, B)`` the per-probe samples ``zᵀHz`` of the Hutchinson part.
+        n_matvec: The number of operator products.
+        exact_part: ``(B,)`` the sketched trace ``tr(QᵀHQ)`` of Hutch++ (0 for
+            Hutchinson).
+        complete: False when interrupted (Ctrl-C) after some probes.
+    """
+
     value: np.ndarray  # (B,) one per block (B = 1 without blocks)
     stderr: np.ndarray  # (B,)
     samples: np.ndarray  # (n_samples, B) the per-probe samples of the Hutchinson part
@@ -36,6 +49,15 @@ class TraceEstimate:
 
 @dataclass
 class DiagonalEstimate:
+    """What :func:`hutchinson_diagonal` returns.
+
+    Attributes:
+        mean: ``(P,)`` the mean of ``z ⊙ Hz`` over the probes done.
+        stderr: ``(P,)`` its standard error (NaN with fewer than 2 probes).
+        n_probes: The probes done.
+        complete: False when interrupted (Ctrl-C): fewer probes than asked.
+    """
+
     mean: Tensor  # (P,) mean of z ⊙ Hz over the probes done
     stderr: Tensor  # (P,) its standard error (NaN with fewer than 2 probes)
     n_probes: int  # probes done
@@ -43,14 +65,41 @@ class DiagonalEstimate:
 
 
 def sketch_size(n: int, max_matvec: int, sketch: int | None = None) -> int:
-    """Hutch++'s sketch: ``s`` vectors cost ``2s`` products."""
+    """Hutch++'s sketch size ``s`` (``s`` vectors cost ``2s`` products).
+
+    Args:
+        n: The operator's size.
+        max_matvec: The product budget.
+        sketch: An explicit size, or None for ``min(max(max_matvec // 10, 4), 50)``.
+
+    Returns:
+        ``s``, at most ``n``.
+    """
     return min(n, sketch or min(max(max_matvec // 10, 4), 50))
 
 
 def check_trace_args(
     n, rtol, max_matvec, method, batch_size, *, max_name="max_matvec", sketch=None
 ):
-    """Validate the trace estimator's arguments: ``(rtol, max_matvec, batch_size)``."""
+    """Validate the trace estimator's arguments.
+
+    Args:
+        n: The operator's size.
+        rtol: The relative standard error to stop at (``>= 0``).
+        max_matvec: The product budget.
+        method: ``"hutchinson"`` or ``"hutch++"``.
+        batch_size: Probes per batched product, or None.
+        max_name: How messages call ``max_matvec``.
+        sketch: Hutch++'s sketch size, or None.
+
+    Returns:
+        ``(rtol, max_matvec, batch_size)``, normalized.
+
+    Raises:
+        ArgumentTypeError: if an argument has the wrong type.
+        LossvizError: if a value is out of range, ``method`` is unknown, or
+            ``max_matvec`` is below what the method needs (2, plus ``2s`` for Hutch++).
+    """
     validate.choice(method, "method", ("hutchinson", "hutch++"))
     rtol = validate.number(rtol, "rtol", low=0)
     max_matvec = validate.integer(max_matvec, max_name)
@@ -84,13 +133,41 @@ def hutchinson_trace(
     seed: int = 0,
     progress=None,
 ) -> TraceEstimate:
-    """Trace estimate with its standard error, stopping when ``stderr <= rtol·|value|``
-    for every block or after ``max_matvec`` products.
+    """Trace estimate with its standard error.
 
-    >>> A = torch.diag(torch.arange(1.0, 51.0, dtype=torch.float64))
-    >>> est = hutchinson_trace(A, rtol=1e-3)
-    >>> float(est.value[0]), float(est.stderr[0])  # a diagonal matrix: zᵀAz = tr(A)
-    (1275.0, 0.0)
+    Hutchinson 1989: ``tr(H) ≈ mean_z zᵀHz`` over Rademacher ``z``. Hutch++ (Meyer,
+    Musco, Musco, Woodruff 2021): ``Q = orth(H S)`` for an ``(n, s)`` Rademacher sketch
+    ``S``, then ``tr(QᵀHQ) + mean_z zᵀ(I - QQᵀ)H(I - QQᵀ)z``. With masks ``M_S``,
+    ``z_Sᵀ (H z)_S`` estimates ``tr(H_SS)``. Stops when ``stderr <= rtol·|value|`` for
+    every block (after at least ``min_samples`` probes) or after ``max_matvec`` products.
+
+    Args:
+        op: A symmetric operator or dense symmetric matrix.
+        rtol: The relative standard error to stop at (``0``: spend the budget).
+        max_matvec: The product budget.
+        min_samples: The fewest probes before the stopping rule is tested (>= 2).
+        batch_size: Probes per batched product (default 50 on a GPU, 16 on the CPU).
+        method: ``"hutchinson"`` or ``"hutch++"``.
+        sketch: Hutch++'s sketch size (default :func:`sketch_size`).
+        masks: ``(B, n)`` boolean block masks, or None for the whole trace.
+        seed: The seed of the probes.
+        progress: A ``tqdm`` progress bar when truthy.
+
+    Returns:
+        A :class:`TraceEstimate`; interrupted (Ctrl-C) after two probes, the estimate so
+        far with ``complete=False``.
+
+    Raises:
+        ArgumentTypeError: if ``op`` is not a matrix / operator, or an argument has the
+            wrong type.
+        LossvizError: if a value is out of range, ``masks`` is not ``(B, n)``, masks are
+            combined with Hutch++, or ``op`` is not square, finite and symmetric.
+
+    Example:
+        >>> A = torch.diag(torch.arange(1.0, 51.0, dtype=torch.float64))
+        >>> est = hutchinson_trace(A, rtol=1e-3)
+        >>> float(est.value[0]), float(est.stderr[0])  # a diagonal matrix: zᵀAz = tr(A)
+        (1275.0, 0.0)
     """
     n, dtype, device = check_operator(op, "op")
     rtol, max_matvec, batch_size = check_trace_args(
@@ -174,22 +251,49 @@ def hutchinson_trace(
 
 
 def default_batch(device) -> int:
-    """Probes per batched product: GPUs gain from wide batches (the operator halves the
-    chunk on out-of-memory)."""
+    """Probes per batched product.
+
+    GPUs gain from wide batches (the operator halves the chunk on out-of-memory).
+
+    Args:
+        device: Where the products run.
+
+    Returns:
+        50 on a CUDA device, 16 otherwise.
+    """
     return 50 if torch.device(device).type == "cuda" else 16
 
 
 def hutchinson_diagonal(
     op, n_probes: int = 100, *, batch_size: int | None = None, seed: int = 0, progress=None
 ) -> DiagonalEstimate:
-    """The mean of ``z ⊙ Hz`` over ``n_probes`` Rademacher probes and its standard error,
-    each a ``(P,)`` tensor (a :class:`DiagonalEstimate`). Interrupted (Ctrl-C) after some
-    probes, the estimate from those (``complete=False``).
+    """Hutchinson's estimate of the diagonal, ``diag(H) ≈ mean_z z ⊙ Hz``.
 
-    >>> A = torch.tensor([[2.0, 0.0], [0.0, 3.0]], dtype=torch.float64)
-    >>> est = hutchinson_diagonal(A, n_probes=4)
-    >>> est.mean.tolist(), est.stderr.tolist()  # exact for a diagonal operator
-    ([2.0, 3.0], [0.0, 0.0])
+    Over ``n_probes`` Rademacher probes (Bekas, Kokiopoulou, Saad 2007, "An Estimator for
+    the Diagonal of a Matrix"; as in AdaHessian), with the standard error of each entry.
+
+    Args:
+        op: A symmetric operator or dense symmetric matrix.
+        n_probes: The number of probes.
+        batch_size: Probes per batched product (default 50 on a GPU, 16 on the CPU).
+        seed: The seed of the probes.
+        progress: A ``tqdm`` progress bar when truthy.
+
+    Returns:
+        A :class:`DiagonalEstimate` of ``(P,)`` tensors. Interrupted (Ctrl-C) after some
+        probes, the estimate from those (``complete=False``).
+
+    Raises:
+        ArgumentTypeError: if ``op`` is not a matrix / operator, or an argument has the
+            wrong type.
+        LossvizError: if a value is out of range or ``op`` is not square, finite and
+            symmetric.
+
+    Example:
+        >>> A = torch.tensor([[2.0, 0.0], [0.0, 3.0]], dtype=torch.float64)
+        >>> est = hutchinson_diagonal(A, n_probes=4)
+        >>> est.mean.tolist(), est.stderr.tolist()  # exact for a diagonal operator
+        ([2.0, 3.0], [0.0, 0.0])
     """
     n, dtype, device = check_operator(op, "op")
     n_probes = validate.integer(n_probes, "n_probes")

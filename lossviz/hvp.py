@@ -16,16 +16,80 @@ Everything runs with attention on the math SDPA backend, which supports double b
 
 from __future__ import annotations
 
+import threading
 import time
 import warnings
+import weakref
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from .errors import LossvizError, is_oom
-from .objective import _math_sdpa, check_differentiable, check_finite
+from .objective import check_differentiable, check_finite, math_sdpa
 
 METHODS = ("batched", "loop", "fwd")
+
+
+@dataclass
+class ProductMethods:
+    """The product method choice of one :class:`~lossviz.Objective`, owned by this module.
+
+    Read it with :func:`product_methods`; only :class:`CurvatureOperator` changes it.
+
+    Attributes:
+        chosen: The fastest method per curvature (``"hessian"``, ``"ggn"``), set the first
+            time several vectors are multiplied.
+        times: Per curvature, the seconds per vector of each method timed then.
+        failed: Method -> why it is not used for this model.
+    """
+
+    chosen: dict[str, str] = field(default_factory=dict)
+    times: dict[str, dict[str, float]] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+# one ProductMethods per Objective, kept as long as the Objective lives
+_CHOICES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_CHOICES_LOCK = threading.Lock()
+
+
+def _choice(obj) -> ProductMethods:
+    """The live (mutable) choice for ``obj``; only this module writes to it."""
+    with _CHOICES_LOCK:
+        pm = _CHOICES.get(obj)
+        if pm is None:
+            pm = _CHOICES[obj] = ProductMethods()
+        return pm
+
+
+def product_methods(obj) -> ProductMethods:
+    """A copy of the product methods chosen for the Objective ``obj`` so far.
+
+    Args:
+        obj: an :class:`~lossviz.Objective`.
+
+    Returns:
+        :class:`ProductMethods` (``chosen``, ``times``, ``failed``); empty before the
+        first batched product.
+
+    Example:
+        >>> from lossviz import Objective
+        >>> from lossviz.data import digits, mlp
+        >>> x, y = digits()
+        >>> obj = Objective(mlp((64, 10)), torch.nn.functional.cross_entropy, (x[:64], y[:64]))
+        >>> product_methods(obj).chosen
+        {}
+        >>> _ = obj.operator() @ torch.randn(obj.n_params, 4)
+        >>> product_methods(obj).chosen["hessian"] in METHODS
+        True
+    """
+    pm = _choice(obj)
+    return ProductMethods(
+        chosen=dict(pm.chosen),
+        times={k: dict(v) for k, v in pm.times.items()},
+        failed=dict(pm.failed),
+    )
 
 
 def _sync(device: torch.device) -> None:
@@ -34,14 +98,45 @@ def _sync(device: torch.device) -> None:
 
 
 class CurvatureOperator:
-    """``H(θ)`` (``curvature="hessian"``) or the generalized Gauss-Newton ``Jᵀ H_ℓ J``
-    (``curvature="ggn"``) of an :class:`~lossviz.Objective` at a fixed point, as a
-    symmetric linear operator on flat vectors.
+    """The curvature of an :class:`~lossviz.Objective` at a fixed point, as an operator.
+
+    A symmetric linear operator on flat vectors: the Hessian ``H(θ) = ∇²L(θ)``
+    (``curvature="hessian"``) or the generalized Gauss-Newton ``G = Jᵀ H_ℓ J``
+    (``curvature="ggn"``; ``J`` the Jacobian of the model's outputs with respect to ``θ``,
+    ``H_ℓ`` the Hessian of the loss with respect to the outputs; positive semi-definite
+    for a convex loss; Schraudolph 2002, "Fast Curvature Matrix-Vector Products for
+    Second-Order Gradient Descent"). Hessian-vector products are exact, by
+    reverse-over-reverse or forward-over-reverse automatic differentiation (Pearlmutter
+    1994, "Fast Exact Multiplication by the Hessian").
 
     ``op @ x`` (``(P,)``) and ``op @ X`` (``(P, k)``) work like a dense matrix, so every
     estimator in lossviz accepts either. :meth:`apply` takes rows: ``(k, P) -> (k, P)``.
     The gradient graph is built once per point when the data is a single batch; with
-    several batches each product is the sample-weighted mean over batches.
+    several batches each product is the sample-weighted mean over batches,
+    ``Hv = Σ_b n_b H_b v / Σ_b n_b``. Usually made by ``Objective.operator()``.
+
+    Attributes:
+        obj: The Objective.
+        flat: The point ``θ`` as a flat, detached vector.
+        fixed: The tensors held fixed (not differentiated), by name.
+        curvature: ``"hessian"`` or ``"ggn"``.
+        shape: ``(P, P)``.
+        dtype: The dtype of the products (that of ``flat``).
+        device: Where the products run.
+        n_products: The number of vectors multiplied so far.
+
+    Args:
+        obj: The :class:`~lossviz.Objective` (model, loss, data).
+        flat: The point ``θ``, a flat tensor of its ``P`` varying parameters.
+        fixed: The other tensors of the model (held fixed), ``name -> tensor``.
+        curvature: ``"hessian"`` or ``"ggn"``.
+
+    Raises:
+        ValueError: if ``curvature`` is neither ``"hessian"`` nor ``"ggn"`` (a plain
+            ``ValueError``, not a ``LossvizError``).
+        LossvizError: if ``curvature="ggn"`` and the Objective was built with
+            ``forward=`` (the GGN needs ``loss_fn(outputs, targets)``). The products
+            raise :class:`~lossviz.errors.NonFiniteLossError` when the loss is not finite.
     """
 
     def __init__(self, obj, flat: Tensor, fixed: dict, *, curvature: str = "hessian"):
@@ -59,11 +154,15 @@ class CurvatureOperator:
         self.n_products = 0
         self._graph = None  # cached per-point graph for single-batch data
         self.max_chunk = 64
+        self._methods_of = _choice(obj)  # this Objective's product method choice
 
     # --- graphs -------------------------------------------------------------
     def _leaves(self) -> dict:
-        """Per-parameter leaves at the point (slices of one flat leaf would make every
-        backward pass zero-pad a full-size gradient per tensor)."""
+        """Per-parameter leaves at the point.
+
+        Slices of one flat leaf would make every backward pass zero-pad a full-size
+        gradient per tensor.
+        """
         return {
             n: t.detach().clone().requires_grad_(True)
             for n, t in self.obj.layout.unflatten(self.flat).items()
@@ -74,11 +173,14 @@ class CurvatureOperator:
         return list(self.obj.layout.unflatten(V).values())
 
     def _build(self, batch):
-        """The graph for one batch: (leaves, gradient with graph) for the Hessian;
-        (leaves, outputs, ∂ℓ/∂f pieces, dummy u, Jᵀu) for the GGN."""
+        """The graph for one batch.
+
+        (leaves, gradient with graph) for the Hessian; (leaves, outputs, ∂ℓ/∂f pieces,
+        dummy u, Jᵀu) for the GGN.
+        """
         leaves = self._leaves()
         ps = list(leaves.values())
-        with torch.enable_grad(), _math_sdpa():
+        with torch.enable_grad(), math_sdpa():
             if self.curvature == "hessian":
                 loss = self.obj.batch_loss(leaves, self.fixed, batch)
                 check_finite(loss)
@@ -105,9 +207,12 @@ class CurvatureOperator:
             return ("ggn", ps, out, f, gf, u, [jtu[i] for i in keep], keep)
 
     def _graphs(self):
-        """Yields (graph, batch, weight) over the data; the graph is cached for a single
-        batch. With streamed data the weights are unnormalized and ``_stream_total`` holds
-        the samples seen (the caller divides by ``obj.normalizer`` of it)."""
+        """Yields (graph, batch, weight) over the data.
+
+        The graph is cached for a single batch. With streamed data the weights are
+        unnormalized and ``_stream_total`` holds the samples seen (the caller divides by
+        ``obj.normalizer`` of it).
+        """
         obj = self.obj
         if obj.n_batches == 1:
             if self._graph is None:
@@ -162,8 +267,11 @@ class CurvatureOperator:
         return self._products(ggn, V, method, ps)
 
     def _products(self, fn, V: Tensor, method: str, ps) -> Tensor:
-        """``fn(per-parameter vectors, batched) -> per-parameter products`` (None where a
-        parameter has no second-order dependence) for all rows of ``V``, flattened."""
+        """Apply ``fn`` to all rows of ``V`` and flatten.
+
+        ``fn(per-parameter vectors, batched) -> per-parameter products`` (None where a
+        parameter has no second-order dependence).
+        """
 
         def flat(parts, lead):
             return torch.cat(
@@ -198,7 +306,7 @@ class CurvatureOperator:
     def _apply_method(self, V: Tensor, method: str) -> Tensor:
         out = None
         streamed = self.obj.n_batches is None
-        with torch.enable_grad(), _math_sdpa():
+        with torch.enable_grad(), math_sdpa():
             if method == "fwd":
                 items = list(self.obj.batches())
                 norm = self.obj.normalizer(sum(nb for _, nb in items))
@@ -221,13 +329,16 @@ class CurvatureOperator:
         # the jvp misses the dependence of the batch mean on the input
         no_fwd = self.curvature == "ggn" or self.obj.bn == "train"
         cands = [m for m in METHODS if not (m == "fwd" and no_fwd)]
-        return [m for m in cands if m not in self.obj._hvp_failed]
+        return [m for m in cands if m not in self._methods_of.failed]
 
     def _tune(self, V: Tensor) -> Tensor:
-        """Run each method on ``V`` twice (the first run warms up kernels and caches), keep
-        the fastest second run; the product of the first method is returned. A method that
-        fails or disagrees with the first (relative difference > 1e-3; TF32 kernels differ
-        by less) is dropped for this model."""
+        """Time each product method on ``V`` and keep the fastest.
+
+        Each method runs twice (the first run warms up kernels and caches) and the fastest
+        second run wins; the product of the first method is returned. A method that fails
+        or disagrees with the first (relative difference > 1e-3; TF32 kernels differ by
+        less) is dropped for this model.
+        """
         times, result, last = {}, None, None
         for m in self._methods(V.shape[0]):
             try:
@@ -243,14 +354,14 @@ class CurvatureOperator:
                 if isinstance(e, LossvizError):  # bad input: the same for every method
                     raise
                 # an op without forward-mode or batching support: the others remain
-                self.obj._hvp_failed[m] = f"{type(e).__name__}: {e!s:.200}"
+                self._methods_of.failed[m] = f"{type(e).__name__}: {e!s:.200}"
                 last = e
                 continue
             if result is None:
                 result = HV
             elif float((HV - result).norm()) > 1e-3 * float(result.norm()):
                 del times[m]
-                self.obj._hvp_failed[m] = "disagrees with reverse-over-reverse"
+                self._methods_of.failed[m] = "disagrees with reverse-over-reverse"
                 warnings.warn(
                     f"lossviz: HVP method {m!r} disagrees with reverse-over-reverse here; not used",
                     stacklevel=3,
@@ -258,16 +369,30 @@ class CurvatureOperator:
         if result is None:
             raise LossvizError(
                 "no Hessian-vector product method works on this model: "
-                + "; ".join(f"{k}: {v}" for k, v in self.obj._hvp_failed.items())
+                + "; ".join(f"{k}: {v}" for k, v in self._methods_of.failed.items())
             ) from last
         key = self.curvature
-        self.obj._hvp_method[key] = min(times, key=times.get)
-        self.obj._hvp_times[key] = {m: t / V.shape[0] for m, t in times.items()}
+        self._methods_of.chosen[key] = min(times, key=times.get)
+        self._methods_of.times[key] = {m: t / V.shape[0] for m, t in times.items()}
         return result
 
     def apply(self, V: Tensor) -> Tensor:
-        """``(k, P) -> (k, P)``: the curvature applied to each row, in batched chunks that
-        halve on out-of-memory."""
+        """The curvature applied to each row of ``V``: ``(k, P) -> (k, P)``.
+
+        Runs in batched chunks (at most 64 rows) that halve on out-of-memory; the first
+        multi-row product times the methods (see the module docstring).
+
+        Args:
+            V: Rows ``(k, P)``; moved to the operator's device and dtype.
+
+        Returns:
+            ``(k, P)``: row ``i`` is ``H V[i]`` (or ``G V[i]``).
+
+        Raises:
+            ValueError: if ``V`` is not ``(k, P)``.
+            LossvizError: if no product method works on this model.
+            NonFiniteLossError: if the loss is NaN or infinite at the point.
+        """
         if V.ndim != 2 or V.shape[1] != self.shape[0]:
             raise ValueError(f"expected a (k, {self.shape[0]}) tensor, got {tuple(V.shape)}")
         V = V.to(self.device, self.dtype)
@@ -276,7 +401,7 @@ class CurvatureOperator:
         outs, i = [], 0
         while i < k:
             c = min(self.max_chunk, k - i)
-            tune = c > 1 and self.curvature not in self.obj._hvp_method
+            tune = c > 1 and self.curvature not in self._methods_of.chosen
             if tune:
                 c = min(c, 8)  # the methods are timed on a few vectors, once per Objective
             chunk = V[i : i + c]
@@ -286,7 +411,7 @@ class CurvatureOperator:
                 elif tune:
                     outs.append(self._tune(chunk))
                 else:
-                    outs.append(self._apply_method(chunk, self.obj._hvp_method[self.curvature]))
+                    outs.append(self._apply_method(chunk, self._methods_of.chosen[self.curvature]))
             except Exception as e:
                 if is_oom(e) and c > 1:
                     self.max_chunk = max(1, c // 2)
@@ -298,6 +423,7 @@ class CurvatureOperator:
         return torch.cat(outs) if len(outs) > 1 else outs[0]
 
     def __matmul__(self, X: Tensor) -> Tensor:
+        """``op @ x`` for ``x`` of shape ``(P,)`` or ``(P, k)``, like a dense matrix."""
         if X.ndim == 1:
             return self.apply(X[None])[0]
         return self.apply(X.T).T
@@ -314,11 +440,19 @@ class CurvatureOperator:
 
 
 def apply_rows(op, V: Tensor) -> Tensor:
-    """``op`` applied to each row of ``V`` (``(k, P)``): a :class:`CurvatureOperator`,
-    any object with ``apply``, or anything supporting ``op @ X`` (a dense tensor).
+    """``op`` applied to each row of ``V`` (``(k, P)``).
 
     The products run in the operator's dtype; the result comes back in ``V``'s dtype (the
-    kernels keep their bases in at least float32, also for a float16 model)."""
+    kernels keep their bases in at least float32, also for a float16 model).
+
+    Args:
+        op: A :class:`CurvatureOperator`, any object with ``apply``, or anything
+            supporting ``op @ X`` (a dense tensor).
+        V: Rows ``(k, P)``.
+
+    Returns:
+        ``(k, P)`` products, in ``V``'s dtype.
+    """
     dt = op.dtype
     X = V if V.dtype == dt else V.to(dt)
     if hasattr(op, "apply") and not isinstance(op, Tensor):
@@ -329,18 +463,37 @@ def apply_rows(op, V: Tensor) -> Tensor:
 
 
 def work_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype of the kernels' bases and projections for products in ``dtype``: at least
-    float32 (QR, reorthogonalization and the small eigenproblems are not implemented, or
-    not accurate enough, in float16 / bfloat16)."""
+    """The dtype of the kernels' bases and projections for products in ``dtype``.
+
+    At least float32: QR, reorthogonalization and the small eigenproblems are not
+    implemented, or not accurate enough, in float16 / bfloat16.
+
+    Args:
+        dtype: The floating-point dtype of the products.
+
+    Returns:
+        ``dtype`` when it has at least 32 bits, else float32.
+    """
     return dtype if torch.finfo(dtype).bits >= 32 else torch.float32
 
 
 def low_precision(dtype: torch.dtype) -> bool:
+    """Whether ``dtype`` (a floating-point dtype) has fewer than 32 bits."""
     return torch.finfo(dtype).bits < 32
 
 
 def op_meta(op) -> tuple[int, torch.dtype, torch.device]:
-    """(size, dtype, device) of an operator or dense matrix."""
+    """(size, dtype, device) of an operator or dense matrix.
+
+    Args:
+        op: A square tensor or an operator with ``shape``, ``dtype`` and ``device``.
+
+    Returns:
+        ``(size, dtype, device)``.
+
+    Raises:
+        LossvizError: if ``op`` is a tensor that is not square.
+    """
     if isinstance(op, Tensor):
         if op.ndim != 2 or op.shape[0] != op.shape[1]:
             raise LossvizError(f"a dense operator must be square, got shape {tuple(op.shape)}")
@@ -349,10 +502,25 @@ def op_meta(op) -> tuple[int, torch.dtype, torch.device]:
 
 
 def check_operator(op, name: str = "op") -> tuple[int, torch.dtype, torch.device]:
-    """Check a bare operator before any product: a dense tensor must be a finite, real,
-    symmetric square matrix (symmetry is checked entry by entry, one pass, relative to
-    ``sqrt(eps)·max|A|``); any other object needs ``shape``, ``dtype``, ``device`` and
-    ``apply`` or ``@``. Returns ``(size, dtype, device)``."""
+    """Check a bare operator before any product.
+
+    A dense tensor must be a finite, real, symmetric square matrix (symmetry is checked
+    entry by entry, one pass: ``max|A - Aᵀ| <= sqrt(eps)·max|A|``); any other object needs
+    ``shape``, ``dtype``, ``device`` and ``apply`` or ``@``.
+
+    Args:
+        op: A dense matrix or an operator.
+        name: The argument's name, for messages.
+
+    Returns:
+        ``(size, dtype, device)``.
+
+    Raises:
+        ArgumentTypeError: if ``op`` is neither a tensor nor an operator, or is not
+            real floating-point.
+        LossvizError: if it is not square, is empty, has NaN or inf entries, or (a
+            tensor) is not symmetric.
+    """
     from .errors import ArgumentTypeError
 
     if isinstance(op, Tensor):
@@ -402,8 +570,14 @@ def check_operator(op, name: str = "op") -> tuple[int, torch.dtype, torch.device
 
 
 class SubOperator:
-    """The restriction ``H[idx, idx]`` of an operator to a set of flat indices (a block
-    of parameters), itself an operator of size ``len(idx)``."""
+    """The restriction ``H[idx, idx]`` of an operator to a set of flat indices.
+
+    A block of parameters; itself an operator of size ``len(idx)``.
+
+    Args:
+        op: The full operator (or dense matrix).
+        idx: The flat indices of the block.
+    """
 
     def __init__(self, op, idx: Tensor):
         n, dtype, device = op_meta(op)
@@ -412,11 +586,13 @@ class SubOperator:
         self.dtype, self.device = dtype, device
 
     def apply(self, V: Tensor) -> Tensor:
+        """Rows ``(k, len(idx)) -> (k, len(idx))``: ``(H[idx, idx] V[i])`` per row."""
         full = torch.zeros(V.shape[0], self.n, dtype=V.dtype, device=V.device)
         full[:, self.idx] = V
         return apply_rows(self.op, full)[:, self.idx]
 
     def __matmul__(self, X: Tensor) -> Tensor:
+        """``op @ x`` for ``x`` of shape ``(n,)`` or ``(n, k)``, like a dense matrix."""
         if X.ndim == 1:
             return self.apply(X[None])[0]
         return self.apply(X.T).T

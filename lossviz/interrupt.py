@@ -1,5 +1,6 @@
-"""What a public call does when it is interrupted (Ctrl-C), and the wrapper every public
-entry point goes through.
+"""What a public call does when it is interrupted (Ctrl-C).
+
+Also the wrapper every public entry point goes through.
 
 The rule: an interrupt either propagates (after the call has restored its state) or the
 result is visibly partial (``complete=False``, NaN where nothing was computed), never a
@@ -23,7 +24,15 @@ _DEPTH: contextvars.ContextVar[int] = contextvars.ContextVar("lossviz_call_depth
 
 
 def api(fn):
-    """Mark ``fn`` as a public lossviz call (see the module docstring)."""
+    """Mark ``fn`` as a public lossviz call (see the module docstring).
+
+    Args:
+        fn: The public function to wrap.
+
+    Returns:
+        A wrapper (``functools.wraps``) that counts the nesting depth of lossviz calls and
+        runs ``fn`` with inference mode off.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -40,20 +49,28 @@ def api(fn):
 
 
 def keep_partial() -> bool:
-    """True when the running call is the outermost lossviz call (or no lossviz call is
-    running): only then may an interrupt become a partial result. Catch sites::
+    """Whether an interrupt may become a partial result here.
+
+    True when the running call is the outermost lossviz call (or no lossviz call is
+    running). Catch sites::
 
         except KeyboardInterrupt:
             if not keep_partial():
                 raise
             ...  # mark the result incomplete
+
+    Returns:
+        True at the outermost level, False inside a nested call.
     """
     return _DEPTH.get() <= 1
 
 
 class inner:
-    """Context manager for a composite call's own work that is not a public call (e.g. a
-    private loop over public kernels' internals): interrupts inside propagate."""
+    """Context manager for a composite call's own work that is not a public call.
+
+    For example a private loop over public kernels' internals: interrupts inside
+    propagate.
+    """
 
     def __enter__(self):
         self._token = _DEPTH.set(_DEPTH.get() + 1)

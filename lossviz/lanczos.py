@@ -34,6 +34,19 @@ WHICH = ("largest", "smallest", "both", "magnitude")
 
 @dataclass
 class LanczosOutput:
+    """What :func:`lanczos` returns.
+
+    Attributes:
+        values: The eigenvalue estimates (Ritz values), float64, ordered by ``which``
+            (see :func:`order_values`).
+        vectors: The Ritz vectors, ``(k, P)`` orthonormal rows.
+        residuals: ``||H y - θ y|| / |λ|_max`` per pair.
+        n_matvec: The number of operator products (vectors) used.
+        converged: Per pair, whether its residual is at most ``tol``.
+        norm_estimate: The ``|λ|_max`` estimate used to scale the residuals.
+        interrupted: True when stopped by ``KeyboardInterrupt`` (the pairs found so far).
+    """
+
     values: np.ndarray  # float64, ordered by `which` (see `order`)
     vectors: Tensor  # (k, P) rows, orthonormal
     residuals: np.ndarray  # ||H y - θ y|| / |λ|_max
@@ -62,8 +75,18 @@ def _select(theta: np.ndarray, k: int, which: str) -> np.ndarray:
 
 
 def order_values(values: np.ndarray, which: str) -> np.ndarray:
-    """Permutation ordering results: largest/magnitude descending, smallest ascending,
-    both ascending (the k smallest, then the k largest)."""
+    """Permutation ordering results.
+
+    Largest / magnitude descending, smallest ascending, both ascending (the k smallest,
+    then the k largest).
+
+    Args:
+        values: The eigenvalues.
+        which: ``"largest"``, ``"smallest"``, ``"both"`` or ``"magnitude"``.
+
+    Returns:
+        The indices that order ``values`` (a stable sort).
+    """
     if which == "largest":
         return np.argsort(-values, kind="stable")
     if which == "magnitude":
@@ -72,13 +95,33 @@ def order_values(values: np.ndarray, which: str) -> np.ndarray:
 
 
 def tol_floor(dtype: torch.dtype) -> float:
-    """The smallest residual tolerance (relative to ``|λ|_max``) that products in
-    ``dtype`` can resolve: ``4·eps``."""
+    """The smallest residual tolerance (relative to ``|λ|_max``) products can resolve.
+
+    Args:
+        dtype: The floating-point dtype of the products.
+
+    Returns:
+        ``4·eps`` of ``dtype``.
+    """
     return 4 * torch.finfo(dtype).eps
 
 
 def check_v0(v0, n: int, name: str = "v0") -> Tensor | None:
-    """Start vectors as a ``(j, n)`` tensor: finite, no zero row."""
+    """Start vectors as a ``(j, n)`` tensor: finite, no zero row.
+
+    Args:
+        v0: None, a tensor (or array-like) of shape ``(n,)`` or ``(j, n)``.
+        n: The operator's size.
+        name: The argument's name, for messages.
+
+    Returns:
+        A detached ``(j, n)`` floating-point tensor (integers become float64), or None.
+
+    Raises:
+        ArgumentTypeError: if ``v0`` cannot be converted to a tensor, or is complex or
+            boolean.
+        LossvizError: if its shape does not fit ``n``, or it holds NaN, inf or a zero row.
+    """
     if v0 is None:
         return None
     if not isinstance(v0, Tensor):
@@ -120,10 +163,30 @@ def check_args(
     *,
     max_name: str = "max_matvec",
 ) -> tuple[int, float, int | None, int, bool]:
-    """Validate Lanczos' arguments against the operator (size ``n``, product ``dtype``):
-    ``(k, tol, max_matvec, block_size, low_precision)``. ``tol`` below what the products
-    resolve (``4·eps``) is warned about; in float16/bfloat16 (where even the default
-    cannot be resolved) it is raised to that floor, with the warning."""
+    """Validate Lanczos' arguments against the operator.
+
+    ``tol`` below what the products resolve (``4·eps``) is warned about; in
+    float16/bfloat16 (where even the default cannot be resolved) it is raised to that
+    floor, with the warning.
+
+    Args:
+        n: The operator's size.
+        dtype: The dtype of the products.
+        k: The number of eigenpairs.
+        which: ``"largest"``, ``"smallest"``, ``"both"`` or ``"magnitude"``.
+        tol: The relative residual tolerance, in ``(0, 1)``.
+        max_matvec: The product budget, or None.
+        block_size: Vectors per product.
+        max_name: How messages call ``max_matvec``.
+
+    Returns:
+        ``(k, tol, max_matvec, block_size, low_precision)``.
+
+    Raises:
+        ArgumentTypeError: if an argument has the wrong type.
+        LossvizError: if ``k`` exceeds ``n``, a value is out of range, ``which`` is
+            unknown, or ``max_matvec`` is below the number of wanted pairs.
+    """
     k = validate.integer(k, "k")
     validate.choice(which, "which", WHICH)
     tol = validate.number(tol, "tol", low=0, low_open=True, high=1, high_open=True)
@@ -160,10 +223,12 @@ def check_args(
 
 
 def _orthonormal_block(Q: Tensor, W: Tensor, scale: Tensor, gen, eps: float):
-    """QR of the rows of W (already orthogonal to Q); rows that vanish (the Krylov space
-    is exhausted) are replaced by random vectors orthogonal to everything, with a zero
-    coupling. The replacement is computed only when needed (one host check per block,
-    small next to the cost of a block of products)."""
+    """QR of the rows of W (already orthogonal to Q).
+
+    Rows that vanish (the Krylov space is exhausted) are replaced by random vectors
+    orthogonal to everything, with a zero coupling. The replacement is computed only when
+    needed (one host check per block, small next to the cost of a block of products).
+    """
     if W.shape[0] == 1:
         r = W.norm()
         Qn, R = W / r.clamp_min(torch.finfo(W.dtype).tiny), r.reshape(1, 1)
@@ -202,6 +267,13 @@ def lanczos(
 ) -> LanczosOutput:
     """The ``k`` extreme eigenpairs of a symmetric operator.
 
+    Thick-restart block Lanczos with full reorthogonalization (see the module docstring;
+    Wu & Simon 2000). With the orthonormal basis ``Q`` and ``T = Qᵀ H Q = S Θ Sᵀ``, the Ritz
+    pairs are ``(θ_i, y_i = Q s_i)``. From ``H Q = Q T + Q_next R`` (``R`` the coupling of
+    the basis to the next block), ``||H y_i - θ_i y_i|| = ||R s_i||`` (exact up to rounding
+    with full reorthogonalization), and a pair is accepted when that is at most
+    ``tol · |λ|_max``.
+
     Args:
         op: a symmetric operator (``op @ X`` for ``X`` of shape ``(P, b)``), e.g. a dense
             tensor or :class:`~lossviz.hvp.CurvatureOperator`.
@@ -214,13 +286,27 @@ def lanczos(
         basis_size: basis vectors kept before a restart.
         check: also compute the residuals with ``len(values)`` true products (they equal
             the recurrence's residuals up to rounding; tested).
+        seed: the seed of the random start block.
         check_every: test convergence every this many blocks (default 1; each test is
             a host synchronization and a tiny eigenproblem, small next to a product).
+        progress: a ``tqdm`` progress bar when truthy.
 
-    >>> A = torch.diag(torch.arange(1.0, 101.0, dtype=torch.float64))
-    >>> out = lanczos(A, k=3, tol=1e-10)
-    >>> out.values.round(8).tolist()
-    [100.0, 99.0, 98.0]
+    Returns:
+        A :class:`LanczosOutput`. Interrupted (Ctrl-C) at the outermost lossviz call, the
+        Ritz pairs so far with ``interrupted=True``.
+
+    Raises:
+        ArgumentTypeError: if ``op`` is not a matrix / operator, or an argument has the
+            wrong type.
+        LossvizError: if a value is out of range (``k`` above the size, ``tol`` outside
+            ``(0, 1)``, a budget below ``k``), ``op`` is not square, finite and symmetric,
+            or ``v0`` does not fit.
+
+    Example:
+        >>> A = torch.diag(torch.arange(1.0, 101.0, dtype=torch.float64))
+        >>> out = lanczos(A, k=3, tol=1e-10)
+        >>> out.values.round(8).tolist()
+        [100.0, 99.0, 98.0]
     """
     n, dtype, device = check_operator(op, "op")
     k, tol, max_matvec, b, low = check_args(n, dtype, k, which, tol, max_matvec, block_size)
@@ -330,6 +416,15 @@ def lanczos(
                     warnings.warn(
                         f"Lanczos interrupted after {n_mv} products: returning the Ritz pairs "
                         "so far (see `converged`)",
+                        stacklevel=3,
+                    )
+                elif not conv.all() and done and check:
+                    # converged by the recurrence, not by true products: rounding
+                    warnings.warn(
+                        f"Lanczos converged, but the residuals recomputed with true products "
+                        f"are up to {res.max():.2e} (tol {tol:.0e}): the products' rounding "
+                        f"({str(dtype).replace('torch.', '')}) limits the accuracy; use a "
+                        "larger tol (or a float64 model)",
                         stacklevel=3,
                     )
                 elif not conv.all():

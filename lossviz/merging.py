@@ -1,12 +1,12 @@
-"""Merging weights: averages, Fisher merging, task arithmetic, greedy soups, and the
-variance of averaged weights.
+"""Merging weights: averages, Fisher merging, task arithmetic, greedy soups, variance.
 
 - uniform soup (Wortsman et al. 2022, "Model soups"): ``θ = (1/k) Σ_i θ_i``;
 - weighted: ``θ = Σ_i w_i θ_i / Σ_i w_i``;
 - Fisher merging (Matena & Raffel 2022): ``θ = Σ_i λ_i F_i ⊙ θ_i / Σ_i λ_i F_i`` with ``F_i``
   the diagonal empirical Fisher ``mean_n (∇_θ ℓ(x_n, y_n; θ_i))²`` (per-sample gradients with
   ``torch.func``);
-- task arithmetic (Ilharco et al. 2023): ``θ = θ0 + λ Σ_i (θ_i - θ0)``.
+- task arithmetic (Ilharco et al. 2023): ``θ = θ0 + λ Σ_i (θ_i - θ0)``;
+- the variance of averaged weights (Tian et al. 2024, "vanishing variance").
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,43 +22,24 @@ import torch
 from torch import Tensor, nn
 
 from . import validate
+from .deprecation import renamed
 from .errors import ArgumentTypeError, CheckpointError, DataError, LossvizError
 from .interrupt import api
 from .objective import Objective
+from .points import as_points
+from .provenance import Provenance
+from .results import DataResult
 from .weights import Weights, state_of
 
 _METHODS = ("uniform", "weighted", "fisher", "task_arithmetic")
-_POINT = "a model, a state dict, Weights or a checkpoint path"
 
 
-def _is_point(p) -> bool:
-    """A single point (not a collection of points)."""
-    return (
-        isinstance(p, (nn.Module, str, bytes))
-        or hasattr(p, "__fspath__")
-        or (isinstance(p, Mapping) and bool(p) and all(isinstance(v, Tensor) for v in p.values()))
-    )
+def _named(points, name: str = "points", **kw) -> tuple[list, list[dict]]:
+    """``(names, state dicts)`` of a list, a mapping name -> point or a TrajectoryRecorder.
 
-
-def _named(points, name: str = "points") -> tuple[list, list[dict]]:
-    """``(names, state dicts)`` of a list (or iterable) of points or a mapping name -> point."""
-    if _is_point(points) or isinstance(points, Tensor):
-        raise ArgumentTypeError(
-            f"{name} must be a list of points ({_POINT}) or a mapping name -> point; got a "
-            f"single {type(points).__name__}: pass [a, b]"
-        )
-    if isinstance(points, Mapping):
-        names, pts = list(points), list(points.values())
-    elif isinstance(points, Iterable):
-        pts = list(points)
-        names = list(range(len(pts)))
-    else:
-        raise ArgumentTypeError(
-            f"{name} must be a list of points ({_POINT}) or a mapping name -> point, got "
-            f"{type(points).__name__}"
-        )
-    if not pts:
-        raise LossvizError(f"{name} is empty: no points to merge")
+    See :func:`lossviz.points.as_points`; ``kw``: its ``at_least`` and ``what``.
+    """
+    names, pts, _ = as_points(points, name, **kw)
     return names, [state_of(p, f"{name}[{nm!r}]") for nm, p in zip(names, pts)]
 
 
@@ -89,8 +70,10 @@ def _floating(t: Tensor) -> bool:
 
 
 def _check_integers(states: list[dict], labels: list[str]) -> None:
-    """Non-floating tensors cannot be averaged: they must agree (``num_batches_tracked``
-    counters excepted: taken from the first point)."""
+    """Non-floating tensors cannot be averaged: they must agree.
+
+    ``num_batches_tracked`` counters are excepted (taken from the first point).
+    """
     ref = states[0]
     for key, v0 in ref.items():
         if _floating(v0) or key.endswith("num_batches_tracked"):
@@ -158,9 +141,35 @@ def _check_fisher_obj(obj, name: str = "obj") -> None:
 
 @api
 def empirical_fisher(obj: Objective, at=None) -> Weights:
-    """Diagonal empirical Fisher ``F = mean_n (∇_θ ℓ(x_n, y_n; θ))²`` over the Objective's
-    samples, from per-sample gradients (``torch.func.vmap`` of ``torch.func.grad``), for
-    the Objective's varying parameters at the point ``at`` (default: the model)."""
+    """Diagonal empirical Fisher ``F = mean_n (∇_θ ℓ(x_n, y_n; θ))²`` over the Objective's samples.
+
+    The per-sample gradients come from ``torch.func.vmap`` of ``torch.func.grad`` (one
+    sample at a time for modules vmap cannot batch); the squares are summed in float64.
+    This is the ``F_i`` of Fisher merging (Matena & Raffel 2022, "Merging Models with
+    Fisher-Weighted Averaging").
+
+    Args:
+        obj: an :class:`~lossviz.Objective` built with ``loss_fn`` and
+            ``(inputs, targets)`` tensor batches (not ``forward=``).
+        at: the point (default: the model's weights).
+
+    Returns:
+        :class:`~lossviz.weights.Weights`: ``F`` for each of the Objective's varying
+        parameters, in the parameters' dtypes.
+
+    Raises:
+        ArgumentTypeError: ``obj`` is not an Objective.
+        LossvizError: ``obj`` was built with ``forward=`` (no per-sample losses).
+        DataError: a batch of ``obj`` is not an ``(inputs, targets)`` pair of tensors.
+        CheckpointError: ``at`` does not match the model (keys, shapes).
+
+    With ``ℓ_n = (w·x_n - y_n)²`` at ``w = 0`` the gradients are ``-2·x_n·y_n``:
+
+    >>> x, y = torch.tensor([[1.0], [2.0]]), torch.tensor([[1.0], [1.0]])
+    >>> obj = Objective(nn.Linear(1, 1, bias=False), nn.functional.mse_loss, (x, y))
+    >>> empirical_fisher(obj, at={"weight": torch.zeros(1, 1)})["weight"].tolist()
+    [[10.0]]
+    """
     _check_fisher_obj(obj)
     flat, fixed = obj.resolve(at, name="at")
     theta = obj.layout.unflatten(flat.detach())
@@ -200,20 +209,66 @@ def merge(
 ) -> Weights:
     """Merge checkpoints into one set of weights.
 
-    ``method``: ``"uniform"`` ``(1/k)Σθ_i``; ``"weighted"`` ``Σw_iθ_i / Σw_i`` (``weights``
-    required, their sum not 0); ``"fisher"`` ``Σλ_iF_i⊙θ_i / Σλ_iF_i`` with ``F_i`` the
-    diagonal empirical Fisher of ``obj`` at ``θ_i`` (``weights`` = optional ``λ_i >= 0``;
-    where every ``F_i`` is 0 the weighted mean is used); ``"task_arithmetic"``
-    ``θ0 + λΣ(θ_i - θ0)`` with ``θ0 = base`` and ``λ = weights`` (a number, or one per task;
-    default 1). ``weights`` may be a mapping name -> weight when ``points`` is a mapping.
+    The methods (sums in float64):
 
-    ``points``: a list (or a mapping name -> point) of models, state dicts, Weights or
-    checkpoint paths with identical keys and shapes. Non-floating tensors must agree
-    between the points, except integer ``num_batches_tracked`` counters, which come from
-    the first point (the base for task arithmetic); floating-point buffers are averaged
-    like the parameters (the Fisher is only defined for the Objective's varying
-    parameters: other entries get the uniform or weighted mean). Returns every entry of the
-    points as :class:`~lossviz.weights.Weights` (``.state_dict()`` for a plain dict).
+    - ``"uniform"``: ``(1/k) Σ_i θ_i``, the uniform soup (Wortsman et al. 2022, "Model
+      soups: averaging weights of multiple fine-tuned models improves accuracy without
+      increasing inference time");
+    - ``"weighted"``: ``Σ_i w_i θ_i / Σ_i w_i`` (their sum not 0);
+    - ``"fisher"``: ``Σ_i λ_i F_i ⊙ θ_i / Σ_i λ_i F_i`` with ``F_i`` the diagonal empirical
+      Fisher of ``obj`` at ``θ_i`` (:func:`empirical_fisher`; Matena & Raffel 2022,
+      "Merging Models with Fisher-Weighted Averaging"); where every ``F_i`` is 0 the
+      weighted mean is used;
+    - ``"task_arithmetic"``: ``θ0 + λ Σ_i (θ_i - θ0)`` with ``θ0 = base`` (Ilharco et al.
+      2023, "Editing Models with Task Arithmetic"); a ``λ_i`` per task scales each
+      ``θ_i - θ0``.
+
+    Non-floating tensors must agree between the points, except integer
+    ``num_batches_tracked`` counters, which come from the first point (the base for task
+    arithmetic); floating-point buffers are averaged like the parameters (the Fisher is
+    only defined for the Objective's varying parameters: other entries get the uniform or
+    weighted mean).
+
+    Args:
+        points: a list, a mapping name -> point or a :class:`~lossviz.TrajectoryRecorder`
+            (its steps are the names) of models, state dicts, Weights or checkpoint paths
+            with identical keys and shapes.
+        method: ``"uniform"``, ``"weighted"``, ``"fisher"`` or ``"task_arithmetic"``.
+        weights: ``w_i`` (required for ``"weighted"``), the optional ``λ_i >= 0`` of
+            ``"fisher"`` (default 1), or ``λ`` of ``"task_arithmetic"`` (a number, or one
+            per task; default 1); a number, a list / array with one per point, or a
+            mapping name -> weight (keys: the points' names). Not with ``"uniform"``.
+        base: ``θ0`` for ``"task_arithmetic"`` (required there, not allowed otherwise).
+        obj: the :class:`~lossviz.Objective` whose data defines the Fisher (required for
+            ``"fisher"``, not allowed otherwise).
+
+    Other Args:
+        *more: not accepted: the points come as one list (an error that says so).
+
+    Returns:
+        :class:`~lossviz.weights.Weights` with every entry of the points
+        (``.state_dict()`` for a plain dict).
+
+    Raises:
+        ArgumentTypeError: more than one positional argument, ``points`` not a list /
+            mapping / recorder (or a single point), a point of the wrong type, ``obj``
+            not an Objective, or ``weights`` not numbers.
+        LossvizError: an unknown ``method``; ``weights`` / ``base`` / ``obj`` missing or
+            given for a method that does not use them; ``weights`` of the wrong length,
+            with the wrong keys, not finite, negative for ``"fisher"`` or summing to 0;
+            non-floating tensors that differ; ``obj`` built with ``forward=``; no points.
+        CheckpointError: points (or ``base``) with different keys or shapes, a checkpoint
+            that cannot be read, or (``"fisher"``) points that do not match ``obj``'s
+            model.
+        DataError: (``"fisher"``) a batch of ``obj`` is not ``(inputs, targets)``.
+
+    >>> a, b = {"w": torch.tensor([1.0, 2.0])}, {"w": torch.tensor([3.0, 6.0])}
+    >>> merge([a, b])["w"].tolist()
+    [2.0, 4.0]
+    >>> merge([a, b], method="weighted", weights=[3, 1])["w"].tolist()
+    [1.5, 3.0]
+    >>> merge([b], method="task_arithmetic", base=a, weights=0.5)["w"].tolist()
+    [2.0, 4.0]
     """
     if more:
         raise ArgumentTypeError(
@@ -294,23 +349,51 @@ def merge(
 
 
 @api
+@renamed(recompute_data="bn_data")
 def greedy_soup(
     obj_val: Objective,
     points,
     *,
     metric: str = "accuracy",
     bn: str = "eval",
-    recompute_data=None,
+    bn_data=None,
     progress=None,
 ):
-    """Greedy soup (Wortsman et al. 2022): sort the ingredients by their held-out
-    ``metric`` on ``obj_val`` (best first), start from the best and add each next one only
-    if the uniform soup of the chosen ones strictly improves it. Returns
-    ``(Weights, chosen)`` (``chosen``: indices, or names for a mapping, in the order
-    added). ``metric``: ``"accuracy"`` (higher is better), ``"loss"`` or ``"error"``.
-    ``bn="recompute"`` re-estimates BatchNorm statistics of every soup on
-    ``recompute_data`` (default: ``obj_val``'s data). An ingredient or soup whose metric is
-    NaN ranks last / is not added (with a warning). Ctrl-C propagates (nothing is changed).
+    """Greedy soup: add ingredients to a uniform soup only while the held-out metric improves.
+
+    Wortsman et al. 2022, "Model soups: averaging weights of multiple fine-tuned models
+    improves accuracy without increasing inference time": sort the ingredients by their
+    held-out ``metric`` on ``obj_val`` (best first), start from the best and add each next
+    one only if the uniform soup of the chosen ones strictly improves it. An ingredient
+    or soup whose metric is NaN ranks last / is not added (with a warning). Ctrl-C
+    propagates (nothing is changed).
+
+    Args:
+        obj_val: the held-out :class:`~lossviz.Objective` the metric is measured on.
+        points: a list, a mapping name -> point or a :class:`~lossviz.TrajectoryRecorder`
+            of ingredients with identical keys and shapes.
+        metric: ``"accuracy"`` (higher is better), ``"loss"`` or ``"error"`` (lower is
+            better).
+        bn: ``"eval"`` (the points' running statistics) or ``"recompute"`` (BatchNorm
+            statistics of every soup re-estimated on ``bn_data``).
+        bn_data: the batches for ``bn="recompute"`` (default: ``obj_val``'s data);
+            ``recompute_data=`` is its deprecated name.
+        progress: show progress bars (None: unless ``LOSSVIZ_PROGRESS=0``).
+
+    Returns:
+        ``(Weights, chosen)``: the soup and the chosen ingredients (indices, or names
+        for a mapping, in the order added).
+
+    Raises:
+        ArgumentTypeError: ``obj_val`` is not an Objective, ``points`` is not a list /
+            mapping / recorder (or a single point), ``progress`` is not a bool, or both
+            ``bn_data`` and its deprecated name are given.
+        LossvizError: an unknown ``metric`` / ``bn``, ``bn_data`` without
+            ``bn="recompute"``, non-floating tensors that differ between the points, a
+            metric that does not apply to the model's outputs, or a metric that is NaN
+            for every ingredient.
+        CheckpointError: points with different keys or shapes, or that do not match the
+            model of ``obj_val``.
     """
     from .landscape import evaluate
 
@@ -318,8 +401,8 @@ def greedy_soup(
         raise ArgumentTypeError(f"obj_val must be an Objective, got {type(obj_val).__name__}")
     metric = validate.choice(metric, "metric", ("accuracy", "loss", "error"))
     bn = validate.choice(bn, "bn", ("eval", "recompute"))
-    if recompute_data is not None and bn != "recompute":
-        raise LossvizError("recompute_data is only used with bn='recompute'")
+    if bn_data is not None and bn != "recompute":
+        raise LossvizError("bn_data is only used with bn='recompute'")
     if progress is not None:
         progress = validate.boolean(progress, "progress")
     names, states = _named(points)
@@ -328,7 +411,7 @@ def greedy_soup(
     for nm, st in zip(names, states):
         obj_val.resolve(st, name=f"points[{nm!r}]")
     sign = 1.0 if metric == "accuracy" else -1.0
-    kw = {"bn": "recompute", "bn_data": recompute_data} if bn == "recompute" else {}
+    kw = {"bn": "recompute", "bn_data": bn_data} if bn == "recompute" else {}
 
     def run(P, at) -> list[float]:
         res = evaluate(obj_val, P, metrics=(metric,), at=at, progress=progress, **kw)
@@ -378,11 +461,24 @@ def greedy_soup(
     return soup, [names[j] for j in chosen]
 
 
-@dataclass(repr=False)
-class VarianceTable:
-    """Per-layer weight variance before and after averaging k models (the "vanishing
-    variance" of averaged uncorrelated weights: ``Var(mean) ≈ Var/k``), and the Xavier
-    target ``2/(fan_in + fan_out)``."""
+@dataclass(kw_only=True, repr=False)
+class VarianceTable(DataResult):
+    """Per-layer weight variance before and after averaging k models (:func:`averaging_variance`).
+
+    The "vanishing variance" of averaged uncorrelated weights, ``Var(mean) ≈ Var/k``,
+    against the Xavier target ``2/(fan_in + fan_out)`` (Tian, Al-Ars, Kitsak, Hofstee
+    2024, "Vanishing Variance Problem in Fully Decentralized Neural-Network Systems").
+
+    Attributes:
+        rows: one dict per weight matrix: ``layer`` (its key), ``before`` (mean over the
+            models of the variance of its entries), ``after`` (variance of the uniform
+            average), ``ratio`` (``after / before``; NaN when ``before`` is 0), ``1/k``
+            and ``xavier`` (``2/(fan_in + fan_out)``).
+        k: the number of models averaged.
+        seconds: wall time.
+        provenance: where it comes from (:class:`~lossviz.provenance.Provenance`;
+            None when built by hand).
+    """
 
     rows: list
     k: int
@@ -390,9 +486,11 @@ class VarianceTable:
 
     @property
     def table(self) -> list[dict]:
+        """The rows (one dict per layer)."""
         return self.rows
 
     def to_pandas(self):
+        """The rows as a ``pandas.DataFrame`` indexed by layer (needs pandas)."""
         import pandas as pd
 
         return pd.DataFrame(self.rows).set_index("layer")
@@ -420,6 +518,7 @@ class VarianceTable:
         )
 
     def plot(self):
+        """Bars of the variance before and after averaging, and the Xavier target (plotly)."""
         import plotly.graph_objects as go
 
         x = [r["layer"] for r in self.rows]
@@ -447,19 +546,44 @@ class VarianceTable:
 
 @api
 def averaging_variance(points, *more) -> VarianceTable:
-    """Per layer (weights with ``ndim >= 2``): ``before`` = mean over the k models of the
-    variance of their weights, ``after`` = variance of the uniform average, ``ratio`` =
-    after / before (about ``1/k`` for uncorrelated models, about 1 for models near one
-    another), and the Xavier target ``2/(fan_in + fan_out)``."""
+    """The per-layer weight variance before and after averaging k models.
+
+    Per layer (floating tensors with ``ndim >= 2``): ``before = mean_i Var(W_i)`` over the
+    k models (population variance of the entries), ``after = Var((1/k) Σ_i W_i)``,
+    ``ratio = after / before`` (about ``1/k`` for uncorrelated models, about 1 for models
+    near one another), and the Xavier target ``2/(fan_in + fan_out)``: the "vanishing
+    variance" of Tian, Al-Ars, Kitsak, Hofstee 2024 ("Vanishing Variance Problem in Fully
+    Decentralized Neural-Network Systems").
+
+    Args:
+        points: a list, a mapping name -> point or a :class:`~lossviz.TrajectoryRecorder`
+            (at least 2 points with identical keys and shapes).
+
+    Other Args:
+        *more: not accepted: the points come as one list (an error that says so).
+
+    Returns:
+        :class:`VarianceTable`: one row per weight matrix.
+
+    Raises:
+        ArgumentTypeError: more than one positional argument, or ``points`` not a list /
+            mapping / recorder (or a single point).
+        LossvizError: fewer than 2 points, or no floating tensor with ``ndim >= 2``.
+        CheckpointError: points with different keys or shapes, or a checkpoint that
+            cannot be read.
+
+    >>> a, b = {"w": torch.tensor([[1.0, -1.0]])}, {"w": torch.tensor([[-1.0, 1.0]])}
+    >>> r = averaging_variance([a, b]).rows[0]
+    >>> r["before"], r["after"], r["xavier"]
+    (1.0, 0.0, 0.6666666666666666)
+    """
     if more:
         raise ArgumentTypeError(
             "averaging_variance takes the points as one list, averaging_variance([a, b, ...]); "
             f"got {1 + len(more)} positional arguments"
         )
     t0 = time.perf_counter()
-    names, states = _named(points)
-    if len(states) < 2:
-        raise LossvizError(f"points: averaging_variance needs at least 2 models, got {len(states)}")
+    names, states = _named(points, at_least=2, what="averaging_variance")
     _check_same(states, _labels(names))
     rows = []
     for key, v0 in states[0].items():
@@ -481,4 +605,9 @@ def averaging_variance(points, *more) -> VarianceTable:
         )
     if not rows:
         raise LossvizError("points: no weight matrix (a tensor with ndim >= 2) to compare")
-    return VarianceTable(rows, len(states), time.perf_counter() - t0)
+    return VarianceTable(
+        rows=rows,
+        k=len(states),
+        seconds=time.perf_counter() - t0,
+        provenance=Provenance.of(states, kernel="averaging_variance"),
+    )

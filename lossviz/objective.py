@@ -15,6 +15,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+# the one private torch API lossviz uses (see reparametrized): no fallback, so a torch
+# that moves it fails here, at import, loudly
+from torch.nn.utils.stateless import _reparametrize_module
+
 from . import validate
 from .errors import (
     ArgumentTypeError,
@@ -26,11 +30,6 @@ from .errors import (
 )
 from .interrupt import api
 from .weights import Layout, Weights, as_state, check_matches
-
-try:  # the public context manager functional_call itself is built on
-    from torch.nn.utils.stateless import _reparametrize_module
-except ImportError:  # pragma: no cover - very old torch
-    _reparametrize_module = None
 
 _NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
 F = nn.functional
@@ -57,8 +56,20 @@ _ELEMENTWISE = (
 
 def to_device(x, device, non_blocking=True):
     """``x`` (a tensor or a nest of tuples / lists / mappings of them) on ``device``.
+
     Tensors made under ``torch.inference_mode`` are copied into ordinary tensors (they
-    cannot take part in autograd)."""
+    cannot take part in autograd). Containers keep their types (namedtuples included);
+    anything else is returned as is.
+
+    Args:
+        x: a tensor, or a nest of tuples / lists / mappings holding tensors.
+        device: the target device.
+        non_blocking: passed to ``Tensor.to`` (for the top-level tensor only; nested
+            tensors use the default, True).
+
+    Returns:
+        ``x`` with every tensor on ``device``.
+    """
     if isinstance(x, Tensor):
         x = x.to(device, non_blocking=non_blocking)
         return x.clone() if x.is_inference() else x
@@ -100,7 +111,17 @@ def _tensors(x) -> list[Tensor]:
 
 
 def batch_size(batch) -> int:
-    """Number of samples in a batch: the leading size of its first tensor."""
+    """Number of samples in a batch: the leading size of its first tensor.
+
+    Args:
+        batch: a tensor or a nest of tuples / lists / mappings holding tensors.
+
+    Returns:
+        The first tensor's ``shape[0]``.
+
+    Raises:
+        DataError: if the batch holds no tensor, or its first tensor is 0-d.
+    """
     t = _first_tensor(batch)
     if t is None or t.ndim == 0:
         raise DataError(
@@ -147,6 +168,16 @@ def _refuse_non_tensors(data) -> None:
 
 
 def is_single_batch(data) -> bool:
+    """Whether ``data`` is one batch rather than an iterable of batches.
+
+    One batch is a mapping, a tensor, or a tuple / list whose first item is a tensor.
+
+    Args:
+        data: what was given as data.
+
+    Returns:
+        True for one batch.
+    """
     if isinstance(data, (Mapping, Tensor)):
         return True
     if isinstance(data, (tuple, list)) and len(data) >= 1 and isinstance(data[0], Tensor):
@@ -155,7 +186,14 @@ def is_single_batch(data) -> bool:
 
 
 def loss_target(loss_fn):
-    """``(function or module, keyword arguments)`` behind ``functools.partial``."""
+    """``(function or module, keyword arguments)`` behind ``functools.partial``.
+
+    Args:
+        loss_fn: a loss, possibly wrapped in (nested) ``functools.partial``.
+
+    Returns:
+        The innermost callable and the merged keywords (outer ones win).
+    """
     kw: dict = {}
     while isinstance(loss_fn, functools.partial):
         kw = {**loss_fn.keywords, **kw}
@@ -164,14 +202,31 @@ def loss_target(loss_fn):
 
 
 def loss_reduction(loss_fn) -> str | None:
-    """The reduction a loss declares: ``nn`` loss modules' ``.reduction``, or the
-    ``reduction=`` keyword of a ``functools.partial``; None when it cannot be told."""
+    """The reduction a loss declares, or None when it cannot be told.
+
+    Args:
+        loss_fn: an ``nn`` loss module (its ``.reduction``) or a ``functools.partial``
+            with ``reduction=``.
+
+    Returns:
+        The declared reduction (``"mean"``, ``"sum"``, ``"none"``, ``"batchmean"``, …)
+        or None.
+    """
     f, kw = loss_target(loss_fn)
     r = kw.get("reduction", getattr(f, "reduction", None))
     return r if isinstance(r, str) else None
 
 
 def is_one_of(f, kinds) -> bool:
+    """Whether ``f`` is one of ``kinds``: an instance of a class in it, or a function in it.
+
+    Args:
+        f: a loss function or module.
+        kinds: classes and functions.
+
+    Returns:
+        True if ``f`` matches one of them.
+    """
     return any(f is k if not isinstance(k, type) else isinstance(f, k) for k in kinds)
 
 
@@ -183,6 +238,12 @@ def private_copy(model: nn.Module) -> nn.Module:
     that cannot be deep-copied (a cached non-leaf tensor in an attribute, the old
     ``weight_norm``) gets a structural copy instead: new module objects with their own
     attribute dictionaries, sharing the attribute values.
+
+    Args:
+        model: the user's module.
+
+    Returns:
+        The copy (its parameters and buffers are the user's tensors).
     """
     tensors = list(model.parameters()) + list(model.buffers())
     memo = {id(t): t for t in tensors}
@@ -208,10 +269,13 @@ def _structural_copy(m: nn.Module, memo: dict) -> nn.Module:
 
 
 class _CompositeWeightNorm(torch.overrides.TorchFunctionMode):
-    """``torch._weight_norm`` (behind ``nn.utils.weight_norm`` and
-    ``nn.utils.parametrizations.weight_norm``) through composite ops: its fused double
-    backward is wrong in torch 2.13 (``gradgradcheck`` fails; Hessians through it are off
-    by tens of percent), the composite ``v · g / ||v||`` is exact."""
+    """``torch._weight_norm`` through composite ops.
+
+    ``torch._weight_norm`` is behind ``nn.utils.weight_norm`` and
+    ``nn.utils.parametrizations.weight_norm``. Its fused double backward is wrong in torch
+    2.13 (``gradgradcheck`` fails; Hessians through it are off by tens of percent); the
+    composite ``v · g / ||v||`` is exact.
+    """
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -233,20 +297,32 @@ def _uses_weight_norm(model: nn.Module) -> bool:
     return False
 
 
-def _math_sdpa():
-    """Attention through the composite (math) kernel: it supports double backward and
-    forward-mode AD, which the fused kernels do not."""
-    try:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
+def math_sdpa():
+    """Attention through the composite (math) kernel.
 
-        return sdpa_kernel([SDPBackend.MATH])
-    except Exception:  # pragma: no cover - older torch
-        return contextlib.nullcontext()
+    It supports double backward and forward-mode AD, which the fused kernels do not
+    (``torch.nn.attention.sdpa_kernel``, in torch since 2.3, the oldest torch lossviz
+    supports).
+
+    Returns:
+        A context manager.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
 
 
 class PointSnapshot:
-    """An exact record of the tensors of a point (a private copy), to tell later whether
-    the point still holds: ``snapshot == obj.snapshot(at)`` compares every number."""
+    """An exact record of the tensors of a point (a private copy).
+
+    To tell later whether the point still holds: ``snapshot == obj.snapshot(at)``
+    compares every number (shapes, dtypes and values of the flat varying parameters and
+    of every fixed tensor).
+
+    Args:
+        flat: the flat varying parameters (``Objective.resolve(at)[0]``).
+        fixed: the other tensors (``Objective.resolve(at)[1]``).
+    """
 
     __slots__ = ("flat", "fixed")
 
@@ -308,11 +384,29 @@ class Objective:
             endless iterator such as ``itertools.cycle``).
 
     Raises:
-        LossvizError: (or a ``TypeError`` subclass of it) for any bad argument, before
-            anything is computed. The loss is evaluated once on the first batch when the
-            Objective is built, so that data the model or loss cannot take (batch sizes
-            that differ, labels out of range, float class labels, a loss that detaches,
-            dtypes that differ) is reported here, with what was expected.
+        LossvizError: for any bad argument, before anything is computed (an unknown
+            ``bn`` / ``reduction``, a ``reduction`` that differs from the loss's own, a
+            model without parameters, a ``params`` selection that is empty, unknown,
+            not floating-point or of mixed dtypes). The loss is evaluated once on the
+            first batch when the Objective is built, so that what the model or loss
+            cannot take (a loss that detaches or does not depend on the parameters, a
+            loss that is not a scalar, dtypes that differ) is reported here, with what
+            was expected.
+        ArgumentTypeError: ``model`` not an ``nn.Module``, neither ``loss_fn`` nor
+            ``forward`` given, a non-callable ``loss_fn`` / ``forward``, ``params`` or
+            ``data`` of the wrong type.
+        DataError: data that cannot be used: missing or empty, NumPy arrays or Python
+            lists, batches that are not ``(inputs, targets)`` without ``forward=``,
+            inputs and targets with different numbers of samples, class labels out of
+            range or floating-point, targets shaped unlike the outputs of an element-wise
+            loss, a one-shot iterator with more than ``MAX_BATCHES`` batches and no
+            ``max_batches``.
+
+    >>> from lossviz.data import digits, mlp
+    >>> x, y = digits()
+    >>> obj = Objective(mlp((64, 10)), torch.nn.functional.cross_entropy, (x, y))
+    >>> obj.n_params == sum(p.numel() for p in obj.model.parameters())
+    True
     """
 
     @api
@@ -395,9 +489,8 @@ class Objective:
         self._data = None
         self._stream_shape: tuple[int, int] | None = None  # (batches, samples) of a pass
         self._batches, self._sizes = self._ingest(data)
-        self._hvp_method: dict[str, str] = {}  # fastest product method, per curvature
-        self._hvp_times: dict[str, dict[str, float]] = {}  # seconds per vector
-        self._hvp_failed: dict[str, str] = {}  # method -> why it is not used
+        # the product method choice (timings, failures) is kept by lossviz.hvp:
+        # lossviz.hvp.product_methods(obj)
         self._op_cache = None  # (operator, copy of the single batch it was built on)
         # the class label a classification loss skips (its ignore_index; -100 by default)
         f, kw = loss_target(loss_fn)
@@ -449,8 +542,10 @@ class Objective:
         return names
 
     def _ingest(self, data):
-        """``(batches, sizes)`` kept in memory, or ``(None, None)`` for a re-iterable
-        source read at every pass (a DataLoader)."""
+        """``(batches, sizes)`` kept in memory, or ``(None, None)`` for a re-iterable source.
+
+        A re-iterable source (a DataLoader) is read at every pass.
+        """
         if isinstance(data, (str, bytes)):
             raise ArgumentTypeError(
                 f"data must be a batch or an iterable of batches, got a {type(data).__name__}"
@@ -531,14 +626,17 @@ class Objective:
         return n
 
     def _probe(self) -> None:
-        """Evaluate the loss once on the first batch, with a gradient, so that anything the
-        model or the loss cannot take is reported now with what was expected."""
+        """Evaluate the loss once on the first batch, with a gradient.
+
+        So that anything the model or the loss cannot take is reported now, with what was
+        expected.
+        """
         batch = next(self._stream(limit=1))[0]
         flat, fixed = self.resolve()
         leaves = {
             n: t.detach().requires_grad_(True) for n, t in self.layout.unflatten(flat).items()
         }
-        with torch.enable_grad(), _math_sdpa():
+        with torch.enable_grad(), math_sdpa():
             try:
                 with self.bound(leaves, fixed) as m:
                     if self.forward is not None:
@@ -606,8 +704,11 @@ class Objective:
         return msg
 
     def _check_targets(self, out, y, where: str) -> int | None:
-        """Targets a classification or element-wise loss cannot take; returns the number of
-        classes to check the other batches' labels against (None if not a class loss)."""
+        """Refuse targets a classification or element-wise loss cannot take.
+
+        Returns the number of classes to check the other batches' labels against (None if
+        not a class loss).
+        """
         f, kw = loss_target(self.loss_fn)
         if not isinstance(out, Tensor) or not isinstance(y, Tensor):
             return None
@@ -648,9 +749,21 @@ class Objective:
             )
 
     # data ------------------------------------------------------------------
-    def _swap_batch(self, batch) -> None:
-        """Evaluate on the single ``batch`` from now on, keeping the shadow module and the
-        tuned product methods (SubspaceTracker's mini-batch refreshes)."""
+    def swap_batch(self, batch) -> None:
+        """Evaluate on the single ``batch`` from now on.
+
+        E.g. a mini-batch Hessian at each training step, as
+        :class:`~lossviz.SubspaceTracker` does. It keeps the private copy of the model and
+        the tuned product methods; the cached curvature operator is dropped. The model is
+        not changed.
+
+        Args:
+            batch: one batch ``(inputs, targets)`` (or what ``forward=`` takes), moved to
+                the Objective's device.
+
+        Raises:
+            DataError: the batch is empty or malformed (as for ``data=``).
+        """
         with self._lock:
             b = to_device(batch, self.device)
             n = self._check_batch(b, None)
@@ -659,8 +772,10 @@ class Objective:
             self._op_cache = None
 
     def _stream(self, limit: int | None = None):
-        """``(batch on the device, samples)`` pairs of one pass; a re-iterable source is
-        checked for a pass that differs from the first one."""
+        """``(batch on the device, samples)`` pairs of one pass.
+
+        A re-iterable source is checked for a pass that differs from the first one.
+        """
         if self._batches is not None:
             yield from itertools.islice(zip(self._batches, self._sizes), limit)
             return
@@ -696,16 +811,32 @@ class Objective:
             )
 
     def batches(self):
-        """The batches on the compute device, with their sizes (one pass)."""
+        """The batches on the compute device, with their sizes (one pass).
+
+        Returns:
+            An iterator of ``(batch, number of samples)``.
+
+        Raises:
+            DataError: (while iterating a streamed source) a malformed or empty batch,
+                no batch at all, more than ``MAX_BATCHES`` batches without
+                ``max_batches``, or a pass with other numbers of batches / samples than
+                the first.
+        """
         return self._stream()
 
     def first_batch(self):
-        """``(batch, samples)``: the first batch on the compute device."""
+        """``(batch, samples)``: the first batch on the compute device.
+
+        Raises:
+            DataError: as :meth:`batches`.
+        """
         return next(self._stream(limit=1))
 
     def held_batches(self) -> list | None:
-        """The batches kept in memory (a copy of the list), or None for a source read at
-        every pass (a DataLoader)."""
+        """The batches kept in memory (a copy of the list), or None for a streamed source.
+
+        A streamed source (a DataLoader) is read at every pass.
+        """
         return None if self._batches is None else list(self._batches)
 
     @property
@@ -715,11 +846,15 @@ class Objective:
 
     @property
     def n_batches(self) -> int | None:
+        """Number of batches kept in memory (None for a streamed source)."""
         return len(self._batches) if self._batches is not None else None
 
     def batch_weight(self, n_samples: int) -> float:
-        """The weight of a batch of ``n_samples`` in the full-data sum (``n_b`` for a mean
-        loss, 1 for a summed one); divide the weighted sum by :meth:`normalizer`."""
+        """The weight of a batch of ``n_samples`` in the full-data sum.
+
+        ``n_b`` for a mean loss, 1 for a summed one; divide the weighted sum by
+        :meth:`normalizer`.
+        """
         return float(n_samples) if self.reduction == "mean" else 1.0
 
     def normalizer(self, total_samples: int) -> float:
@@ -729,12 +864,27 @@ class Objective:
     # points ----------------------------------------------------------------
     @api
     def resolve(self, at=None, *, name: str | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-        """``(flat varying parameters (P,), other tensors)`` for a point ``at``, both
-        private copies on the compute device.
+        """``(flat varying parameters (P,), other tensors)`` for a point ``at``.
 
-        ``at`` may hold only the varying parameters (e.g. :class:`Weights`); the other
-        parameters and buffers are then taken from the model. Keys and shapes are checked
-        against the model; errors start with ``name`` (the argument ``at`` came from).
+        Both are private copies on the compute device. ``at`` may hold only the varying
+        parameters (e.g. :class:`Weights`); the other parameters and buffers are then
+        taken from the model. Keys and shapes are checked against the model.
+
+        Args:
+            at: None (the model now), an ``nn.Module``, a mapping ``name -> tensor`` (a
+                state dict, :class:`Weights`) or a checkpoint path.
+            name: the argument ``at`` came from; errors start with it.
+
+        Returns:
+            ``(flat, fixed)``: the ``(P,)`` varying parameters in ``layout`` order (the
+            Objective's dtype) and ``name -> tensor`` for the fixed parameters and
+            buffers.
+
+        Raises:
+            CheckpointError: if ``at`` lacks varying parameters, has keys the model lacks
+                or other shapes, or a checkpoint path cannot be loaded.
+            TypeError: if ``at`` is of another type or a mapping holds non-tensors (an
+                :class:`~lossviz.errors.ArgumentTypeError` when ``name`` is given).
         """
         with named(name):
             return self._resolve(at)
@@ -758,18 +908,56 @@ class Objective:
 
     @api
     def weights(self, at=None) -> Weights:
-        """The varying parameters at a point, as :class:`Weights` (a copy)."""
+        """The varying parameters at a point, as :class:`Weights` (a copy).
+
+        Args:
+            at: the point, as in :meth:`resolve` (None: the model).
+
+        Returns:
+            :class:`Weights` ``name -> tensor`` over the varying parameters.
+
+        Raises:
+            CheckpointError: as :meth:`resolve` (a point that does not match the model).
+            TypeError: as :meth:`resolve` (a point of the wrong type).
+        """
         flat, _ = self.resolve(at)
         return self.layout.to_weights(flat)
 
     @api
     def snapshot(self, at=None) -> PointSnapshot:
-        """An exact, private record of the point ``at`` (see :class:`PointSnapshot`)."""
+        """An exact, private record of the point ``at`` (see :class:`PointSnapshot`).
+
+        Args:
+            at: the point, as in :meth:`resolve` (None: the model).
+
+        Returns:
+            A :class:`PointSnapshot`.
+
+        Raises:
+            CheckpointError: as :meth:`resolve` (a point that does not match the model).
+            TypeError: as :meth:`resolve` (a point of the wrong type).
+        """
         return PointSnapshot(*self.resolve(at))
 
     def as_flat(self, v, *, name: str | None = None) -> Tensor:
-        """A direction (Weights / mapping over the varying parameters, or a flat tensor);
-        errors start with ``name`` (the argument it came from)."""
+        """A direction as a flat tensor over the varying parameters.
+
+        Args:
+            v: :class:`Weights` / a mapping over exactly the varying parameters, or a
+                tensor whose last dimension is ``P`` (a ``(P,)`` vector or a ``(k, P)``
+                stack), real.
+            name: the argument it came from; errors start with it.
+
+        Returns:
+            The tensor on the Objective's device and dtype (``(P,)`` for a mapping).
+
+        Raises:
+            LossvizError: if a tensor's last dimension is not ``P``.
+            ArgumentTypeError: if ``v`` is neither a mapping nor a tensor, or the tensor
+                is not real.
+            CheckpointError: if a mapping lacks varying parameters, has others, or has
+                other shapes.
+        """
         with named(name):
             return self._as_flat(v)
 
@@ -799,6 +987,29 @@ class Objective:
         raise ArgumentTypeError(f"expected Weights or a tensor, got {type(v).__name__}")
 
     # evaluation ------------------------------------------------------------
+    def module_copy(self) -> nn.Module:
+        """A new copy of the module tree as this Objective evaluates it.
+
+        Dropout is off, BatchNorm in the ``bn`` mode; parameter and buffer tensors are its
+        own: it shares nothing with the model, so loading a point into it (``p.copy_``)
+        changes neither the model nor the Objective. Calling it at a point with the
+        buffers of ``fixed`` computes what :meth:`batch_outputs` computes there.
+
+        Returns:
+            The ``nn.Module`` copy.
+
+        Raises:
+            LossvizError: when the model cannot be deep-copied (a cached non-leaf tensor
+                in an attribute, the old ``weight_norm``).
+        """
+        with self._lock:
+            try:
+                return copy.deepcopy(self._shadow)
+            except Exception as e:  # noqa: BLE001 - anything deepcopy cannot copy
+                raise LossvizError(
+                    f"the model cannot be copied ({type(e).__name__}: {str(e)[:200]})"
+                ) from None
+
     @contextlib.contextmanager
     def bound(self, flat, fixed: Mapping[str, Tensor]):
         """The private module with the given tensors swapped in (a context manager).
@@ -808,22 +1019,21 @@ class Objective:
         flat vector: no zero-padded slice gradients). Buffers are copied for each use, so
         a forward that updates them in place changes neither the model nor later uses;
         the modules' train/eval modes are restored afterwards.
+
+        Args:
+            flat: the varying parameters, flat ``(P,)`` or a mapping ``name -> tensor``.
+            fixed: the fixed parameters and buffers, ``name -> tensor``.
+
+        Yields:
+            The private module with the tensors swapped in.
         """
         tensors = {k: (v.clone() if k in self._buffer_names else v) for k, v in fixed.items()}
         tensors.update(flat if isinstance(flat, Mapping) else self.layout.unflatten(flat))
         with self._lock:
             try:
                 fix = self._op_fix() if self._op_fix is not None else contextlib.nullcontext()
-                if _reparametrize_module is not None:
-                    with (
-                        _reparametrize_module(
-                            self._shadow, tensors, tie_weights=True, strict=False
-                        ),
-                        fix,
-                    ):
-                        yield self._shadow
-                else:  # pragma: no cover
-                    yield _Bound(self._shadow, tensors)
+                with reparametrized(self._shadow, tensors), fix:
+                    yield self._shadow
             finally:
                 for m, mode, track in self._modes:
                     if m.training != mode:
@@ -846,12 +1056,37 @@ class Objective:
         return loss.reshape(())
 
     def batch_loss(self, flat, fixed: Mapping[str, Tensor], batch) -> Tensor:
-        """The (differentiable) loss on one batch at weights ``flat`` (flat or a mapping)."""
+        """The (differentiable) loss on one batch at weights ``flat``.
+
+        Args:
+            flat: the varying parameters, flat ``(P,)`` or a mapping ``name -> tensor``.
+            fixed: the fixed parameters and buffers.
+            batch: one batch on the compute device.
+
+        Returns:
+            A 0-d tensor: ``loss_fn(model(inputs), targets)`` or ``forward(model, batch)``.
+
+        Raises:
+            LossvizError: if the loss is not a floating-point scalar.
+        """
         with self.bound(flat, fixed) as m:
             loss = self.forward(m, batch) if self.forward is not None else self._loss(m, batch)
         return self._scalar(loss)
 
     def batch_outputs(self, flat, fixed: Mapping[str, Tensor], batch) -> Tensor:
+        """The model's outputs on one batch at weights ``flat``.
+
+        Args:
+            flat: the varying parameters, flat ``(P,)`` or a mapping ``name -> tensor``.
+            fixed: the fixed parameters and buffers.
+            batch: one batch ``(inputs, targets)`` on the compute device.
+
+        Returns:
+            ``model(inputs)``.
+
+        Raises:
+            LossvizError: with a custom ``forward=`` (the outputs are not known).
+        """
         if self.forward is not None:
             raise LossvizError("outputs are not available with a custom forward=")
         with self.bound(flat, fixed) as m:
@@ -859,7 +1094,24 @@ class Objective:
 
     @api
     def loss(self, at=None) -> float:
-        """Full-data loss at a point (a float; NaN with a warning when not finite)."""
+        """Full-data loss at a point.
+
+        ``L(θ) = Σ_b w_b·L_b(θ) / Z`` over the batches: ``w_b = n_b`` and ``Z = Σ_b n_b``
+        for a mean loss (a sample-weighted mean, exact with a short last batch); ``w_b =
+        1``, ``Z = 1`` with ``reduction="sum"``. Accumulated in float64.
+
+        Args:
+            at: the point, as in :meth:`resolve` (None: the model).
+
+        Returns:
+            The loss as a float (a non-finite value is returned as is, with a warning).
+
+        Raises:
+            CheckpointError: as :meth:`resolve` (a point that does not match the model).
+            TypeError: as :meth:`resolve` (a point of the wrong type).
+            LossvizError: if the loss is not a floating-point scalar on a batch.
+            DataError: as :meth:`batches`.
+        """
         flat, fixed = self.resolve(at)
         total, n = None, 0
         with torch.no_grad():
@@ -875,7 +1127,23 @@ class Objective:
 
     @api
     def gradient(self, at=None) -> Weights:
-        """Full-data gradient ``∇L(θ)`` at a point (also inside ``torch.no_grad()``)."""
+        """Full-data gradient ``∇L(θ)`` at a point (also inside ``torch.no_grad()``).
+
+        ``∇L = Σ_b w_b·∇L_b / Z``, batches weighted as in :meth:`loss`.
+
+        Args:
+            at: the point, as in :meth:`resolve` (None: the model).
+
+        Returns:
+            :class:`Weights` over the varying parameters.
+
+        Raises:
+            NonFiniteLossError: if the loss is NaN or infinite on a batch.
+            LossvizError: if the loss is not a floating-point scalar or has no gradient.
+            CheckpointError: as :meth:`resolve` (a point that does not match the model).
+            TypeError: as :meth:`resolve` (a point of the wrong type).
+            DataError: as :meth:`batches`.
+        """
         flat, fixed = self.resolve(at)
         g = torch.zeros_like(flat)
         n = 0
@@ -897,7 +1165,21 @@ class Objective:
         The operator (and its cached gradient graph) is reused while the point and the data
         are exactly the same: every number is compared with a kept copy, so weights
         changed in place by any route (``.data``, an optimizer step, ``load_state_dict``,
-        ``copy_``, ``set_``) give a new operator."""
+        ``copy_``, ``set_``) give a new operator.
+
+        Args:
+            at: the point, as in :meth:`resolve` (None: the model).
+            curvature: ``"hessian"`` (``H = ∇²L(θ)``) or ``"ggn"`` (the generalized
+                Gauss-Newton ``G = Jᵀ H_ℓ J``).
+
+        Returns:
+            A :class:`~lossviz.hvp.CurvatureOperator`.
+
+        Raises:
+            LossvizError: for an unknown ``curvature``.
+            CheckpointError: as :meth:`resolve` (a point that does not match the model).
+            TypeError: as :meth:`resolve` (a point of the wrong type).
+        """
         from .hvp import CurvatureOperator
 
         validate.choice(curvature, "curvature", ("hessian", "ggn"))
@@ -917,8 +1199,10 @@ class Objective:
         return op
 
     def release(self) -> None:
-        """Free the cached curvature operator and its gradient graph (the next product
-        builds them again)."""
+        """Free the cached curvature operator and its gradient graph.
+
+        The next product builds them again.
+        """
         with self._lock:
             self._op_cache = None
 
@@ -943,15 +1227,44 @@ class Objective:
 
     @api
     def hvp(self, v, at=None, *, curvature: str = "hessian") -> Weights:
-        """Hessian-vector product ``H(θ) v`` (or the Gauss-Newton product)."""
+        """Hessian-vector product ``H(θ) v`` (or the Gauss-Newton product ``G v``).
+
+        Args:
+            v: the vector, as in :meth:`as_flat` (Weights or a flat ``(P,)`` tensor).
+            at: the point, as in :meth:`resolve` (None: the model).
+            curvature: ``"hessian"`` or ``"ggn"``.
+
+        Returns:
+            :class:`Weights` over the varying parameters.
+
+        Raises:
+            LossvizError: as :meth:`operator` and :meth:`as_flat`; if no product method
+                works on this model.
+            NonFiniteLossError: if the loss is NaN or infinite at the point.
+            ArgumentTypeError: as :meth:`as_flat` (a vector of the wrong type).
+            CheckpointError: as :meth:`as_flat` (Weights that do not match); as
+                :meth:`resolve`.
+        """
         op = self.operator(at, curvature=curvature)
         out = op.apply(self.as_flat(v)[None])[0]
         return self.layout.to_weights(out)
 
     @api
     def hvp_batched(self, vs, at=None, *, curvature: str = "hessian") -> list[Weights]:
-        """``H v_i`` for several vectors in batched passes (a list of Weights or a
-        ``(k, P)`` tensor)."""
+        """``H v_i`` for several vectors in batched passes.
+
+        Args:
+            vs: a list of vectors (Weights or flat tensors) or a ``(k, P)`` tensor.
+            at: the point, as in :meth:`resolve` (None: the model).
+            curvature: ``"hessian"`` or ``"ggn"``.
+
+        Returns:
+            A list of ``k`` :class:`Weights`.
+
+        Raises:
+            LossvizError: if the vectors do not form a ``(k, P)`` stack; as :meth:`hvp`.
+            NonFiniteLossError: if the loss is NaN or infinite at the point.
+        """
         op = self.operator(at, curvature=curvature)
         V = (
             self.as_flat(vs)
@@ -968,6 +1281,7 @@ class Objective:
 
     @property
     def n_params(self) -> int:
+        """Number of varying parameters ``P``."""
         return self.layout.size
 
     def __repr__(self) -> str:
@@ -981,6 +1295,15 @@ class Objective:
 
 
 def call_model(m, inputs):
+    """``m(**inputs)`` for a mapping, ``m(*inputs)`` for a tuple / list, else ``m(inputs)``.
+
+    Args:
+        m: the module.
+        inputs: the batch's inputs.
+
+    Returns:
+        The module's outputs.
+    """
     if isinstance(inputs, Mapping):
         return m(**inputs)
     if isinstance(inputs, (list, tuple)):
@@ -988,21 +1311,49 @@ def call_model(m, inputs):
     return m(inputs)
 
 
-class _Bound:  # pragma: no cover - fallback for torch without _reparametrize_module
-    def __init__(self, module, tensors):
-        self.module, self.tensors = module, tensors
+def reparametrized(module: nn.Module, tensors: Mapping[str, Tensor]):
+    """A context manager: ``module`` with ``tensors`` in place of its own, restored on exit.
 
-    def __call__(self, *args, **kwargs):
-        return torch.func.functional_call(self.module, self.tensors, args, kwargs)
+    Tied parameters follow; names not given keep the module's tensors. The tensors may be
+    batched under ``torch.vmap``. This is what ``torch.func.functional_call`` does around
+    one call of ``module.forward``; here the module itself can be handed to any code (a
+    custom ``forward(model, batch)``), which functional_call cannot do. It wraps torch's
+    private ``torch.nn.utils.stateless._reparametrize_module`` (checked with torch 2.3 to
+    2.13; the one place lossviz uses it).
+
+    Args:
+        module: the module to reparametrize.
+        tensors: ``name -> tensor``, parameters and buffers by their ``state_dict`` names.
+
+    Returns:
+        The context manager.
+    """
+    return _reparametrize_module(module, dict(tensors), tie_weights=True, strict=False)
 
 
 def check_finite(loss: Tensor) -> None:
+    """Refuse a loss that is NaN or infinite.
+
+    Args:
+        loss: a scalar loss.
+
+    Raises:
+        NonFiniteLossError: if it is not finite.
+    """
     if not bool(torch.isfinite(loss)):
         raise NonFiniteLossError(f"the loss is not finite at this point ({float(loss.detach())})")
 
 
 def check_differentiable(loss: Tensor, obj: Objective | None = None) -> None:
-    """A loss that autograd cannot differentiate (detached inside ``loss_fn`` / ``forward``)."""
+    """Refuse a loss that autograd cannot differentiate (detached in ``loss_fn`` / ``forward``).
+
+    Args:
+        loss: a scalar loss.
+        obj: the Objective it comes from (unused).
+
+    Raises:
+        LossvizError: if ``loss`` does not require a gradient.
+    """
     if not loss.requires_grad:
         raise LossvizError(
             "the loss has no gradient with respect to the parameters (does loss_fn / forward "
@@ -1017,5 +1368,7 @@ __all__ = [
     "call_model",
     "is_single_batch",
     "loss_reduction",
+    "private_copy",
+    "reparametrized",
     "to_device",
 ]

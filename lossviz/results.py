@@ -1,28 +1,137 @@
-"""Result types of the curvature kernels: small dataclasses with a readable repr (text and
-HTML) and ``.plot()`` returning a plotly figure."""
+"""Result types of the curvature kernels, and :class:`Result`, the base of every result.
+
+The curvature results are small keyword-only dataclasses with a readable repr (text and
+HTML) and ``.plot()`` returning a plotly figure. :class:`Result` gives every lossviz
+result type ``.provenance`` (where it comes from) and ``.save(path)`` (read back with
+:func:`lossviz.load`, no pickle).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
+from .errors import warn
 from .formatting import html_table, number
+from .provenance import Provenance
 from .weights import Weights
 
-
-def _state_without_objective(self) -> dict:
-    """Pickle state without the Objective and the point (live objects, not results)."""
-    return {**self.__dict__, "objective": None, "at": None, "at_version": None}
+#: registry name -> result class: the only classes :func:`lossviz.load` builds
+REGISTRY: dict[str, type] = {}
 
 
-@dataclass(repr=False)
-class EigenResult:
+class Result:
+    """Base of every lossviz result type.
+
+    * ``provenance``: a :class:`~lossviz.provenance.Provenance` (set by the kernel that
+      computed it; None for a result built by hand);
+    * ``objective``, ``at``, ``at_version``: the live references of the provenance (None
+      when there are none, e.g. after :func:`lossviz.load` or unpickling);
+    * ``save(path)``: write it to one ``.npz`` file (arrays + JSON, no pickle), read back
+      with :func:`lossviz.load`.
+
+    Subclasses defined in lossviz are registered by class name (:data:`REGISTRY`).
+    """
+
+    __slots__ = ()
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if cls.__module__.startswith("lossviz.") and not cls.__name__.startswith("_"):
+            if cls.__name__ != "DataResult":
+                REGISTRY[cls.__name__] = cls
+
+    @property
+    def objective(self):
+        """The :class:`~lossviz.Objective` it was computed with (live; None when unknown).
+
+        Assigning one (or None) changes what ``.dashboard()`` recomputes with.
+        """
+        p = getattr(self, "provenance", None)
+        return None if p is None else p.objective
+
+    @objective.setter
+    def objective(self, value) -> None:
+        if self.provenance is None:
+            if value is None:
+                return
+            self.provenance = Provenance.of(value, kernel=None)
+        self.provenance.objective = value
+
+    @property
+    def at(self):
+        """The point it was computed at (live; None for the model's own weights or unknown)."""
+        p = getattr(self, "provenance", None)
+        return None if p is None else p.at
+
+    @property
+    def at_version(self):
+        """An exact record of the point (tells whether the weights changed since)."""
+        p = getattr(self, "provenance", None)
+        return None if p is None else p.at_version
+
+    def save(self, path) -> None:
+        """Write this result to ``path`` (one ``.npz`` file), read back by :func:`lossviz.load`.
+
+        The file holds its arrays and a JSON description, no pickle. The saved facts of
+        the provenance are kept, its live references (Objective, point) are not.
+
+        Args:
+            path: Where to write it (str or path-like), used as given.
+
+        Raises:
+            ArgumentTypeError: ``path`` is not a str / path.
+            LossvizError: a field cannot be saved, or the file cannot be written.
+        """
+        from .store import save
+
+        save(self, path)
+
+    # what store.save writes and store.load gives back (dataclasses: their init fields)
+    def _fields(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+
+    @classmethod
+    def _from_fields(cls, values: dict):
+        return cls(**values)
+
+
+@dataclass(kw_only=True, repr=False, eq=False)
+class DataResult(Result):
+    """Base of the dataclass results: the ``provenance`` field."""
+
+    provenance: Provenance | None = field(default=None, compare=False)
+
+
+def deprecated_obj(self):
+    """``result.obj``: deprecated alias of ``result.objective``."""
+    warn(f"{type(self).__name__}.obj is deprecated: use .objective", DeprecationWarning)
+    return self.objective
+
+
+@dataclass(kw_only=True, repr=False)
+class EigenResult(DataResult):
     """Extreme eigenpairs of the Hessian (or Gauss-Newton) at a point.
 
-    ``values`` (float64) are ordered by ``which``: largest / magnitude descending,
-    smallest ascending, both ascending. ``residuals`` are ``||Hv - λv|| / |λ|_max``.
+    What :func:`lossviz.hessian_eigs` returns (Lanczos; Wu & Simon 2000).
+
+    Attributes:
+        values: the eigenvalues (float64), ordered by ``which``: largest / magnitude
+            descending, smallest ascending, both ascending.
+        vectors: the unit eigenvectors (Weights shaped like the parameters, or flat
+            tensors for a bare operator).
+        residuals: ``||Hv - λv|| / |λ|_max`` per pair.
+        n_hvp: curvature products used.
+        converged: per pair, whether its residual is below the tolerance.
+        which: ``"largest"``, ``"smallest"``, ``"magnitude"`` or ``"both"``.
+        curvature: ``"hessian"`` or ``"ggn"``.
+        n_params: the operator's size.
+        seconds: wall time.
+        complete: False when interrupted (Ctrl-C): the pairs found so far.
+        provenance: where it comes from (:class:`~lossviz.provenance.Provenance`;
+            None when built by hand).
     """
 
     values: np.ndarray
@@ -34,15 +143,11 @@ class EigenResult:
     curvature: str = "hessian"
     n_params: int = 0
     seconds: float = 0.0
-    complete: bool = True  # False when interrupted (Ctrl-C): the pairs found so far
-    # where it was computed (set by hessian_eigs on an Objective; used by .dashboard())
-    objective: object = field(default=None, compare=False, repr=False)
-    at: object = field(default=None, compare=False, repr=False)
-    at_version: object = field(default=None, compare=False, repr=False)
-    __getstate__ = _state_without_objective
+    complete: bool = True
 
     @property
     def all_converged(self) -> bool:
+        """Whether every pair converged."""
         return bool(np.all(self.converged))
 
     def __repr__(self) -> str:
@@ -69,6 +174,7 @@ class EigenResult:
         return html_table(["#", "λ", "residual", "converged"], rows, cap)
 
     def plot(self):
+        """The eigenvalues as bars, residuals on hover (a plotly Figure)."""
         import plotly.graph_objects as go
 
         fig = go.Figure(
@@ -87,17 +193,43 @@ class EigenResult:
         return fig
 
     def dashboard(self, **kw):
-        """The Hessian spectrum explorer (:func:`lossviz.dash.spectrum`) with these
-        eigenvalues as markers; the density and the per-layer table are computed when the
-        result carries its Objective (``hessian_eigs`` on an Objective)."""
+        """The Hessian spectrum explorer (:func:`lossviz.dash.spectrum`) on these eigenvalues.
+
+        They are shown as markers; the density and the per-layer table are computed when
+        the result carries its Objective (``hessian_eigs`` on an Objective).
+
+        Args:
+            **kw: Passed on to :func:`lossviz.dash.spectrum`.
+
+        Returns:
+            The dashboard widget.
+        """
         from lossviz import dash
 
         return dash.spectrum(self, **kw)
 
 
-@dataclass(repr=False)
-class TraceResult:
-    """A trace estimate with its standard error (stopping rule: ``stderr <= rtol·|value|``)."""
+@dataclass(kw_only=True, repr=False)
+class TraceResult(DataResult):
+    """A trace estimate with its standard error (:func:`lossviz.hessian_trace`).
+
+    Hutchinson 1989 (``tr(H) ≈ mean_z zᵀHz``) or Hutch++ (Meyer et al. 2021); stopping
+    rule: ``stderr <= rtol·|value|``. ``value = mean(samples) + exact_part`` and
+    ``stderr = std(samples, ddof=1)/√len(samples)``.
+
+    Attributes:
+        value: the estimate of ``tr(H)``.
+        stderr: its standard error.
+        n_hvp: curvature products used.
+        samples: the per-probe samples (without ``exact_part``).
+        method: ``"hutchinson"`` or ``"hutch++"``.
+        curvature: ``"hessian"`` or ``"ggn"``.
+        exact_part: the part computed exactly (Hutch++'s low-rank sketch).
+        seconds: wall time.
+        complete: False when interrupted (Ctrl-C): the probes done so far.
+        provenance: where it comes from (:class:`~lossviz.provenance.Provenance`;
+            None when built by hand).
+    """
 
     value: float
     stderr: float
@@ -134,6 +266,7 @@ class TraceResult:
         )
 
     def plot(self):
+        """The running estimate with a ±2 standard error band over the probes (plotly)."""
         import plotly.graph_objects as go
 
         s = np.asarray(self.samples, dtype=np.float64).reshape(-1) + self.exact_part
@@ -159,11 +292,25 @@ class TraceResult:
         return fig
 
 
-@dataclass(repr=False)
-class SpectralDensity:
-    """Stochastic Lanczos quadrature: per-probe ``nodes`` (Ritz values) and ``weights``.
+@dataclass(kw_only=True, repr=False)
+class SpectralDensity(DataResult):
+    """Stochastic Lanczos quadrature (:func:`lossviz.hessian_density`).
 
-    ``∫ f dμ ≈ mean_probes Σ_i w_i f(λ_i)`` for the spectral measure ``μ = (1/P) Σ δ(λ_j)``.
+    Per-probe ``nodes`` (Ritz values) and ``weights`` (Ghorbani, Krishnan, Xiao 2019, "An
+    Investigation into Neural Net Optimization via Hessian Eigenvalue Density"):
+    ``∫ f dμ ≈ mean_probes Σ_i w_i f(λ_i)`` for the spectral measure
+    ``μ = (1/P) Σ_j δ(λ_j)``.
+
+    Attributes:
+        nodes: ``(probes, steps)`` Ritz values.
+        weights: ``(probes, steps)`` quadrature weights (each row sums to 1).
+        n_hvp: curvature products used.
+        n_params: the operator's size ``P``.
+        curvature: ``"hessian"`` or ``"ggn"``.
+        seconds: wall time.
+        complete: False when interrupted: fewer probes or steps than asked.
+        provenance: where it comes from (:class:`~lossviz.provenance.Provenance`;
+            None when built by hand).
     """
 
     nodes: np.ndarray
@@ -173,22 +320,35 @@ class SpectralDensity:
     curvature: str = "hessian"
     seconds: float = 0.0
     complete: bool = True  # False when interrupted: fewer probes or steps than asked
-    # where it was computed (set by hessian_density on an Objective; used by .dashboard())
-    objective: object = field(default=None, compare=False, repr=False)
-    at: object = field(default=None, compare=False, repr=False)
-    at_version: object = field(default=None, compare=False, repr=False)
-    __getstate__ = _state_without_objective
 
     def moment(self, p: int) -> float:
-        """``(1/P) tr(H^p)`` estimated by the quadrature."""
+        """``(1/P) tr(H^p)`` estimated by the quadrature, ``mean_probes Σ_i w_i λ_i^p``.
+
+        Args:
+            p: The power (exact per probe for ``p <= 2·steps - 1``).
+
+        Returns:
+            The estimate.
+        """
         return float(np.mean(np.sum(self.weights * self.nodes**p, axis=1)))
 
     def default_sigma(self) -> float:
+        """The default smoothing width: 1/200 of the nodes' span (at least 1e-12/200)."""
         span = float(self.nodes.max() - self.nodes.min())
         return max(span, 1e-12) / 200
 
     def smooth(self, grid=None, sigma: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``(x, φ(x))`` with ``φ(t) = mean_probes Σ_i w_i N(t; λ_i, σ²)``; integrates to 1."""
+        """The smoothed density ``φ(t) = mean_probes Σ_i w_i N(t; λ_i, σ²)``.
+
+        It integrates to 1.
+
+        Args:
+            grid: The points ``x`` (default: 1000 points covering the nodes ± 4σ).
+            sigma: The Gaussian width σ (default :meth:`default_sigma`).
+
+        Returns:
+            ``(x, φ(x))`` as float64 arrays.
+        """
         sigma = float(sigma or self.default_sigma())
         if grid is None:
             lo, hi = self.nodes.min() - 4 * sigma, self.nodes.max() + 4 * sigma
@@ -262,6 +422,15 @@ class SpectralDensity:
         )
 
     def plot(self, log: bool = True, sigma: float | None = None):
+        """The smoothed density, outliers marked with dotted lines (a plotly Figure).
+
+        Args:
+            log: A logarithmic density axis (values below 1e-7 of the peak are clipped).
+            sigma: The smoothing width (default :meth:`default_sigma`).
+
+        Returns:
+            The figure.
+        """
         import plotly.graph_objects as go
 
         x, d = self.smooth(sigma=sigma)
@@ -280,18 +449,37 @@ class SpectralDensity:
         return fig
 
     def dashboard(self, **kw):
-        """The Hessian spectrum explorer (:func:`lossviz.dash.spectrum`) on this density:
-        smoothing slider, log/linear axis, outliers; the top-k markers and the per-layer
+        """The Hessian spectrum explorer (:func:`lossviz.dash.spectrum`) on this density.
+
+        Smoothing slider, log/linear axis, outliers; the top-k markers and the per-layer
         table are computed when the result carries its Objective (``hessian_density`` on
-        an Objective)."""
+        an Objective).
+
+        Args:
+            **kw: Passed on to :func:`lossviz.dash.spectrum`.
+
+        Returns:
+            The dashboard widget.
+        """
         from lossviz import dash
 
         return dash.spectrum(self, **kw)
 
 
-@dataclass(repr=False)
-class BlockResults(Mapping):
-    """One result per block of parameters (e.g. per layer), with a combined table."""
+@dataclass(kw_only=True, repr=False)
+class BlockResults(DataResult, Mapping):
+    """One result per block of parameters (e.g. per layer), with a combined table.
+
+    From :func:`lossviz.hessian_blocks`, or ``groups=`` in :func:`lossviz.hessian_eigs` /
+    :func:`lossviz.hessian_trace`.
+
+    Attributes:
+        results: block name -> EigenResult, TraceResult or a row (dict column -> value).
+        kind: what each block holds (e.g. ``"largest eigenvalues"``, ``"trace"``).
+        complete: False when interrupted (Ctrl-C): fewer blocks, or a partial one.
+        provenance: where it comes from (:class:`~lossviz.provenance.Provenance`;
+            None when built by hand).
+    """
 
     results: dict = field(default_factory=dict)
     kind: str = "eigs"
@@ -308,6 +496,7 @@ class BlockResults(Mapping):
 
     @property
     def table(self) -> list[dict]:
+        """One dict per block: ``"block"`` and its numbers (eigenvalues, trace, ...)."""
         rows = []
         for name, r in self.results.items():
             if isinstance(r, EigenResult):
@@ -322,6 +511,7 @@ class BlockResults(Mapping):
         return rows
 
     def to_pandas(self):
+        """:attr:`table` as a ``pandas.DataFrame`` indexed by block."""
         import pandas as pd
 
         return pd.DataFrame(self.table).set_index("block")
@@ -359,6 +549,14 @@ class BlockResults(Mapping):
         return html_table(cols, rows, f"per-block {self.kind}{state}")
 
     def plot(self, column: str | None = None):
+        """One bar per block (error bars of 2 standard errors for the trace).
+
+        Args:
+            column: The column to show (default: the first numeric one, e.g. ``λ1``).
+
+        Returns:
+            A plotly Figure.
+        """
         import plotly.graph_objects as go
 
         rows = self.table
@@ -376,14 +574,38 @@ class BlockResults(Mapping):
         return fig
 
 
-class DiagonalResult(Weights):
-    """A Hutchinson estimate of ``diag(H)`` (:func:`lossviz.hessian_diagonal`):
+class DiagonalResult(Weights, Result):
+    """A Hutchinson estimate of ``diag(H) ≈ mean_z z ⊙ Hz`` (:func:`lossviz.hessian_diagonal`).
+
     :class:`~lossviz.Weights` shaped like the parameters (usable wherever Weights are),
     with ``stderr`` (Weights: the standard error of each entry, NaN with one probe),
-    ``n_probes`` (probes done), ``requested`` (probes asked for) and ``complete`` (False
-    when interrupted: fewer probes than asked). Arithmetic on it gives plain Weights."""
+    ``n_probes`` (probes done), ``requested`` (probes asked for), ``complete`` (False
+    when interrupted: fewer probes than asked) and ``provenance``. Arithmetic on it gives
+    plain Weights.
 
-    __slots__ = ("stderr", "n_probes", "requested", "complete", "curvature", "seconds")
+    Args:
+        tensors: the estimate, name -> tensor.
+        stderr: Weights: the standard error of each entry.
+        n_probes: probes done.
+        requested: probes asked for (default ``n_probes``).
+        complete: False when interrupted.
+        curvature: ``"hessian"`` or ``"ggn"``.
+        seconds: wall time.
+        provenance: where it comes from (None when built by hand).
+
+    Raises:
+        TypeError: an entry of ``tensors`` is not a tensor.
+    """
+
+    __slots__ = (
+        "stderr",
+        "n_probes",
+        "requested",
+        "complete",
+        "curvature",
+        "seconds",
+        "provenance",
+    )
 
     def __init__(
         self,
@@ -395,6 +617,7 @@ class DiagonalResult(Weights):
         complete: bool = True,
         curvature: str = "hessian",
         seconds: float = 0.0,
+        provenance: Provenance | None = None,
     ):
         super().__init__(tensors)
         self.stderr = stderr
@@ -403,20 +626,25 @@ class DiagonalResult(Weights):
         self.complete = complete
         self.curvature = curvature
         self.seconds = seconds
+        self.provenance = provenance
+
+    def _fields(self) -> dict:
+        return {
+            "tensors": Weights(self._t),
+            "stderr": self.stderr,
+            "n_probes": self.n_probes,
+            "requested": self.requested,
+            "complete": self.complete,
+            "curvature": self.curvature,
+            "seconds": self.seconds,
+            "provenance": self.provenance,
+        }
 
     def __reduce__(self):
-        return (
-            _diagonal_result,
-            (
-                dict(self._t),
-                self.stderr,
-                self.n_probes,
-                self.requested,
-                self.complete,
-                self.curvature,
-                self.seconds,
-            ),
-        )
+        return (_diagonal_result, (), self._fields())
+
+    def __setstate__(self, state: dict) -> None:
+        DiagonalResult.__init__(self, **state)
 
     def __repr__(self) -> str:
         state = (
@@ -430,13 +658,21 @@ class DiagonalResult(Weights):
         )
 
 
-def _diagonal_result(t, stderr, n_probes, requested, complete, curvature, seconds):
-    return DiagonalResult(
-        t,
-        stderr=stderr,
-        n_probes=n_probes,
-        requested=requested,
-        complete=complete,
-        curvature=curvature,
-        seconds=seconds,
-    )
+def _diagonal_result(*old):
+    """An empty DiagonalResult that ``__setstate__`` fills (unpickling).
+
+    With arguments, one pickled by an older lossviz (tensors, stderr, n_probes, requested,
+    complete, curvature, seconds).
+    """
+    if old:
+        t, stderr, n_probes, requested, complete, curvature, seconds = old
+        return DiagonalResult(
+            t,
+            stderr=stderr,
+            n_probes=n_probes,
+            requested=requested,
+            complete=complete,
+            curvature=curvature,
+            seconds=seconds,
+        )
+    return DiagonalResult.__new__(DiagonalResult)

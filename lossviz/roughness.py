@@ -1,9 +1,10 @@
-"""The roughness index of a loss landscape (Wu, Jian, Du, Chen, Zhou 2021, "Roughness Index
-for Loss Landscapes of Neural Network Models of PDEs", arXiv 2103.11069).
+"""The roughness index of a loss landscape.
 
-Along ``M`` filter-normalized random directions ``d_j`` (biases and norm parameters
-ignored), sample ``f_j(t_k) = L(θ* + t_k·d_j)`` at ``m+1`` evenly spaced ``t_k`` in
-``[-ℓ, ℓ]``; the normalized total variation of each slice is
+From Wu, Jian, Du, Chen, Zhou 2021, "Roughness Index for Loss Landscapes of Neural
+Network Models of PDEs" (arXiv 2103.11069). Along ``M`` filter-normalized random
+directions ``d_j`` (biases and norm parameters ignored), sample
+``f_j(t_k) = L(θ* + t_k·d_j)`` at ``m+1`` evenly spaced ``t_k`` in ``[-ℓ, ℓ]``; the
+normalized total variation of each slice is
 
     TV_j = Σ_k |f_j(t_{k+1}) - f_j(t_k)| / (2ℓ · (max_k f_j - min_k f_j))
 
@@ -17,33 +18,46 @@ evaluation (``complete=False``).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch import nn
 
 from . import validate
-from .directions import _NORMS, iter_random_flat
-from .errors import ArgumentTypeError, LossvizError, warn
-from .formatting import short
-from .interrupt import api
-from .landscape import (
-    _Engine,
+from .directions import NORMS, iter_random_flat
+from .engine import (
+    Engine,
     check_engine_args,
     check_metrics,
     check_objective,
     kw_engine,
 )
+from .errors import warn
+from .formatting import short
+from .interrupt import api
 from .objective import Objective
+from .provenance import Provenance
+from .results import DataResult
 
 
 def total_variation(slices: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
     """``(TV_j, flat_j)`` of slices ``(M, m+1)`` sampled on ``[-radius, radius]``.
 
-    ``TV_j = Σ_k |f_j(t_{k+1}) - f_j(t_k)| / (2·radius·(max_k f_j - min_k f_j))``; NaN where
-    a slice is exactly flat (``flat_j``) or holds a NaN.
+    ``TV_j = Σ_k |f_j(t_{k+1}) - f_j(t_k)| / (2·radius·(max_k f_j - min_k f_j))`` (Wu,
+    Jian, Du, Chen, Zhou 2021, "Roughness Index for Loss Landscapes of Neural Network
+    Models of PDEs"); NaN where a slice is exactly flat (``flat_j``) or holds a NaN or
+    an infinity.
+
+    Args:
+        slices: ``(M, m+1)`` losses, one row per direction.
+        radius: ``ℓ``, the half-width of the sampled interval.
+
+    Returns:
+        ``(tv, flat)``: the ``(M,)`` float64 normalized total variations and the ``(M,)``
+        bool mask of the exactly flat slices.
+
+    Raises:
+        ValueError: ``slices`` is not 2-D with at least one column (from NumPy).
 
     >>> tv, flat = total_variation(np.array([[1.0, 0, 1], [0, 1, 2], [3, 3, 3]]), 0.5)
     >>> tv.tolist(), flat.tolist()
@@ -59,17 +73,56 @@ def total_variation(slices: np.ndarray, radius: float) -> tuple[np.ndarray, np.n
 
 
 def coefficient_of_variation(tv: np.ndarray, axis: int = -1) -> np.ndarray:
-    """``std(tv, ddof=1) / mean(tv)`` (the roughness index of a set of TVs)."""
+    """``std(tv, ddof=1) / mean(tv)``: the roughness index of a set of TVs.
+
+    Args:
+        tv: the normalized total variations.
+        axis: the axis along which the directions lie.
+
+    Returns:
+        The coefficient of variation (NaN with fewer than 2 values along ``axis``).
+
+    Raises:
+        ValueError: ``axis`` is out of range (NumPy's ``AxisError``).
+
+    >>> float(coefficient_of_variation(np.array([1.0, 3.0])))
+    0.7071067811865476
+    """
     return np.std(tv, ddof=1, axis=axis) / np.mean(tv, axis=axis)
 
 
-@dataclass(repr=False)
-class RoughnessResult:
-    """The roughness index ``value`` with a bootstrap confidence interval ``ci`` over
-    directions, the per-direction normalized total variations ``tv`` (NaN for ``flat``
-    slices, which are left out, and for slices with a non-finite loss, which make ``value``
-    NaN), the ``slices`` ``(M, m+1)`` and ``ts``. ``complete`` is False after Ctrl-C
-    (``value`` is then NaN; the slices evaluated are kept)."""
+@dataclass(kw_only=True, repr=False)
+class RoughnessResult(DataResult):
+    """The roughness index at one point (:func:`roughness_index`).
+
+    ``value`` with a bootstrap confidence interval ``ci`` over directions, the
+    per-direction normalized total variations ``tv`` (NaN for ``flat`` slices, which are
+    left out, and for slices with a non-finite loss, which make ``value`` NaN), the
+    ``slices`` ``(M, m+1)`` and ``ts``. ``complete`` is False after Ctrl-C (``value`` is
+    then NaN; the slices evaluated are kept).
+
+    Attributes:
+        value: ``RI = std(TV_j, ddof=1) / mean(TV_j)`` over the slices with a defined TV;
+            NaN when a slice has a non-finite loss, fewer than 2 TVs are defined, or the
+            evaluation was interrupted.
+        ci: ``(low, high)`` percentile bootstrap interval of ``value`` over directions
+            (``(value, value)`` when all TVs are equal; NaN when ``value`` is).
+        tv: ``(M,)`` normalized total variation of each slice (NaN where undefined).
+        slices: ``(M, m+1)`` losses ``f_j(t_k) = L(θ* + t_k·d_j)``.
+        ts: ``(m+1,)`` the offsets ``t_k``, evenly spaced in ``[-radius, radius]``.
+        flat: ``(M,)`` bool: the slices that are exactly flat (left out).
+        radius: ``ℓ``.
+        norm: the normalization of the directions (``"filter"``, ``"layer"``,
+            ``"none"``).
+        seed: the seed of the directions and of the bootstrap.
+        confidence: the confidence level of ``ci``.
+        complete: False after Ctrl-C.
+        seconds: wall time.
+        evaluated: ``(M, m+1)`` bool: which samples of ``slices`` were evaluated (all
+            unless interrupted); None for a result built by hand.
+        provenance: where it comes from (:class:`~lossviz.provenance.Provenance`;
+            None when built by hand).
+    """
 
     value: float
     ci: tuple
@@ -88,15 +141,18 @@ class RoughnessResult:
 
     @property
     def mean_tv(self) -> float:
+        """The mean of the defined TVs (NaN if none)."""
         ok = self.tv[np.isfinite(self.tv)]
         return float(ok.mean()) if len(ok) else float("nan")
 
     @property
     def n_flat(self) -> int:
+        """The number of exactly flat slices."""
         return int(self.flat.sum())
 
     @property
     def n_used(self) -> int:
+        """The number of slices with a defined TV."""
         return int(np.isfinite(self.tv).sum())
 
     @property
@@ -149,6 +205,7 @@ class RoughnessResult:
         )
 
     def plot(self):
+        """The slices, one line per direction (a plotly figure)."""
         import plotly.graph_objects as go
 
         fig = go.Figure()
@@ -225,7 +282,7 @@ def _check_args(
         "n_directions": validate.integer(n_directions, "n_directions", low=2),
         "n_points": validate.integer(n_points, "n_points", low=2),
         "radius": validate.number(radius, "radius", low=0, low_open=True),
-        "norm": validate.choice(norm, "norm", _NORMS),
+        "norm": validate.choice(norm, "norm", NORMS),
         "seed": validate.seed(seed),
         "n_bootstrap": validate.integer(n_bootstrap, "n_bootstrap", low=1),
         "confidence": validate.number(
@@ -254,7 +311,7 @@ def _roughness(
     """:func:`roughness_index` at a resolved point (no checks, no public-call wrapper)."""
     t0 = time.perf_counter()
     mk, rules = check_metrics(obj, {"loss": "loss"}, theta, fixed, precision=ekw["precision"])
-    eng = _Engine(obj, mk, fixed, rules=rules, **ekw)
+    eng = Engine(obj, mk, fixed, rules=rules, **ekw)
     ts = np.linspace(-radius, radius, n_points)
     tt = torch.as_tensor(ts, device=obj.device, dtype=obj.dtype)
     stream = iter_random_flat(
@@ -288,19 +345,19 @@ def _roughness(
         complete=complete,
     )
     return RoughnessResult(
-        value,
-        ci,
-        tv,
-        slices,
-        ts,
-        flat,
-        float(radius),
-        norm,
-        seed,
-        confidence,
-        complete,
-        time.perf_counter() - t0,
-        done.reshape(n_directions, n_points),
+        value=value,
+        ci=ci,
+        tv=tv,
+        slices=slices,
+        ts=ts,
+        flat=flat,
+        radius=float(radius),
+        norm=norm,
+        seed=seed,
+        confidence=confidence,
+        complete=complete,
+        seconds=time.perf_counter() - t0,
+        evaluated=done.reshape(n_directions, n_points),
     )
 
 
@@ -318,30 +375,80 @@ def roughness_index(
     confidence: float = 0.95,
     **kw,
 ) -> RoughnessResult:
-    """The roughness index at ``at`` (default: the model), Wu et al. 2021.
+    """The roughness index of the loss landscape at ``at`` (default: the model's weights).
 
-    ``n_directions`` = M random directions (filter-normalized at ``at``, biases/norm params
-    ignored, seed ``seed``), ``n_points`` = m+1 samples in ``[-radius, radius]`` (the
-    authors' defaults: 100, 11, 0.1). ``RI = std(TV_j, ddof=1) / mean(TV_j)``;
-    ``ci``: a percentile bootstrap interval over directions (``scipy.stats.bootstrap``).
-    All M·(m+1) losses are evaluated in batches (keywords as
-    :func:`lossviz.landscape.evaluate`: ``bn``, ``precision``, ``batched``, ``progress``…).
-    A non-finite loss on any slice makes the index NaN (with a warning naming the
-    directions); after Ctrl-C the result is incomplete and the index NaN.
+    Wu, Jian, Du, Chen, Zhou 2021, "Roughness Index for Loss Landscapes of Neural Network
+    Models of PDEs" (arXiv 2103.11069): along ``M`` random directions ``d_j``
+    (filter-normalized at ``at``, biases / norm parameters ignored), the slices
+    ``f_j(t_k) = L(θ* + t_k·d_j)`` at ``m+1`` evenly spaced ``t_k`` in ``[-ℓ, ℓ]`` give
+
+        TV_j = Σ_k |f_j(t_{k+1}) - f_j(t_k)| / (2ℓ · (max_k f_j - min_k f_j))
+
+    and ``RI = std(TV_j, ddof=1) / mean(TV_j)``. The authors' defaults are ``M = 100``,
+    ``m + 1 = 11``, ``ℓ = 0.1``. All ``M·(m+1)`` losses are evaluated in batches
+    (:func:`lossviz.landscape.evaluate`'s engine). Exactly flat slices are left out (with
+    a warning); a non-finite loss on any slice makes the index NaN (with a warning naming
+    the directions); after Ctrl-C the result is incomplete and the index NaN.
+
+    Args:
+        obj: the :class:`~lossviz.Objective` (model, loss, data).
+        at: the point ``θ*`` (default: the model's weights).
+        n_directions: ``M``, the number of random directions (at least 2).
+        n_points: ``m + 1``, the samples per direction (at least 2).
+        radius: ``ℓ > 0``.
+        norm: ``"filter"`` (the paper's), ``"layer"`` or ``"none"``: how the directions
+            are scaled to the weights.
+        seed: the seed of the directions and of the bootstrap.
+        n_bootstrap: bootstrap resamples for ``ci`` (at least 1).
+        confidence: the confidence level of ``ci``, in ``(0, 1)``.
+        **kw: the evaluation engine's keywords, as for :func:`lossviz.landscape.evaluate`:
+            ``bn``, ``bn_data``, ``precision``, ``batched``, ``chunk_size``, ``progress``.
+
+    Returns:
+        :class:`RoughnessResult`: ``value`` (the RI), ``ci`` (a percentile bootstrap
+        interval over directions, ``scipy.stats.bootstrap``), ``tv``, ``slices``, ``ts``.
+
+    Raises:
+        ArgumentTypeError: ``obj`` is not an Objective, an unknown keyword in ``**kw``,
+            or an argument of the wrong type.
+        LossvizError: a bad value (``n_directions < 2``, ``n_points < 2``,
+            ``radius <= 0``, an unknown ``norm``, ``confidence`` outside ``(0, 1)``,
+            ``bn_data`` without ``bn="recompute"``, ...), before any work.
+        CheckpointError: ``at`` does not match the model (keys, shapes).
+
+    A loss linear in the weights has monotone slices, so every ``TV_j = 1/(2ℓ)`` and
+    ``RI = 0``:
+
+    >>> _ = torch.manual_seed(0)
+    >>> x, y = torch.randn(8, 3), torch.zeros(8, 1)
+    >>> obj = Objective(torch.nn.Linear(3, 1), lambda out, t: (out - t).mean(), (x, y))
+    >>> r = roughness_index(obj, n_directions=5, n_points=5, progress=False)
+    >>> r.tv.round(6).tolist(), round(r.value, 6)
+    ([5.0, 5.0, 5.0, 5.0, 5.0], 0.0)
     """
     args, ekw = _check_args(
         obj, n_directions, n_points, radius, norm, seed, n_bootstrap, confidence, kw
     )
     theta, fixed = obj.resolve(at, name="at")
-    return _roughness(obj, theta, fixed, progress=kw.get("progress"), **args, **ekw)
+    res = _roughness(obj, theta, fixed, progress=kw.get("progress"), **args, **ekw)
+    res.provenance = Provenance.of(obj, kernel="roughness_index", at=at)
+    return res
 
 
-@dataclass(repr=False)
-class RoughnessAlong:
-    """The roughness index at each checkpoint of a run (``labels``, ``values``, ``ci``).
+@dataclass(kw_only=True, repr=False)
+class RoughnessAlong(DataResult):
+    """The roughness index at each checkpoint of a run (:func:`roughness_along`).
 
     After Ctrl-C ``complete`` is False: the interrupted checkpoint's result is incomplete
     (RI NaN), the checkpoints after it were not evaluated (``results[i]`` is None, RI NaN).
+    ``values`` and ``ci`` collect the index and its interval per checkpoint.
+
+    Attributes:
+        labels: the label of each checkpoint (dict keys, recorder steps or ``0, 1, …``).
+        results: a :class:`RoughnessResult` per checkpoint (None where not evaluated).
+        complete: False after Ctrl-C.
+        provenance: where it comes from (:class:`~lossviz.provenance.Provenance`;
+            None when built by hand).
     """
 
     labels: list
@@ -350,10 +457,12 @@ class RoughnessAlong:
 
     @property
     def values(self) -> np.ndarray:
+        """The RI at each checkpoint (NaN where not evaluated)."""
         return np.array([np.nan if r is None else r.value for r in self.results])
 
     @property
     def ci(self) -> np.ndarray:
+        """``(n, 2)`` the confidence interval at each checkpoint (NaN where not evaluated)."""
         return np.array(
             [(np.nan, np.nan) if r is None else r.ci for r in self.results], dtype=np.float64
         ).reshape(-1, 2)
@@ -393,6 +502,7 @@ class RoughnessAlong:
         )
 
     def plot(self):
+        """The RI against the checkpoint, with bootstrap error bars (a plotly figure)."""
         import plotly.graph_objects as go
 
         v, ci = self.values, self.ci
@@ -435,37 +545,55 @@ def roughness_along(
     confidence: float = 0.95,
     **kw,
 ) -> RoughnessAlong:
-    """:func:`roughness_index` at each checkpoint of a training run (a list, or a dict
-    ``label -> checkpoint`` such as ``{step: state_dict}``), with the same seed at every
-    checkpoint (the same Gaussian draws, normalized to each checkpoint's filters).
-    Wu et al. 2021 observe a rise, then a fall, along the gradient-descent path. Every
-    argument and checkpoint is checked before any work; Ctrl-C stops at the checkpoint it
-    interrupts (``complete=False``)."""
+    """The roughness index (:func:`roughness_index`) at each checkpoint of a training run.
+
+    The same seed is used at every checkpoint (the same Gaussian draws, normalized to
+    each checkpoint's filters). Wu, Jian, Du, Chen, Zhou 2021 ("Roughness Index for Loss
+    Landscapes of Neural Network Models of PDEs") observe a rise, then a fall, along the
+    gradient-descent path. Every argument and checkpoint is checked before any work;
+    Ctrl-C stops at the checkpoint it interrupts (``complete=False``).
+
+    Args:
+        obj: the :class:`~lossviz.Objective` (model, loss, data).
+        checkpoints: a list, a dict ``label -> checkpoint`` such as
+            ``{step: state_dict}``, or a :class:`~lossviz.TrajectoryRecorder`.
+        n_directions: ``M``, the number of random directions (at least 2).
+        n_points: ``m + 1``, the samples per direction (at least 2).
+        radius: ``ℓ > 0``.
+        norm: ``"filter"``, ``"layer"`` or ``"none"``.
+        seed: the seed of the directions and of the bootstrap (the same at every
+            checkpoint).
+        n_bootstrap: bootstrap resamples for each ``ci`` (at least 1).
+        confidence: the confidence level of ``ci``, in ``(0, 1)``.
+        **kw: the evaluation engine's keywords, as for :func:`roughness_index`.
+
+    Returns:
+        :class:`RoughnessAlong`: one :class:`RoughnessResult` per checkpoint, with
+        ``values`` and ``ci``.
+
+    Raises:
+        ArgumentTypeError: ``obj`` is not an Objective, ``checkpoints`` is a single point
+            or not a list / dict / recorder, an unknown keyword in ``**kw``, or an
+            argument of the wrong type.
+        LossvizError: no checkpoints, or a bad value (as for :func:`roughness_index`),
+            before any work.
+        CheckpointError: a checkpoint does not match the model (keys, shapes).
+    """
     args, ekw = _check_args(
         obj, n_directions, n_points, radius, norm, seed, n_bootstrap, confidence, kw
     )
-    if isinstance(checkpoints, Mapping):
-        labels, points = list(checkpoints.keys()), list(checkpoints.values())
-        if points and all(isinstance(v, torch.Tensor) for v in points):
-            raise ArgumentTypeError(
-                "checkpoints is a single state dict: pass a list of checkpoints or a dict "
-                "label -> checkpoint"
-            )
-    elif isinstance(checkpoints, Sequence) and not isinstance(checkpoints, (str, bytes)):
-        points = list(checkpoints)
-        labels = list(range(len(points)))
-    else:
-        raise ArgumentTypeError(
-            "checkpoints must be a list or a dict label -> checkpoint, got "
-            f"{type(checkpoints).__name__}"
-            + (" (a single model: wrap it in a list)" if isinstance(checkpoints, nn.Module) else "")
-        )
-    if not points:
-        raise LossvizError("checkpoints is empty: no checkpoints given")
+    from .points import as_points  # a list, a dict label -> point or a TrajectoryRecorder
+
+    labels, points, _ = as_points(checkpoints, "checkpoints")
     resolved = [obj.resolve(p, name=f"checkpoints[{lab!r}]") for lab, p in zip(labels, points)]
-    res = RoughnessAlong(labels, [None] * len(points))
+    res = RoughnessAlong(
+        labels=labels,
+        results=[None] * len(points),
+        provenance=Provenance.of(obj, kernel="roughness_along"),
+    )
     for i, (theta, fixed) in enumerate(resolved):
         r = _roughness(obj, theta, fixed, progress=kw.get("progress"), **args, **ekw)
+        r.provenance = Provenance.of(obj, kernel="roughness_index", at=points[i])
         res.results[i] = r
         if not r.complete:  # interrupted: stop here, the rest is not evaluated
             res.complete = False

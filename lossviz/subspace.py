@@ -1,6 +1,8 @@
-"""Gradient-subspace tracking during training (Gur-Ari, Roberts, Dyer 2018, "Gradient
-Descent Happens in a Tiny Subspace") and the sharpness timeline (Cohen et al. 2021,
-"Gradient Descent on Neural Networks Typically Occurs at the Edge of Stability").
+"""Gradient-subspace tracking during training, and the sharpness timeline.
+
+The gradient subspace is that of Gur-Ari, Roberts, Dyer 2018, "Gradient Descent Happens
+in a Tiny Subspace"; the sharpness timeline that of Cohen et al. 2021, "Gradient Descent
+on Neural Networks Typically Occurs at the Edge of Stability".
 
 - :func:`gradient_fraction`: ``f = ||P_k g||² / ||g||²`` with ``P_k = V_k V_kᵀ``.
 - :func:`subspace_overlap`: ``S = ||V_1ᵀ V_2||_F² / k``, in ``[0, 1]``.
@@ -53,8 +55,10 @@ def _keys_of(x) -> list[str] | None:
 
 
 def _flat_one(v, keys: list[str] | None, what: str) -> Tensor:
-    """A single vector (Weights / mapping / tensor) as a 1-D tensor, mappings flattened in
-    the order ``keys``."""
+    """A single vector (Weights / mapping / tensor) as a 1-D tensor.
+
+    Mappings are flattened in the order ``keys``.
+    """
     if isinstance(v, Tensor):
         return _real(v.detach().reshape(-1), what)
     if isinstance(v, Mapping):
@@ -89,8 +93,10 @@ def _real(t: Tensor, what: str) -> Tensor:
 
 
 def _as_rows(V, keys: list[str] | None, what: str) -> Tensor:
-    """A basis given as an :class:`EigenResult`, a list of vectors, one vector, or a
-    ``(k, P)`` tensor, as a ``(k, P)`` tensor."""
+    """A basis as a ``(k, P)`` tensor.
+
+    Given as an :class:`EigenResult`, a list of vectors, one vector, or a ``(k, P)`` tensor.
+    """
     if isinstance(V, EigenResult):
         V = V.vectors
     if isinstance(V, Tensor):
@@ -129,13 +135,31 @@ def _default_atol(V: Tensor) -> float:
 
 
 def gradient_fraction(g, V, *, check: bool = True) -> float:
-    """The fraction of the gradient in the span of an orthonormal basis ``V``:
-    ``f = ||P_k g||² / ||g||² = ||Vᵀ g||² / ||g||²`` (Gur-Ari, Roberts, Dyer 2018).
+    """The fraction of the gradient in the span of an orthonormal basis ``V``.
 
-    ``g``: :class:`~lossviz.Weights` (or a mapping, or a flat tensor). ``V``: a list of
-    Weights (e.g. ``hessian_eigs(...).vectors``), an :class:`~lossviz.EigenResult`, or a
-    ``(k, P)`` tensor of orthonormal rows (checked unless ``check=False``). Computed in
-    float64. A zero gradient has no direction: NaN.
+    ``f = ||P_k g||² / ||g||² = ||Vᵀ g||² / ||g||²`` with ``P_k = V Vᵀ`` the projector on
+    the span (Gur-Ari, Roberts, Dyer 2018, "Gradient Descent Happens in a Tiny
+    Subspace", with ``V`` the top-``k`` Hessian eigenvectors). Computed in float64.
+
+    Args:
+        g: the gradient: :class:`~lossviz.Weights` (or a mapping of tensors, or a flat
+            tensor); real and finite.
+        V: the basis: a list of Weights (e.g. ``hessian_eigs(...).vectors``), an
+            :class:`~lossviz.EigenResult`, one vector, or a ``(k, P)`` tensor of
+            orthonormal rows; mappings must hold the same tensors as ``g``.
+        check: check that the rows of ``V`` are orthonormal (``max |VVᵀ - I|`` at most
+            1e-8 in float64, 1e-3 otherwise).
+
+    Returns:
+        float: ``f`` in ``[0, 1]``; NaN for a zero gradient (it has no direction).
+
+    Raises:
+        ArgumentTypeError: ``g`` or ``V`` (or one of its vectors) is not Weights / a
+            mapping of tensors / a tensor, holds complex or bool numbers, or ``check``
+            is not a bool.
+        LossvizError: an empty or non-finite vector, ``V`` not 1-D / 2-D, vectors of
+            ``V`` of another size than ``g``, or (with ``check``) ``V`` not orthonormal.
+        CheckpointError: a mapping of ``V`` holds other tensors than ``g``.
 
     >>> V = torch.eye(4)[:2]  # span of e1, e2
     >>> gradient_fraction(torch.tensor([3.0, 0.0, 4.0, 0.0]), V)
@@ -158,10 +182,32 @@ def gradient_fraction(g, V, *, check: bool = True) -> float:
 
 
 def subspace_overlap(V1, V2, *, check: bool = True) -> float:
-    """Overlap of two subspaces given by orthonormal bases:
-    ``S = ||V_1ᵀ V_2||_F² / k`` in ``[0, 1]`` (Gur-Ari et al. 2018), 1 when the spans agree,
-    0 when they are orthogonal. With bases of different sizes ``k = min(k_1, k_2)``: the
-    fraction of the smaller subspace that lies in the larger one.
+    """Overlap of two subspaces given by orthonormal bases.
+
+    ``S = ||V_1ᵀ V_2||_F² / k`` in ``[0, 1]`` (Gur-Ari, Roberts, Dyer 2018, "Gradient
+    Descent Happens in a Tiny Subspace"), 1 when the spans agree, 0 when they are
+    orthogonal. With bases of different sizes ``k = min(k_1, k_2)``: the fraction of the
+    smaller subspace that lies in the larger one. Computed in float64.
+
+    Args:
+        V1: the first basis: a list of :class:`~lossviz.Weights` (or mappings, or flat
+            tensors), an :class:`~lossviz.EigenResult`, one vector, or a ``(k_1, P)``
+            tensor of orthonormal rows.
+        V2: the second basis, in the same forms (mappings with the same tensors as
+            ``V1``'s).
+        check: check that the rows of each basis are orthonormal (``max |VVᵀ - I|`` at
+            most 1e-8 in float64, 1e-3 otherwise).
+
+    Returns:
+        float: ``S`` in ``[0, 1]``.
+
+    Raises:
+        ArgumentTypeError: a basis (or one of its vectors) is not of the forms above,
+            holds complex or bool numbers, or ``check`` is not a bool.
+        LossvizError: an empty basis or vector, non-finite entries, a tensor basis not
+            1-D / 2-D, vectors of different sizes in ``V1`` and ``V2``, or (with
+            ``check``) a basis that is not orthonormal.
+        CheckpointError: mappings of ``V2`` hold other tensors than those of ``V1``.
 
     >>> subspace_overlap(torch.eye(3)[:2], torch.eye(3)[1:])
     0.5
@@ -209,9 +255,13 @@ def _thresholds(group: Mapping) -> tuple[float, float | None]:
 
 
 class SubspaceTracker:
-    """Tracks the top-``k`` Hessian eigenspace and the gradient's share of it during
-    training (Gur-Ari, Roberts, Dyer 2018), with ``λ_max`` against ``2/lr`` (Cohen et al.
-    2021).
+    """Tracks the top-``k`` Hessian eigenspace and the gradient's share of it in training.
+
+    The gradient fraction ``f(t) = ||P_k g(t)||² / ||g(t)||²`` and the subspace overlap
+    ``S(t1, t2) = ||V_k(t1)ᵀ V_k(t2)||_F² / k`` of Gur-Ari, Roberts, Dyer 2018 ("Gradient
+    Descent Happens in a Tiny Subspace"), with ``λ_max`` against ``2/lr`` (Cohen, Kaur,
+    Li, Kolter, Talwalkar 2021, "Gradient Descent on Neural Networks Typically Occurs at
+    the Edge of Stability").
 
     Call :meth:`step` once per training step, **before** ``optimizer.step()``: record
     ``t`` measures the weights ``θ_t`` that step ``t`` starts from, on that step's batch
@@ -241,15 +291,32 @@ class SubspaceTracker:
         tol: Lanczos tolerance, ``||Hv - λv|| <= tol·|λ|_max``.
         bn: ``"train"`` (batch statistics, what the optimizer sees; default) or
             ``"eval"`` (running statistics); buffers are never updated.
-        max_hvp: budget of products per eigen-solve (Lanczos).
-        trace_rtol, trace_max_hvp: stopping rule of the Hutchinson trace.
-        params, bn, forward, device: as for :class:`~lossviz.Objective`.
+        max_hvp: budget of products per eigen-solve (Lanczos; at least ``k``).
+        trace_rtol: relative standard error at which the Hutchinson trace stops.
+        trace_max_hvp: product budget of the Hutchinson trace.
+        params: which parameters vary, as for :class:`~lossviz.Objective`: a list of
+            names or a predicate ``f(name) -> bool``.
+        forward: ``forward(model, batch) -> loss`` replacing ``loss_fn``, as for
+            :class:`~lossviz.Objective`.
+        device: where to compute, as for :class:`~lossviz.Objective` (default: the
+            model's device).
         max_subspaces: subspaces kept (on CPU) for :meth:`overlap_matrix`; when full every
             other one is dropped (the first and last are kept). 0 keeps none.
         warm_start: start Lanczos from the previous eigenvectors (their sum); measured on
             digits (k = 10), 16.7 instead of 20.6 products per full-data refresh
             (``benchmarks/dynamics_digits.py``).
         seed: seed of the tracker's own random generators.
+
+    Raises:
+        ArgumentTypeError: ``model`` is not an ``nn.Module``, neither ``loss_fn`` nor
+            ``forward`` is given (or one is not callable), ``track`` is not a list,
+            ``optimizer`` has no ``param_groups``, ``params`` is neither a list nor a
+            predicate, or another argument has the wrong type.
+        LossvizError: an unknown or empty ``track``, an unknown ``curvature`` / ``bn``,
+            ``tol`` outside ``(0, 1)``, ``max_hvp < k``, ``trace_max_hvp`` below 2 (with
+            ``"trace"`` tracked), ``max_subspaces == 1``, a bad ``device``, or ``data``
+            the model or loss cannot take (the :class:`~lossviz.Objective` on ``data``
+            is built here).
     """
 
     def __init__(
@@ -396,8 +463,10 @@ class SubspaceTracker:
             self._subspaces = subs
 
     def _eigs(self, obj: Objective) -> tuple[EigenResult, Tensor]:
-        """Top-k eigenpairs (:func:`~lossviz.hessian_eigs`, Lanczos), warm-started from
-        the last basis: the sum of the previous eigenvectors is the start vector."""
+        """Top-k eigenpairs (:func:`~lossviz.hessian_eigs`, Lanczos), warm-started.
+
+        The start vector is the sum of the previous eigenvectors.
+        """
         eig = hessian_eigs(
             obj,
             min(self.k, obj.n_params),
@@ -411,14 +480,16 @@ class SubspaceTracker:
         return eig, torch.stack([obj.as_flat(v) for v in eig.vectors]).detach()
 
     def _refresh(self, batch, rec: dict) -> tuple[EigenResult, Tensor, int]:
-        """Fill the refresh items of ``rec``: ``(eigenpairs, (k, P) basis, products)``,
-        committed by :meth:`step` only when the whole record is done."""
+        """Fill the refresh items of ``rec``: ``(eigenpairs, (k, P) basis, products)``.
+
+        They are committed by :meth:`step` only when the whole record is done.
+        """
         obj = self._data_obj
         if obj is None:  # the mini-batch Hessian at this step: the step objective, this batch
             obj = self._objective()
             if not is_single_batch(batch):
                 raise LossvizError("step(batch) needs one batch (inputs, targets) or a dict")
-            obj._swap_batch(batch)
+            obj.swap_batch(batch)
         eig, V = self._eigs(obj)
         rec["refreshed"] = True
         rec["eigenvalues"] = tuple(float(v) for v in eig.values)
@@ -452,8 +523,9 @@ class SubspaceTracker:
     # -- public ---------------------------------------------------------------------
     @api
     def step(self, batch, loss=None) -> None:
-        """Measure the current weights on ``batch``. Call it once per training step,
-        **before** ``optimizer.step()`` (after the forward pass; before or after
+        """Measure the current weights on ``batch``; call it once per training step.
+
+        Call it **before** ``optimizer.step()`` (after the forward pass; before or after
         ``loss.backward()``, the tracker never reads or writes ``.grad``).
 
         Record ``t`` (the ``t``-th call, from 0) then measures the weights ``θ_t`` that
@@ -473,6 +545,18 @@ class SubspaceTracker:
         the host (no synchronization). If the call raises or is interrupted (Ctrl-C), the
         interrupt propagates and nothing is recorded: the history stays one complete
         record per successful call and the next call measures step ``t`` again.
+
+        Args:
+            batch: the batch of this training step (``(inputs, targets)``, or what
+                ``forward`` takes); a single batch when the tracker has no ``data``.
+            loss: the loss the training loop computed (recorded as ``train_loss``), or
+                None.
+
+        Raises:
+            ArgumentTypeError: ``loss`` is neither a number nor a one-element real tensor.
+            LossvizError: ``batch`` is not a single batch at a refresh without ``data``,
+                or the model / loss cannot take it.
+            NonFiniteLossError: the loss of ``batch`` is not finite at a refresh.
         """
         if isinstance(loss, Tensor):
             if loss.numel() != 1 or loss.is_complex() or loss.dtype == torch.bool:
@@ -504,8 +588,10 @@ class SubspaceTracker:
             self._notify(fn, rec)
 
     def _measure(self, batch, loss, step: int):
-        """``(record, device scalars, refreshed subspace or None)`` of step ``step``; the
-        tracker's state is not touched (:meth:`step` publishes it all at once)."""
+        """``(record, device scalars, refreshed subspace or None)`` of step ``step``.
+
+        The tracker's state is not touched (:meth:`step` publishes it all at once).
+        """
         if self._base is None:
             self._base = Objective(self.model, self.loss_fn, batch, **self._okw)
         rec: dict = {"step": step, "refreshed": False}
@@ -549,11 +635,22 @@ class SubspaceTracker:
                 )
 
     def add_listener(self, fn: Callable) -> Callable[[], None]:
-        """Call ``fn(tracker, record)`` after every :meth:`step`, in the thread that
-        calls :meth:`step`. ``record`` is the step's dict; values still on the device are
-        not in it yet (read them with :meth:`records`, which synchronizes). An exception in
-        ``fn`` never breaks training: it is kept in ``listener_errors`` (and warned about
-        once per listener). Returns a function that removes the listener."""
+        """Call ``fn(tracker, record)`` after every :meth:`step`, in the thread of :meth:`step`.
+
+        ``record`` is the step's dict; values still on the device are not in it yet (read
+        them with :meth:`records`, which synchronizes). An exception in ``fn`` never
+        breaks training: it is kept in ``listener_errors`` (and warned about once per
+        listener).
+
+        Args:
+            fn: the listener, called as ``fn(tracker, record)``.
+
+        Returns:
+            A function of no arguments that removes the listener.
+
+        Raises:
+            ArgumentTypeError: ``fn`` is not callable.
+        """
         validate.callable_(fn, "fn", "a callable listener fn(tracker, record)")
         self._listeners = self._listeners + [fn]
         return lambda: self.remove_listener(fn)
@@ -563,7 +660,7 @@ class SubspaceTracker:
         self._listeners = [f for f in self._listeners if f != fn]
 
     def dashboard(self, **kw):
-        """The live dashboard of this tracker: :func:`lossviz.dash.subspace`."""
+        """The live dashboard of this tracker: :func:`lossviz.dash.subspace` (``**kw``)."""
         from . import dash
 
         return dash.subspace(self, **kw)
@@ -584,9 +681,21 @@ class SubspaceTracker:
             self._pending = []
 
     def records(self, start: int = 0) -> list[dict]:
-        """The records of :attr:`history` from index ``start`` on, complete (device values
-        read back: one synchronization) and consistent while another thread calls
-        :meth:`step`."""
+        """The records of :attr:`history` from index ``start`` on.
+
+        They are complete (device values read back: one synchronization) and consistent
+        while another thread calls :meth:`step`.
+
+        Args:
+            start: the first record's index (an integer >= 0).
+
+        Returns:
+            The list of record dicts.
+
+        Raises:
+            ArgumentTypeError: ``start`` is not an integer.
+            LossvizError: ``start < 0``.
+        """
         start = validate.integer(start, "start", low=0)
         with self._lock:
             self._materialize()
@@ -594,18 +703,25 @@ class SubspaceTracker:
 
     @property
     def history(self) -> list[dict]:
-        """One record (a dict) per :meth:`step`: ``step``, ``loss`` (of the batch at the
+        """One record (a dict) per :meth:`step`.
+
+        Keys: ``step``, ``loss`` (of the batch at the
         measured weights), ``train_loss``, ``gradient_fraction``, ``gradient_norm``,
         ``refreshed``; at refreshes ``lambda_max``, ``eigenvalues``, ``overlap_prev``,
         ``overlap_first``, ``trace``, ``trace_stderr``, ``gradient_fraction_data``,
         ``n_hvp``; with an optimizer ``lr``, ``lrs``, ``two_over_lr`` and
-        ``stability_threshold``. Values missing at a step are absent (NaN in pandas)."""
+        ``stability_threshold``. Values missing at a step are absent (NaN in pandas).
+        """
         with self._lock:
             self._materialize()
             return self._records
 
     def to_pandas(self):
-        """The history as a ``pandas.DataFrame`` indexed by step."""
+        """The history as a ``pandas.DataFrame`` indexed by step.
+
+        Raises:
+            ImportError: pandas is not installed.
+        """
         try:
             import pandas as pd
         except ImportError as e:
@@ -614,16 +730,26 @@ class SubspaceTracker:
 
     @property
     def subspace(self) -> list[Weights]:
-        """The current top-``k`` eigenvectors (a list of Weights)."""
+        """The current top-``k`` eigenvectors (a list of Weights).
+
+        Raises:
+            LossvizError: no :meth:`step` yet.
+        """
         if self._V is None:
             raise LossvizError("no subspace yet: call step() first")
         lay = self._objective().layout
         return [lay.to_weights(v.clone()) for v in self._V]
 
     def overlap_matrix(self) -> tuple[list[int], np.ndarray]:
-        """``(steps, S)`` with ``S[i, j] = ||V_iᵀ V_j||_F² / k`` between the kept
-        subspaces (refreshes; thinned when more than ``max_subspaces``). Pairs computed
-        before are cached: a new subspace costs one row."""
+        """The overlaps ``S[i, j] = ||V_iᵀ V_j||_F² / k`` between the kept subspaces.
+
+        The kept subspaces are those of the refreshes, thinned when more than
+        ``max_subspaces``. Pairs computed before are cached: a new subspace costs one row.
+
+        Returns:
+            ``(steps, S)``: the step of each kept subspace and the symmetric
+            ``(n, n)`` array of overlaps.
+        """
         with self._lock:
             subs = list(self._subspaces)
         steps = [s for s, _ in subs]
@@ -654,9 +780,12 @@ class SubspaceTracker:
         return xs, ys
 
     def plot(self):
-        """Three panels: gradient fraction per step (and on ``data`` at refreshes); the
-        overlap matrix across refreshes; ``λ_max`` with ``2/lr`` (and the momentum
-        threshold when it differs)."""
+        """Three panels of the history (a plotly figure).
+
+        The gradient fraction per step (and on ``data`` at refreshes); the overlap matrix
+        across refreshes; ``λ_max`` with ``2/lr`` (and the momentum threshold when it
+        differs).
+        """
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
@@ -776,11 +905,23 @@ def _fn_name(fn) -> str:
 
 
 def lightning_callback(tracker: SubspaceTracker):
-    """A PyTorch Lightning callback that calls ``tracker.step(batch)`` once per optimizer
-    step, just before it (``on_before_optimizer_step``), on the batch of that step (kept
-    from ``on_train_batch_start``): the tracker's convention, the weights before the
-    update and the gradient the optimizer applies. Needs ``lightning`` (or
-    ``pytorch_lightning``) installed."""
+    """A PyTorch Lightning callback that calls ``tracker.step(batch)`` once per optimizer step.
+
+    The call comes just before the step (``on_before_optimizer_step``), on the batch of
+    that step (kept from ``on_train_batch_start``): the tracker's convention, the weights
+    before the update and the gradient the optimizer applies.
+
+    Args:
+        tracker: the :class:`SubspaceTracker` to feed.
+
+    Returns:
+        A ``lightning.pytorch.Callback`` (or ``pytorch_lightning.Callback``) to pass to
+        ``Trainer(callbacks=[...])``.
+
+    Raises:
+        ImportError: neither ``lightning`` nor ``pytorch_lightning`` is installed.
+        ArgumentTypeError: ``tracker`` is not a :class:`SubspaceTracker`.
+    """
     try:
         from lightning.pytorch import Callback
     except ImportError:

@@ -5,6 +5,9 @@ over the contours and loss against step update as the sliders move. Two more pan
 edge of stability (gradient descent on a quadratic diverges past ``lr = 2/λ_max``) and a
 Muon-style orthogonalized update on a small matrix problem. Runs in Jupyter and as a Voila
 page (``voila notebooks/playground.ipynb``). Needs ``pip install 'lossviz[widgets]'``.
+
+The computations (:func:`run`, :func:`sam_step`, :func:`newton_schulz`,
+:func:`run_matrix`) need only torch and numpy.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import numpy as np
 import torch
 
 from . import validate
-from .dash._common import Dashboard, figure_widget, require
+from .dash import Dashboard, figure_widget, require, slider, style
 from .errors import ArgumentTypeError, LossvizError
 
 __all__ = [
@@ -34,7 +37,24 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Function2D:
-    """A 2-D function ``f(xy)`` on ``xy[..., 2]`` with a plotting box and a start point."""
+    """A 2-D function ``f(xy)`` on ``xy[..., 2]`` with a plotting box and a start point.
+
+    Calling it, ``fn(xy, kappa=10.0)``, evaluates ``f`` on the last axis of ``xy``
+    (``kappa`` is used by the ill-conditioned quadratic only).
+
+    Attributes:
+        name: the name shown in the playground (its key in :data:`FUNCTIONS`).
+        f: ``f(xy, kappa) -> tensor`` of shape ``xy.shape[:-1]``.
+        box: ``(x0, x1, y0, y1)``, the plotted region.
+        start: the default start point ``(x, y)``.
+        minima: known minimizers ``(x, y)`` (their lowest value is the "min" of the loss
+            plot; empty: 0).
+        log: draw contours of ``log10(f − min_grid f + 1e-3)`` (else of ``f``).
+
+    >>> xy = torch.tensor([[1.0, 1.0], [3.0, 2.0]])
+    >>> FUNCTIONS["Rosenbrock"](xy)[0].item(), FUNCTIONS["Himmelblau"](xy)[1].item()
+    (0.0, 0.0)
+    """
 
     name: str
     f: Callable[[torch.Tensor, float], torch.Tensor]
@@ -129,8 +149,36 @@ GAP_FLOOR = 1e-12  # loss − min is drawn on a log axis; exact convergence sits
 
 
 def sam_step(p: torch.Tensor, loss_fn, opt, rho: float) -> float:
-    """One sharpness-aware minimization step (Foret et al. 2021): the gradient is taken at
-    ``p + ρ·g/||g||`` and applied at ``p`` by ``opt``. Returns the loss at ``p``."""
+    """One sharpness-aware minimization (SAM) step on the tensor ``p``, in place.
+
+    With ``g = ∇L(p)`` and ``ε = ρ·g / (‖g‖ + 1e-12)``, the gradient ``∇L(p + ε)`` is
+    taken at the perturbed point and applied at ``p`` by ``opt`` (for plain SGD:
+    ``p ← p − lr·∇L(p + ε)``). Foret, Kleiner, Mobahi, Neyshabur 2021,
+    "Sharpness-Aware Minimization for Efficiently Improving Generalization".
+
+    Args:
+        p: the parameter tensor (``requires_grad=True``; the one ``opt`` updates).
+        loss_fn: ``loss_fn(p) -> scalar tensor``, differentiable in ``p``.
+        opt: a ``torch.optim`` optimizer over ``[p]``.
+        rho: the radius ρ of the perturbation (``rho = 0``: an ordinary step).
+
+    Returns:
+        The loss at ``p`` before the step, as a float.
+
+    Raises:
+        RuntimeError: from autograd, when ``loss_fn(p)`` is not a scalar that depends on
+            ``p`` (or ``p`` does not require grad).
+
+    On ``L(p) = ½‖p‖²`` from ``p = (3, 4)`` with ``ρ = 0.5`` (``ε = (0.3, 0.4)``) and
+    SGD at ``lr = 0.1``: ``p ← p − 0.1·(p + ε) = (2.67, 3.56)``.
+
+    >>> p = torch.tensor([3.0, 4.0], dtype=torch.float64, requires_grad=True)
+    >>> opt = torch.optim.SGD([p], lr=0.1)
+    >>> sam_step(p, lambda q: 0.5 * (q**2).sum(), opt, rho=0.5)
+    12.5
+    >>> [round(v, 10) for v in p.tolist()]
+    [2.67, 3.56]
+    """
     opt.zero_grad()
     loss = loss_fn(p)
     loss.backward()
@@ -157,8 +205,42 @@ def run(
     kappa: float = 10.0,
     start=None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(trajectory (steps+1, 2), loss (steps+1,))`` of ``optimizer`` on ``fn``; stops
-    early (the rest NaN) when it diverges."""
+    """Run ``optimizer`` on the 2-D function ``fn`` for ``steps`` steps (in float64).
+
+    ``loss[t] = fn(trajectory[t])``. A run stops early when the iterate becomes
+    non-finite or leaves ``max(|x|, |y|) <= 1e6`` (diverges): the point that left is not
+    recorded and the rest of both arrays stays NaN. The optimizers are ``torch.optim``'s:
+    ``"SGD"``, ``"momentum"`` (SGD with ``momentum``), ``"Nesterov"``, ``"Adam"`` and
+    ``"AdamW"`` (``betas=(momentum, 0.999)``, AdamW with ``weight_decay=0.01``),
+    ``"RMSprop"``, ``"Adagrad"`` (``momentum`` unused) and ``"SAM"`` (:func:`sam_step`
+    around plain SGD).
+
+    Args:
+        fn: one of :data:`FUNCTIONS`' values.
+        optimizer: one of :data:`OPTIMIZERS`.
+        lr: the learning rate (> 0).
+        steps: the number of steps (>= 1).
+        momentum: SGD's momentum, Adam's β₁ (in ``[0, 1)``).
+        rho: SAM's radius ρ (>= 0).
+        kappa: the condition number of the ill-conditioned quadratic
+            ``f = (x² + κ·y²) / (2√κ)`` (> 0; other functions ignore it).
+        start: the start point ``(x, y)`` (None: ``fn.start``).
+
+    Returns:
+        ``(trajectory, loss)``: arrays of shapes ``(steps + 1, 2)`` and ``(steps + 1,)``.
+
+    Raises:
+        ArgumentTypeError: ``fn`` is not a :class:`Function2D`; ``lr``, ``momentum``,
+            ``rho`` or ``kappa`` not a number; ``steps`` not an integer.
+        LossvizError: an unknown ``optimizer``; a number out of its range (named).
+
+    Gradient descent on ``½(x² + y²)`` (κ = 1) halves the point at ``lr = 0.5``:
+
+    >>> traj, loss = run(FUNCTIONS["ill-conditioned quadratic"], "SGD", lr=0.5, steps=2,
+    ...                  kappa=1.0, start=(4.0, 2.0))
+    >>> traj.tolist(), loss.tolist()
+    ([[4.0, 2.0], [2.0, 1.0], [1.0, 0.5]], [10.0, 2.5, 0.625])
+    """
     if not isinstance(fn, Function2D):
         raise ArgumentTypeError(
             f"fn must be one of lossviz.teach.FUNCTIONS' values, got {type(fn).__name__}"
@@ -199,8 +281,43 @@ def run(
 
 
 def newton_schulz(G: torch.Tensor, steps: int = 5) -> torch.Tensor:
-    """Approximately orthogonalize ``G`` (``U Vᵀ`` of its SVD) with the quintic
-    Newton–Schulz iteration used by Muon (coefficients 3.4445, −4.7750, 2.0315)."""
+    """Approximately orthogonalize ``G`` (``U Vᵀ`` of its SVD ``G = U S Vᵀ``).
+
+    The quintic Newton–Schulz iteration of Muon (Jordan et al. 2024, "Muon: An optimizer
+    for hidden layers in neural networks"): ``X_0 = G / (‖G‖_F + 1e-7)``, then ``steps``
+    times ``X ← a·X + (b·A + c·A²)·X`` with ``A = X Xᵀ`` and ``(a, b, c) = (3.4445,
+    −4.7750, 2.0315)`` (on ``Gᵀ`` when ``G`` has more rows than columns). Each singular
+    value goes through ``s ← a·s + b·s³ + c·s⁵``; the singular vectors are kept. The
+    coefficients trade exactness for speed: the singular values end near 1 (about 0.7 to
+    1.2 after 5 steps for a well-conditioned ``G``), not at 1.
+
+    Args:
+        G: a 2-D tensor.
+        steps: the number of iterations.
+
+    Returns:
+        A tensor of ``G``'s shape.
+
+    Raises:
+        ArgumentTypeError: ``G`` is not a tensor or ``steps`` not an integer.
+        LossvizError: ``G`` is not 2-D or ``steps`` < 1.
+
+    Against the scalar iteration on the singular values of a diagonal matrix:
+
+    >>> def p(s):
+    ...     return 3.4445 * s - 4.7750 * s**3 + 2.0315 * s**5
+    >>> d = torch.tensor([3.0, 1.0], dtype=torch.float64)
+    >>> s = d / (d.norm() + 1e-7)
+    >>> for _ in range(5):
+    ...     s = p(s)
+    >>> torch.allclose(newton_schulz(torch.diag(d)), torch.diag(s))
+    True
+    """
+    if not isinstance(G, torch.Tensor):
+        raise ArgumentTypeError(f"G must be a 2-D tensor, got {type(G).__name__}")
+    if G.dim() != 2:
+        raise LossvizError(f"G must be a 2-D tensor (a matrix), got shape {tuple(G.shape)}")
+    steps = validate.integer(steps, "steps")
     a, b, c = 3.4445, -4.7750, 2.0315
     X = G / (G.norm() + 1e-7)
     tr = X.shape[0] > X.shape[1]
@@ -213,7 +330,30 @@ def newton_schulz(G: torch.Tensor, steps: int = 5) -> torch.Tensor:
 
 
 def matrix_problem(seed: int = 0, m: int = 8, n: int = 6, cond: float = 100.0):
-    """``min_W ||W X − Y||² / N`` with inputs of condition number ``cond``."""
+    """A least-squares problem ``min_W mean((W X − Y)²)`` with ill-conditioned inputs.
+
+    ``X = U·diag(s)·R`` with ``U`` a random ``n×n`` orthogonal matrix, ``s`` log-spaced
+    from 1 down to ``1/cond`` and ``R`` a Gaussian ``n×64`` matrix (so ``U·diag(s)`` has
+    condition number ``cond``, ``X`` about that); ``Y = W_true X`` for a Gaussian
+    ``W_true`` (``m×n``), so the minimum is 0. :func:`run_matrix` minimizes the mean
+    over all ``m·N`` entries, ``‖W X − Y‖_F² / (m·N)`` with ``N = 64``.
+
+    Args:
+        seed: the seed of the random matrices.
+        m: rows of ``W`` (outputs).
+        n: columns of ``W`` (inputs).
+        cond: the condition number of ``U·diag(s)`` (> 0).
+
+    Returns:
+        ``(X, Y)``: float64 tensors of shapes ``(n, 64)`` and ``(m, 64)``.
+
+    Raises:
+        ValueError: ``cond <= 0`` (from ``math.log10``).
+
+    >>> X, Y = matrix_problem()
+    >>> tuple(X.shape), tuple(Y.shape)
+    ((6, 64), (8, 64))
+    """
     g = torch.Generator().manual_seed(seed)
     U, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
     s = torch.logspace(0, -math.log10(cond), n, dtype=torch.float64)
@@ -223,8 +363,30 @@ def matrix_problem(seed: int = 0, m: int = 8, n: int = 6, cond: float = 100.0):
 
 
 def run_matrix(method: str, lr: float, steps: int, momentum: float = 0.9, seed: int = 0):
-    """Loss per step and the singular values of the last update, for ``"SGD"`` (with
-    momentum) or ``"Muon"`` (momentum, then the orthogonalized update)."""
+    """Minimize :func:`matrix_problem`'s loss with SGD + momentum or Muon.
+
+    From ``W = 0``: ``g = ∇ mean((W X − Y)²)``, ``buf ← momentum·buf + g``, then
+    ``W ← W − lr·buf`` (``"SGD"``) or ``W ← W − lr·newton_schulz(buf)`` (``"Muon"``,
+    Jordan et al. 2024; no Nesterov momentum and no shape scaling here). A run stops
+    early (the rest of the losses NaN) once the loss is not finite or exceeds 1e12.
+
+    Args:
+        method: ``"SGD"`` or ``"Muon"``.
+        lr: the learning rate (> 0).
+        steps: the number of updates (>= 1).
+        momentum: the momentum coefficient (in ``[0, 1)``).
+        seed: the seed of :func:`matrix_problem` (>= 0).
+
+    Returns:
+        ``(losses, singular_values)``: the loss before each update and after the last
+        (shape ``(steps + 1,)``), and the singular values of the last update applied
+        (the orthogonalized one for Muon).
+
+    Raises:
+        ArgumentTypeError: ``lr`` or ``momentum`` not a number; ``steps`` or ``seed`` not
+            an integer.
+        LossvizError: an unknown ``method``; a number out of its range (named).
+    """
     validate.choice(method, "method", ("SGD", "Muon"))
     lr = validate.number(lr, "lr", low=0, low_open=True)
     steps = validate.integer(steps, "steps")
@@ -249,8 +411,29 @@ def run_matrix(method: str, lr: float, steps: int, momentum: float = 0.9, seed: 
 
 
 class Playground(Dashboard):
-    """See :func:`playground`; ``.widget`` is the root widget. The optimizer runs happen in
-    a background thread (the latest settings win; ``wait()`` joins it)."""
+    """The optimization playground (see :func:`playground`).
+
+    ``.widget`` is the root widget. The optimizer runs happen in a background thread (the
+    latest settings win; ``wait()`` joins it).
+
+    Args:
+        function: the initial function, a key of :data:`FUNCTIONS`.
+        optimizers: the optimizers shown at first (names in :data:`OPTIMIZERS`).
+        lr: the initial learning rate (a log slider over ``[1e-4, 10^0.5]``).
+        steps: the initial number of steps (a slider over ``[5, 400]``).
+        grid: contour grid points per axis (>= 2).
+
+    Raises:
+        ImportError: the widget stack is not installed.
+        ArgumentTypeError: ``lr`` not a number, ``steps`` or ``grid`` not an integer.
+        LossvizError: an unknown ``function`` or optimizer; ``lr`` outside the slider's
+            ``[1e-4, 10^0.5]``; ``steps`` outside ``[5, 400]``; ``grid`` < 2.
+
+    Attributes:
+        widget: the root widget.
+        results: ``optimizer -> (trajectory, loss)`` of the runs drawn (as :func:`run`).
+        start: the start point set by a click on the contour (None: the function's).
+    """
 
     def __init__(
         self,
@@ -272,7 +455,9 @@ class Playground(Dashboard):
         bad = [o for o in optimizers if o not in OPTIMIZERS]
         if bad:
             raise LossvizError(f"unknown optimizer(s) {bad}; choose from {OPTIMIZERS}")
-        self.grid = int(grid)
+        self.grid = validate.integer(grid, "grid", low=2)
+        lr = validate.number(lr, "lr", low=1e-4, high=10**0.5)
+        steps = validate.integer(steps, "steps", low=5, high=400)
         self.start = None
         sl = W.Layout(width="330px")
         self.function = W.Dropdown(
@@ -281,41 +466,12 @@ class Playground(Dashboard):
         self.optimizers = W.SelectMultiple(
             options=OPTIMIZERS, value=tuple(optimizers), description="optimizers", rows=8, layout=sl
         )
-        self.lr = W.FloatLogSlider(
-            value=lr,
-            base=10,
-            min=-4,
-            max=0.5,
-            step=0.05,
-            description="lr",
-            readout_format=".3g",
-            layout=sl,
-        )
-        self.momentum = W.FloatSlider(
-            value=0.9,
-            min=0.0,
-            max=0.99,
-            step=0.01,
-            description="momentum / β₁",
-            layout=sl,
-            style={"description_width": "initial"},
-        )
-        self.rho = W.FloatSlider(
-            value=0.05, min=0.0, max=0.5, step=0.01, description="SAM ρ", layout=sl
-        )
-        self.steps = W.IntSlider(
-            value=steps, min=5, max=400, step=5, description="steps", layout=sl
-        )
-        self.kappa = W.FloatLogSlider(
-            value=10,
-            base=10,
-            min=0,
-            max=3,
-            step=0.1,
-            description="κ (quadratic)",
-            layout=sl,
-            style={"description_width": "initial"},
-        )
+        wide = {"description_width": "initial"}
+        self.lr = slider("lr", lr, -4, 0.5, 0.05, kind="log", readout_format=".3g", layout=sl)
+        self.momentum = slider("momentum / β₁", 0.9, 0.0, 0.99, 0.01, layout=sl, style=wide)
+        self.rho = slider("SAM ρ", 0.05, 0.0, 0.5, 0.01, layout=sl)
+        self.steps = slider("steps", steps, 5, 400, 5, kind="int", layout=sl)
+        self.kappa = slider("κ (quadratic)", 10, 0, 3, 0.1, kind="log", layout=sl, style=wide)
         self.info = W.HTML("")
 
         fn = FUNCTIONS[function]
@@ -367,15 +523,15 @@ class Playground(Dashboard):
                 },
             )
         )
-        base.update_layout(
-            width=560,
-            height=460,
-            margin={"l": 40, "r": 10, "t": 40, "b": 40},
+        style(
+            base,
+            560,
+            460,
+            (40, 10, 40, 40),
             title={"text": function, "font": {"size": 13}},
             legend={"bgcolor": "rgba(255,255,255,0.7)", "x": 0.01, "y": 0.99},
             xaxis={"range": list(fn.box[:2])},
             yaxis={"range": list(fn.box[2:])},
-            template="plotly_white",
         )
         self.fig = figure_widget(base)
         lossf = go.Figure(
@@ -390,12 +546,12 @@ class Playground(Dashboard):
                 for n, c in zip(OPTIMIZERS, colors)
             ]
         )
-        lossf.update_layout(
-            width=460,
-            height=460,
+        style(
+            lossf,
+            460,
+            460,
+            (50, 10, 40, 40),
             yaxis_type="log",
-            template="plotly_white",
-            margin={"l": 50, "r": 10, "t": 40, "b": 40},
             title={"text": "loss − min vs step", "font": {"size": 13}},
             xaxis_title="step",
             showlegend=False,
@@ -412,14 +568,8 @@ class Playground(Dashboard):
         # ---- edge of stability ----------------------------------------------------------
         self.eos_lam = np.array([20.0, 5.0, 1.0])
         lam = self.eos_lam[0]
-        self.eos_lr = W.FloatSlider(
-            value=round(1.8 / lam, 4),
-            min=0.005,
-            max=0.15,
-            step=0.0025,
-            description="GD lr",
-            readout_format=".4f",
-            layout=sl,
+        self.eos_lr = slider(
+            "GD lr", round(1.8 / lam, 4), 0.005, 0.15, 0.0025, readout_format=".4f", layout=sl
         )
         eos = make_subplots(
             rows=1,
@@ -453,37 +603,21 @@ class Playground(Dashboard):
         eos.update_yaxes(type="log", row=1, col=1)
         eos.update_xaxes(title_text="step", row=1, col=1)
         eos.update_xaxes(title_text="lr", row=1, col=2)
-        eos.update_layout(
-            width=1000,
-            height=320,
+        style(
+            eos,
+            1000,
+            320,
+            (50, 10, 50, 40),
             showlegend=False,
-            template="plotly_white",
-            margin={"l": 50, "r": 10, "t": 50, "b": 40},
             title={"text": "", "font": {"size": 13}},
         )
         self.eos_fig = figure_widget(eos)
         self.eos_lr.observe(lambda ch: self._update_eos(), names="value")
 
         # ---- Muon ----------------------------------------------------------------------
-        self.muon_lr = W.FloatLogSlider(
-            value=0.02,
-            base=10,
-            min=-3,
-            max=0,
-            step=0.05,
-            description="Muon lr",
-            readout_format=".3g",
-            layout=sl,
-        )
-        self.sgd_lr = W.FloatLogSlider(
-            value=0.02,
-            base=10,
-            min=-3,
-            max=0,
-            step=0.05,
-            description="SGD lr",
-            readout_format=".3g",
-            layout=sl,
+        self.muon_lr, self.sgd_lr = (
+            slider(f"{m} lr", 0.02, -3, 0, 0.05, kind="log", readout_format=".3g", layout=sl)
+            for m in ("Muon", "SGD")
         )
         mu = make_subplots(
             rows=1,
@@ -516,12 +650,7 @@ class Playground(Dashboard):
             col=2,
         )
         mu.update_yaxes(type="log", row=1, col=1)
-        mu.update_layout(
-            width=1000,
-            height=320,
-            template="plotly_white",
-            margin={"l": 50, "r": 10, "t": 50, "b": 40},
-        )
+        style(mu, 1000, 320, (50, 10, 50, 40))
         self.muon_fig = figure_widget(mu)
         self.muon_lr.observe(lambda ch: self._update_muon(), names="value")
         self.sgd_lr.observe(lambda ch: self._update_muon(), names="value")
@@ -607,8 +736,10 @@ class Playground(Dashboard):
         }
 
     def _update(self, change=None):
-        """Queue a recomputation with the current settings; one worker thread runs the
-        newest request and drops the ones it was superseded by."""
+        """Queue a recomputation with the current settings.
+
+        One worker thread runs the newest request and drops the ones it was superseded by.
+        """
         settings = self._settings()
         with self._lock:
             self._gen += 1
@@ -730,12 +861,36 @@ class Playground(Dashboard):
 def playground(
     function: str = "ill-conditioned quadratic", optimizers=("SGD", "momentum", "Adam"), **kw
 ) -> Playground:
-    """An optimization playground: 2-D test functions (an ill-conditioned quadratic with a
+    """An interactive optimization playground (ipywidgets + plotly).
+
+    2-D test functions (an ill-conditioned quadratic with a
     condition-number slider, Rosenbrock, Himmelblau, a saddle, sharp vs flat minima, a
     multi-well function), ``torch.optim`` optimizers (SGD, momentum, Nesterov, Adam, AdamW,
     RMSprop, Adagrad) and SAM with lr / momentum / ρ sliders; trajectories over the contours
     and loss against step; an edge-of-stability tab (gradient descent on a quadratic
     diverges past ``lr = 2/λ_max``, the threshold drawn); a Muon tab (momentum SGD against
     a Newton–Schulz orthogonalized update on a small least-squares matrix problem).
-    Needs ``pip install 'lossviz[widgets]'``; also runs as a Voila page."""
+    Needs ``pip install 'lossviz[widgets]'``; also runs as a Voila page.
+
+    The edge-of-stability tab runs gradient descent on ``½·Σ_i λ_i x_i²``: each
+    coordinate is multiplied by ``1 − lr·λ_i`` per step, so it converges iff
+    ``lr < 2/λ_max``; in training, ``λ_max`` tends to rise to about ``2/lr`` (Cohen,
+    Kaur, Li, Kolter, Talwalkar 2021, "Gradient Descent on Neural Networks Typically
+    Occurs at the Edge of Stability"). SAM is :func:`sam_step` (Foret et al. 2021), Muon
+    :func:`newton_schulz` (Jordan et al. 2024).
+
+    Args:
+        function: the initial function, a key of :data:`FUNCTIONS`.
+        optimizers: the optimizers shown at first (names in :data:`OPTIMIZERS`).
+        **kw: ``lr`` (initial learning rate), ``steps`` (initial number of steps),
+            ``grid`` (contour points per axis), as :class:`Playground` takes them.
+
+    Returns:
+        A :class:`Playground` (displays itself in Jupyter / Voila).
+
+    Raises:
+        ImportError: the widget stack is not installed.
+        LossvizError: an unknown ``function`` or optimizer.
+        TypeError: an unknown keyword in ``**kw``.
+    """
     return Playground(function, optimizers, **kw)

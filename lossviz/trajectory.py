@@ -11,7 +11,6 @@ Neural Networks Typically Occurs at the Edge of Stability").
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,6 +24,9 @@ from .hessian import CURVATURES, hessian_eigs, hessian_trace
 from .interrupt import api, keep_partial
 from .lanczos import check_args
 from .objective import Objective
+from .points import as_points
+from .provenance import Provenance
+from .results import DataResult
 
 __all__ = ["CurvatureTimeline", "TrajectoryRecorder", "sharpness_along", "trace_along"]
 
@@ -41,6 +43,27 @@ class TrajectoryRecorder:
     ``dtype=torch.float16`` halves the memory; :attr:`checkpoints` converts back to the
     model's dtypes. The model is only read. On a GPU the copies are asynchronous (pinned
     memory); reading :attr:`checkpoints` waits for them.
+
+    Args:
+        model: the model whose weights are recorded (only read).
+        every: snapshot every ``every`` calls of :meth:`step` (an integer >= 1).
+        max_points: the most snapshots held (an integer >= 2); reaching it thins the
+            snapshots to every other one and doubles the spacing.
+        dtype: a floating dtype to store the floating-point tensors in (e.g.
+            ``torch.float16``), or None to keep the model's dtypes.
+        buffers: also record the buffers (BatchNorm running statistics, ...).
+
+    Raises:
+        ArgumentTypeError: ``model`` is not an ``nn.Module``, ``dtype`` is not None or a
+            floating torch dtype, ``buffers`` is not a bool, or ``every`` /
+            ``max_points`` is not an integer.
+        LossvizError: ``every < 1`` or ``max_points < 2``.
+
+    >>> rec = TrajectoryRecorder(nn.Linear(2, 1), every=2)
+    >>> for _ in range(5):
+    ...     rec.step()
+    >>> rec.steps
+    [0, 2, 4]
     """
 
     def __init__(
@@ -104,7 +127,15 @@ class TrajectoryRecorder:
         self._spacing *= 2
 
     def snapshot(self, step: int | None = None) -> None:
-        """Record the current weights now (labelled ``step``, default the call count)."""
+        """Record the current weights now (thinning first when ``max_points`` are held).
+
+        Args:
+            step: the label of the snapshot (default: the number of :meth:`step` calls
+                so far).
+
+        Raises:
+            ArgumentTypeError: ``step`` is not an integer or None.
+        """
         step = validate.integer(step, "step", low=None, none=True)
         if len(self._snaps) >= self.max_points:
             self._thin()
@@ -112,8 +143,11 @@ class TrajectoryRecorder:
         self._steps.append(self._n if step is None else step)
 
     def step(self) -> None:
-        """Count one training step; snapshot when the step is a multiple of the spacing
-        (``every``, doubled at each thinning)."""
+        """Count one training step; snapshot when it is a multiple of the spacing.
+
+        The spacing is ``every``, doubled at each thinning; the first call (step 0)
+        always records.
+        """
         if self._n % self._spacing == 0:
             if len(self._snaps) >= self.max_points:
                 self._thin()
@@ -129,8 +163,11 @@ class TrajectoryRecorder:
 
     @property
     def checkpoints(self) -> list[dict[str, Tensor]]:
-        """The snapshots as state dicts in the model's dtypes (on the CPU): points for any
-        lossviz function. Without ``dtype`` these are the stored tensors (do not modify)."""
+        """The snapshots as state dicts in the model's dtypes (on the CPU).
+
+        They are points for any lossviz function. Without ``dtype`` these are the stored
+        tensors (do not modify). Waits for pending asynchronous GPU copies.
+        """
         self._wait()
         if self.dtype is None:
             return list(self._snaps)
@@ -153,13 +190,31 @@ class TrajectoryRecorder:
         )
 
 
-@dataclass(repr=False)
-class CurvatureTimeline:
-    """A curvature quantity at each point of a saved run: ``values[i]`` (top eigenvalues,
-    descending, or ``[tr(H)]``) at ``steps[i]``; ``stderr`` for the trace.
+@dataclass(kw_only=True, repr=False)
+class CurvatureTimeline(DataResult):
+    """A curvature quantity at each point of a saved run.
 
+    Returned by :func:`sharpness_along` and :func:`trace_along`: ``values[i]`` (top
+    eigenvalues, descending, or ``[tr(H)]``) at ``steps[i]``; ``stderr`` for the trace.
     ``complete`` is False when the run was interrupted (Ctrl-C): the rows of the points
-    not computed are NaN (``n_done`` points were) and the repr says INCOMPLETE."""
+    not computed are NaN (``n_done`` points were) and the repr says INCOMPLETE.
+
+    Attributes:
+        steps: the label of each point (recorder steps, dict keys, ``0, 1, …`` or the
+            ``steps=`` given).
+        values: ``(n_points, k)`` float64 array: the top ``k`` eigenvalues (descending)
+            for ``kind="sharpness"``, ``k = 1`` column ``tr(H)`` for ``kind="trace"``;
+            NaN rows for points not computed.
+        kind: ``"sharpness"`` or ``"trace"``.
+        curvature: ``"hessian"`` or ``"ggn"``.
+        stderr: the standard error of each trace estimate (``kind="trace"``), else None.
+        n_hvp: curvature products used at each computed point.
+        lr: the learning rate whose threshold ``2/lr`` is drawn, or None.
+        seconds: wall time.
+        complete: False when interrupted (Ctrl-C).
+        provenance: where it comes from (:class:`~lossviz.provenance.Provenance`;
+            None when built by hand).
+    """
 
     steps: list
     values: np.ndarray  # (n_points, k)
@@ -216,6 +271,7 @@ class CurvatureTimeline:
         return html_table(cols, rows, self._header())
 
     def plot(self):
+        """The values against the step (plotly figure), with the line ``2/lr`` if known."""
         import plotly.graph_objects as go
 
         fig = go.Figure()
@@ -252,17 +308,11 @@ class CurvatureTimeline:
 
 
 def _points(checkpoints, steps):
-    if isinstance(checkpoints, TrajectoryRecorder):
-        pts, st = checkpoints.checkpoints, checkpoints.steps
-    elif isinstance(checkpoints, Sequence) and not isinstance(checkpoints, (str, bytes)):
-        pts, st = list(checkpoints), list(range(len(checkpoints)))
-    else:
-        raise ArgumentTypeError(
-            "checkpoints must be a TrajectoryRecorder or a list of points, got "
-            f"{type(checkpoints).__name__}"
-        )
-    if not pts:
-        raise LossvizError("checkpoints is empty: give at least one point")
+    """``(points, labels)`` of a list, a dict ``step -> point`` or a TrajectoryRecorder.
+
+    See :func:`lossviz.points.as_points`; ``steps`` relabels them.
+    """
+    st, pts, _ = as_points(checkpoints, "checkpoints")
     if steps is not None:
         if isinstance(steps, (str, bytes)) or not hasattr(steps, "__len__"):
             raise ArgumentTypeError(f"steps must be a list of labels, got {type(steps).__name__}")
@@ -273,9 +323,11 @@ def _points(checkpoints, steps):
 
 
 def _along(obj: Objective, pts, measure) -> bool:
-    """``measure(i, point)`` at each point, the cached gradient graph freed after each;
-    False when interrupted (Ctrl-C) in the outermost call: the points measured so far are
-    kept (an inner call lets the interrupt through)."""
+    """``measure(i, point)`` at each point, the cached gradient graph freed after each.
+
+    Returns False when interrupted (Ctrl-C) in the outermost call: the points measured
+    so far are kept (an inner call lets the interrupt through).
+    """
     for i, p in enumerate(pts):
         try:
             measure(i, p)
@@ -307,14 +359,43 @@ def sharpness_along(
     warm_start: bool = True,
     seed: int = 0,
 ) -> CurvatureTimeline:
-    """The top-``k`` eigenvalues of the Hessian (sharpness ``λ_max`` for ``k = 1``) at each
-    checkpoint, by Lanczos (:func:`~lossviz.hessian_eigs`), each solve warm-started from the
-    previous point's eigenvectors. ``checkpoints``: a :class:`TrajectoryRecorder` (its
-    steps label the points) or a list of points. ``lr``: draws ``2/lr``, the threshold
-    that gradient descent drives ``λ_max`` to (Cohen et al. 2021).
+    """The top-``k`` Hessian eigenvalues (sharpness ``λ_max`` for ``k = 1``) at each checkpoint.
 
-    Interrupted (Ctrl-C), the points finished so far, NaN for the others and
-    ``complete=False``; a point's solve is never cut short into a final-looking value."""
+    Lanczos with full reorthogonalization (:func:`~lossviz.hessian_eigs`) at every point,
+    each solve warm-started from the previous point's eigenvectors. Gradient descent on a
+    quadratic is stable iff ``lr < 2/λ_max``; training at ``lr`` typically drives
+    ``λ_max`` up to about ``2/lr`` and keeps it there (Cohen, Kaur, Li, Kolter,
+    Talwalkar 2021, "Gradient Descent on Neural Networks Typically Occurs at the Edge of
+    Stability"). All points are checked against the model before the first product.
+
+    Args:
+        obj: the :class:`~lossviz.Objective` (model, loss, data).
+        checkpoints: a :class:`TrajectoryRecorder` (its steps label the points), a dict
+            ``step -> point`` or a list of points.
+        k: eigenvalues per point.
+        steps: labels replacing those of ``checkpoints`` (one per point).
+        lr: a learning rate > 0: the plot draws ``2/lr``; None for no line.
+        tol: relative residual tolerance of each solve, in ``(0, 1)`` (raised to what
+            the dtype resolves, with a warning).
+        curvature: ``"hessian"`` or ``"ggn"`` (Gauss-Newton).
+        warm_start: start each solve from the previous point's eigenvectors.
+        seed: the random start vectors (of every solve not warm-started).
+
+    Returns:
+        :class:`CurvatureTimeline` with ``kind="sharpness"`` and ``values`` of shape
+        ``(n_points, k)``. Interrupted (Ctrl-C), the points finished so far, NaN for the
+        others and ``complete=False``; a point's solve is never cut short into a
+        final-looking value.
+
+    Raises:
+        ArgumentTypeError: ``obj`` is not an Objective, ``checkpoints`` is not a list /
+            dict / recorder (or is a single point), ``steps`` is not a list, or another
+            argument has the wrong type.
+        LossvizError: no checkpoints, ``len(steps)`` differs from the number of points,
+            ``k`` above the number of parameters, ``lr <= 0``, ``tol`` outside
+            ``(0, 1)``, or an unknown ``curvature``.
+        CheckpointError: a checkpoint does not match the model (keys, shapes).
+    """
     if not isinstance(obj, Objective):
         raise ArgumentTypeError(f"obj must be an Objective, got {type(obj).__name__}")
     k = validate.integer(k, "k")
@@ -349,6 +430,7 @@ def sharpness_along(
         lr=lr,
         seconds=time.perf_counter() - t0,
         complete=complete,
+        provenance=Provenance.of(obj, kernel="sharpness_along", curvature=curvature),
     )
 
 
@@ -365,10 +447,42 @@ def trace_along(
     lr: float | None = None,
     seed: int = 0,
 ) -> CurvatureTimeline:
-    """``tr(H)`` (Hutchinson / Hutch++, :func:`~lossviz.hessian_trace`) at each checkpoint,
-    with its standard error. SGD at a linearly stable minimum has ``tr(H) <= 2/lr``
-    (Wu & Su 2023): ``lr`` draws that line. Interrupted (Ctrl-C), the points finished so
-    far, NaN for the others and ``complete=False``."""
+    """The Hessian trace ``tr(H)`` with its standard error at each checkpoint.
+
+    Hutchinson's estimator ``tr(H) ≈ mean_z zᵀHz`` over Rademacher ``z`` (or Hutch++,
+    Meyer, Musco, Musco, Woodruff 2021, "Hutch++: Optimal Stochastic Trace
+    Estimation"), :func:`~lossviz.hessian_trace`, stopped when the standard error falls
+    below ``rtol·|estimate|`` or after ``max_hvp`` products. SGD at a linearly stable
+    minimum has ``tr(H) <= 2/lr`` (Wu & Su 2023, "The Implicit Regularization of Dynamical
+    Stability in Stochastic Gradient Descent"): ``lr`` draws that line. All points are
+    checked against the model before the first product.
+
+    Args:
+        obj: the :class:`~lossviz.Objective` (model, loss, data).
+        checkpoints: a :class:`TrajectoryRecorder` (its steps label the points), a dict
+            ``step -> point`` or a list of points.
+        steps: labels replacing those of ``checkpoints`` (one per point).
+        rtol: relative standard error to stop at (>= 0; 0 runs to ``max_hvp``).
+        max_hvp: product budget per point.
+        method: ``"hutchinson"`` or ``"hutch++"``.
+        curvature: ``"hessian"`` or ``"ggn"`` (Gauss-Newton).
+        lr: a learning rate > 0: the plot draws ``2/lr``; None for no line.
+        seed: the random probes (the same at every point).
+
+    Returns:
+        :class:`CurvatureTimeline` with ``kind="trace"``, ``values`` of shape
+        ``(n_points, 1)`` and ``stderr``. Interrupted (Ctrl-C), the points finished so
+        far, NaN for the others and ``complete=False``.
+
+    Raises:
+        ArgumentTypeError: ``obj`` is not an Objective, ``checkpoints`` is not a list /
+            dict / recorder (or is a single point), ``steps`` is not a list, or another
+            argument has the wrong type.
+        LossvizError: no checkpoints, ``len(steps)`` differs from the number of points,
+            an unknown ``method`` / ``curvature``, ``rtol < 0``, ``lr <= 0``, or
+            ``max_hvp`` too small for a standard error (2 probes; more for Hutch++).
+        CheckpointError: a checkpoint does not match the model (keys, shapes).
+    """
     from .hutchinson import check_trace_args
 
     if not isinstance(obj, Objective):
@@ -413,4 +527,5 @@ def trace_along(
         lr=lr,
         seconds=time.perf_counter() - t0,
         complete=complete,
+        provenance=Provenance.of(obj, kernel="trace_along", curvature=curvature),
     )

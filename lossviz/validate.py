@@ -31,6 +31,14 @@ from .errors import ArgumentTypeError, LossvizError
 
 
 def show(value) -> str:
+    """``repr(value)`` cut to 60 characters, followed by the type name in parentheses.
+
+    Args:
+        value: Any object.
+
+    Returns:
+        The text error messages show for a given value.
+    """
     s = repr(value)
     if len(s) > 60:
         s = s[:57] + "..."
@@ -40,8 +48,25 @@ def show(value) -> str:
 def integer(
     value, name: str, *, low: int | None = 1, high: int | None = None, none: bool = False
 ) -> int | None:
-    """An integer in ``[low, high]`` (``None`` allowed when ``none``). Booleans, floats
-    (even ``3.0``) and strings are refused."""
+    """An integer in ``[low, high]`` (``None`` allowed when ``none``).
+
+    Python and NumPy integers and one-element integer tensors are accepted; booleans,
+    floats (even ``3.0``) and strings are refused.
+
+    Args:
+        value: The value to check.
+        name: The argument's name (for messages).
+        low: The smallest allowed value (no bound when None).
+        high: The largest allowed value (no bound when None).
+        none: Whether None is allowed (and returned).
+
+    Returns:
+        ``int(value)``, or None.
+
+    Raises:
+        ArgumentTypeError: if ``value`` is not an integer.
+        LossvizError: if it is outside ``[low, high]``.
+    """
     if value is None and none:
         return None
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (Integral, np.integer)):
@@ -73,8 +98,28 @@ def number(
     none: bool = False,
     finite: bool = True,
 ) -> float | None:
-    """A real number (Python, NumPy or 0-d tensor) in the given range; NaN always refused,
-    infinities unless ``finite=False``."""
+    """A real number (Python, NumPy or one-element tensor) in the given range.
+
+    NaN is always refused, infinities unless ``finite=False``.
+
+    Args:
+        value: The value to check.
+        name: The argument's name (for messages).
+        low: The lower bound (none when None).
+        high: The upper bound (none when None).
+        low_open: Exclude ``low`` itself.
+        high_open: Exclude ``high`` itself.
+        none: Whether None is allowed (and returned).
+        finite: Whether infinities are refused.
+
+    Returns:
+        ``float(value)``, or None.
+
+    Raises:
+        ArgumentTypeError: if ``value`` is not a real number (booleans and complex numbers
+            included).
+        LossvizError: if it is NaN, infinite (with ``finite``) or out of range.
+    """
     if value is None and none:
         return None
     if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype != torch.bool:
@@ -96,7 +141,20 @@ def number(
 
 
 def choice(value, name: str, choices: Iterable):
-    """One of ``choices`` (compared with ``==``; unhashable values are refused too)."""
+    """One of ``choices``, compared with ``==`` and the same type.
+
+    Args:
+        value: The value to check.
+        name: The argument's name (for messages).
+        choices: The allowed values.
+
+    Returns:
+        ``value`` unchanged.
+
+    Raises:
+        LossvizError: if ``value`` is none of ``choices`` (a comparison that raises counts
+            as no match).
+    """
     choices = tuple(choices)
     try:
         ok = any(value == c and type(value) is type(c) for c in choices)
@@ -109,17 +167,55 @@ def choice(value, name: str, choices: Iterable):
 
 
 def boolean(value, name: str) -> bool:
+    """True or False (a Python or NumPy bool, nothing else).
+
+    Args:
+        value: The value to check.
+        name: The argument's name (for messages).
+
+    Returns:
+        ``bool(value)``.
+
+    Raises:
+        ArgumentTypeError: if ``value`` is not a bool.
+    """
     if not isinstance(value, (bool, np.bool_)):
         raise ArgumentTypeError(f"{name} must be True or False, got {show(value)}")
     return bool(value)
 
 
 def seed(value, name: str = "seed") -> int:
-    """A seed for ``torch.Generator.manual_seed``: an integer >= 0."""
+    """A seed for ``torch.Generator.manual_seed``: an integer >= 0.
+
+    Args:
+        value: The value to check.
+        name: The argument's name (for messages).
+
+    Returns:
+        The seed as an ``int``.
+
+    Raises:
+        ArgumentTypeError: if ``value`` is not an integer.
+        LossvizError: if it is negative.
+    """
     return integer(value, name, low=0)
 
 
 def callable_(value, name: str, what: str = "a callable", *, none: bool = False):
+    """A callable (None allowed when ``none``).
+
+    Args:
+        value: The value to check.
+        name: The argument's name (for messages).
+        what: How the message describes what was expected.
+        none: Whether None is allowed (and returned).
+
+    Returns:
+        ``value`` unchanged.
+
+    Raises:
+        ArgumentTypeError: if ``value`` is not callable.
+    """
     if value is None and none:
         return None
     if not callable(value):
@@ -128,8 +224,21 @@ def callable_(value, name: str, what: str = "a callable", *, none: bool = False)
 
 
 def device(value, name: str = "device") -> torch.device:
-    """A device this torch can use: ``"cuda"`` needs a CUDA build and a GPU, ``"mps"`` an
-    Apple GPU; an index must exist."""
+    """A device this torch can use.
+
+    ``"cuda"`` needs a CUDA build and a GPU, ``"mps"`` an Apple GPU; an index must exist.
+
+    Args:
+        value: A ``torch.device``, a string such as ``"cpu"`` or ``"cuda:0"``, or an int.
+        name: The argument's name (for messages).
+
+    Returns:
+        The ``torch.device``.
+
+    Raises:
+        ArgumentTypeError: if ``value`` is of another type.
+        LossvizError: if it names no device, an unavailable one, or an unsupported type.
+    """
     if isinstance(value, torch.device):
         dev = value
     elif isinstance(value, (str, int)) and not isinstance(value, bool):

@@ -25,7 +25,23 @@ from .errors import ArgumentTypeError, CheckpointError, named
 class Weights(Mapping):
     """An ordered mapping ``name -> tensor`` that behaves like a vector.
 
-    >>> w = Weights({"a": torch.ones(2), "b": torch.zeros(3)})
+    Supports ``+`` and ``-`` with another mapping of the same keys (in the same order) and
+    shapes, ``*`` and ``/`` by a scalar (a number, a 0-d tensor or a 0-d array), and the
+    Euclidean :meth:`dot` and :meth:`norm` over all tensors. Pickles as a plain
+    ``OrderedDict``, so ``torch.save(w)`` loads back with ``torch.load(weights_only=True)``.
+
+    Args:
+        tensors: A mapping ``name -> tensor`` (copied shallowly; the tensors are not
+            cloned), or None for an empty point.
+        **kw: More ``name=tensor`` entries, added after (and overriding) ``tensors``.
+
+    Raises:
+        TypeError: if a value is not a ``torch.Tensor``. The operators raise
+            :class:`~lossviz.errors.CheckpointError` when the other operand has different
+            keys, key order or shapes, and ``TypeError`` for a non-scalar factor.
+
+    Example:
+        >>> w = Weights({"a": torch.ones(2), "b": torch.zeros(3)})
     >>> round(float((2 * w - w).norm() ** 2), 6), float(w.dot(w))
     (2.0, 2.0)
     """
@@ -55,16 +71,33 @@ class Weights(Mapping):
     # constructors
     @classmethod
     def from_module(cls, model: nn.Module, *, buffers: bool = False) -> Weights:
-        """Detached copies of a module's parameters (and buffers if asked)."""
+        """Detached copies of a module's parameters (and buffers if asked).
+
+        Args:
+            model: The module whose ``named_parameters()`` are copied.
+            buffers: Also copy ``named_buffers()`` (BatchNorm running statistics, ...).
+
+        Returns:
+            A new :class:`Weights` of cloned, detached tensors.
+        """
         d = {n: p.detach().clone() for n, p in model.named_parameters()}
         if buffers:
             d.update({n: b.detach().clone() for n, b in model.named_buffers()})
         return cls(d)
 
     def zeros_like(self) -> Weights:
+        """A :class:`Weights` of zeros with the same keys, shapes, dtypes and devices."""
         return self._map(torch.zeros_like)
 
     def randn_like(self, generator: torch.Generator | None = None) -> Weights:
+        """Standard normal entries with the same keys, shapes, dtypes and devices.
+
+        Args:
+            generator: The ``torch.Generator`` to draw from (the global one when None).
+
+        Returns:
+            A new :class:`Weights` with i.i.d. N(0, 1) entries.
+        """
         return Weights(
             {
                 k: torch.randn(v.shape, generator=generator, dtype=v.dtype, device=v.device)
@@ -148,23 +181,37 @@ class Weights(Mapping):
         return self._map(torch.neg)
 
     def dot(self, other: Mapping[str, Tensor]) -> Tensor:
-        """Euclidean inner product over all tensors (a 0-d tensor)."""
+        """Euclidean inner product over all tensors, ``sum_k <self[k], other[k]>``.
+
+        Args:
+            other: Weights or a mapping with the same keys (same order) and shapes.
+
+        Returns:
+            A 0-d tensor.
+
+        Raises:
+            TypeError: if ``other`` is not a mapping.
+            CheckpointError: if the keys, their order or the shapes differ.
+        """
         if not isinstance(other, Mapping):
             raise TypeError(f"Weights.dot needs Weights or a mapping, got {type(other).__name__}")
         self._check_like(other)
         return sum((v * other[k]).sum() for k, v in self._t.items())
 
     def norm(self) -> Tensor:
-        """Euclidean norm over all tensors (a 0-d tensor)."""
+        """Euclidean norm over all tensors, ``sqrt(sum_k ||self[k]||^2)`` (a 0-d tensor)."""
         return torch.sqrt(sum(v.pow(2).sum() for v in self._t.values()))
 
     def to(self, *args, **kwargs) -> Weights:
+        """Every tensor moved or cast with ``Tensor.to(*args, **kwargs)``."""
         return self._map(lambda v: v.to(*args, **kwargs))
 
     def detach(self) -> Weights:
+        """Every tensor detached from the autograd graph (no copy)."""
         return self._map(Tensor.detach)
 
     def clone(self) -> Weights:
+        """Detached copies of every tensor."""
         return self._map(lambda v: v.detach().clone())
 
     def __reduce__(self):
@@ -184,6 +231,7 @@ class Weights(Mapping):
 
     @property
     def numel(self) -> int:
+        """The total number of entries over all tensors."""
         return sum(v.numel() for v in self._t.values())
 
     def flatten(self) -> Tensor:
@@ -224,11 +272,17 @@ class Layout:
         }
 
     def by_module(self) -> dict[str, list[str]]:
-        """Parameter names grouped by the module that owns them (the name up to the last
-        dot), in layout order: the one definition of "a layer" for blocks and groups.
+        """Parameter names grouped by the module that owns them, in layout order.
 
-        >>> Layout([("0.weight", (2, 2)), ("0.bias", (2,)), ("scale", ())]).by_module()
-        {'0': ['0.weight', '0.bias'], 'scale': ['scale']}
+        The module is the name up to the last dot: the one definition of "a layer" for
+        blocks and groups.
+
+        Returns:
+            A dict ``module name -> [parameter names]``.
+
+        Example:
+            >>> Layout([("0.weight", (2, 2)), ("0.bias", (2,)), ("scale", ())]).by_module()
+            {'0': ['0.weight', '0.bias'], 'scale': ['scale']}
         """
         out: dict[str, list[str]] = {}
         for n in self.names:
@@ -236,15 +290,30 @@ class Layout:
         return out
 
     def to_weights(self, flat: Tensor) -> Weights:
+        """:meth:`unflatten` as a :class:`Weights`."""
         return Weights(self.unflatten(flat))
 
     def flatten(self, w: Mapping[str, Tensor], *, dtype=None, device=None) -> Tensor:
+        """Concatenate the tensors of ``w`` named in this layout into one 1-D tensor.
+
+        Args:
+            w: A mapping that holds (at least) every name of the layout.
+            dtype: The dtype of the result (that of the tensors when None).
+            device: The device of the result (that of the tensors when None).
+
+        Returns:
+            A 1-D tensor of length :attr:`size`, in layout order.
+
+        Raises:
+            CheckpointError: if a name of the layout is missing from ``w``.
+        """
         missing = [n for n in self.names if n not in w]
         if missing:
             raise CheckpointError(f"missing tensors: {missing[:10]}")
         return torch.cat([w[n].reshape(-1).to(dtype=dtype, device=device) for n in self.names])
 
     def slices(self) -> dict[str, slice]:
+        """The slice of the flat vector that each parameter occupies."""
         return {n: slice(a, a + k) for n, k, a in zip(self.names, self.numels, self.offsets)}
 
 
@@ -254,8 +323,20 @@ PointLike = "nn.Module | Mapping[str, Tensor] | str | os.PathLike"
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
     """Load a state dict safely: ``torch.load(weights_only=True)`` or safetensors.
 
-    A checkpoint that wraps the state dict (``{"state_dict": ...}`` or
-    ``{"model": ...}``) is unwrapped.
+    A checkpoint that wraps the state dict (``{"state_dict": ...}``,
+    ``{"model_state_dict": ...}`` or ``{"model": ...}``) is unwrapped. Arbitrary pickled
+    objects are never loaded.
+
+    Args:
+        path: A ``.pt``/``.pth`` file (loaded on the CPU) or a ``.safetensors`` file.
+
+    Returns:
+        A dict ``name -> tensor``.
+
+    Raises:
+        CheckpointError: if the file does not exist, cannot be read (corrupt, truncated, or
+            holding objects ``weights_only=True`` refuses), or does not hold a mapping of
+            tensors.
     """
     p = Path(path)
     if not p.exists():
@@ -286,8 +367,17 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
 def as_state(point) -> dict[str, Tensor]:
     """A point in weight space as a plain ``name -> tensor`` dict (no copies made).
 
-    Accepts an ``nn.Module`` (its parameters and buffers), any mapping of tensors
-    (a state dict, :class:`Weights`), or a ``.pt``/``.pth``/``.safetensors`` path.
+    Args:
+        point: An ``nn.Module`` (its parameters and buffers, detached), any mapping of
+            tensors (a state dict, :class:`Weights`), or a ``.pt``/``.pth``/``.safetensors``
+            path (read with :func:`load_checkpoint`).
+
+    Returns:
+        A dict ``name -> detached tensor``.
+
+    Raises:
+        TypeError: if ``point`` is of another type or a mapping holds non-tensors.
+        CheckpointError: if a checkpoint path cannot be loaded.
     """
     if isinstance(point, nn.Module):
         d = {n: p.detach() for n, p in point.named_parameters()}
@@ -307,8 +397,19 @@ def as_state(point) -> dict[str, Tensor]:
 
 
 def state_of(point, name: str) -> dict[str, Tensor]:
-    """:func:`as_state` with errors that name the argument (``name``): a point that is
-    None, of the wrong type, an unreadable checkpoint or an empty mapping."""
+    """:func:`as_state` with errors that name the argument.
+
+    Args:
+        point: What :func:`as_state` accepts.
+        name: The argument's name, prefixed to the error messages.
+
+    Returns:
+        A dict ``name -> detached tensor`` with at least one entry.
+
+    Raises:
+        ArgumentTypeError: if ``point`` is None or of the wrong type.
+        CheckpointError: if the checkpoint cannot be read or the mapping is empty.
+    """
     if point is None:
         raise ArgumentTypeError(
             f"{name} must be a point (a model, a state dict, Weights or a checkpoint path), "
@@ -324,9 +425,19 @@ def state_of(point, name: str) -> dict[str, Tensor]:
 def check_matches(
     given: Mapping[str, Tensor], shapes: Mapping, required, *, what: str = "point", ignore=()
 ) -> None:
-    """Raise :class:`CheckpointError` listing what of ``given`` does not fit a model whose
-    tensors have ``shapes`` (name -> shape): ``required`` names missing from it, keys the
-    model lacks (except ``ignore``, e.g. tied aliases) and shape mismatches."""
+    """Check that the tensors ``given`` fit a model.
+
+    Args:
+        given: The tensors to check, ``name -> tensor``.
+        shapes: The model's tensors, ``name -> shape``.
+        required: Names that must be in ``given``.
+        what: How the error message calls ``given``.
+        ignore: Keys of ``given`` allowed although the model lacks them (tied aliases).
+
+    Raises:
+        CheckpointError: listing the ``required`` names missing from ``given``, its keys the
+            model lacks (except ``ignore``) and the shape mismatches.
+    """
     missing = [n for n in required if n not in given]
     unknown = sorted(k for k in given if k not in shapes and k not in ignore)
     bad = [

@@ -7,11 +7,11 @@ import warnings
 
 import pytest
 import torch
+from reference import Tick, Ticker, assert_unchanged, snapshot
 from torch import nn
 
 from lossviz.alignment import apply_permutation, permutation_spec, reset_bn, weight_matching
 from lossviz.errors import CheckpointError, DataError, LossvizError
-from tests.reference import Tick, Ticker, assert_unchanged, snapshot
 
 
 class ResNet(nn.Module):
@@ -408,7 +408,7 @@ class SingleHead(nn.Module):
 
 
 def _coincidence_cases():
-    from tests.reference import AttentionBlock, TiedNet
+    from reference import AttentionBlock, TiedNet
 
     return {
         "linear_on_3d_bn": (LinearOn3D, lambda: torch.randn(5, 6, 4)),
@@ -563,7 +563,7 @@ def test_two_argument_form_and_the_result_is_a_point():
 
 
 def test_tied_weights_are_permuted_under_every_name():
-    from tests.reference import TiedNet
+    from reference import TiedNet
 
     torch.manual_seed(1)
     a = TiedNet()

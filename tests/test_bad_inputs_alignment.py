@@ -6,13 +6,13 @@ import itertools
 
 import pytest
 import torch
+from reference import assert_unchanged, snapshot
 from torch import nn
 
 from lossviz.alignment import apply_permutation, permutation_spec, reset_bn, weight_matching
 from lossviz.errors import ArgumentTypeError, CheckpointError, DataError, LossvizError
 from lossviz.merging import averaging_variance, empirical_fisher, greedy_soup, merge
 from lossviz.objective import Objective
-from tests.reference import assert_unchanged, snapshot
 
 F = nn.functional
 
@@ -409,10 +409,10 @@ def _rows():
             "bn",
         ),
         (
-            "soup-recompute-data",
-            s(lambda fx: greedy_soup(fx.obj, [fx.a, fx.b], recompute_data=fx.x)),
+            "soup-bn-data",
+            s(lambda fx: greedy_soup(fx.obj, [fx.a, fx.b], bn_data=fx.x)),
             LossvizError,
-            "recompute_data",
+            "bn_data",
         ),
         (
             "soup-progress",

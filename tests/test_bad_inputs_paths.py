@@ -23,6 +23,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from reference import assert_unchanged, snapshot
 from torch import nn
 
 import lossviz as lv
@@ -44,7 +45,6 @@ from lossviz.errors import ArgumentTypeError, CheckpointError, DataError, Lossvi
 from lossviz.interrupt import api
 from lossviz.landscape import evaluate, line, surface
 from lossviz.roughness import roughness_along, roughness_index
-from tests.reference import assert_unchanged, snapshot
 
 F = nn.functional
 CALLS = [0]  # forward passes of Counting models (the private copies included)
@@ -348,24 +348,24 @@ PROBES = [
     ),
     ("interpolate bn=None", lambda c: interpolate(c.obj, c.a, c.b, bn=None), V, "^bn must", True),
     (
-        "interpolate recompute_data w/o recompute",
-        lambda c: interpolate(c.obj, c.a, c.b, recompute_data=c.x),
+        "interpolate bn_data w/o recompute",
+        lambda c: interpolate(c.obj, c.a, c.b, bn_data=c.x),
         V,
-        "^recompute_data",
+        "^bn_data",
         True,
     ),
     (
-        "interpolate recompute_data type",
-        lambda c: interpolate(c.bnobj, c.bn_a, c.bn_b, bn="recompute", recompute_data=5),
+        "interpolate bn_data type",
+        lambda c: interpolate(c.bnobj, c.bn_a, c.bn_b, bn="recompute", bn_data=5),
         T,
-        "^recompute_data",
+        "^bn_data",
         True,
     ),
     (
-        "interpolate recompute_data empty",
-        lambda c: interpolate(c.bnobj, c.bn_a, c.bn_b, bn="recompute", recompute_data=[]),
+        "interpolate bn_data empty",
+        lambda c: interpolate(c.bnobj, c.bn_a, c.bn_b, bn="recompute", bn_data=[]),
         D,
-        "^recompute_data is empty",
+        "^bn_data is empty",
         True,
     ),
     ("interpolate a type", lambda c: interpolate(c.obj, 5, c.b), T, "^a:", True),
@@ -755,7 +755,10 @@ def test_infinite_loss_on_the_path_makes_the_barrier_infinite_and_says_where():
     assert "NOT FINITE at α = 0.5 (inf)" in repr(r) and "inf" in r._repr_html_()
     with pytest.warns(UserWarning, match=r"α=0\.5"):
         assert barrier(obj, _pt(0), _pt(2), n=5) == np.inf
-    r.plot()  # draws (no barrier marker)
+    fig = r.plot()  # draws the curve with its infinite point, and no barrier marker
+    assert "barrier (linear)" not in {t.name for t in fig.data}
+    path = [t for t in fig.data if t.name == "path"][0]
+    np.testing.assert_array_equal(path.y, r.loss)
 
 
 def test_nan_on_the_path_makes_the_barrier_nan():
@@ -891,7 +894,10 @@ def test_interrupted_barrier_matrix_is_nan_where_not_evaluated_never_zero():
     assert M.values[0, 1] == pytest.approx(max(f - ((1 - al) * f[0] + al * f[-1])), abs=1e-12)
     assert np.isnan(M.values[0, 2]) and np.isnan(M.values[1, 2]) and np.isnan(M.values[2, 1])
     assert M.endpoint_values == pytest.approx([plain.loss(a), plain.loss(b), plain.loss(c3)])
-    assert "incomplete" in M._repr_html_() and M.plot().data
+    assert "incomplete" in M._repr_html_()
+    fig = M.plot()
+    assert fig.layout.title.text.endswith(" (incomplete)")
+    np.testing.assert_array_equal(np.asarray(fig.data[0].z, dtype=float), M.values)
     assert_unchanged(model, snap)
 
 
@@ -907,7 +913,12 @@ def test_interrupted_interpolate_is_incomplete_and_its_barrier_nan():
     assert np.isnan(r.barrier()) and np.isnan(r.barrier("loss", "mean"))
     assert np.isnan(r.barrier_alpha()) and "INCOMPLETE (2 of 5 α)" in repr(r)
     assert r.evaluated.tolist() == [True, True, False, False, False] and r.nonfinite() == {}
-    assert "incomplete" in r._repr_html_() and r.plot().data
+    assert "incomplete" in r._repr_html_()
+    fig = r.plot()  # the evaluated α drawn, NaN (gaps) after; no barrier marker
+    assert fig.layout.title.text.endswith(" (incomplete)")
+    assert "barrier (linear)" not in {t.name for t in fig.data}
+    path = [t for t in fig.data if t.name == "path"][0]
+    np.testing.assert_array_equal(np.asarray(path.y, dtype=float), r.loss)
     # barrier() returns one number: the interrupt propagates instead
     obj2, _, state2, _ = _interrupting(after=2)
     with pytest.raises(KeyboardInterrupt):
@@ -926,7 +937,9 @@ def test_interrupted_layerwise_barriers():
     mid = {k: 0.5 * (v + b.state_dict()[k]) for k, v in a.state_dict().items()}
     assert lw.full == pytest.approx(plain.loss(mid) - ref, abs=1e-12)
     assert all(np.isnan(v) for row in lw.barriers.values() for v in row.values())
-    assert "incomplete" in lw._repr_html_() and lw.plot().data
+    assert "incomplete" in lw._repr_html_()
+    z = np.asarray(lw.plot().data[0].z, dtype=float)  # bases × (groups, all layers)
+    assert np.isnan(z[:, :-1]).all() and z[:, -1] == pytest.approx([lw.full] * len(z))
 
     obj, plain, state, _ = _interrupting(after=7)  # per pair: A, B, full, 2 groups × 2 bases
     with pytest.warns(UserWarning, match="interrupted"):
@@ -936,7 +949,9 @@ def test_interrupted_layerwise_barriers():
     single = layerwise_barriers(plain, a, b, progress=False)
     assert over.matrix("A")[0] == pytest.approx([single.table[g]["A"] for g in single.groups])
     assert np.isnan(over.matrix("A")[1]).all() and np.isnan(over.full[1])
-    assert "INCOMPLETE" in repr(over) and over.plot().data and "<table>" in over._repr_html_()
+    assert "INCOMPLETE" in repr(over) and "<table>" in over._repr_html_()
+    z = np.asarray(over.plot().data[0].z, dtype=float)
+    assert z[0] == pytest.approx([*over.matrix("A")[0], over.full[0]]) and np.isnan(z[1]).all()
 
 
 def test_interrupted_roughness_along_stops_at_the_interrupted_checkpoint():
@@ -953,7 +968,9 @@ def test_interrupted_roughness_along_stops_at_the_interrupted_checkpoint():
         roughness_index(plain, cks[0], **kw).slices, abs=1e-12
     )
     assert "not evaluated" in repr(r) and "INCOMPLETE" in repr(r)
-    assert "not evaluated" in r._repr_html_() and r.plot().data
+    assert "not evaluated" in r._repr_html_()
+    fig = r.plot()
+    np.testing.assert_array_equal(np.asarray(fig.data[0].y, dtype=float), r.values)
     assert_unchanged(model, snap)
 
 

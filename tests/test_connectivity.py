@@ -6,6 +6,7 @@ import types
 import numpy as np
 import pytest
 import torch
+from reference import assert_unchanged, snapshot
 from torch import nn
 
 from lossviz.alignment import reset_bn
@@ -19,7 +20,6 @@ from lossviz.connectivity import (
 )
 from lossviz.errors import CheckpointError, LossvizError
 from lossviz.objective import Objective
-from tests.reference import assert_unchanged, snapshot
 
 F = nn.functional
 
@@ -55,7 +55,11 @@ def mlp_setup():
 
 def test_barrier_kinds_from_known_curves():
     al = np.array([0, 0.25, 0.5, 0.75, 1.0])
-    r = PathResult(al, {"loss": np.array([1.0, 2.6, 2.5, 3.2, 3.0])}, {"loss": "loss"})
+    r = PathResult(
+        alphas=al,
+        values={"loss": np.array([1.0, 2.6, 2.5, 3.2, 3.0])},
+        metric_kinds={"loss": "loss"},
+    )
     # chord 1, 1.5, 2, 2.5, 3 -> gaps 0, 1.1, 0.5, 0.7, 0; mean 2 -> gaps .., 0.6, 0.5, 1.2, 1
     assert r.barrier("loss", "linear") == pytest.approx(1.1)
     assert r.barrier_alpha("loss", "linear") == 0.25
@@ -63,12 +67,14 @@ def test_barrier_kinds_from_known_curves():
     assert r.barrier_alpha("loss", "mean") == 0.75
     # accuracy: higher is better, the barrier is the largest drop
     acc = PathResult(
-        np.array([0, 0.5, 1.0]), {"accuracy": np.array([0.9, 0.5, 0.8])}, {"accuracy": "accuracy"}
+        alphas=np.array([0, 0.5, 1.0]),
+        values={"accuracy": np.array([0.9, 0.5, 0.8])},
+        metric_kinds={"accuracy": "accuracy"},
     )
     assert acc.barrier("accuracy", "linear") == pytest.approx(0.35)
     assert acc.barrier("accuracy", "mean") == pytest.approx(0.35)
     # equal endpoints: the two kinds agree
-    eq = PathResult(np.linspace(0, 1, 5), {"loss": np.array([1, 2, 4, 2, 1.0])})
+    eq = PathResult(alphas=np.linspace(0, 1, 5), values={"loss": np.array([1, 2, 4, 2, 1.0])})
     assert eq.barrier("loss", "linear") == eq.barrier("loss", "mean") == pytest.approx(3)
     with pytest.raises(LossvizError, match="kind"):
         r.barrier("loss", "max")
@@ -93,8 +99,28 @@ def test_interpolate_matches_direct_evaluation(mlp_setup):
     assert barrier(obj, a, b, kind="mean", n=6) == pytest.approx(r.barrier("loss", "mean"))
     assert "barrier linear" in repr(r) and "<table>" in r._repr_html_()
     fig = r.plot()
-    names = {t.name for t in fig.data}
-    assert {"path", "chord", "endpoints", "barrier (linear)"} <= names
+    assert fig.layout.title.text == "linear interpolation (bn=eval)"
+    assert [a.text.split(":")[0] for a in fig.layout.annotations] == list(r.values)
+    per_panel = 4  # path, chord, endpoints, barrier
+    assert len(fig.data) == per_panel * len(r.values)
+    for p, k in enumerate(r.values):
+        path, chord, ends, bar = fig.data[per_panel * p : per_panel * (p + 1)]
+        assert (path.name, chord.name, ends.name, bar.name) == (
+            "path",
+            "chord",
+            "endpoints",
+            "barrier (linear)",
+        )
+        f = np.asarray(r.values[k])
+        np.testing.assert_array_equal(path.x, r.alphas)
+        np.testing.assert_array_equal(path.y, f)
+        np.testing.assert_allclose(chord.y, (1 - r.alphas) * f[0] + r.alphas * f[-1])
+        np.testing.assert_array_equal(ends.y, [f[0], f[-1]])
+        # the marked segment: from the chord to the curve at the barrier's α (a drop for
+        # accuracy, where higher is better)
+        sign = -1 if k == "accuracy" else 1
+        assert sign * (bar.y[1] - bar.y[0]) == pytest.approx(r.barrier(k), rel=1e-9, abs=1e-12)
+        assert bar.x[0] == bar.x[1] == pytest.approx(r.barrier_alpha(k))
     assert_unchanged(obj.model, snap)
 
 
@@ -138,7 +164,12 @@ def test_barrier_matrix(mlp_setup):
     assert np.allclose(M.values, M.values.T) and np.all(np.diag(M.values) == 0)
     assert M.values[0, 2] == pytest.approx(barrier(obj, a, c, n=5, kind="mean"), abs=1e-12)
     assert M.values[1, 2] == pytest.approx(barrier(obj, b, c, n=5, kind="mean"), abs=1e-12)
-    assert M.plot().data[0].type == "heatmap" and "BarrierMatrix" in repr(M)
+    assert "BarrierMatrix" in repr(M)
+    fig = M.plot()
+    assert len(fig.data) == 1 and fig.data[0].type == "heatmap"
+    assert fig.layout.title.text == "pairwise loss barriers (mean)"
+    assert list(fig.data[0].x) == list(fig.data[0].y) == ["a", "b", "c"]
+    np.testing.assert_array_equal(np.asarray(fig.data[0].z), M.values)
     with pytest.raises(LossvizError, match="at least 2"):
         barrier_matrix(obj, [a])
 
@@ -183,7 +214,20 @@ def test_layerwise_barriers_equal_the_definition(mlp_setup):
     assert g.table["hidden"]["B"] == pytest.approx(
         obj.loss(_replace(b, a, b, ["0.weight", "0.bias", "2.weight"])) - ref, abs=1e-12
     )
-    assert "base A" in repr(r) and r.plot().data and "<table>" in r._repr_html_()
+    assert "base A" in repr(r) and "<table>" in r._repr_html_()
+    fig = r.plot()  # heatmap of the barriers, with the curves below
+    heat, *curves = fig.data
+    assert fig.layout.title.text.startswith("layer-wise loss barriers (module); full model ")
+    assert list(heat.x) == [*r.groups, "(all layers)"]
+    assert list(heat.y) == ["base A", "base B"]
+    np.testing.assert_allclose(
+        np.asarray(heat.z, dtype=float),
+        [[r.table[grp][base] for grp in r.groups] + [r.full] for base in ("A", "B")],
+    )
+    named = {c.name: c for c in curves}
+    for base in ("A", "B"):
+        for mod in r.groups:
+            np.testing.assert_array_equal(named[f"{mod} (base {base})"].y, r.curves[base][mod])
     assert_unchanged(obj.model, snap)
 
 
@@ -197,7 +241,14 @@ def test_layerwise_barriers_over_a_run(mlp_setup):
         [single.table[g]["B"] for g in single.groups], abs=1e-12
     )
     assert over.full[1] == pytest.approx(single.full, abs=1e-12)
-    assert over.plot().data[0].z.shape == (2, 4)
+    fig = over.plot()
+    assert fig.layout.title.text == "layer-wise loss barriers (base A)" and len(fig.data) == 1
+    assert list(fig.data[0].y) == ["ep1", "ep2"]
+    assert list(fig.data[0].x) == [*over.groups, "(all layers)"]
+    np.testing.assert_array_equal(
+        fig.data[0].z, np.concatenate([over.matrix("A"), over.full[:, None]], axis=1)
+    )
+    assert fig.data[0].z[1, -1] == pytest.approx(single.full, abs=1e-12)
 
 
 def test_bad_input(mlp_setup):
@@ -233,4 +284,12 @@ def test_dashboard_is_delegated(mlp_setup, monkeypatch):
     monkeypatch.setattr(lossviz, "dash", fake, raising=False)
     r = interpolate(obj, a, b, n=3)
     assert r.dashboard(n=7) == "view"
-    assert calls[0][0] is obj and calls[0][1] is a and calls[0][2] is b and calls[0][3] == {"n": 7}
+    o, x, y, kw = calls[0]
+    assert o is obj and x is a and y is b
+    # a view of this path: its own curve, bn and metrics; keywords given win (n=7)
+    assert kw == {
+        "path": r,
+        "n": 7,
+        "bn": "eval",
+        "metrics": {"loss": "loss", "accuracy": "accuracy"},
+    }

@@ -20,6 +20,7 @@ from widget_messages import frontend_update  # noqa: E402
 from lossviz import Objective, dash  # noqa: E402
 from lossviz.data import digits, mlp, train  # noqa: E402
 from lossviz.errors import LossvizError  # noqa: E402
+from lossviz.formatting import number  # noqa: E402
 
 F = torch.nn.functional
 
@@ -63,14 +64,14 @@ def test_interpolation_numbers_match_direct_evaluation(two_models):
     d = dash.interpolation(obj, a, b, n=9, rest_ms=0)
     d.wait()
     assert d.errors == []
-    res = d._current()
+    res = d.path
     # grid endpoints are the two models themselves
-    assert res["values"]["loss"][0] == pytest.approx(obj.loss(), rel=1e-5)
-    assert res["values"]["loss"][-1] == pytest.approx(obj.loss(at=b), rel=1e-5)
+    assert res["loss"][0] == pytest.approx(obj.loss(), rel=1e-5)
+    assert res["loss"][-1] == pytest.approx(obj.loss(at=b), rel=1e-5)
     # the curve in the figure is the computed grid, the barrier is where it says
     curve = np.array(d.fig.data[d._tr[("loss", "curve")]].y, dtype=float)
-    np.testing.assert_allclose(curve, res["values"]["loss"])
-    h, ha = res["barrier"]
+    np.testing.assert_allclose(curve, res["loss"])
+    h = res.barrier("loss")
     chord = (1 - d.alphas) * curve[0] + d.alphas * curve[-1]
     assert h == pytest.approx(np.max(curve - chord)) and h > 0
     assert d.scrubber.barrier == pytest.approx(h)
@@ -82,7 +83,7 @@ def test_interpolation_numbers_match_direct_evaluation(two_models):
     m = d.fig.data[d._tr[("loss", "marker")]]
     assert m.x[0] == 0.37 and m.y[0] == pytest.approx(exact, rel=1e-5)
     assert d.fig.layout.title.text == "α = 0.37 · exact"
-    assert f"{exact:.6g}" in d.readout.value
+    assert number(exact) in d.readout.value
     # accuracy readout equals a direct count
     st = d.point(0.37)
     with torch.no_grad():
@@ -111,10 +112,10 @@ def test_interpolation_frontend_messages(two_models):
     frontend_update(d.slider, value=0.25)
     updates = [m for m in sent if m and m.get("state", {}).get("_py2js_update")]
     assert len(updates) == 1
-    assert d.fig.layout.title.text == "α = 0.25 · cached"
+    # while moving: the kernel's value at the nearest grid α (1/3 on a 7-point grid)
+    assert d.fig.layout.title.text == "α = 0.25 · grid α = 0.333"
     marker = d.fig.data[d._tr[("loss", "marker")]]
-    res = d._current()
-    assert marker.y[0] == pytest.approx(np.interp(0.25, d.alphas, res["values"]["loss"]))
+    assert marker.x[0] == d.path.alphas[2] and marker.y[0] == d.path["loss"][2]
     d._rest.cancel()
     # every trace is in the synced widget state (views created later see them)
     assert len(d.fig.get_state()["_widget_data"]) == len(d.fig.data)
@@ -137,7 +138,7 @@ def test_interpolation_mixer_and_layer_barriers(two_models):
     p = d.point(1.0)
     assert torch.equal(p["0.weight"], a.state_dict()["0.weight"])
     assert torch.allclose(p["2.weight"], b.state_dict()["2.weight"])
-    assert d._current()["values"]["loss"][-1] == pytest.approx(obj.loss(at=p), rel=1e-5)
+    assert d.path["loss"][-1] == pytest.approx(obj.loss(at=p), rel=1e-5)
     # back to all layers: cached, no recomputation
     n_threads = len(d._threads)
     d.mixer.mask = [True, True]
@@ -154,8 +155,12 @@ def test_interpolation_bad_input(two_models):
         dash.interpolation(obj, a, b, n=2)
     with pytest.raises(LossvizError, match="BatchNorm"):
         dash.interpolation(obj, a, b, bn=True)
-    with pytest.raises(LossvizError, match="not varying"):
-        dash.interpolation(obj, a, b, layers={"x": ["nope"]})
+    with pytest.raises(LossvizError, match="varying"):
+        dash.interpolation(obj, a, b, groups={"x": ["nope"]})
+    with pytest.raises(LossvizError, match="bn must be"):
+        dash.interpolation(obj, a, b, bn="train")
+    with pytest.raises(TypeError, match="nope"):
+        dash.interpolation(obj, a, b, nope=1)
     with pytest.raises(Exception, match="does not match"):
         dash.interpolation(obj, a, mlp((64, 16, 10)))
 
@@ -184,12 +189,10 @@ def test_interpolation_bn_recompute_and_decision_boundary():
     z0 = np.array(d.pred_fig.data[0].z).copy()
     d.bn_box.value = True
     d.wait()
-    rec = d._current()["values"]["loss"]
-    from lossviz.landscape import evaluate
+    rec = d.path["loss"]
+    from lossviz.connectivity import interpolate
 
-    direct = evaluate(
-        obj, torch.stack([d._flat_at(al) for al in d.alphas]), at=d.point(0.0), bn="recompute"
-    )["loss"]
+    direct = interpolate(obj, a, b, n=5, bn="recompute")["loss"]
     np.testing.assert_allclose(rec, direct, rtol=1e-6)
     d.slider.value = 0.5
     d.wait()
@@ -275,6 +278,18 @@ def test_playground_bad_input():
         teach.playground(optimizers=("LBFGS",))
     with pytest.raises(LossvizError, match="lr"):
         teach.run(teach.FUNCTIONS["Rosenbrock"], "SGD", lr=-1, steps=3)
+    with pytest.raises(LossvizError, match="lr"):
+        teach.playground(lr=100.0)
+    with pytest.raises(LossvizError, match="steps"):
+        teach.playground(steps=1000)
+    with pytest.raises(TypeError, match="steps"):
+        teach.playground(steps=2.5)
+    with pytest.raises(LossvizError, match="grid"):
+        teach.playground(grid=1)
+    with pytest.raises(LossvizError, match="2-D"):
+        teach.newton_schulz(torch.ones(3))
+    with pytest.raises(TypeError, match="G must be"):
+        teach.newton_schulz([[1.0]])
 
 
 def test_interpolation_weight_matching_toggle(two_models):
@@ -284,14 +299,13 @@ def test_interpolation_weight_matching_toggle(two_models):
     d = dash.interpolation(obj, a, b, n=9, rest_ms=0)
     d.wait()
     assert not d.match_box.disabled
-    plain = d._current()["barrier"][0]
+    plain = d.path.barrier("loss")
     d.match_box.value = True
     d.wait()
-    res = d._current()
-    assert res["barrier_before"][0] == pytest.approx(plain)
+    assert d.path_before.barrier("loss") == pytest.approx(plain)
     # the permuted b computes the same function: same loss at α = 1
-    assert res["values"]["loss"][-1] == pytest.approx(obj.loss(at=b), rel=1e-4)
-    assert res["barrier"][0] < plain
+    assert d.path["loss"][-1] == pytest.approx(obj.loss(at=b), rel=1e-4)
+    assert d.path.barrier("loss") < plain
     assert d.scrubber.curve2 and "before matching" in d.readout.value
 
 

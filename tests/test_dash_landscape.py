@@ -12,6 +12,7 @@ import torch
 pytest.importorskip("ipywidgets")
 pytest.importorskip("anywidget")
 
+from reference import assert_unchanged, snapshot  # noqa: E402
 from widget_messages import frontend_update  # noqa: E402
 
 import lossviz as lv  # noqa: E402
@@ -59,24 +60,6 @@ def shown_z(fig, trace=0) -> np.ndarray:
     return np.array(
         [[np.nan if v is None else v for v in r] for r in fig.data[trace].z], dtype=float
     )
-
-
-def snapshot(model):
-    return (
-        {k: v.clone() for k, v in model.state_dict().items()},
-        [p.requires_grad for p in model.parameters()],
-        model.training,
-        [p.grad for p in model.parameters()],
-    )
-
-
-def assert_unchanged(model, before):
-    state, rg, training, grads = before
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, state[k]), k
-    assert [p.requires_grad for p in model.parameters()] == rg
-    assert model.training == training
-    assert [p.grad for p in model.parameters()] == grads
 
 
 def test_grid_is_the_kernels_surface(run):
@@ -488,6 +471,10 @@ def test_bad_input(run):
         dash.landscape(obj, directions="nope", start=False)
     with pytest.raises(LossvizError, match="kind"):
         dash.landscape(obj, kind="bars", start=False)
+    with pytest.raises(LossvizError, match="seed"):
+        dash.landscape(obj, seed=-3, start=False)
+    with pytest.raises(TypeError, match="seed"):
+        dash.landscape(obj, seed="a", start=False)
     with pytest.raises(LossvizError, match="3×3"):
         dash.landscape(obj, n=2, start=False)
     with pytest.raises(LossvizError, match="span"):

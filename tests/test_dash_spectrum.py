@@ -13,6 +13,7 @@ import torch
 pytest.importorskip("ipywidgets")
 pytest.importorskip("anywidget")
 
+from reference import assert_unchanged, snapshot  # noqa: E402
 from widget_messages import frontend_update  # noqa: E402
 
 import lossviz as lv  # noqa: E402
@@ -38,22 +39,6 @@ def setup():
     # direct calls below use the same method and agree exactly
     lv.hessian_density(obj, n_probes=2, steps=2, progress=False)
     return model, obj, ckpts
-
-
-def snapshot(model):
-    return (
-        {k: v.clone() for k, v in model.state_dict().items()},
-        model.training,
-        [(p.requires_grad, p.grad) for p in model.parameters()],
-    )
-
-
-def assert_unchanged(model, snap):
-    state, training, flags = snap
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, state[k])
-    assert model.training == training
-    assert [(p.requires_grad, p.grad) for p in model.parameters()] == flags
 
 
 def count_hvps(monkeypatch):
@@ -207,7 +192,7 @@ def test_result_dashboards(setup):
     at = ckpts[20]
     eigs = lv.hessian_eigs(obj, 3, at=at, seed=3, progress=False)
     assert eigs.at is at
-    d = eigs.dashboard(n_probes=4, steps=30, seed=3, blocks=None)
+    d = eigs.dashboard(n_probes=4, steps=30, seed=3, groups=None)
     np.testing.assert_allclose(d.fig.data[2].x, eigs.values)
     d.wait()
     ref = lv.hessian_density(obj, n_probes=4, steps=30, at=at, seed=3, progress=False)
@@ -215,7 +200,7 @@ def test_result_dashboards(setup):
     assert "off" in d.table.value
     # the curvature of the result is kept: Gauss-Newton top-k next to a GGN density
     ggn = lv.hessian_density(obj, n_probes=4, steps=30, seed=3, curvature="ggn", progress=False)
-    d = ggn.dashboard(k=2, seed=3, blocks=None)
+    d = ggn.dashboard(k=2, seed=3, groups=None)
     d.wait()
     ref = lv.hessian_eigs(obj, 2, seed=3, curvature="ggn", progress=False)
     np.testing.assert_allclose(d.point.eigs.values, ref.values, rtol=1e-10)
@@ -224,7 +209,7 @@ def test_result_dashboards(setup):
         s: lv.hessian_density(obj, n_probes=4, steps=30, at=a, seed=3, progress=False)
         for s, a in ckpts.items()
     }
-    d = dash.spectrum(res, k=0, blocks=None)
+    d = dash.spectrum(res, k=0, groups=None)
     assert not d.running() and len(d.points) == 3
     d.ckpt.value = 2
     np.testing.assert_allclose(d.fig.data[0].y, res[40].smooth(d.fig.data[0].x)[1])
@@ -284,7 +269,7 @@ def test_list_of_points_and_paths(setup, tmp_path):
     model, obj, ckpts = setup
     path = tmp_path / "c.pt"
     torch.save(ckpts[40], path)
-    d = dash.spectrum(obj, [ckpts[0], str(path)], k=1, n_probes=2, steps=10, blocks=None)
+    d = dash.spectrum(obj, [ckpts[0], str(path)], k=1, n_probes=2, steps=10, groups=None)
     d.wait()
     assert d.errors == []
     assert [p.label for p in d.points] == ["checkpoint 0", "checkpoint 1"]
@@ -301,8 +286,16 @@ def test_bad_input(setup):
         dash.spectrum(obj, k=-1)
     with pytest.raises(LossvizError, match="n_probes"):
         dash.spectrum(obj, n_probes=0)
-    with pytest.raises(LossvizError, match="blocks"):
-        dash.spectrum(obj, blocks={"x": ["nope"]})
+    with pytest.raises(LossvizError, match="seed"):
+        dash.spectrum(obj, seed=-1, start=False)
+    with pytest.raises(TypeError, match="seed"):
+        dash.spectrum(obj, seed=0.5, start=False)
+    with pytest.raises(LossvizError, match="groups"):
+        dash.spectrum(obj, groups={"x": ["nope"]})
+    with pytest.warns(DeprecationWarning, match="blocks= is deprecated"):
+        d = dash.spectrum(obj, blocks=None, start=False)  # the old name still works
+    assert d.groups_spec is None
+    d.close()
     with pytest.raises(LossvizError, match="checkpoints"):
         dash.spectrum(obj, checkpoints=5)
     with pytest.raises(Exception, match="does not match"):

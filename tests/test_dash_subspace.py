@@ -16,6 +16,7 @@ from torch import nn
 pytest.importorskip("ipywidgets")
 pytest.importorskip("anywidget")
 
+from reference import assert_unchanged, snapshot  # noqa: E402
 from widget_messages import frontend_update  # noqa: E402
 
 import lossviz.subspace as lsub  # noqa: E402
@@ -90,22 +91,6 @@ def col(tr, key):
 
 def ys(trace):
     return np.array([np.nan if v is None else v for v in trace.y], dtype=float)
-
-
-def model_state(model):
-    return (
-        {k: v.clone() for k, v in model.state_dict().items()},
-        [None if p.grad is None else p.grad.clone() for p in model.parameters()],
-        [p.requires_grad for p in model.parameters()],
-        [m.training for m in model.modules()],
-    )
-
-
-def assert_same_state(a, b):
-    assert a[0].keys() == b[0].keys()
-    assert all(torch.equal(a[0][k], b[0][k]) for k in a[0])
-    assert all((g is None and h is None) or torch.equal(g, h) for g, h in zip(a[1], b[1]))
-    assert a[2] == b[2] and a[3] == b[3]
 
 
 # ---- the tracker's listeners -----------------------------------------------------------
@@ -216,12 +201,12 @@ def test_figures_show_the_trackers_numbers(data):
     assert f"{tr.history[-1]['gradient_fraction']:.4g}" in r
     assert "21 steps recorded · 5 refreshes" in d.status.value
     # the user's model is never changed by the dashboard
-    before = model_state(model)
+    before = snapshot(model)
     d.update()
     d.smooth.value = 7
     frontend_update(d.steps, value=[3, 12])
     d.close()
-    assert_same_state(before, model_state(model))
+    assert_unchanged(model, before)
 
 
 def test_sliders_change_the_figures(data):

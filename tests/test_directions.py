@@ -131,7 +131,15 @@ def test_pca_directions_recover_plane_and_match_sklearn():
     rm = pca_directions(traj, 2, center="mean")
     np.testing.assert_allclose(rm.coords.mean(0), 0, atol=1e-10)
     assert pca_directions(traj, 1, center=0).coords[0, 0] == 0
-    assert r.plot().data
+    fig = r.plot()
+    assert fig.layout.title.text == "trajectory in its PCA plane"
+    assert [t.name for t in fig.data] == ["trajectory", "start", "end"]
+    np.testing.assert_array_equal(fig.data[0].x, r.coords[:, 0])
+    np.testing.assert_array_equal(fig.data[0].y, r.coords[:, 1])
+    assert (fig.data[1].x[0], fig.data[2].x[0]) == (r.coords[0, 0], r.coords[-1, 0])
+    ev = r.explained_variance_ratio
+    assert fig.layout.xaxis.title.text == f"PC1 ({100 * ev[0]:.1f}%)"
+    assert fig.layout.yaxis.title.text == f"PC2 ({100 * ev[1]:.1f}%)"
     with pytest.raises(LossvizError, match="at least 3"):
         pca_directions(traj[:2], 2)
     with pytest.raises(LossvizError, match="center"):

@@ -182,7 +182,15 @@ def test_sharpness_along_is_partial_never_wrong(trip):
     assert np.isnan(part.values[1:]).all()
     assert "INCOMPLETE" in repr(part) and "1 of 3" in repr(part)
     assert "INCOMPLETE" in part._repr_html_()
-    part.plot()
+    fig = part.plot()  # the finished point drawn, NaN (a gap) for the others
+    assert fig.layout.title.text == (
+        "top eigenvalues of the hessian at 3 points, INCOMPLETE: interrupted after 1 of 3 "
+        "points (NaN for the rest)"
+    )
+    assert [t.name for t in fig.data] == ["λ1", "λ2"]
+    for j, t in enumerate(fig.data):
+        np.testing.assert_array_equal(t.y, part.values[:, j])
+    assert fig.layout.shapes[0].y0 == pytest.approx(2 / 0.5)
     assert_unchanged(m, snap)
     # inside another lossviz call it propagates
     trip(full.n_hvp[0] + 3)
@@ -291,17 +299,17 @@ def test_block_eigs_and_traces_are_visibly_partial(trip):
     m = _model()
     obj = lv.Objective(m, F.cross_entropy, (X, Y))
     H = dense(m)
-    full = lv.hessian_eigs(obj, k=2, blocks="module", tol=1e-10, progress=False)
+    full = lv.hessian_eigs(obj, k=2, groups="module", tol=1e-10, progress=False)
     assert full.complete and list(full) == ["net.0", "net.2"]
     trip(full["net.0"].n_hvp + 3)  # inside the second block's solve
     with pytest.warns(UserWarning, match="interrupted"):
-        part = lv.hessian_eigs(obj, k=2, blocks="module", tol=1e-10, progress=False)
+        part = lv.hessian_eigs(obj, k=2, groups="module", tol=1e-10, progress=False)
     assert not part.complete and "INCOMPLETE" in repr(part) and "INCOMPLETE" in part._repr_html_()
     want = torch.linalg.eigvalsh(H[:42, :42]).flip(0)[:2].numpy()
     np.testing.assert_allclose(part["net.0"].values, want, rtol=1e-8)
     assert "net.2" not in part or not part["net.2"].complete
     trip(40)
-    tr = lv.hessian_trace(obj, blocks="module", rtol=0, max_hvp=400, batch_size=16, progress=False)
+    tr = lv.hessian_trace(obj, groups="module", rtol=0, max_hvp=400, batch_size=16, progress=False)
     assert not tr.complete and all(not r.complete for r in tr.values())
     assert "INCOMPLETE" in repr(tr) and "INCOMPLETE" in repr(tr["net.0"])
     assert all(len(r.samples) == 32 for r in tr.values())

@@ -1,15 +1,15 @@
 import copy
-import os
 import warnings
 
 import numpy as np
 import pytest
 import torch
+from reference import assert_unchanged, snapshot
 from torch import nn
 
-import lossviz.landscape as L
 from lossviz.data import digits, mlp
 from lossviz.directions import pca_directions, plane_through, random_directions
+from lossviz.engine import Engine
 from lossviz.errors import CheckpointError, LossvizError
 from lossviz.landscape import coarse_to_fine, evaluate, line, surface
 from lossviz.objective import Objective
@@ -45,7 +45,11 @@ def test_line_equals_direct_loss(digits_obj):
     ref = [obj.loss(theta + float(t) * d) for t in s.t]
     np.testing.assert_allclose(s.loss, ref, rtol=1e-12, atol=1e-13)
     assert s.complete and s.strategy in ("vmap", "loop")
-    assert "Slice1D" in repr(s) and s.plot().data
+    assert "Slice1D" in repr(s)
+    fig = s.plot()
+    assert fig.layout.title.text == "1-D slice L(θ + t·d)" and len(fig.data) == 1
+    np.testing.assert_array_equal(fig.data[0].x, s.t)
+    np.testing.assert_array_equal(fig.data[0].y, s.loss)
 
 
 def test_surface_equals_direct_loss_and_accuracy(digits_obj):
@@ -186,45 +190,46 @@ def bn_setup():
 
 def test_bn_recompute_matches_reference_and_never_writes_the_model():
     m, data = bn_setup()
-    before = {k: v.clone() for k, v in m.state_dict().items()}
+    before = snapshot(m)
     obj = Objective(m, F.cross_entropy, data)
     d = random_directions(obj, 2, seed=1)
     s = surface(obj, None, d, n=(3, 2), bn="recompute", progress=False)
     s_loop = surface(obj, None, d, n=(3, 2), bn="recompute", batched=False, progress=False)
     np.testing.assert_allclose(s.loss, s_loop.loss, rtol=1e-12)
     theta = obj.weights()
+
+    def recomputed(w, stat_inputs):
+        """The loss at w after re-estimating BN statistics on ``stat_inputs`` (a list of
+        input batches) with a plain copy of the model."""
+        ref = copy.deepcopy(m)
+        with torch.no_grad():
+            for k, p in ref.named_parameters():
+                p.copy_(w[k])
+            ref[1].reset_running_stats()
+            ref.train()
+            seen = 0
+            for xb in stat_inputs:  # sample-weighted cumulative average of batch statistics
+                ref[1].momentum = len(xb) / (seen + len(xb))
+                seen += len(xb)
+                ref(xb)
+            ref.eval()
+            return sum(float(F.cross_entropy(ref(xb), yb)) * len(xb) for xb, yb in data) / 40
+
     for i in range(2):
         for j in range(3):
-            ref = copy.deepcopy(m)
             w = theta + float(s.x[j]) * d[0] + float(s.y[i]) * d[1]
-            with torch.no_grad():
-                for k, p in ref.named_parameters():
-                    p.copy_(w[k])
-                ref[1].reset_running_stats()
-                ref.train()
-                seen = 0
-                for xb, _ in data:  # sample-weighted cumulative average of batch statistics
-                    ref[1].momentum = len(xb) / (seen + len(xb))
-                    seen += len(xb)
-                    ref(xb)
-                ref.eval()
-                want = sum(float(F.cross_entropy(ref(xb), yb)) * len(xb) for xb, yb in data) / 40
+            want = recomputed(w, [xb for xb, _ in data])
             assert s.loss[i, j] == pytest.approx(want, rel=1e-12)
     plain = surface(obj, None, d, n=(3, 2), progress=False)
     assert not np.allclose(plain.loss, s.loss)  # the statistics did change
-    # bn_data: a bare input tensor is enough
-    s2 = surface(
-        obj,
-        None,
-        d,
-        n=(3, 2),
-        bn="recompute",
-        bn_data=torch.cat([b[0] for b in data]),
-        progress=False,
-    )
-    assert np.isfinite(s2.loss).all()
-    for k, v in m.state_dict().items():
-        assert torch.equal(v, before[k]), k
+    # bn_data: a bare input tensor is enough (one batch of all 40 inputs)
+    x_all = torch.cat([b[0] for b in data])
+    s2 = surface(obj, None, d, n=(3, 2), bn="recompute", bn_data=x_all, progress=False)
+    for i in range(2):
+        for j in range(3):
+            w = theta + float(s.x[j]) * d[0] + float(s.y[i]) * d[1]
+            assert s2.loss[i, j] == pytest.approx(recomputed(w, [x_all]), rel=1e-12)
+    assert_unchanged(m, before)
     assert not m.training
 
 
@@ -279,15 +284,15 @@ def test_bf16_autocast_is_close(digits_obj):
 def test_chunk_halved_on_out_of_memory(digits_obj, monkeypatch):
     obj, _, _ = digits_obj
     seen = []
-    real = L._Engine.values
+    real = Engine.values
 
-    def fake(self, pts, vmapped):
+    def fake(self, pts, *args):
         seen.append(pts.shape[0])
         if pts.shape[0] > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(self, pts, vmapped)
+        return real(self, pts, *args)
 
-    monkeypatch.setattr(L._Engine, "values", fake)
+    monkeypatch.setattr(Engine, "values", fake)
     d = random_directions(obj, 1)[0]
     s = line(obj, None, d, n=5, chunk_size=8, progress=False)
     assert seen[:3] == [5, 2, 2] and s.complete and s.strategy == "vmap"
@@ -317,6 +322,25 @@ def test_overlays_and_plots():
     for kind in ("contour", "heatmap", "surface"):
         fig = s.plot(kind, log=True)
         assert len(fig.data) == 4  # surface + 2 paths + points
+        assert fig.layout.title.text == "log10 loss surface L(θ + a·d1 + b·d2)"
+        assert fig.data[0].type == kind
+        np.testing.assert_array_equal(fig.data[0].x, s.x)
+        np.testing.assert_array_equal(fig.data[0].y, s.y)
+        np.testing.assert_allclose(np.asarray(fig.data[0].z, dtype=float), np.log10(s.loss))
+        traj_trace, manual, points = fig.data[1:]
+        assert (traj_trace.name, manual.name, points.name) == ("trajectory", "manual", "points")
+        np.testing.assert_allclose(traj_trace.x, pca.coords[:, 0])
+        np.testing.assert_allclose(traj_trace.y, pca.coords[:, 1])
+        np.testing.assert_allclose(manual.y, [0.0, 0.2])
+        assert list(points.text) == ["init"]
+        np.testing.assert_allclose([points.x[0], points.y[0]], s.points["init"])
+        if kind == "surface":  # paths drawn on the surface: interpolated log10 loss
+            np.testing.assert_allclose(
+                traj_trace.z, s.interp(np.log10(s.loss), pca.coords), rtol=1e-12
+            )
+    lin = s.plot("heatmap")
+    assert lin.layout.title.text == "loss surface L(θ + a·d1 + b·d2)"
+    np.testing.assert_allclose(np.asarray(lin.data[0].z, dtype=float), s.loss)
     with pytest.raises(LossvizError, match="kind"):
         s.plot("bars")
     del g
@@ -330,22 +354,25 @@ def test_overlays_and_plots():
     assert "<table>" in s._repr_html_()
 
 
-def test_progress_switch(monkeypatch):
-    monkeypatch.setenv("LOSSVIZ_PROGRESS", "0")
-    assert L._progress(None) is False and L._progress(True) is True
-    monkeypatch.setenv("LOSSVIZ_PROGRESS", "1")
-    assert L._progress(None) is True and L._progress(False) is False
-    assert os.environ["LOSSVIZ_PROGRESS"] == "1"
+def test_progress_switch(monkeypatch, capfd, digits_obj):
+    """``LOSSVIZ_PROGRESS=0`` silences the bar of a ``progress=None`` call, ``1`` shows it
+    (on stderr, counting the points), and ``progress=True/False`` wins over it."""
+    obj, _, _ = digits_obj
+    d = random_directions(obj, 1, seed=0)[0]
 
+    def shown(env, progress):
+        monkeypatch.setenv("LOSSVIZ_PROGRESS", env)
+        capfd.readouterr()
+        s = line(obj, None, d, n=5, progress=progress)
+        out = capfd.readouterr()
+        assert out.out == "" and s.complete
+        return out.err
 
-def snapshot(model):
-    return (
-        {k: v.detach().clone() for k, v in model.state_dict().items()},
-        {k: (None if p.grad is None else p.grad.clone()) for k, p in model.named_parameters()},
-        {k: p.requires_grad for k, p in model.named_parameters()},
-        [m.training for m in model.modules()],
-        {k: p.data_ptr() for k, p in model.named_parameters()},
-    )
+    assert shown("0", None) == ""
+    assert shown("1", False) == ""
+    for env, progress in (("1", None), ("0", True)):
+        err = shown(env, progress)
+        assert "/5 [" in err and "pt" in err, err
 
 
 def test_user_model_untouched_by_every_call():
@@ -367,16 +394,7 @@ def test_user_model_untouched_by_every_call():
     ]
     for call in calls:
         call()
-        after = snapshot(m)
-        for a, b in zip(before, after):
-            assert a.keys() == b.keys() if isinstance(a, dict) else True
-        for k in before[0]:
-            assert torch.equal(before[0][k], after[0][k]), k
-        for k in before[1]:
-            assert (before[1][k] is None) == (after[1][k] is None)
-            if before[1][k] is not None:
-                assert torch.equal(before[1][k], after[1][k])
-        assert before[2:] == after[2:]
+        assert_unchanged(m, before)
 
     calls_made = []
 
@@ -394,7 +412,4 @@ def test_user_model_untouched_by_every_call():
             surface(bad, None, d, n=(2, 2), bn="recompute", progress=False)
         with pytest.raises(RuntimeError, match="boom"):
             line(bad, None, d[0], n=3, progress=False)
-    after = snapshot(m)
-    for k in before[0]:
-        assert torch.equal(before[0][k], after[0][k]), k
-    assert before[2:] == after[2:]
+    assert_unchanged(m, before)

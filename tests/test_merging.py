@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 import torch
+from reference import Tick, Ticker, assert_unchanged, snapshot
 from torch import nn
 
 from lossviz.errors import CheckpointError, LossvizError
 from lossviz.merging import averaging_variance, empirical_fisher, greedy_soup, merge
 from lossviz.objective import Objective
-from tests.reference import Tick, Ticker, assert_unchanged, snapshot
 
 F = nn.functional
 
@@ -136,7 +136,14 @@ def test_averaging_variance():
     assert rows["0.weight"]["ratio"] == pytest.approx(0.25, rel=0.05)
     same = averaging_variance([nets[0], nets[0]])
     assert same.table[0]["ratio"] == pytest.approx(1.0)
-    assert "xavier" in repr(t) and len(t.plot().data) == 3
+    assert "xavier" in repr(t)
+    fig = t.plot()
+    assert fig.layout.title.text == "weight variance, averaging 4 models"
+    before, after, xavier = fig.data
+    for trace, key in ((before, "before"), (after, "after"), (xavier, "xavier")):
+        assert list(trace.x) == ["0.weight", "2.weight"]
+        np.testing.assert_array_equal(trace.y, [rows[k][key] for k in trace.x])
+    assert xavier.y[0] == pytest.approx(2 / (200 + 300))
 
 
 def test_bad_input():

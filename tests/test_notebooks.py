@@ -14,7 +14,8 @@ NB = Path(__file__).resolve().parent.parent / "notebooks"
 
 
 @pytest.mark.parametrize(
-    "name", ["hessian_spectra.py", "landscape.py", "spectrum.py", "subspace.py"]
+    "name",
+    ["hessian_spectra.py", "interpolation.py", "landscape.py", "spectrum.py", "subspace.py"],
 )
 def test_notebook_runs_with_its_assertions(name):
     env = dict(os.environ, LOSSVIZ_PROGRESS="0", PYTHONPATH=str(NB.parent))

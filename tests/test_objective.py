@@ -1,9 +1,11 @@
 """The functional core: points, checkpoints, bad input, interruption."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
-from reference import CASES, assert_unchanged, dense_hessian, snapshot
+from reference import CASES, assert_unchanged, dense_hessian, reference_gradient, snapshot
 from torch import nn
 
 import lossviz as lv
@@ -34,9 +36,66 @@ def test_points_from_module_state_dict_and_checkpoints(tmp_path):
     w = lv.Objective(other, loss, data).weights()
     assert isinstance(w, lv.Weights) and set(w) == set(obj.names)
     obj.loss(w)
-    H = dense_hessian(obj, at=tmp_path / "ckpt.pt")
+    H = dense_hessian(m, loss, data, at=tmp_path / "ckpt.pt")
     r = lv.hessian_eigs(obj, k=1, at=tmp_path / "ckpt.pt", tol=1e-10)
     assert r.values[0] == pytest.approx(float(torch.linalg.eigvalsh(H)[-1]), rel=1e-8)
+
+
+def _plain_loss_and_grad(model, loss_fn, batches, bn_train):
+    """The loss and gradient written out by hand: ``model(x)`` on a deep copy (eval mode,
+    BatchNorm in train mode if asked), a sample-weighted mean over the batches, and
+    ``backward()`` on the copy's own parameters (tied weights: one tensor, both uses)."""
+    m = copy.deepcopy(model).eval()
+    if bn_train:
+        for mod in m.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.train()
+    n = sum(len(xb) for xb, _ in batches)
+    loss = sum(loss_fn(m(xb), yb) * len(xb) for xb, yb in batches) / n
+    m.zero_grad()
+    loss.backward()
+    return float(loss.detach()), {k: p.grad.clone() for k, p in m.named_parameters()}
+
+
+@pytest.mark.parametrize("case,bn", [("cnn_bn", "train"), ("cnn_bn", "eval"), ("tied", "eval")])
+def test_loss_and_gradient_equal_plain_pytorch(case, bn):
+    """``Objective.loss`` and ``.gradient`` against a plain ``model(x)`` + loss +
+    ``backward()``: BatchNorm with batch statistics (per batch: uneven batches give
+    different statistics than one batch) and an embedding tied to the output layer."""
+    m, loss, (x, y) = CASES[case](n=12 if case == "cnn_bn" else 10)
+    m.train()  # the user's mode: lossviz evaluates with dropout off, BN as bn= says
+    w = m.get_submodule("mid" if case == "tied" else "0").weight
+    w.grad = torch.ones_like(w)  # a user's .grad: left alone
+    batches = [(x[:7], y[:7]), (x[7:], y[7:])]
+    snap = snapshot(m)
+    obj = lv.Objective(m, loss, batches, bn=bn)
+    want_loss, want_grad = _plain_loss_and_grad(m, loss, batches, bn == "train")
+    assert obj.loss() == pytest.approx(want_loss, rel=1e-12)
+    g = obj.gradient()
+    assert set(g) == set(want_grad)  # tied: one name for the shared tensor
+    for k, v in want_grad.items():
+        torch.testing.assert_close(g[k], v, rtol=1e-10, atol=1e-13)
+    assert_unchanged(m, snap)
+    # the reference module agrees with the hand-written one
+    ref_loss, ref_grad = reference_gradient(m, loss, batches, bn=bn)
+    assert ref_loss == pytest.approx(want_loss, rel=1e-12)
+    torch.testing.assert_close(ref_grad, torch.cat([v.reshape(-1) for v in want_grad.values()]))
+    if case == "tied":
+        assert "out.weight" not in g
+        # the shared tensor's gradient has both uses: not the embedding's use alone
+        only_emb = copy.deepcopy(m).eval()
+        only_emb.out.weight = nn.Parameter(m.emb.weight.detach().clone())
+        l2 = loss(only_emb(x[:7]), y[:7]) * 7 + loss(only_emb(x[7:]), y[7:]) * 3
+        (l2 / 10).backward()
+        assert not torch.allclose(only_emb.emb.weight.grad, g["emb.weight"], atol=1e-6)
+        torch.testing.assert_close(
+            only_emb.emb.weight.grad + only_emb.out.weight.grad, g["emb.weight"]
+        )
+    if bn == "train":
+        # batch statistics of the two batches, not one batch of all 12, nor running stats
+        one_batch = _plain_loss_and_grad(m, loss, [(x, y)], True)[0]
+        running = _plain_loss_and_grad(m, loss, batches, False)[0]
+        assert abs(obj.loss() - one_batch) > 1e-6 and abs(obj.loss() - running) > 1e-6
 
 
 class Evil:
@@ -95,8 +154,8 @@ def test_bad_input_errors():
         lv.Objective(m, data=(x, y))
     with pytest.raises(ValueError, match="bn"):
         lv.Objective(m, loss, (x, y), bn="batch")
-    with pytest.raises(lv.LossvizError, match="blocks"):
-        lv.hessian_eigs(obj, blocks={"a": ["nope"]})
+    with pytest.raises(lv.LossvizError, match="groups"):
+        lv.hessian_eigs(obj, groups={"a": ["nope"]})
     with pytest.raises(ValueError, match="which"):
         lv.hessian_eigs(obj, which="top")
     with pytest.raises(ValueError, match="method"):

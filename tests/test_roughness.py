@@ -91,7 +91,13 @@ def test_ri_formula_against_returned_slices_and_direct_losses():
         obj, n_directions=6, n_points=5, radius=0.2, seed=3, batched=False, progress=False
     )
     np.testing.assert_allclose(loop.slices, r.slices, rtol=1e-12)
-    assert "RI =" in repr(r) and r.plot().data and "<table>" in r._repr_html_()
+    assert "RI =" in repr(r) and "<table>" in r._repr_html_()
+    fig = r.plot()  # one line per random slice, the index in the title
+    assert fig.layout.title.text.startswith(f"6 random slices: RI = {r.value:.3g} (95% CI ")
+    assert len(fig.data) == 6
+    for trace, f in zip(fig.data, r.slices):
+        np.testing.assert_array_equal(trace.x, r.ts)
+        np.testing.assert_array_equal(trace.y, f)
 
 
 def test_flat_landscape_is_reported_not_divided_by_zero():
@@ -111,7 +117,13 @@ def test_roughness_along_checkpoints():
     single = roughness_index(obj, ck[10], n_directions=5, n_points=5, progress=False)
     np.testing.assert_allclose(r[1].slices, single.slices)
     assert r.values[1] == pytest.approx(single.value)
-    assert r.plot().data and "RI" in repr(r)
+    assert "RI" in repr(r)
+    fig = r.plot()
+    assert fig.layout.title.text == "roughness index along training (bars: bootstrap CI)"
+    assert len(fig.data) == 1 and list(fig.data[0].x) == [0, 10]
+    np.testing.assert_array_equal(fig.data[0].y, r.values)
+    np.testing.assert_allclose(fig.data[0].error_y.array, r.ci[:, 1] - r.values)
+    np.testing.assert_allclose(fig.data[0].error_y.arrayminus, r.values - r.ci[:, 0])
     with pytest.raises(LossvizError, match="no checkpoints"):
         roughness_along(obj, [])
 

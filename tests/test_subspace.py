@@ -1,6 +1,7 @@
 """Gradient-subspace metrics and the SubspaceTracker against exact dense Hessians
-(torch.func.hessian in float64)."""
+(torch.func.hessian of a functional_call on the model, float64; no BatchNorm here)."""
 
+import copy
 import math
 
 import numpy as np
@@ -412,8 +413,31 @@ def test_history_plot_and_repr():
     assert h[0]["overlap_prev"] is None and h[2]["overlap_prev"] is not None
     assert h[1]["train_loss"] == 1.5
     fig = tr.plot()
-    kinds = {type(t).__name__ for t in fig.data}
-    assert {"Scatter", "Heatmap"} <= kinds
+    assert [a.text for a in fig.layout.annotations] == [
+        "gradient fraction in the top-2 subspace",
+        "subspace overlap ||V_iᵀV_j||²/k",
+        "λ_max and 2/lr",
+    ]
+    by_name = {t.name: t for t in fig.data}
+    assert len(fig.data) == 5 and set(by_name) == {
+        "mini-batch gradient",
+        "overlap with the first subspace",
+        "λ_max",
+        "2/lr",
+        None,  # the overlap heatmap
+    }
+    gf = by_name["mini-batch gradient"]
+    assert list(gf.x) == list(range(5))
+    np.testing.assert_array_equal(gf.y, [r["gradient_fraction"] for r in h])
+    lm = by_name["λ_max"]
+    assert list(lm.x) == [0, 2, 4]
+    np.testing.assert_array_equal(lm.y, [h[i]["lambda_max"] for i in (0, 2, 4)])
+    np.testing.assert_allclose(by_name["2/lr"].y, 2 / 0.05)
+    (heat,) = [t for t in fig.data if t.type == "heatmap"]
+    steps, M = tr.overlap_matrix()
+    assert list(heat.x) == ["0", "2", "4"] and steps == [0, 2, 4]
+    np.testing.assert_array_equal(np.asarray(heat.z), M)
+    assert M[0, 1] == pytest.approx(h[2]["overlap_prev"], rel=1e-12)
     assert "5 steps, 3 refreshes" in repr(tr)
     assert "<table>" in tr._repr_html_()
     try:
@@ -501,15 +525,86 @@ def test_objective_is_not_required_but_compatible():
     assert subspace_overlap(V, U) == pytest.approx(1.0, abs=1e-9)
 
 
-def test_lightning_callback_needs_lightning():
-    try:
-        import lightning  # noqa: F401
-    except ImportError:
-        try:
-            import pytorch_lightning  # noqa: F401
-        except ImportError:
-            with pytest.raises(ImportError, match="Lightning"):
-                lightning_callback(SubspaceTracker(tiny_mlp(), mse))
-            return
-    cb = lightning_callback(SubspaceTracker(tiny_mlp(), mse))
-    assert hasattr(cb, "on_train_batch_end")
+def test_lightning_callback_records_the_steps_of_a_real_trainer():
+    """``lightning_callback`` in a real ``lightning.Trainer`` fit: one record per optimizer
+    step, each measured at the weights before the update on the batch of that step,
+    against the dense Hessian of that batch (plain autograd) and its gradient."""
+    lightning = pytest.importorskip("lightning")
+    from lightning.pytorch import Callback, LightningModule, Trainer
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(24, 4, generator=g, dtype=torch.float64)
+    y = torch.randn(24, 3, generator=g, dtype=torch.float64)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, y), batch_size=8, shuffle=False
+    )
+
+    class Module(LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = tiny_mlp()
+
+        def training_step(self, batch, batch_idx):
+            xb, yb = batch
+            return mse(self.net(xb), yb)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.2)
+
+    class Recorder(Callback):
+        """What the optimizer is about to apply: weights, batch and gradient."""
+
+        def __init__(self):
+            self.seen, self.batch = [], None
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.batch = batch
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            net = pl_module.net
+            grad = torch.cat([p.grad.reshape(-1).clone() for p in net.parameters()])
+            self.seen.append((copy.deepcopy(net), self.batch, grad))
+
+    module = Module()
+    k = 2
+    tracker = SubspaceTracker(
+        module.net, mse, k=k, every=2, tol=1e-10, track=("gradient_fraction", "lambda_max")
+    )
+    rec = Recorder()
+    trainer = Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[lightning_callback(tracker), rec],
+    )
+    trainer.fit(module, loader)
+    assert len(rec.seen) == 6 == len(tracker.history)  # 3 batches × 2 epochs
+    V = None
+    for s, ((net, (xb, yb), grad), r) in enumerate(zip(rec.seen, tracker.history)):
+        H, f, theta = dense_hessian(net, mse, (xb, yb))
+        gb = exact_gradient(f, theta)
+        torch.testing.assert_close(gb, grad)  # the gradient Lightning's optimizer applies
+        assert r["refreshed"] == (s % 2 == 0)
+        if s % 2 == 0:
+            lam, V = top_k(H, k)
+            assert r["lambda_max"] == pytest.approx(float(lam[0]), rel=1e-8)
+        assert r["gradient_fraction"] == pytest.approx(
+            float((V @ gb).pow(2).sum() / (gb @ gb)), rel=1e-7
+        )
+    # the weights moved between steps: the records are not all of one point
+    assert not torch.equal(flat_params(rec.seen[0][0]), flat_params(rec.seen[-1][0]))
+    assert lightning.__version__
+
+
+def test_lightning_callback_needs_lightning(monkeypatch):
+    """Without lightning (and pytorch_lightning) the callback says what to install."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "lightning", None)
+    monkeypatch.setitem(sys.modules, "lightning.pytorch", None)
+    monkeypatch.setitem(sys.modules, "pytorch_lightning", None)
+    with pytest.raises(ImportError, match="pip install lightning"):
+        lightning_callback(SubspaceTracker(tiny_mlp(), mse))

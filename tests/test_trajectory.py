@@ -130,7 +130,13 @@ def test_sharpness_along_matches_dense_hessians():
     np.testing.assert_allclose(res.lambda_max, res.values[:, 0])
     assert len(res.n_hvp) == 3 and all(n > 0 for n in res.n_hvp)
     fig = res.plot()
-    assert len(fig.data) == 2
+    assert fig.layout.title.text == "top eigenvalues of the hessian at 3 points"
+    assert [t.name for t in fig.data] == ["λ1", "λ2"]
+    for j, t in enumerate(fig.data):
+        assert list(t.x) == [0, 4, 8]
+        np.testing.assert_array_equal(t.y, res.values[:, j])
+    (line,) = fig.layout.shapes  # the stability threshold 2/lr
+    assert line.y0 == line.y1 == pytest.approx(2 / 0.3)
     assert "2/lr" in repr(res) and "<table>" in res._repr_html_()
 
 
@@ -148,7 +154,12 @@ def test_trace_along_matches_dense_hessians():
         assert abs(res.values[i, 0] - exact) <= 5 * res.stderr[i] + 1e-9
         # the stopping rule: the standard error within rtol, or the budget spent
         assert res.stderr[i] <= 0.011 * abs(res.values[i, 0]) or res.n_hvp[i] >= 2000
-    assert len(res.plot().data) == 1
+    fig = res.plot()
+    assert fig.layout.title.text == "trace of the hessian at 3 points"
+    assert len(fig.data) == 1 and fig.data[0].name == "tr(H)" and not fig.layout.shapes
+    assert list(fig.data[0].x) == [0, 5, 10]
+    np.testing.assert_array_equal(fig.data[0].y, res.values[:, 0])
+    np.testing.assert_array_equal(fig.data[0].error_y.array, 2 * np.asarray(res.stderr))
 
 
 def test_bad_arguments():

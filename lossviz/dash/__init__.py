@@ -15,69 +15,123 @@ the root widget; ``.wait()`` joins its background work).
 
 from __future__ import annotations
 
+import importlib
+
+from ..deprecation import renamed
 from ._common import EXTRA, require, widgets_dir
+
+# re-exported for lossviz.teach's playground (not in __all__, not documented API): the
+# dashboard base class, the FigureWidget that shares one plotly front end per page, and
+# the slider / figure-style helpers every dashboard uses
+from ._common import Dashboard as Dashboard
+from ._common import figure_widget as figure_widget
+from ._common import slider as slider
+from ._common import style as style
 
 __all__ = ["EXTRA", "interpolation", "landscape", "spectrum", "subspace", "widgets_dir"]
 
 
+def _build(module: str, cls: str, args: dict):
+    """Construct ``cls`` of the submodule ``module`` from a dashboard function's ``locals()``.
+
+    The submodule is imported only now (the widget stack is needed only when a dashboard
+    is made). The public function owns the defaults and the documentation; the class
+    takes each of its parameters by name.
+    """
+    import inspect
+
+    require()
+    klass = getattr(importlib.import_module(f".{module}", __name__), cls)
+    names = list(inspect.signature(klass).parameters)
+    return klass(**{k: args[k] for k in names})
+
+
+@renamed(layers="groups", recompute_data="bn_data")
 def interpolation(
     obj,
     a,
     b,
     *,
     metrics=("loss", "accuracy"),
-    layers=None,
+    groups="module",
     n: int = 25,
     samples=16,
-    bn: bool = False,
+    bn="eval",
     match: bool = False,
     rest_ms: float = 150,
     throttle_ms: int = 40,
     start: bool = True,
+    path=None,
+    **kw,
 ):
-    """Scrub the straight path ``θ(α) = (1−α)·θ_a + α·θ_b`` between two checkpoints.
+    """Scrub the straight path between two checkpoints (also ``PathResult.dashboard()``).
 
-    Shows the metrics along the path (an ``n``-point α grid computed in a background
-    thread, with a progress bar), a marker and readouts at α, the loss barrier
-    ``max_α L(α) − ((1−α)L(0) + αL(1))``, what the model predicts at α on sample inputs
-    (digit-like images with their predicted labels, or decision regions for 2-D inputs),
-    and a per-layer mixer that interpolates only the chosen layers (others stay at
-    ``a``; the bars give each layer's own barrier). While dragging, values come from the
-    grid (marked "cached"); when the slider rests for ``rest_ms`` the exact point is
-    evaluated. Toggles: weight matching (``lossviz.alignment.weight_matching``: ``b``
-    permuted to align with ``a``; the curve before matching stays dashed) and BatchNorm
-    recompute (running statistics re-estimated at every point).
+    The path is ``θ(α) = (1−α)·θ_a + α·θ_b`` for α in ``[0, 1]`` (linear interpolation,
+    Goodfellow, Vinyals, Saxe 2015, "Qualitatively Characterizing Neural Network
+    Optimization Problems").
+
+    A view of :func:`lossviz.connectivity.interpolate`: the metrics on its ``n``-point α
+    grid (computed in a background thread, with a progress bar) and the barrier of the
+    first metric, ``kind="linear"``: ``B = max_α [L(θ(α)) − ((1−α)·L(θ_a) + α·L(θ_b))]``
+    (Entezari, Sedghi, Saukh, Neyshabur 2022, "The Role of Permutation Invariance in
+    Linear Mode Connectivity of Neural Networks"); a marker and readouts at α; what the
+    model predicts at α on sample inputs (digit-like images with their predicted labels,
+    or decision regions for 2-D inputs); and a per-layer mixer that interpolates only the
+    chosen groups (the others, and their buffers, stay at ``a``) with a bar per group for
+    its layer-wise barrier (:func:`lossviz.connectivity.layerwise_barriers`, base A:
+    ``B_S = L(θ_a with block S replaced by ½(θ_a[S] + θ_b[S])) − ½(L(θ_a) + L(θ_b))``;
+    Adilova, Andriushchenko, Kamp, Fischer, Jaggi 2024, "Layer-wise Linear Mode
+    Connectivity").
+
+    While dragging, the marker shows the grid point nearest α; when the slider rests for
+    ``rest_ms`` the point at α itself (:func:`lossviz.connectivity.path_point`) is
+    evaluated with :func:`lossviz.landscape.evaluate`. Toggles: weight matching
+    (:func:`lossviz.alignment.weight_matching`: ``b`` permuted to align with ``a``,
+    Ainsworth, Hayase, Srinivasa 2023, "Git Re-Basin: Merging Models modulo Permutation
+    Symmetries"; the curve before matching stays dashed) and BatchNorm recompute
+    (``bn="recompute"``: running statistics re-estimated at every α).
 
     Args:
         obj: a :class:`~lossviz.Objective` (the model is never changed).
-        a, b: the endpoints (models, Weights, state dicts, checkpoint paths). Parameters
-            that do not vary and buffers are taken from ``a``.
+        a: the start of the path (a model, Weights, a state dict or a checkpoint path).
+        b: its end (the same kinds). Buffers follow the path as in
+            :func:`~lossviz.connectivity.interpolate`.
         metrics: as :func:`lossviz.evaluate`; the first is the curve on the scrubber.
-        layers: grouping for the mixer: ``"module"`` (default), ``"param"`` or a mapping
-            ``name -> parameter names``.
+        groups: the mixer's rows: ``"module"`` (default), ``"param"`` or a mapping
+            ``name -> parameter / module names`` (``layers=`` is a deprecated alias).
         n: points on the α grid (>= 3).
         samples: how many inputs of the first batch to show (or an ``(x, y)`` batch).
-        bn, match: initial state of the two toggles.
+        bn: ``"eval"`` (running statistics interpolated with the weights) or
+            ``"recompute"`` (re-estimated at every point); ``True`` / ``False`` as
+            ``"recompute"`` / ``"eval"``.
+        match: start with weight matching on.
+        rest_ms: how long the slider rests (ms) before the point at α is evaluated.
+        throttle_ms: how often (ms) a drag on the scrubber reaches the kernel.
+        start: start computing now (otherwise on ``.recompute()``).
+        path: a :class:`~lossviz.connectivity.PathResult` of ``(obj, a, b)`` with this
+            ``n``, ``bn`` and ``metrics``, shown as it is (what ``PathResult.dashboard()``
+            passes).
+        **kw: ``bn_data`` (the data ``bn="recompute"`` re-estimates the running
+            statistics on; ``recompute_data=`` is a deprecated alias), ``precision``,
+            ``batched``, ``chunk_size``: passed to the kernels.
+
+    Returns:
+        An ``InterpolationDashboard`` (displays itself; ``.wait()``, ``.point(α)``).
+
+    Raises:
+        ImportError: the widget stack is not installed.
+        TypeError: ``obj`` is not an Objective; an unknown keyword in ``**kw``.
+        ArgumentTypeError: a deprecated alias given together with its new name
+            (``layers=`` and ``groups=``); ``n`` or ``samples`` not an integer.
+        LossvizError: bad ``n`` (< 3), ``bn``, ``groups``, ``metrics`` or kernel
+            keywords (each named); ``bn="recompute"`` or ``bn_data=`` on a model whose
+            BatchNorm statistics cannot be recomputed; endpoints that do not match the
+            model; a ``path`` of another Objective, ``n``, ``bn`` or metrics.
     """
-    require()
-    from ._interpolation import InterpolationDashboard
-
-    return InterpolationDashboard(
-        obj,
-        a,
-        b,
-        metrics=metrics,
-        layers=layers,
-        n=n,
-        samples=samples,
-        bn=bn,
-        match=match,
-        rest_ms=rest_ms,
-        throttle_ms=throttle_ms,
-        start=start,
-    )
+    return _build("_interpolation", "InterpolationDashboard", locals())
 
 
+@renamed(blocks="groups")
 def spectrum(
     source,
     checkpoints=None,
@@ -85,15 +139,21 @@ def spectrum(
     n_probes: int = 10,
     steps: int = 60,
     k: int = 5,
-    blocks="module",
+    groups="module",
     log: bool = True,
     seed: int = 0,
     curvature: str = "hessian",
     start: bool = True,
 ):
-    """Explore the Hessian spectrum: the SLQ density (:func:`lossviz.hessian_density`) with
-    a smoothing slider (σ as a fraction of the spectral range; re-smooths the stored
-    nodes, no new products), a log/linear axis, the top-``k`` eigenvalues
+    """Explore the Hessian spectrum: density, top-k, outliers, per layer, over checkpoints.
+
+    The spectral density by stochastic Lanczos quadrature (:func:`lossviz.hessian_density`;
+    Ghorbani, Krishnan, Xiao 2019, "An Investigation into Neural Net Optimization via
+    Hessian Eigenvalue Density"): ``steps`` Lanczos steps per probe ``v`` give nodes
+    ``λ_i`` and weights ``w_i``, and the curve is
+    ``φ(t) = mean_v Σ_i w_i · N(t; λ_i, σ²)``. Shown with a smoothing slider (σ as a
+    fraction of the spectral range; re-smooths the stored nodes, no new products), a
+    log/linear axis, the top-``k`` eigenvalues
     (:func:`lossviz.hessian_eigs`) as markers, the outliers (``density.outliers()``), a
     per-layer table (:func:`lossviz.hessian_blocks`: λ_max and trace of each diagonal
     block) and, with ``checkpoints``, a checkpoint slider and λ_max over checkpoints.
@@ -106,29 +166,39 @@ def spectrum(
             ``checkpoints``); a :class:`~lossviz.results.SpectralDensity` or
             :class:`~lossviz.results.EigenResult` (shown at once; what is missing is
             computed when the result carries its Objective); or a dict/list of them.
-        checkpoints: with an Objective, a dict ``step -> point`` or a list of points
-            (models, state dicts, Weights, checkpoint paths).
-        n_probes, steps, seed, curvature: as :func:`lossviz.hessian_density`.
+        checkpoints: with an Objective, a dict ``step -> point``, a list of points
+            (models, state dicts, Weights, checkpoint paths) or a
+            :class:`~lossviz.TrajectoryRecorder` (labelled by its steps).
+        n_probes: probe vectors of the SLQ density (:func:`lossviz.hessian_density`).
+        steps: Lanczos steps per probe.
+        seed: seed of the probes and of the Lanczos start vectors.
+        curvature: ``"hessian"`` or ``"ggn"``.
         k: how many top eigenvalues to mark (0: none).
-        blocks: ``"module"``, a mapping ``name -> parameter names``, or None (no table).
+        groups: the table's rows as :func:`lossviz.hessian_blocks` takes them:
+            ``"module"``, a mapping ``name -> parameter names``, or None (no table);
+            ``blocks=`` is a deprecated alias.
         log: start with a logarithmic density axis.
         start: start computing now (otherwise on ``.start()`` or the button).
-    """
-    require()
-    from ._spectrum import SpectrumDashboard
 
-    return SpectrumDashboard(
-        source,
-        checkpoints,
-        n_probes=n_probes,
-        steps=steps,
-        k=k,
-        blocks=blocks,
-        log=log,
-        seed=seed,
-        curvature=curvature,
-        start=start,
-    )
+    Returns:
+        A ``SpectrumDashboard`` (displays itself; ``.wait()``, ``.points``, ``.curve()``).
+
+    Raises:
+        ImportError: the widget stack is not installed.
+        TypeError: ``source`` is none of the kinds above.
+        ArgumentTypeError: a count that is not an integer; ``checkpoints`` not a list,
+            dict or TrajectoryRecorder; ``blocks=`` given together with ``groups=``.
+        LossvizError: a bad count (``n_probes`` < 1, ``steps`` < 2, ``k`` < 0),
+            ``curvature``, ``groups`` or checkpoint (named); ``checkpoints`` that is
+            empty, or given with a result (not an Objective) as ``source``.
+    """
+    if checkpoints is not None:  # a list, a dict step -> point or a TrajectoryRecorder
+        from ..points import as_points
+
+        labels, pts, keyed = as_points(checkpoints, "checkpoints")
+        # labels that repeat (a recorder's steps can) cannot be dict keys: plot by position
+        checkpoints = dict(zip(labels, pts)) if keyed and len(set(labels)) == len(pts) else pts
+    return _build("_spectrum", "SpectrumDashboard", locals())
 
 
 def subspace(
@@ -140,12 +210,18 @@ def subspace(
     total: int | None = None,
     max_points: int | None = 4000,
 ):
-    """Live monitor of a :class:`~lossviz.SubspaceTracker` while it trains (also
-    ``tracker.dashboard()``): the gradient fraction ``‖V_kᵀg‖²/‖g‖²`` per step (with its
-    moving average, and the full-data fraction at refreshes when the tracker has
-    ``data=``), the overlap matrix of the kept subspaces, ``λ_max`` against ``2/lr`` (from
-    the optimizer, following lr changes) and the training loss, with readouts
-    (``λ_max·lr/2``).
+    """Live monitor of a :class:`~lossviz.SubspaceTracker` while it trains.
+
+    Also ``tracker.dashboard()``. Shows the gradient fraction ``f(t) = ‖V_kᵀg‖²/‖g‖²``
+    per step, with ``V_k`` the top-k Hessian eigenvectors (with its moving average, and
+    the full-data fraction at refreshes when the tracker has ``data=``); the overlap
+    matrix ``S(t_i, t_j) = ‖V_k(t_i)ᵀV_k(t_j)‖_F² / k`` of the kept subspaces (Gur-Ari,
+    Roberts, Dyer 2018, "Gradient Descent Happens in a Tiny Subspace"); ``λ_max`` against
+    the stability threshold ``2/lr`` (from the optimizer, following lr changes; gradient
+    descent on a quadratic is stable iff ``lr < 2/λ_max``, and training tends to drive
+    ``λ_max`` up to about ``2/lr``: Cohen, Kaur, Li, Kolter, Talwalkar 2021, "Gradient
+    Descent on Neural Networks Typically Occurs at the Edge of Stability"); and the
+    training loss, with readouts (``λ_max·lr/2``).
 
     Display it, then train in the next cell (or in a thread): a listener on the tracker
     redraws at most every ``every_s`` seconds (the only host synchronization), always
@@ -154,13 +230,27 @@ def subspace(
     newest step; ``window``: only the last ``window`` steps); a toggle pauses the
     redraws. ``total`` (expected steps) shows a progress bar; ``max_points`` thins long
     runs (every k-th step is drawn).
-    """
-    require()
-    from ._subspace import SubspaceDashboard
 
-    return SubspaceDashboard(
-        tracker, every_s=every_s, window=window, smooth=smooth, total=total, max_points=max_points
-    )
+    Args:
+        tracker: the :class:`~lossviz.SubspaceTracker` to watch.
+        every_s: the least time (seconds) between two redraws while training.
+        window: show only the last ``window`` steps (None: all).
+        smooth: the moving-average window (steps) to start with.
+        total: the number of steps expected (a progress bar), or None.
+        max_points: at most about this many steps drawn per line (None: all).
+
+    Returns:
+        A ``SubspaceDashboard`` (displays itself; ``.update()``, ``.close()``).
+
+    Raises:
+        ImportError: the widget stack is not installed.
+        TypeError: ``tracker`` is not a SubspaceTracker.
+        ArgumentTypeError: ``every_s`` not a number; ``window``, ``smooth``, ``total`` or
+            ``max_points`` not an integer (or None where allowed).
+        LossvizError: a bad number (named): ``every_s`` < 0 or not finite, an integer
+            below 1.
+    """
+    return _build("_subspace", "SubspaceDashboard", locals())
 
 
 def landscape(
@@ -181,18 +271,23 @@ def landscape(
     debounce_ms: float = 250,
     start: bool = True,
 ):
-    """Explore the 2-D loss surface ``f(a, b) = L(θ + a·d1 + b·d2)`` live (also
-    ``surface.dashboard()``).
+    """Explore the 2-D loss surface live (also ``surface.dashboard()``).
+
+    The surface is ``f(a, b) = L(θ + a·d1 + b·d2)`` on a grid of plane coordinates
+    ``(a, b)`` (Li, Xu, Taylor, Studer, Goldstein 2018, "Visualizing the Loss Landscape
+    of Neural Nets").
 
     A contour / heatmap / 3-D view of :func:`lossviz.surface`, computed coarse to fine in
     a background thread (redrawn at most every ``throttle_ms`` while it refines). The
-    direction picker: ``"random"`` (filter-normalized, with a seed box), ``"pca"`` (of
-    ``trajectory``), ``"eigen"`` (top-2 Hessian eigenvectors at the center), ``"plane"``
-    (through the first three ``models``). The trajectory (projected) and the named models
-    are drawn on the map. Controls: resolution, span (× the default), log scale, metric.
-    Clicking a point (or ``.inspect(a, b)``) computes the metrics there, the 1-D slices
-    through it along both directions (:func:`lossviz.line`) and ``λ_max``
-    (:func:`lossviz.hessian_eigs`).
+    direction picker: ``"random"`` (filter-normalized as Li et al. 2018: Gaussian ``d``,
+    each filter ``j`` of a weight with ``ndim >= 2`` rescaled to
+    ``d[j]·‖θ[j]‖ / (‖d[j]‖ + 1e-10)``, biases and norm parameters zeroed; with a seed
+    box), ``"pca"`` (of ``trajectory``), ``"eigen"`` (top-2 Hessian eigenvectors at the
+    center), ``"plane"`` (through the first three ``models``). The trajectory (projected)
+    and the named models are drawn on the map. Controls: resolution, span (× the
+    default), log scale, metric. Clicking a point (or ``.inspect(a, b)``) computes the
+    metrics there, the 1-D slices through it along both directions
+    (:func:`lossviz.line`) and ``λ_max`` (:func:`lossviz.hessian_eigs`).
 
     Args:
         obj_or_surface: an :class:`~lossviz.Objective`, or a :class:`~lossviz.Surface`
@@ -209,24 +304,24 @@ def landscape(
             ±1 for random, around the trajectory for PCA, around the three models for a
             plane, ±h with ``½·λ1·h² = 4`` for eigenvectors).
         kind: ``"contour"``, ``"heatmap"`` or ``"surface"`` (3-D).
-    """
-    require()
-    from ._landscape import LandscapeDashboard
+        log: start with a log10 color scale.
+        refine: compute coarse to fine (otherwise the whole grid at once).
+        seed: the seed of the random directions.
+        throttle_ms: the least time (ms) between two redraws while the grid refines.
+        debounce_ms: how long (ms) the resolution / span sliders rest before recomputing.
+        start: start computing now (otherwise on ``.recompute()``).
 
-    return LandscapeDashboard(
-        obj_or_surface,
-        center,
-        directions=directions,
-        trajectory=trajectory,
-        models=models,
-        metrics=metrics,
-        n=n,
-        span=span,
-        kind=kind,
-        log=log,
-        refine=refine,
-        seed=seed,
-        throttle_ms=throttle_ms,
-        debounce_ms=debounce_ms,
-        start=start,
-    )
+    Returns:
+        A ``LandscapeDashboard`` (displays itself; ``.surface``, ``.inspect(a, b)``).
+
+    Raises:
+        ImportError: the widget stack is not installed.
+        TypeError: ``obj_or_surface`` is neither an Objective nor a Surface (or the
+            Surface's objective is not an Objective).
+        LossvizError: a bad choice, grid, span or point (named): a ``kind`` or
+            ``directions`` not listed; ``"pca"`` without at least 3 checkpoints in
+            ``trajectory``, ``"plane"`` without three ``models``; a trajectory of fewer
+            than 2 checkpoints; a grid below 3×3; a span that is not positive and finite;
+            a Surface without a center and two directions.
+    """
+    return _build("_landscape", "LandscapeDashboard", locals())

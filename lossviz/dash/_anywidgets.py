@@ -17,10 +17,13 @@ except ImportError:  # pragma: no cover - lossviz.dash.require() reports it
 if anywidget is not None:
 
     class PathScrubber(anywidget.AnyWidget):
-        """A slider whose track draws a precomputed curve (``alphas``, ``curve``; optional
-        dashed ``curve2``) with the barrier marked at ``barrier_alpha``. Dragging is drawn
-        in the browser alone; ``value`` reaches the kernel at most every ``throttle_ms``
-        while dragging, and exactly on release."""
+        """A slider whose track draws a precomputed curve with its barrier marked.
+
+        The curve is ``curve`` over ``alphas`` (an optional dashed ``curve2``, e.g. before
+        weight matching), the barrier marked at ``barrier_alpha``. Dragging is drawn in
+        the browser alone; ``value`` (clipped to ``[min, max]``) reaches the kernel at
+        most every ``throttle_ms`` while dragging, and exactly on release.
+        """
 
         _esm = read_asset("scrubber.js")
         _css = read_asset("scrubber.css")
@@ -46,8 +49,12 @@ if anywidget is not None:
             return min(self.max, max(self.min, v))
 
     class LayerMixer(anywidget.AnyWidget):
-        """Per-layer toggles (interpolate along α, or keep at model A) with a bar per
-        layer for its layer-wise barrier (A with only that layer averaged)."""
+        """Per-layer toggles (interpolate along α, or keep at model A) with barrier bars.
+
+        A bar per layer shows its layer-wise barrier (A with only that layer averaged,
+        minus ``½(L(A) + L(B))``; Adilova et al. 2024). ``mask`` holds one bool per entry
+        of ``layers`` (a ``traitlets.TraitError`` otherwise).
+        """
 
         _esm = read_asset("mixer.js")
         _css = read_asset("mixer.css")

@@ -1,69 +1,91 @@
-"""``dash.interpolation``: scrub the straight path between two checkpoints."""
+"""``dash.interpolation``: scrub the straight path between two checkpoints.
+
+A pure view: every number it shows comes from a public kernel called with the
+dashboard's settings — the α grid and its barrier from
+:func:`lossviz.connectivity.interpolate`, the point at a resting α from
+:func:`lossviz.landscape.evaluate` at :func:`lossviz.connectivity.path_point`, the
+mixer's bars from :func:`lossviz.connectivity.layerwise_barriers` (base A).
+"""
 
 from __future__ import annotations
 
 import html
 import math
 import threading
-from collections.abc import Mapping
 
 import numpy as np
 import torch
 
 from .. import validate
-from ..connectivity import curve_barrier
+from ..connectivity import interpolate, layerwise_barriers, path_point, resolve_groups
+from ..engine import Engine, check_bn, check_engine_args, check_metrics
 from ..errors import LossvizError
-from ..landscape import _Engine, check_metrics, evaluate, resolve_metrics
+from ..formatting import number
+from ..landscape import evaluate
+from ..metrics import resolve_metrics
 from ..objective import Objective
-from ._common import Dashboard, Debounce, figure_widget, finite_list, sync_figures
+from ._common import Dashboard, Debounce, figure_widget, finite_list, slider, style, sync_figures
+
+#: keywords passed on to the kernels (as in :func:`lossviz.connectivity.interpolate`)
+KERNEL_KW = ("bn_data", "precision", "batched", "chunk_size")
 
 
-def layer_groups(obj: Objective, layers=None) -> dict[str, list[str]]:
-    """``layer name -> parameter names``: by module (default, ``"module"``), one per
-    parameter (``"param"``), or an explicit mapping."""
+def bn_mode(bn) -> str:
+    """The dashboard's ``bn`` as the kernels' ``"eval"`` / ``"recompute"``.
+
+    Args:
+        bn: ``"eval"`` or ``"recompute"``; ``False`` / ``True`` (the toggle's off / on)
+            stand for ``"eval"`` / ``"recompute"``.
+
+    Returns:
+        ``"eval"`` or ``"recompute"``.
+
+    Raises:
+        LossvizError: ``bn`` is none of these.
+    """
+    if isinstance(bn, bool):
+        return "recompute" if bn else "eval"
+    return validate.choice(bn, "bn", ("eval", "recompute"))
+
+
+def mixer_groups(obj: Objective, groups) -> dict[str, list[str]]:
+    """The mixer's rows: disjoint groups of parameter names.
+
+    The parameters no group names are collected in ``"(other)"``.
+
+    Args:
+        obj: the Objective whose parameters are grouped.
+        groups: as :func:`lossviz.connectivity.resolve_groups` takes them (``"module"``
+            or a mapping ``name -> parameter / module names``), ``"param"`` (one row per
+            parameter) or None (one row per module).
+
+    Returns:
+        A dict ``row name -> parameter names``.
+
+    Raises:
+        LossvizError: ``groups="cumulative"`` (overlapping groups), a parameter in two
+            groups, or what :func:`~lossviz.connectivity.resolve_groups` refuses.
+    """
     names = list(obj.layout.names)
-    if layers is None or layers == "module":
-        return obj.layout.by_module()
-    if layers == "param":
-        return {n: [n] for n in names}
-    if not isinstance(layers, Mapping):
+    if groups is None or (isinstance(groups, str) and groups == "param"):
+        out = obj.layout.by_module() if groups is None else {n: [n] for n in names}
+    elif isinstance(groups, str) and groups == "cumulative":
         raise LossvizError(
-            f"layers must be 'module', 'param' or a mapping name -> parameter names, got {layers!r}"
+            "groups='cumulative' overlaps (the first k layers): the mixer needs disjoint "
+            "groups; use 'module', 'param' or a mapping"
         )
-    out = {str(k): list(v) for k, v in layers.items()}
+    else:
+        out = resolve_groups(obj, groups)[0]
     seen: dict[str, str] = {}
     for k, v in out.items():
-        bad = [n for n in v if n not in obj.layout.names]
-        if bad:
-            raise LossvizError(
-                f"layer {k!r}: {bad[:5]} are not varying parameters of the Objective ({names[:5]}…)"
-            )
-        if not v:
-            raise LossvizError(f"layer {k!r} has no parameter")
         for n in v:
             if n in seen:
-                raise LossvizError(f"parameter {n!r} is in layers {seen[n]!r} and {k!r}")
+                raise LossvizError(f"groups: parameter {n!r} is in groups {seen[n]!r} and {k!r}")
             seen[n] = k
     rest = [n for n in names if n not in seen]
     if rest:
         out["(other)"] = rest
     return out
-
-
-def barrier(alphas: np.ndarray, values: np.ndarray) -> tuple[float, float]:
-    """``(height, alpha)`` of the loss barrier ``max_α L(α) − ((1−α)L(0) + αL(1))``; ``inf`` /
-    NaN at the first non-finite α when the curve is not finite somewhere
-    (:func:`lossviz.connectivity.curve_barrier`)."""
-    a = np.asarray(alphas, dtype=np.float64)
-    h, i = curve_barrier(a, np.asarray(values, dtype=np.float64), "linear", 1.0)
-    return h, float(a[i])
-
-
-def layer_barrier(value: float, ends) -> float:
-    """Layer-wise barrier (Adilova et al., ICLR 2024) with base A: the loss of A with one
-    layer S replaced by ``½(θA[S] + θB[S])``, minus ``½(L(a) + L(b))``. (Moving the layer
-    all the way to b inside A would be a layer swap, not what the paper measures.)"""
-    return float(value - 0.5 * (ends[0] + ends[1]))
 
 
 def _image_shape(x: torch.Tensor):
@@ -81,7 +103,7 @@ def _image_shape(x: torch.Tensor):
 
 
 class InterpolationDashboard(Dashboard):
-    """See :func:`lossviz.dash.interpolation`."""
+    """See :func:`lossviz.dash.interpolation` (which holds the arguments and defaults)."""
 
     def __init__(
         self,
@@ -89,118 +111,87 @@ class InterpolationDashboard(Dashboard):
         a,
         b,
         *,
-        metrics=("loss", "accuracy"),
-        layers=None,
-        n: int = 25,
-        samples=16,
-        bn: bool = False,
-        match: bool = False,
-        rest_ms: float = 150,
-        throttle_ms: int = 40,
-        start: bool = True,
+        metrics,
+        groups,
+        n,
+        samples,
+        bn,
+        match,
+        rest_ms,
+        throttle_ms,
+        start,
+        path,
+        kw,
     ):
         super().__init__()
         import ipywidgets as W
-        import plotly.graph_objects as go
-        from plotly.subplots import make_subplots
 
         from ._anywidgets import LayerMixer, PathScrubber
 
         if not isinstance(obj, Objective):
             raise TypeError(f"obj must be a lossviz.Objective, got {type(obj).__name__}")
-        validate.integer(n, "n (points on the α grid)", low=3)
+        n = validate.integer(n, "n (points on the α grid)", low=3)
+        bn = bn_mode(bn)
+        bad = [k for k in kw if k not in KERNEL_KW]
+        if bad:
+            raise TypeError(f"unexpected keyword argument(s) {bad}; accepted: {list(KERNEL_KW)}")
+        self.obj = obj
+        self._kw = dict(kw)
+        try:  # BatchNorm recompute needs running statistics in eval mode (the kernel's check)
+            check_bn(obj, "recompute")
+            bn_msg = ""
+        except LossvizError as e:
+            bn_msg = str(e)
+        if bn_msg and (bn == "recompute" or "bn_data" in self._kw):
+            what = "bn='recompute'" if bn == "recompute" else "bn_data="
+            raise LossvizError(f"{what} (recompute BatchNorm statistics): {bn_msg}")
+        # the kernels' own checks of their keywords, now rather than in the background
+        check_engine_args(
+            obj,
+            bn="recompute" if "bn_data" in self._kw else None,
+            bn_data=self._kw.get("bn_data"),
+            **{k: v for k, v in self._kw.items() if k != "bn_data"},
+        )
+        fa_flat, fa_fixed = obj.resolve(a, name="a")
+        fb_flat, fb_fixed = obj.resolve(b, name="b")
+        self._state_a = {**fa_fixed, **obj.layout.unflatten(fa_flat)}
+        self._state_b = {**fb_fixed, **obj.layout.unflatten(fb_flat)}
+        self._state_matched = None
         if obj.forward is not None:
             metrics = ("loss",)
-        self.obj = obj
-        self.alphas = np.linspace(0.0, 1.0, int(n))
-        fa, fixed = obj.resolve(a)
-        fb, _ = obj.resolve(b)
         # accuracy only where it applies: left out of the defaults with a warning (regression)
         optional = ("accuracy",) if tuple(metrics) == ("loss", "accuracy") else ()
-        self.metrics = list(
-            check_metrics(obj, resolve_metrics(obj, metrics), fa, fixed, optional=optional)[0]
+        spec, _ = check_metrics(
+            obj, resolve_metrics(obj, metrics), fa_flat, fa_fixed, optional=optional
         )
-        self._fa, self._fb_orig, self._fixed = fa, fb, fixed
-        self._fb_matched = None
-        self.groups = layer_groups(obj, layers)
-        sl = obj.layout.slices()
-        self._layer_idx = {
-            k: torch.cat([torch.arange(sl[n].start, sl[n].stop) for n in v])
-            for k, v in self.groups.items()
-        }
+        self.metric_spec = dict(spec)
+        self.metrics = list(spec)
+        self.groups = mixer_groups(obj, groups)
         self._lock = threading.RLock()
         self._gen = 0
         self._cache: dict = {}
+        self._layerwise: dict = {}
         self._exact_gen = 0
-        self.exact: dict | None = None  # metrics at the resting α (exact)
-
-        # BatchNorm recompute is possible only with running statistics in eval mode
-        has_bn = any(
-            isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats
-            for m in obj.model.modules()
-        )
-        bn_ok = has_bn and obj.bn == "eval"
-        bn_msg = (
-            ""
-            if bn_ok
-            else "no BatchNorm layer with running statistics"
-            if not has_bn
-            else "needs Objective(..., bn='eval')"
-        )
-        if bn and not bn_ok:
-            raise LossvizError(f"bn=True (recompute BatchNorm statistics): {bn_msg}")
-        try:
-            from ..alignment import weight_matching
-        except ImportError:
-            weight_matching = None
-        self._weight_matching = weight_matching
-        if match and weight_matching is None:
-            raise LossvizError(
-                "match=True needs lossviz.alignment.weight_matching, which is not "
-                "available in this installation"
-            )
+        self.exact: dict | None = None  # metrics at the resting α (the kernel's values)
+        if path is not None:
+            if path.objective is not obj or len(path.alphas) != n or path.bn != bn:
+                raise LossvizError("path: a PathResult of this Objective with the same n and bn")
+            if list(path.values) != self.metrics:
+                raise LossvizError(f"path has metrics {list(path.values)}, not {self.metrics}")
+            key = ((True,) * len(self.groups), bool(match), bn)
+            if not match:
+                self._cache[key] = {"path": path, "complete": False}
 
         # sample inputs for "what the model does at α"
         self._samples = None
         self._kind = None
         if obj.forward is None and samples:
-            if isinstance(samples, (tuple, list)) and len(samples) == 2:
-                xs, ys = samples
-            else:
-                batch, _ = next(iter(obj.batches()))
-                xs, ys = batch[0], batch[1]
-                k = int(samples)
-                if xs.ndim >= 2 and xs.shape[-1] == 2 and xs.ndim == 2:
-                    k = min(len(xs), 400)
-                xs, ys = xs[:k], ys[:k]
-            xs = torch.as_tensor(xs).to(obj.device)
-            if xs.ndim == 2 and xs.shape[1] == 2:
-                self._kind = "boundary"
-                lo = xs.min(0).values.cpu().numpy()
-                hi = xs.max(0).values.cpu().numpy()
-                pad = 0.1 * (hi - lo + 1e-9)
-                self._gx = np.linspace(lo[0] - pad[0], hi[0] + pad[0], 60)
-                self._gy = np.linspace(lo[1] - pad[1], hi[1] + pad[1], 60)
-                gx, gy = np.meshgrid(self._gx, self._gy)
-                grid = np.stack([gx.ravel(), gy.ravel()], 1)
-                self._grid = torch.as_tensor(grid, dtype=xs.dtype, device=obj.device)
-            elif _image_shape(xs) is not None:
-                self._kind = "images"
-                self._img_shape = _image_shape(xs)
-            else:
-                self._kind = "table"
-            self._samples = (xs, torch.as_tensor(ys).to(obj.device))
+            self._set_samples(samples)
 
         # ---- widgets ----------------------------------------------------------------
-        self.slider = W.FloatSlider(
-            value=0.0,
-            min=0.0,
-            max=1.0,
-            step=0.01,
-            description="α",
-            continuous_update=True,
-            readout_format=".2f",
-            layout=W.Layout(width="560px"),
+        self.alphas = np.linspace(0.0, 1.0, n)  # the grid interpolate() evaluates
+        self.slider = slider(
+            "α", 0.0, 0.0, 1.0, 0.01, width="560px", continuous_update=True, readout_format=".2f"
         )
         self.scrubber = PathScrubber(
             value=0.0,
@@ -215,106 +206,31 @@ class InterpolationDashboard(Dashboard):
         )
         self.status = W.HTML("")
         self.readout = W.HTML("")
-        self.match_box = W.Checkbox(
-            value=bool(match),
-            description="weight matching",
-            disabled=weight_matching is None,
+        self.match_box = W.Checkbox(value=bool(match), description="weight matching", indent=False)
+        self.bn_box = W.Checkbox(
+            value=bn == "recompute",
+            description="recompute BatchNorm",
+            disabled=bool(bn_msg),
             indent=False,
         )
-        self.bn_box = W.Checkbox(
-            value=bool(bn), description="recompute BatchNorm", disabled=not bn_ok, indent=False
-        )
-        notes = []
-        if weight_matching is None:
-            notes.append("weight matching unavailable (lossviz.alignment not installed)")
-        if not bn_ok:
-            notes.append(f"BatchNorm recompute off: {bn_msg}")
-        self.toggle_note = W.HTML("<small>" + html.escape("; ".join(notes)) + "</small>")
+        note = f"BatchNorm recompute off: {bn_msg}" if bn_msg else ""
+        self.toggle_note = W.HTML("<small>" + html.escape(note) + "</small>")
         names = list(self.groups)
         self.mixer = LayerMixer(
             layers=names,
-            sizes=[int(self._layer_idx[k].numel()) for k in names],
+            sizes=self._group_sizes(),
             mask=[True] * len(names),
             barriers=[None] * len(names),
-            note="bars: layer-wise barrier, A with only that layer averaged, minus ½(L(a) + L(b))",
+            note="bars: layer-wise barrier (Adilova et al.), A with only that layer averaged, "
+            "minus ½(L(a) + L(b))",
         )
-
-        # ---- figures (complete before wrapping) ---------------------------------------
-        nm = len(self.metrics)
-        base = make_subplots(rows=1, cols=nm, subplot_titles=self.metrics, horizontal_spacing=0.12)
-        nan = [None] * len(self.alphas)  # widget state is JSON: no NaN
-        self._tr = {}
-        for j, m in enumerate(self.metrics, 1):
-            col = j
-            base.add_trace(
-                go.Scatter(
-                    x=self.alphas,
-                    y=nan,
-                    mode="lines+markers",
-                    name=f"{m}",
-                    marker={"size": 4},
-                    line={"color": "#1f77b4"},
-                ),
-                row=1,
-                col=col,
-            )
-            self._tr[(m, "curve")] = len(base.data) - 1
-            base.add_trace(
-                go.Scatter(
-                    x=self.alphas,
-                    y=nan,
-                    mode="lines",
-                    name=f"{m} before matching",
-                    line={"color": "#ff7f0e", "dash": "dash"},
-                    visible=True,
-                ),
-                row=1,
-                col=col,
-            )
-            self._tr[(m, "before")] = len(base.data) - 1
-            base.add_trace(
-                go.Scatter(
-                    x=[0.0],
-                    y=[None],
-                    mode="markers",
-                    name=f"{m} at α",
-                    marker={
-                        "size": 12,
-                        "color": "black",
-                        "symbol": "circle-open",
-                        "line": {"width": 3},
-                    },
-                ),
-                row=1,
-                col=col,
-            )
-            self._tr[(m, "marker")] = len(base.data) - 1
-            if j == 1:
-                base.add_trace(
-                    go.Scatter(
-                        x=[None],
-                        y=[None],
-                        mode="markers+text",
-                        name="barrier",
-                        text=[""],
-                        textposition="top center",
-                        marker={"size": 11, "color": "#d62728", "symbol": "x"},
-                    ),
-                    row=1,
-                    col=col,
-                )
-                self._tr["barrier"] = len(base.data) - 1
-            base.update_xaxes(title_text="α", range=[-0.02, 1.02], row=1, col=col)
-        base.update_layout(
-            height=330,
-            width=max(400, 330 * nm + 60),
-            showlegend=False,
-            margin={"l": 50, "r": 20, "t": 60, "b": 40},
-            template="plotly_white",
-            title={"text": "α = 0.00 · waiting for the α grid", "x": 0.01, "font": {"size": 13}},
-        )
-        self.fig = figure_widget(base)
-        self.pred_fig = self._build_pred_fig(go) if self._kind else None
+        self.fig = self._build_fig()
+        if self._current() is not None:
+            # a given path is in the figure before it is wrapped (its construction state):
+            # updates sent while the browser is still loading plotly's front end are lost
+            self._show_grid(self._current())
+        self.fig = figure_widget(self.fig)
+        self.pred_fig = self._build_pred_fig() if self._kind else None
 
         # ---- wiring -----------------------------------------------------------------
         self._rest = Debounce(rest_ms / 1000.0, self._rest_eval)
@@ -342,64 +258,163 @@ class InterpolationDashboard(Dashboard):
             layout=W.Layout(padding="4px"),
         )
         self.widget.add_class("lossviz-dash-interpolation")
-        self._update_readout(0.0, None)
-        if start:
+        self._update_readout(0.0, None, "")
+        if start or path is not None:
             self.recompute()
 
-    # ---- points ---------------------------------------------------------------------
-    def _mask_vec(self, mask=None) -> torch.Tensor:
-        mask = self.mixer.mask if mask is None else mask
-        m = torch.zeros_like(self._fa)
-        for on, k in zip(mask, self.groups):
-            if on:
-                m[self._layer_idx[k].to(m.device)] = 1
-        return m
+    def _group_sizes(self) -> list[int]:
+        sl = self.obj.layout.slices()
+        return [sum(sl[p].stop - sl[p].start for p in v) for v in self.groups.values()]
 
-    def _endpoint_b(self, matched: bool) -> torch.Tensor:
+    def _set_samples(self, samples) -> None:
+        obj = self.obj
+        if isinstance(samples, (tuple, list)) and len(samples) == 2:
+            xs, ys = samples
+        else:
+            batch, _ = next(iter(obj.batches()))
+            xs, ys = batch[0], batch[1]
+            k = validate.integer(samples, "samples (how many inputs to show)", low=1)
+            if xs.ndim == 2 and xs.shape[-1] == 2:
+                k = min(len(xs), 400)
+            xs, ys = xs[:k], ys[:k]
+        xs = torch.as_tensor(xs).to(obj.device)
+        if xs.ndim == 2 and xs.shape[1] == 2:
+            self._kind = "boundary"
+            lo = xs.min(0).values.cpu().numpy()
+            hi = xs.max(0).values.cpu().numpy()
+            pad = 0.1 * (hi - lo + 1e-9)
+            self._gx = np.linspace(lo[0] - pad[0], hi[0] + pad[0], 60)
+            self._gy = np.linspace(lo[1] - pad[1], hi[1] + pad[1], 60)
+            gx, gy = np.meshgrid(self._gx, self._gy)
+            grid = np.stack([gx.ravel(), gy.ravel()], 1)
+            self._grid = torch.as_tensor(grid, dtype=xs.dtype, device=obj.device)
+        elif _image_shape(xs) is not None:
+            self._kind = "images"
+            self._img_shape = _image_shape(xs)
+        else:
+            self._kind = "table"
+        self._samples = (xs, torch.as_tensor(ys).to(obj.device))
+
+    # ---- points -----------------------------------------------------------------------
+    def _endpoint_b(self, matched: bool) -> dict:
+        """B's full state, or B permuted to align with A (weight matching)."""
         if not matched:
-            return self._fb_orig
-        if self._fb_matched is None:
-            wm = self._weight_matching(self.obj, self._state(self._fa), self._state(self._fb_orig))
-            self._fb_matched = self.obj.resolve({**self._fixed, **dict(wm)})[0]
-        return self._fb_matched
+            return self._state_b
+        if self._state_matched is None:
+            from ..alignment import weight_matching
 
-    def _state(self, flat: torch.Tensor) -> dict:
-        st = dict(self._fixed)
-        st.update(self.obj.layout.unflatten(flat.detach().clone()))
-        return st
+            wm = weight_matching(self.obj, self._state_a, self._state_b)
+            self._state_matched = dict(wm)
+        return self._state_matched
 
-    def _flat_at(self, alpha: float, mask=None, matched=None) -> torch.Tensor:
-        matched = self.match_box.value if matched is None else matched
-        d = (self._endpoint_b(matched) - self._fa) * self._mask_vec(mask)
-        return self._fa + float(alpha) * d
+    def _target(self, mask, matched: bool) -> dict:
+        """The far end of the path shown: B (or matched B) in the mixed layers, else A.
+
+        A layer's buffers (BatchNorm running statistics) move with it: a
+        buffer comes from B when every varying parameter of its module is mixed in.
+        """
+        b = self._endpoint_b(matched)
+        if all(mask):
+            return b
+        moving = {p for on, ps in zip(mask, self.groups.values()) if on for p in ps}
+        names = set(self.obj.layout.names)
+        out = dict(self._state_a)
+        for k in out:
+            if k in names:
+                if k in moving:
+                    out[k] = b[k]
+                continue
+            mod = k.rpartition(".")[0]
+            own = [p for p in names if p.rpartition(".")[0] == mod]
+            if own and all(p in moving for p in own):
+                out[k] = b[k]
+        return out
 
     def point(self, alpha: float, *, mask=None, matched=None) -> dict:
-        """The full state (varying parameters and the fixed tensors of model A) at ``alpha``
-        for the current (or given) layer mask and matching: ``obj.loss(at=...)`` of it equals
-        the dashboard's readout."""
-        return self._state(self._flat_at(alpha, mask, matched))
+        """The full state at ``alpha`` on the path shown.
 
-    # ---- evaluation -----------------------------------------------------------------
+        :func:`lossviz.connectivity.path_point` from A to the mixed end: parameters
+        ``(1−α)·θ_A + α·θ_end``, where ``θ_end`` is B (or matched B) in the mixed layers
+        and A elsewhere; buffers as ``path_point`` interpolates them.
+
+        Args:
+            alpha: the position on the path (0: A, 1: the mixed end).
+            mask: one bool per mixer row (None: the mixer's current mask).
+            matched: use weight-matched B (None: the toggle's current value).
+
+        Returns:
+            A state dict (parameters and buffers) at ``alpha``.
+
+        Raises:
+            ArgumentTypeError: ``alpha`` is not a number.
+            LossvizError: ``alpha`` outside ``[0, 1]`` (as
+                :func:`~lossviz.connectivity.path_point` checks it).
+        """
+        mask = self.mixer.mask if mask is None else mask
+        matched = self.match_box.value if matched is None else matched
+        return path_point(self.obj, self._state_a, self._target(mask, matched), alpha)
+
+    # ---- kernels ----------------------------------------------------------------------
     def _key(self):
-        return (tuple(self.mixer.mask), bool(self.match_box.value), bool(self.bn_box.value))
+        bn = "recompute" if self.bn_box.value else "eval"
+        return (tuple(self.mixer.mask), bool(self.match_box.value), bn)
 
-    def _eval(self, pts: torch.Tensor, bn: bool) -> dict:
-        return evaluate(
+    def _kernel_kw(self, bn: str) -> dict:
+        """The kernels' keywords: ``bn_data`` only with ``bn="recompute"``."""
+        return {k: v for k, v in self._kw.items() if bn == "recompute" or k != "bn_data"}
+
+    def _path(self, target: dict, bn: str):
+        return interpolate(
             self.obj,
-            pts,
-            metrics=self.metrics,
-            at=self._state(self._fa),
-            bn="recompute" if bn else None,
+            self._state_a,
+            target,
+            n=len(self.alphas),
+            metrics=self.metric_spec,
+            bn=bn,
             progress=False,
+            **self._kernel_kw(bn),
         )
 
-    def _outputs(self, flat: torch.Tensor, bn: bool, inputs: torch.Tensor) -> np.ndarray:
-        fixed = self._fixed
+    def _evaluate(self, state: dict, bn: str) -> dict:
+        """The kernel's metrics at one point, with the path's BatchNorm setting."""
+        kw = self._kernel_kw(bn)
+        r = evaluate(
+            self.obj,
+            [state],
+            metrics=self.metric_spec,
+            at=state,
+            bn="recompute" if bn == "recompute" else None,
+            bn_data=kw.pop("bn_data", None),
+            progress=False,
+            **kw,
+        )
+        return {k: float(r[k][0]) for k in self.metrics}
+
+    def _layer_barriers(self, matched: bool, bn: str) -> list | None:
+        """Base-A layer-wise barriers of the first metric (cached per matching and bn)."""
+        metric = self.metric_spec[self.metrics[0]]
+        if len(self.groups) < 2 or metric not in ("loss", "accuracy", "error"):
+            return None
+        key = (matched, bn)
+        if key not in self._layerwise:
+            lw = layerwise_barriers(
+                self.obj,
+                self._state_a,
+                self._endpoint_b(matched),
+                groups=self.groups,
+                base="A",
+                metric=metric,
+                bn=bn,
+                progress=False,
+                **self._kernel_kw(bn),
+            )
+            self._layerwise[key] = lw
+        lw = self._layerwise[key]
+        return [lw.barriers["A"][g] for g in self.groups]
+
+    def _outputs(self, state: dict, inputs: torch.Tensor) -> np.ndarray:
+        flat, fixed = self.obj.resolve(state)
         with torch.no_grad():
-            if bn:
-                eng = _Engine(self.obj, ("loss",), fixed, bn="recompute")
-                bufs = eng._recompute(flat[None], False)
-                fixed = {**fixed, **{k: v[0] for k, v in bufs.items()}}
             out = self.obj.batch_outputs(flat, fixed, (inputs,))
         out = out.detach().to(torch.float64).cpu()
         if out.ndim == 1 or out.shape[-1] == 1:  # binary logits
@@ -409,21 +424,34 @@ class InterpolationDashboard(Dashboard):
             out = torch.softmax(out, -1)
         return out.numpy()
 
-    def _predictions(self, flat, bn):
+    def _predictions(self, state: dict, bn: str):
+        """Class probabilities on the sample inputs (and the decision grid) at a point.
+
+        With ``bn="recompute"`` at the running statistics the kernels re-estimate there
+        (:meth:`lossviz.engine.Engine.buffers_at`).
+        """
         if self._kind is None:
             return None
+        if bn == "recompute":
+            flat, fixed = self.obj.resolve(state)
+            eng = Engine(
+                self.obj, ("loss",), fixed, bn="recompute", bn_data=self._kw.get("bn_data")
+            )
+            state = {**state, **eng.buffers_at(flat)}
         xs, _ = self._samples
         if self._kind == "boundary":
-            p = self._outputs(flat, bn, self._grid)
+            p = self._outputs(state, self._grid)
             return {
                 "grid": p.argmax(-1).reshape(len(self._gy), len(self._gx)),
-                "samples": self._outputs(flat, bn, xs),
+                "samples": self._outputs(state, xs),
             }
-        return {"samples": self._outputs(flat, bn, xs)}
+        return {"samples": self._outputs(state, xs)}
 
     def recompute(self) -> None:
-        """(Re)compute the α grid for the current settings in a background thread (cached
-        per setting; a newer request cancels an older one)."""
+        """(Re)compute the α grid for the current settings in a background thread.
+
+        Results are cached per setting; a newer request cancels an older one.
+        """
         key = self._key()
         with self._lock:
             self._gen += 1
@@ -437,105 +465,163 @@ class InterpolationDashboard(Dashboard):
 
     def _grid_job(self, key, gen):
         mask, matched, bn = key
-        n = len(self.alphas)
-        nl = len(self.groups) if len(self.groups) > 1 else 0
-        before = matched  # also show the curve before matching
-        total = n * (1 + int(before)) + nl
-        self.progress.max, self.progress.value = max(total, 1), 0
-        at = torch.as_tensor(self.alphas, dtype=self._fa.dtype, device=self._fa.device)[:, None]
-        fb = self._endpoint_b(matched)
-        m = self._mask_vec(mask)
-        pts = self._fa + at * ((fb - self._fa) * m)
-        res = {"complete": False}
-        chunk = 5
+        given = self._cache.get(key, {}).get("path")
+        total = 1 + int(matched) + int(len(self.groups) > 1) + int(self._kind is not None)
+        self.progress.max, self.progress.value = total, 0
 
-        def run(P, label):
-            vals = {k: np.full(len(P), np.nan) for k in self.metrics}
-            for i in range(0, len(P), chunk):
-                if self._gen != gen:
-                    return None
-                r = self._eval(P[i : i + chunk], bn)
-                for k in self.metrics:
-                    vals[k][i : i + chunk] = r[k]
-                done = self.progress.value + len(P[i : i + chunk])
-                self.progress.value = min(self.progress.max, done)
-                self.status.value = f"{label}: {min(i + chunk, len(P))}/{len(P)}"
-            return vals
+        def step(label):
+            if self._gen != gen:
+                return False
+            self.progress.value = min(self.progress.max, self.progress.value + 1)
+            self.status.value = label
+            return True
 
-        vals = run(pts, "α grid")
-        if vals is None:
+        target = self._target(mask, matched)
+        path = given if given is not None else self._path(target, bn)
+        res = {"path": path, "complete": False, "layer_barriers": None, "preds": None}
+        if not step("α grid done"):
             return
-        res["values"] = vals
-        res["barrier"] = barrier(self.alphas, vals[self.metrics[0]])
-        res["preds"] = [self._predictions(p, bn) for p in pts] if self._kind else None
-        if before:
-            pts0 = self._fa + at * ((self._fb_orig - self._fa) * m)
-            v0 = run(pts0, "before matching")
-            if v0 is None:
+        if matched:
+            res["before"] = self._path(self._target(mask, False), bn)
+            if not step("before matching done"):
                 return
-            res["before"] = v0
-            res["barrier_before"] = barrier(self.alphas, v0[self.metrics[0]])
-        if self._gen != gen:
-            return
-        res["layer_barriers"] = [None] * len(self.groups)
         self._cache[key] = res
         self._show_grid(res)
         self._on_alpha({"new": self.slider.value})
-        if nl:
-            d = fb - self._fa
-            if all(mask):
-                ends = (vals[self.metrics[0]][0], vals[self.metrics[0]][-1])
-            else:
-                ends = tuple(
-                    float(self._eval(torch.stack([self._fa, fb]), bn)[self.metrics[0]][i])
-                    for i in (0, 1)
-                )
-            half = []
-            for k in self.groups:
-                ml = torch.zeros_like(self._fa)
-                ml[self._layer_idx[k].to(ml.device)] = 1
-                half.append(self._fa + 0.5 * (d * ml))
-            v = run(torch.stack(half), "layer-wise barriers")
-            if v is None:
+        if len(self.groups) > 1:
+            res["layer_barriers"] = self._layer_barriers(matched, bn)
+            if not step("layer-wise barriers done"):
                 return
-            res["layer_barriers"] = [layer_barrier(x, ends) for x in v[self.metrics[0]]]
-            self.mixer.barriers = finite_list(res["layer_barriers"])
+            if res["layer_barriers"] is not None:
+                self.mixer.barriers = finite_list(res["layer_barriers"])
+        if self._kind is not None:
+            res["preds"] = [
+                self._predictions(path_point(self.obj, self._state_a, target, al), bn)
+                for al in path.alphas
+            ]
+            if not step("predictions done"):
+                return
         res["complete"] = True
         sync_figures(*self.figures())  # a reload / second view shows the computed curves
         self.progress.value = self.progress.max
-        h, _ = res["barrier"]
-        self.status.value = f"done · barrier ({self.metrics[0]}) {h:.4g}"
+        h = path.barrier(self.metrics[0])
+        self.status.value = f"done · barrier ({self.metrics[0]}) {number(h, 4)}"
+
+    # ---- display ----------------------------------------------------------------------
+    def _build_fig(self):
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+
+        nm = len(self.metrics)
+        base = make_subplots(rows=1, cols=nm, subplot_titles=self.metrics, horizontal_spacing=0.12)
+        nan = [None] * len(self.alphas)  # widget state is JSON: no NaN
+        self._tr = {}
+
+        def add(key, col, **kw):  # a trace along the α grid (empty until computed)
+            kw = {"x": self.alphas, "y": nan, "mode": "lines", **kw}
+            base.add_trace(go.Scatter(**kw), row=1, col=col)
+            self._tr[key] = len(base.data) - 1
+
+        for col, m in enumerate(self.metrics, 1):
+            blue, orange = {"color": "#1f77b4"}, {"color": "#ff7f0e", "dash": "dash"}
+            add((m, "curve"), col, mode="lines+markers", name=m, marker={"size": 4}, line=blue)
+            add((m, "before"), col, name=f"{m} before matching", line=orange)
+            add(
+                (m, "marker"),
+                col,
+                x=[0.0],
+                y=[None],
+                mode="markers",
+                name=f"{m} at α",
+                marker={
+                    "size": 12,
+                    "color": "black",
+                    "symbol": "circle-open",
+                    "line": {"width": 3},
+                },
+            )
+            if col == 1:
+                add(
+                    "barrier",
+                    col,
+                    x=[None],
+                    y=[None],
+                    mode="markers+text",
+                    name="barrier",
+                    text=[""],
+                    textposition="top center",
+                    marker={"size": 11, "color": "#d62728", "symbol": "x"},
+                )
+            base.update_xaxes(title_text="α", range=[-0.02, 1.02], row=1, col=col)
+        style(
+            base,
+            max(400, 330 * nm + 60),
+            330,
+            (50, 20, 60, 40),
+            showlegend=False,
+            title={"text": "α = 0.00 · waiting for the α grid", "x": 0.01, "font": {"size": 13}},
+        )
+        return base
 
     def _show_grid(self, res):
-        vals = res["values"]
-        h, ha = res["barrier"]
-        first = self.metrics[0]
+        path, first = res["path"], self.metrics[0]
+        h, ha = path.barrier(first), path.barrier_alpha(first)
+        curve = np.asarray(path[first], dtype=np.float64)
+        before = res.get("before")
         with self.fig.batch_update():
             for k in self.metrics:
-                self.fig.data[self._tr[(k, "curve")]].y = finite_list(vals[k])
-                b = res.get("before")
+                self.fig.data[self._tr[(k, "curve")]].y = finite_list(path[k])
                 self.fig.data[self._tr[(k, "before")]].y = (
-                    finite_list(b[k]) if b is not None else [None] * len(self.alphas)
+                    finite_list(before[k]) if before is not None else [None] * len(path.alphas)
                 )
             bt = self.fig.data[self._tr["barrier"]]
-            has = math.isfinite(h) and h > 1e-9 * max(1.0, float(np.nanmax(np.abs(vals[first]))))
+            scale = max(1.0, float(np.nanmax(np.abs(curve)))) if np.isfinite(curve).any() else 1
+            has = math.isfinite(h) and h > 1e-9 * scale
+            i = int(np.flatnonzero(path.alphas == ha)[0]) if has else 0
             bt.x = [ha] if has else [None]
-            bt.y = [float(np.interp(ha, self.alphas, vals[first]))] if has else [None]
-            bt.text = [f"barrier {h:.3g}"] if has else [""]
-        self.scrubber.curve = finite_list(vals[first])
+            bt.y = finite_list([curve[i]]) if has else [None]
+            bt.text = [f"barrier {number(h, 3)}"] if has else [""]
+        self.scrubber.curve = finite_list(curve)
         self.scrubber.barrier_alpha = ha if math.isfinite(ha) else None
         self.scrubber.barrier = h if math.isfinite(h) else None
-        b = res.get("before")
-        self.scrubber.curve2 = finite_list(b[first]) if b is not None else []
+        self.scrubber.curve2 = finite_list(before[first]) if before is not None else []
         lb = res.get("layer_barriers")
         if lb is not None:
-            self.mixer.barriers = finite_list([np.nan if v is None else v for v in lb])
+            self.mixer.barriers = finite_list(lb)
 
     # ---- α changes --------------------------------------------------------------------
     def _current(self):
         return self._cache.get(self._key())
 
+    @property
+    def path(self):
+        """The :class:`~lossviz.connectivity.PathResult` drawn for the current settings.
+
+        None until computed.
+        """
+        res = self._current()
+        return None if res is None else res["path"]
+
+    @property
+    def path_before(self):
+        """With weight matching on: the PathResult before matching (dashed), else None."""
+        res = self._current()
+        return None if res is None else res.get("before")
+
+    @property
+    def layerwise(self):
+        """The :class:`~lossviz.connectivity.LayerwiseResult` behind the mixer's bars.
+
+        For the current matching and bn; None until computed, or with one group.
+        """
+        return self._layerwise.get((bool(self.match_box.value), self._key()[2]))
+
     def _on_alpha(self, change):
+        """Show the metrics at α as the slider moves.
+
+        While it moves: the kernel's value at the nearest grid α (marked so); once it
+        rests for ``rest_ms``: the kernel's value at α itself.
+        """
         alpha = float(change["new"])
         res = self._current()
         self._exact_gen += 1
@@ -543,18 +629,19 @@ class InterpolationDashboard(Dashboard):
         if res is None:
             self.fig.layout.title.text = f"α = {alpha:.2f} · waiting for the α grid"
             return
-        vals = res["values"]
-        approx = {k: float(np.interp(alpha, self.alphas, vals[k])) for k in self.metrics}
+        path = res["path"]
+        i = int(np.argmin(np.abs(path.alphas - alpha)))
+        near = float(path.alphas[i])
+        vals = {k: float(path[k][i]) for k in self.metrics}
         with self.fig.batch_update():
             for k in self.metrics:
                 t = self.fig.data[self._tr[(k, "marker")]]
-                t.x, t.y = [alpha], finite_list([approx[k]])
-            self.fig.layout.title.text = f"α = {alpha:.2f} · cached"
+                t.x, t.y = [near], finite_list([vals[k]])
+            self.fig.layout.title.text = f"α = {alpha:.2f} · grid α = {near:.3g}"
         self.scrubber.status = ""
         if res.get("preds"):
-            i = int(np.argmin(np.abs(self.alphas - alpha)))
-            self._show_preds(res["preds"][i], exact=False)
-        self._update_readout(alpha, approx, exact=False)
+            self._show_preds(res["preds"][i], f"grid α = {near:.3g}")
+        self._update_readout(alpha, vals, f"grid α = {near:.3g} (α itself when the slider rests)")
         self._rest(alpha, self._exact_gen, self._key())
 
     def _rest_eval(self, alpha, gen, key):
@@ -565,10 +652,9 @@ class InterpolationDashboard(Dashboard):
 
     def _exact_job(self, alpha, gen, key):
         mask, matched, bn = key
-        flat = self._flat_at(alpha, mask, matched)
-        r = self._eval(flat[None], bn)
-        vals = {k: float(r[k][0]) for k in self.metrics}
-        preds = self._predictions(flat, bn) if self._kind else None
+        state = self.point(alpha, mask=mask, matched=matched)
+        vals = self._evaluate(state, bn)
+        preds = self._predictions(state, bn) if self._kind else None
         if gen != self._exact_gen or key != self._key():
             return  # the slider moved on meanwhile
         self.exact = {"alpha": alpha, **vals}
@@ -578,33 +664,34 @@ class InterpolationDashboard(Dashboard):
                 t.x, t.y = [alpha], finite_list([vals[k]])
             self.fig.layout.title.text = f"α = {alpha:.2f} · exact"
         if preds is not None:
-            self._show_preds(preds, exact=True)
-        self._update_readout(alpha, vals, exact=True)
+            self._show_preds(preds, "exact")
+        self._update_readout(alpha, vals, "exact")
         self.scrubber.status = "exact"
 
-    # ---- display pieces -------------------------------------------------------------
-    def _update_readout(self, alpha, vals, exact=False):
+    def _update_readout(self, alpha, vals, src: str):
         rows = [f"<tr><td>α</td><td>{alpha:.3f}</td></tr>"]
         for k in self.metrics:
-            v = "…" if vals is None else f"{'' if exact else '≈ '}{vals[k]:.6g}"
+            v = "…" if vals is None else number(vals[k])
             k_ = html.escape(k)
             rows.append(f"<tr><td>{k_}</td><td class='lv-{k_}'>{v}</td></tr>")
         res = self._current()
         if res is not None:
-            h, ha = res["barrier"]
-            rows.append(f"<tr><td>barrier</td><td>{h:.4g} at α={ha:.2f}</td></tr>")
-            if "barrier_before" in res:
-                rows.append(
-                    f"<tr><td>before matching</td><td>{res['barrier_before'][0]:.4g}</td></tr>"
-                )
-        src = "exact" if exact else "cached grid (exact when the slider rests)"
+            path, first = res["path"], self.metrics[0]
+            h, ha = path.barrier(first), path.barrier_alpha(first)
+            rows.append(f"<tr><td>barrier</td><td>{number(h, 4)} at α={ha:.3g}</td></tr>")
+            if res.get("before") is not None:
+                hb = res["before"].barrier(first)
+                rows.append(f"<tr><td>before matching</td><td>{number(hb, 4)}</td></tr>")
+        exact = int(src == "exact")
         self.readout.value = (
-            f"<table class='lossviz-readout' data-exact='{int(exact)}'>"
+            f"<table class='lossviz-readout' data-exact='{exact}'>"
             + "".join(rows)
-            + f"</table><small>{src}</small>"
+            + f"</table><small>{html.escape(src or '')}</small>"
         )
 
-    def _build_pred_fig(self, go):
+    def _build_pred_fig(self):
+        import plotly.graph_objects as go
+
         xs, ys = self._samples
         if self._kind == "boundary":
             x = xs.detach().cpu().numpy()
@@ -680,16 +767,10 @@ class InterpolationDashboard(Dashboard):
                 title={"text": "confidence of the predicted class at α", "font": {"size": 12}},
                 yaxis={"range": [0, 1]},
             )
-        fig.update_layout(
-            height=300,
-            width=340,
-            margin={"l": 10, "r": 10, "t": 40, "b": 10},
-            template="plotly_white",
-            showlegend=False,
-        )
+        style(fig, 340, 300, (10, 10, 40, 10), showlegend=False)
         return figure_widget(fig)
 
-    def _show_preds(self, pred, exact):
+    def _show_preds(self, pred, label: str):
         if pred is None or self.pred_fig is None:
             return
         _, ys = self._samples
@@ -711,13 +792,7 @@ class InterpolationDashboard(Dashboard):
                 t.y = conf
                 t.text = [str(int(v)) for v in lab]
                 t.marker.color = colors
-            self.pred_fig.layout.title.text = (
-                f"{'exact' if exact else 'nearest grid α'}: {int(ok.sum())}/{len(ok)} correct"
-            )
+            self.pred_fig.layout.title.text = f"{label}: {int(ok.sum())}/{len(ok)} correct"
 
     def _on_error(self, e):
         self.status.value = f"<span style='color:#b00'>error: {html.escape(str(e))}</span>"
-
-
-def interpolation(obj, a, b, **kw) -> InterpolationDashboard:
-    return InterpolationDashboard(obj, a, b, **kw)

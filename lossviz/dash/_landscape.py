@@ -1,5 +1,10 @@
-"""``dash.landscape``: a live 2-D loss surface with a direction picker, coarse-to-fine
-refinement, a trajectory overlay and click-to-inspect (1-D slices and ``λ_max``)."""
+"""``dash.landscape``: a live 2-D loss surface.
+
+With a direction picker, coarse-to-fine refinement, a trajectory overlay and
+click-to-inspect (1-D slices and ``λ_max``). The surface is
+``f(a, b) = L(θ + a·d1 + b·d2)`` (Li, Xu, Taylor, Studer, Goldstein 2018, "Visualizing
+the Loss Landscape of Neural Nets").
+"""
 
 from __future__ import annotations
 
@@ -12,14 +17,17 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
+from .. import validate
 from ..directions import pca_directions, plane_through, random_directions
 from ..errors import LossvizError
 from ..formatting import number
 from ..hessian import hessian_eigs
-from ..landscape import Surface, _flat_direction, evaluate, line, resolve_metrics, surface
+from ..landscape import evaluate, flat_direction, line, surface
+from ..metrics import resolve_metrics
 from ..objective import Objective
+from ..slices import Surface
 from ..trajectory import TrajectoryRecorder
-from ._common import Dashboard, Debounce, figure_widget, finite_list, sync_figures
+from ._common import Dashboard, Debounce, figure_widget, finite_list, slider, style, sync_figures
 
 DIRECTIONS = {
     "given": "this surface",
@@ -112,27 +120,28 @@ def _scaled(span, s: float):
 
 
 class LandscapeDashboard(Dashboard):
-    """See :func:`lossviz.dash.landscape`."""
+    """See :func:`lossviz.dash.landscape` (which holds the arguments and defaults)."""
 
     def __init__(
         self,
         obj_or_surface,
-        center=None,
+        center,
         *,
-        directions=None,
-        trajectory=None,
-        models=None,
-        metrics=("loss",),
-        n=None,
-        span=None,
-        kind: str = "contour",
-        log: bool = False,
-        refine: bool = True,
-        seed: int = 0,
-        throttle_ms: float = 200,
-        debounce_ms: float = 250,
-        start: bool = True,
+        directions,
+        trajectory,
+        models,
+        metrics,
+        n,
+        span,
+        kind,
+        log,
+        refine,
+        seed,
+        throttle_ms,
+        debounce_ms,
+        start,
     ):
+        """Arguments as :func:`lossviz.dash.landscape` (which holds the defaults)."""
         super().__init__()
         import ipywidgets as W
         import plotly.graph_objects as go
@@ -221,7 +230,7 @@ class LandscapeDashboard(Dashboard):
             style={"button_width": "auto"},
         )
         self.seed = W.BoundedIntText(
-            value=int(seed),
+            value=validate.seed(seed),
             min=0,
             max=2**31 - 1,
             description="seed",
@@ -236,25 +245,27 @@ class LandscapeDashboard(Dashboard):
             "<small style='color:#777'>" + html.escape("; ".join(missing)) + "</small>"
         )
         self.kind = W.ToggleButtons(options=list(KINDS), value=kind, style={"button_width": "auto"})
-        self.resolution = W.IntSlider(
-            value=nx,
-            min=5,
-            max=max(101, nx),
-            step=2,
-            description="resolution",
+        self.resolution = slider(
+            "resolution",
+            nx,
+            5,
+            max(101, nx),
+            2,
+            kind="int",
+            width="330px",
             continuous_update=False,
-            layout=W.Layout(width="330px"),
         )
-        self.span_scale = W.FloatLogSlider(
-            value=1.0,
+        self.span_scale = slider(
+            "span ×",
+            1.0,
+            -3,
+            3,
+            0.25,
+            kind="log",
             base=2,
-            min=-3,
-            max=3,
-            step=0.25,
-            description="span ×",
+            width="330px",
             continuous_update=False,
             readout_format=".3g",
-            layout=W.Layout(width="330px"),
         )
         self.log_box = W.Checkbox(
             value=bool(log), description="log scale", indent=False, layout=W.Layout(width="100px")
@@ -351,12 +362,12 @@ class LandscapeDashboard(Dashboard):
                 ),
             ]
         )
-        m.update_layout(
-            width=640,
-            height=540,
-            template="plotly_white",
+        style(
+            m,
+            640,
+            540,
+            (60, 10, 50, 50),
             showlegend=False,
-            margin={"l": 60, "r": 10, "t": 50, "b": 50},
             hovermode="closest",
             title={"text": "waiting for the surface", "x": 0.02, "font": {"size": 14}},
             xaxis={"title": {"text": "a"}, "showgrid": False, "zeroline": False},
@@ -403,12 +414,12 @@ class LandscapeDashboard(Dashboard):
                 ),
             ]
         )
-        s3.update_layout(
-            width=640,
-            height=540,
-            template="plotly_white",
+        style(
+            s3,
+            640,
+            540,
+            (0, 0, 50, 0),
             showlegend=False,
-            margin={"l": 0, "r": 0, "t": 50, "b": 0},
             title={"text": "", "x": 0.02, "font": {"size": 14}},
             scene={
                 "camera": {"eye": {"x": 1.55, "y": 1.55, "z": 1.05}},
@@ -444,12 +455,12 @@ class LandscapeDashboard(Dashboard):
             )
         sl.update_xaxes(title_text="a", row=1, col=1)
         sl.update_xaxes(title_text="b", row=2, col=1)
-        sl.update_layout(
-            width=420,
-            height=540,
-            template="plotly_white",
+        style(
+            sl,
+            420,
+            540,
+            (60, 15, 60, 50),
             showlegend=False,
-            margin={"l": 60, "r": 15, "t": 60, "b": 50},
             title={
                 "text": "1-D slices through the inspected point",
                 "x": 0.02,
@@ -574,8 +585,15 @@ class LandscapeDashboard(Dashboard):
 
     # ---- the surface ----------------------------------------------------------------
     def recompute(self) -> None:
-        """Compute the surface for the current settings in a background thread (cached per
-        setting; a newer request stops an older one at its next chunk)."""
+        """Compute the surface for the current settings in a background thread.
+
+        Results are cached per setting; a newer request stops an older one at its next
+        chunk.
+
+        Raises:
+            LossvizError: the surface is not cached and there is no Objective to compute
+                it with (a Surface given without one).
+        """
         key = self._key()
         with self._lock:
             busy = any(t.is_alive() and t.name == "lossviz-landscape" for t in self._threads)
@@ -597,8 +615,12 @@ class LandscapeDashboard(Dashboard):
         self._spawn(self._surface_job, key, gen, name="lossviz-landscape")
 
     def _dir_info(self, d: str, seed):
-        """Center, two directions, default span, axis labels and marked points for a
-        direction choice (cached: the Hessian eigenvectors are computed once)."""
+        """Center, two directions, default span, axis labels and marked points.
+
+        For a direction choice; cached (the Hessian eigenvectors are computed once). The
+        eigenvector plane spans ``±h`` with ``½·λ1·h² = EIGEN_RISE`` (``h = 1`` when
+        ``λ1 <= 0``).
+        """
         ck = (d, seed)
         if ck in self._dir_cache:
             return self._dir_cache[ck]
@@ -664,7 +686,7 @@ class LandscapeDashboard(Dashboard):
 
     def _plane(self, key, info, span) -> dict:
         theta, fixed = self.obj.resolve(info["center"])
-        D = torch.stack([_flat_direction(self.obj, v) for v in info["dirs"]])
+        D = torch.stack([flat_direction(self.obj, v) for v in info["dirs"]])
         span = tuple((float(lo), float(hi)) for lo, hi in span)
         return {
             "key": key[:2],
@@ -804,8 +826,11 @@ class LandscapeDashboard(Dashboard):
         return (xs, ys, text, custom, where), pts
 
     def _draw(self, s, partial: bool, gen=None):
-        """Show surface ``s`` in the visible map (``partial``: still refining, the gaps
-        are drawn interpolated by plotly; the data holds only the computed values)."""
+        """Show surface ``s`` in the visible map.
+
+        ``partial``: still refining, the gaps are drawn interpolated by plotly; the data
+        holds only the computed values.
+        """
         with self._draw_lock:
             if gen is not None and gen != self._gen:
                 return
@@ -838,10 +863,10 @@ class LandscapeDashboard(Dashboard):
                         dtype=np.float64,
                     ).reshape(-1, 2)
                     f.data[1].x, f.data[1].y = px, py
-                    f.data[1].z = finite_list(s._interp(z, xy)) if len(xy) else []
+                    f.data[1].z = finite_list(s.interp(z, xy)) if len(xy) else []
                     pxy = np.array(list(pts.values()), dtype=np.float64).reshape(-1, 2)
                     f.data[2].x, f.data[2].y, f.data[2].text = pxy[:, 0], pxy[:, 1], list(pts)
-                    f.data[2].z = finite_list(s._interp(z, pxy)) if len(pxy) else []
+                    f.data[2].z = finite_list(s.interp(z, pxy)) if len(pxy) else []
                     f.layout.scene.xaxis.title.text = labels[0]
                     f.layout.scene.yaxis.title.text = labels[1]
                     f.layout.scene.zaxis.title.text = label
@@ -880,8 +905,10 @@ class LandscapeDashboard(Dashboard):
             self._show_inspection(self.inspection)
 
     def _show_kind(self):
-        """Show the 2-D map or the 3-D view (the 3-D view is created on first use; the
-        hidden one is not redrawn)."""
+        """Show the 2-D map or the 3-D view.
+
+        The 3-D view is created on first use; the hidden one is not redrawn.
+        """
         three = self.kind.value == "surface"
         first = three and not self._box3d.children
         if first:
@@ -903,8 +930,22 @@ class LandscapeDashboard(Dashboard):
             self._on_error(e)
 
     def point(self, a: float, b: float) -> dict:
-        """The full state (varying parameters and the fixed tensors of the center) at plane
-        coordinates ``(a, b)``: ``θ + a·d1 + b·d2``, as the grid evaluates it."""
+        """The full state at plane coordinates ``(a, b)``: ``θ + a·d1 + b·d2``.
+
+        Varying parameters ``θ + a·d1 + b·d2`` (flattened directions, as the grid
+        evaluates it) and the fixed tensors (buffers) of the center.
+
+        Args:
+            a: the coordinate along ``d1``.
+            b: the coordinate along ``d2``.
+
+        Returns:
+            A state dict ``name -> tensor``.
+
+        Raises:
+            LossvizError: no Objective (a Surface given without one), or no surface
+                shown yet.
+        """
         self._need_objective("a point of the plane")
         if self.plane is None:
             raise LossvizError("no surface yet: wait for the first one (d.wait())")
@@ -920,10 +961,21 @@ class LandscapeDashboard(Dashboard):
         return st
 
     def inspect(self, a: float, b: float) -> None:
-        """In a background thread: the metrics at ``(a, b)``, the 1-D slices through it
-        along both directions (:func:`~lossviz.line`) and ``λ_max``
+        """Inspect the point ``(a, b)`` of the plane in a background thread.
+
+        Computes the metrics at ``(a, b)``, the 1-D slices through it along both
+        directions over the plane's span (:func:`~lossviz.line`) and ``λ_max``
         (:func:`~lossviz.hessian_eigs`, ``k=1``); the result lands in ``.inspection`` and
-        the side panel. A newer click drops an older result."""
+        the side panel. A newer click drops an older result.
+
+        Args:
+            a: the coordinate along ``d1``.
+            b: the coordinate along ``d2``.
+
+        Raises:
+            LossvizError: no Objective (a Surface given without one), or no surface
+                shown yet.
+        """
         self._need_objective("inspecting a point")
         a, b = float(a), float(b)
         with self._lock:
@@ -951,28 +1003,14 @@ class LandscapeDashboard(Dashboard):
         (x0, x1), (y0, y1) = plane["span"]
         nx, ny = plane["n"]
         here = evaluate(obj, flat[None], metrics=self._compute_metrics, at=state, progress=False)
-        s1 = line(
-            obj,
-            state,
-            plane["dirs"][0],
-            span=(x0 - a, x1 - a),
-            n=min(2 * nx - 1, 201),
-            metrics=self._compute_metrics,
-            progress=False,
-        )
-        if gen != self._click_gen:
-            return
-        s2 = line(
-            obj,
-            state,
-            plane["dirs"][1],
-            span=(y0 - b, y1 - b),
-            n=min(2 * ny - 1, 201),
-            metrics=self._compute_metrics,
-            progress=False,
-        )
-        if gen != self._click_gen:
-            return
+        slices = []  # through the point along each direction, over the plane's span
+        for d, (lo, hi), c, m in zip(plane["dirs"], ((x0, x1), (y0, y1)), (a, b), (nx, ny)):
+            n = min(2 * m - 1, 201)
+            kw = {"span": (lo - c, hi - c), "n": n, "metrics": self._compute_metrics}
+            slices.append(line(obj, state, d, progress=False, **kw))
+            if gen != self._click_gen:
+                return
+        s1, s2 = slices
         eig = hessian_eigs(obj, k=1, at=state, progress=False)
         with self._lock:
             if gen != self._click_gen:
@@ -1049,7 +1087,3 @@ class LandscapeDashboard(Dashboard):
             self._gen += 1  # running computations stop at their next chunk
             self._click_gen += 1
         super().close()
-
-
-def landscape(obj_or_surface, center=None, **kw) -> LandscapeDashboard:
-    return LandscapeDashboard(obj_or_surface, center, **kw)

@@ -1,5 +1,10 @@
-"""``dash.spectrum``: the Hessian spectrum explorer (density, top-k, outliers, per layer,
-over checkpoints)."""
+"""``dash.spectrum``: the Hessian spectrum explorer.
+
+Density, top-k, outliers, per layer, over checkpoints. The density is stochastic Lanczos
+quadrature (Ghorbani, Krishnan, Xiao 2019, "An Investigation into Neural Net
+Optimization via Hessian Eigenvalue Density"), smoothed as
+``φ(t) = mean_v Σ_i w_i · N(t; λ_i, σ²)``.
+"""
 
 from __future__ import annotations
 
@@ -20,11 +25,11 @@ from ..hessian import (
     hessian_density,
     hessian_eigs,
     point_version,
-    resolve_blocks,
+    resolve_groups,
 )
 from ..objective import Objective
 from ..results import BlockResults, EigenResult, SpectralDensity
-from ._common import Dashboard, figure_widget, finite_list, sync_figures
+from ._common import Dashboard, figure_widget, finite_list, slider, style, sync_figures
 
 TASKS = ("density", "eigs", "blocks")
 GRID = 1500  # points of the density curve
@@ -33,8 +38,23 @@ SIGMA_EXP = (-3.0, -1.0)  # smoothing slider: log10 of σ / spectral range
 
 @dataclass(eq=False)
 class SpectrumPoint:
-    """One point of the explorer (a checkpoint, or the single point of a result) and what
-    was computed there."""
+    """One point of the explorer (a checkpoint, or a result's point) and what was computed.
+
+    Attributes:
+        label: the checkpoint's label (``"step 100"``, ``"checkpoint 2"``, …).
+        x: its position on the checkpoint axis (the step, or the index).
+        at: the point (model, state dict, Weights, checkpoint path; None: the current
+            weights).
+        obj: the Objective computations use there (None: nothing can be computed).
+        curvature: ``"hessian"`` or ``"ggn"``.
+        stepped: ``x`` is the checkpoint's own number (a training step).
+        why: why nothing can be computed here (no Objective, weights changed).
+        density: the :class:`~lossviz.results.SpectralDensity` (None until computed).
+        eigs: the top-k :class:`~lossviz.results.EigenResult` (None until computed).
+        blocks: the per-layer :class:`~lossviz.results.BlockResults` (None until
+            computed).
+        failed: ``task -> error message`` of the tasks that failed.
+    """
 
     label: str
     x: float
@@ -59,6 +79,7 @@ class SpectrumPoint:
         return self._cache["grid"]
 
     def outliers(self) -> np.ndarray:
+        """The density's outlier eigenvalues (``density.outliers()``, cached)."""
         if "outliers" not in self._cache:
             self._cache["outliers"] = self.density.outliers()
         return self._cache["outliers"]
@@ -156,22 +177,23 @@ def _points(source, checkpoints, curvature) -> list[SpectrumPoint]:
 
 
 class SpectrumDashboard(Dashboard):
-    """See :func:`lossviz.dash.spectrum`."""
+    """See :func:`lossviz.dash.spectrum` (which holds the arguments and defaults)."""
 
     def __init__(
         self,
         source,
-        checkpoints=None,
+        checkpoints,
         *,
-        n_probes: int = 10,
-        steps: int = 60,
-        k: int = 5,
-        blocks="module",
-        log: bool = True,
-        seed: int = 0,
-        curvature: str = "hessian",
-        start: bool = True,
+        n_probes,
+        steps,
+        k,
+        groups,
+        log,
+        seed,
+        curvature,
+        start,
     ):
+        """Arguments as :func:`lossviz.dash.spectrum` (which holds the defaults)."""
         super().__init__()
         import ipywidgets as W
         import plotly.graph_objects as go
@@ -180,27 +202,26 @@ class SpectrumDashboard(Dashboard):
             validate.integer(v, name, low=lo)
         validate.choice(curvature, "curvature", ("hessian", "ggn"))
         self.points = _points(source, checkpoints, curvature)
-        if blocks is not None:
+        if groups is not None:
             for obj in {id(p.obj): p.obj for p in self.points if p.obj is not None}.values():
-                resolve_blocks(obj, blocks)  # checked now, not in the thread
+                resolve_groups(obj, groups)  # checked now, not in the thread
         self.n_probes, self.steps, self.k = int(n_probes), int(steps), int(k)
-        self.blocks_spec, self.seed = blocks, int(seed)
+        self.groups_spec, self.seed = groups, validate.seed(seed)
         self._lock = threading.RLock()
         self._gen = 0
         self._worker: threading.Thread | None = None
         self._closed = False
 
         # ---- widgets ----------------------------------------------------------------
-        self.smoothing = W.FloatLogSlider(
-            value=1 / 200,
-            base=10,
-            min=SIGMA_EXP[0],
-            max=SIGMA_EXP[1],
-            step=0.05,
-            description="σ / range",
+        self.smoothing = slider(
+            "σ / range",
+            1 / 200,
+            *SIGMA_EXP,
+            0.05,
+            kind="log",
+            width="380px",
             readout_format=".4f",
             continuous_update=True,
-            layout=W.Layout(width="380px"),
         )
         self.sigma_label = W.HTML("", layout=W.Layout(width="130px"))
         self.axis = W.ToggleButtons(
@@ -275,11 +296,11 @@ class SpectrumDashboard(Dashboard):
                 ),
             ]
         )
-        base.update_layout(
-            width=680,
-            height=400,
-            template="plotly_white",
-            margin={"l": 60, "r": 20, "t": 50, "b": 50},
+        style(
+            base,
+            680,
+            400,
+            (60, 20, 50, 50),
             title={"text": "waiting for the spectrum", "x": 0.01, "font": {"size": 13}},
             xaxis={"title": {"text": "eigenvalue λ"}, "zeroline": False},
             yaxis={
@@ -328,12 +349,12 @@ class SpectrumDashboard(Dashboard):
                 ]
             )
             numeric = all(p.stepped for p in self.points)
-            lf.update_layout(
-                width=400,
-                height=260,
-                template="plotly_white",
+            style(
+                lf,
+                400,
+                260,
+                (50, 15, 40, 45),
                 showlegend=False,
-                margin={"l": 50, "r": 15, "t": 40, "b": 45},
                 title={"text": "λ_max over checkpoints", "x": 0.02, "font": {"size": 12}},
                 xaxis={"title": {"text": "step" if numeric else "checkpoint"}},
                 yaxis={"title": {"text": "λ_max"}, "rangemode": "tozero"},
@@ -358,7 +379,7 @@ class SpectrumDashboard(Dashboard):
                         f"the top-{self.k} markers",
                         self.k and any(p.eigs is None for p in self.points),
                     ),
-                    ("the per-layer table", blocks is not None),
+                    ("the per-layer table", groups is not None),
                 )
                 if have
             ]
@@ -439,14 +460,17 @@ class SpectrumDashboard(Dashboard):
             return p.density is None
         if task == "eigs":
             return self.k > 0 and p.eigs is None
-        return self.blocks_spec is not None and p.blocks is None
+        return self.groups_spec is not None and p.blocks is None
 
     def _pending(self) -> list[tuple[int, str]]:
         return [(i, t) for i, p in enumerate(self.points) for t in TASKS if self._wanted(p, t)]
 
     def _next_task(self):
-        """The shown checkpoint first (all of it), then density and top-k of the others,
-        then their per-layer tables."""
+        """The next ``(point index, task)`` to compute, or None.
+
+        The shown checkpoint first (all of it), then density and top-k of the others,
+        then their per-layer tables.
+        """
         cur = int(self.ckpt.value)
         order = [cur] + [i for i in range(len(self.points)) if i != cur]
         for t in TASKS:
@@ -460,13 +484,17 @@ class SpectrumDashboard(Dashboard):
         return None
 
     def running(self) -> bool:
+        """Whether the background worker is computing."""
         w = self._worker
         return w is not None and w.is_alive()
 
     # ---- background work --------------------------------------------------------------
     def start(self) -> None:
-        """Compute what is missing (failed tasks are tried again) in a background thread;
-        a second call while it runs does nothing."""
+        """Compute what is missing in a background thread.
+
+        Failed tasks are tried again; a second call while it runs (or after
+        :meth:`close`) does nothing.
+        """
         with self._lock:
             if self.running() or self._closed:
                 return
@@ -489,7 +517,7 @@ class SpectrumDashboard(Dashboard):
             return hessian_density(p.obj, n_probes=self.n_probes, steps=self.steps, **kw)
         if task == "eigs":
             return hessian_eigs(p.obj, self.k, **kw)
-        return hessian_blocks(p.obj, self.blocks_spec, k=1, **kw)
+        return hessian_blocks(p.obj, self.groups_spec, k=1, **kw)
 
     def _work(self, gen):
         t0 = time.perf_counter()
@@ -551,6 +579,7 @@ class SpectrumDashboard(Dashboard):
             self.button.description, self.button.disabled = "up to date", True
 
     def close(self) -> None:
+        """Stop the background work (after its current task) and close the widgets."""
         with self._lock:
             self._closed = True
             self._gen += 1
@@ -565,7 +594,7 @@ class SpectrumDashboard(Dashboard):
         if (
             p.obj is None
             or (task == "eigs" and not self.k)
-            or (task == "blocks" and self.blocks_spec is None)
+            or (task == "blocks" and self.groups_spec is None)
         ):
             return "unavailable"
         return "computing…" if self.running() else "not computed"
@@ -583,7 +612,15 @@ class SpectrumDashboard(Dashboard):
         self.ckpt_status.value = f"<span class='lossviz-ckpt-status'>{txt}</span>"
 
     def curve(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """``(x, φ(x))`` of the shown curve: ``density.smooth(x, sigma)``."""
+        """``(x, φ(x))`` of the shown curve: ``density.smooth(x, sigma)``.
+
+        ``φ(x) = mean_v Σ_i w_i · N(x; λ_i, σ²)`` over the probes' Lanczos nodes ``λ_i``
+        and weights ``w_i``, with ``σ = (σ/range slider) × the spectral range``, on the
+        support padded by 6 %.
+
+        Returns:
+            ``(x, φ(x))`` as arrays, or None while the shown point has no density.
+        """
         p = self.point
         if p.density is None:
             return None

@@ -1,4 +1,10 @@
-"""``dash.subspace``: a live view of a :class:`~lossviz.SubspaceTracker` while it trains."""
+"""``dash.subspace``: a live view of a :class:`~lossviz.SubspaceTracker` while it trains.
+
+The gradient fraction ``‖V_kᵀg‖²/‖g‖²`` and the subspace overlap
+``‖V_k(t_i)ᵀV_k(t_j)‖_F²/k`` (Gur-Ari, Roberts, Dyer 2018, "Gradient Descent Happens in a
+Tiny Subspace"); ``λ_max`` against ``2/lr`` (Cohen, Kaur, Li, Kolter, Talwalkar 2021,
+"Gradient Descent on Neural Networks Typically Occurs at the Edge of Stability").
+"""
 
 from __future__ import annotations
 
@@ -10,14 +16,35 @@ import time
 import numpy as np
 
 from .. import validate
-from ._common import Dashboard, figure_widget, finite_list, sync_figures
+from ._common import (
+    Dashboard,
+    figure_widget,
+    finite_list,
+    guard_messages,
+    slider,
+    style,
+    sync_figures,
+)
 
 # trace indices of the line figure (rows: fraction, λ_max, loss)
 FRAC, FRAC_AVG, FRAC_DATA, LAM, TWO, THR, LOSS, LOSS_AVG = range(8)
 
 
 def moving_average(y, w: int) -> np.ndarray:
-    """Trailing mean over the last ``w`` values (fewer at the start), ignoring NaN."""
+    """Trailing mean over the last ``w`` values (fewer at the start), ignoring NaN.
+
+    ``out[i] = mean of the finite y[j], max(0, i−w+1) <= j <= i`` (NaN when none is).
+
+    Args:
+        y: the values (array-like, 1-D).
+        w: the window length (``<= 1``: a copy of ``y``).
+
+    Returns:
+        A float64 array of ``y``'s length.
+
+    >>> moving_average([1.0, 3.0, float("nan"), 5.0], 2).tolist()
+    [1.0, 2.0, 3.0, 5.0]
+    """
     y = np.asarray(y, dtype=np.float64)
     if w <= 1:
         return y.copy()
@@ -32,7 +59,19 @@ def moving_average(y, w: int) -> np.ndarray:
 
 
 def thin(idx: np.ndarray, max_points: int | None) -> np.ndarray:
-    """Every k-th index (and the last) so that at most about ``max_points`` remain."""
+    """Every k-th index (and the last) so that at most about ``max_points`` remain.
+
+    Args:
+        idx: the indices (1-D array).
+        max_points: the target count (None: keep all).
+
+    Returns:
+        ``idx[::k]`` with ``k = ceil(len(idx) / max_points)``, plus ``idx[-1]`` if it was
+        dropped; ``idx`` itself when it is short enough.
+
+    >>> thin(np.arange(10), 4).tolist()
+    [0, 3, 6, 9]
+    """
     if max_points is None or len(idx) <= max_points:
         return idx
     k = math.ceil(len(idx) / max_points)
@@ -80,12 +119,13 @@ class SubspaceDashboard(Dashboard):
         self,
         tracker,
         *,
-        every_s: float = 0.3,
-        window: int | None = None,
-        smooth: int = 10,
-        total: int | None = None,
-        max_points: int | None = 4000,
+        every_s,
+        window,
+        smooth,
+        total,
+        max_points,
     ):
+        """Arguments as :func:`lossviz.dash.subspace` (which holds the defaults)."""
         super().__init__()
         import ipywidgets as W
         import plotly.graph_objects as go
@@ -115,27 +155,29 @@ class SubspaceDashboard(Dashboard):
         self._closed = False
 
         # ---- widgets ----------------------------------------------------------------
-        self.smooth = W.IntSlider(
-            value=smooth,
-            min=1,
-            max=max(200, smooth),
-            step=1,
-            description="smooth",
+        self.smooth = slider(
+            "smooth",
+            smooth,
+            1,
+            max(200, smooth),
+            1,
+            kind="int",
+            width="330px",
             continuous_update=True,
             tooltip="moving-average window (steps)",
-            layout=W.Layout(width="330px"),
         )
         # in percent of the run: the kernel never moves it (a slider moved by the kernel
         # while the browser drags it sends stale values back), and 100 % is the newest step
-        self.steps = W.FloatRangeSlider(
-            value=(0.0, 100.0),
-            min=0.0,
-            max=100.0,
-            step=0.5,
-            description="steps",
+        self.steps = slider(
+            "steps",
+            (0.0, 100.0),
+            0.0,
+            100.0,
+            0.5,
+            kind="range",
+            width="420px",
             readout=False,
             continuous_update=True,
-            layout=W.Layout(width="420px"),
         )
         self.range_label = W.HTML("", layout=W.Layout(width="170px"))
         self.range_label.add_class("lossviz-range-label")
@@ -171,98 +213,53 @@ class SubspaceDashboard(Dashboard):
             ),
         )
         e: list = []
-        base.add_trace(
-            go.Scatter(
-                x=e,
-                y=e,
-                mode="lines",
-                name="gradient fraction",
-                line={"color": "#9ecae1", "width": 1},
-            ),
+
+        def add(row: int, **kw) -> None:  # an empty line trace in row `row`
+            base.add_trace(go.Scatter(x=e, y=e, **kw), row, 1)
+
+        add(1, mode="lines", name="gradient fraction", line={"color": "#9ecae1", "width": 1})
+        add(
             1,
-            1,
+            mode="lines",
+            name=f"moving average ({smooth})",
+            line={"color": "#1f77b4", "width": 2.5},
         )
-        base.add_trace(
-            go.Scatter(
-                x=e,
-                y=e,
-                mode="lines",
-                name=f"moving average ({smooth})",
-                line={"color": "#1f77b4", "width": 2.5},
-            ),
+        add(
             1,
-            1,
+            mode="markers+lines",
+            name="full-data gradient",
+            marker={"size": 6, "color": "#ff7f0e"},
+            line={"color": "#ff7f0e", "width": 1},
         )
-        base.add_trace(
-            go.Scatter(
-                x=e,
-                y=e,
-                mode="markers+lines",
-                name="full-data gradient",
-                marker={"size": 6, "color": "#ff7f0e"},
-                line={"color": "#ff7f0e", "width": 1},
-            ),
-            1,
-            1,
-        )
-        base.add_trace(
-            go.Scatter(
-                x=e,
-                y=e,
-                mode="lines+markers",
-                name="λ_max",
-                marker={"size": 5},
-                line={"color": "#d62728", "width": 2},
-            ),
+        add(
             2,
-            1,
+            mode="lines+markers",
+            name="λ_max",
+            marker={"size": 5},
+            line={"color": "#d62728", "width": 2},
         )
-        base.add_trace(
-            go.Scatter(
-                x=e,
-                y=e,
-                mode="lines",
-                name="2/lr",
-                line={"color": "black", "dash": "dash", "width": 1.5},
-            ),
+        add(2, mode="lines", name="2/lr", line={"color": "black", "dash": "dash", "width": 1.5})
+        add(
             2,
-            1,
+            mode="lines",
+            name="(2+2β)/lr (momentum)",
+            visible=False,
+            line={"color": "#7f7f7f", "dash": "dot", "width": 1.5},
         )
-        base.add_trace(
-            go.Scatter(
-                x=e,
-                y=e,
-                mode="lines",
-                name="(2+2β)/lr (momentum)",
-                visible=False,
-                line={"color": "#7f7f7f", "dash": "dot", "width": 1.5},
-            ),
-            2,
-            1,
-        )
-        base.add_trace(
-            go.Scatter(x=e, y=e, mode="lines", name="loss", line={"color": "#a1d99b", "width": 1}),
+        add(3, mode="lines", name="loss", line={"color": "#a1d99b", "width": 1})
+        add(
             3,
-            1,
-        )
-        base.add_trace(
-            go.Scatter(
-                x=e,
-                y=e,
-                mode="lines",
-                name=f"loss, average ({smooth})",
-                line={"color": "#2ca02c", "width": 2.5},
-            ),
-            3,
-            1,
+            mode="lines",
+            name=f"loss, average ({smooth})",
+            line={"color": "#2ca02c", "width": 2.5},
         )
         base.update_yaxes(range=[0, 1.02], row=1, col=1)
         base.update_xaxes(title_text="step", row=3, col=1)
-        base.update_layout(
-            height=640,
-            width=620,
-            template="plotly_white",
-            margin={"l": 55, "r": 20, "t": 40, "b": 40},
+        style(
+            base,
+            620,
+            640,
+            (55, 20, 40, 40),
             legend={"orientation": "h", "y": -0.12, "x": 0, "font": {"size": 11}},
         )
         for a in base.layout.annotations:
@@ -284,11 +281,11 @@ class SubspaceDashboard(Dashboard):
         # numeric axes: a cell spans the steps around its refresh (thinned ones are wider)
         heat.update_xaxes(title_text="refresh step", nticks=6)
         heat.update_yaxes(autorange="reversed", nticks=6)
-        heat.update_layout(
-            height=370,
-            width=370,
-            template="plotly_white",
-            margin={"l": 50, "r": 10, "t": 50, "b": 45},
+        style(
+            heat,
+            370,
+            370,
+            (50, 10, 50, 45),
             title={
                 "text": f"overlap ‖V_iᵀV_j‖²_F/{k} of the top-{k} subspaces",
                 "font": {"size": 13},
@@ -323,14 +320,7 @@ class SubspaceDashboard(Dashboard):
         reply to the previous one (``_js2py_traceDeltas``) would be lost.
         """
         for w in widgets:
-            if w.comm is None:
-                continue
-
-            def handle(msg, _handle=w._handle_msg):
-                with self._draw_lock:
-                    _handle(msg)
-
-            w.comm.on_msg(handle)
+            guard_messages(w, self._draw_lock)
 
     # ---- live updates ---------------------------------------------------------------
     def _on_step(self, tracker, rec) -> None:
@@ -377,8 +367,11 @@ class SubspaceDashboard(Dashboard):
                 self._last_sync = time.monotonic()
 
     def view_range(self) -> tuple[int, int]:
-        """The steps ``(lo, hi)`` shown: the range slider's percentages of the run (at
-        100 % the newest step; with ``window``, then at most the last ``window`` steps)."""
+        """The steps ``(lo, hi)`` shown.
+
+        The range slider's percentages of the last step recorded; at 100 % the newest
+        step, and with ``window`` then at most the last ``window`` steps.
+        """
         last = self.data.steps[-1] if self.data.steps else 0
         a, b = self.steps.value
         lo, hi = round(a / 100 * last), round(b / 100 * last)
@@ -544,8 +537,11 @@ class SubspaceDashboard(Dashboard):
 
 
 def _log_ticks(y: np.ndarray) -> list[float] | None:
-    """Log-axis ticks 1, 2, 5 × 10^k in the range of ``y`` (every digit in a narrow one;
-    None within one digit). Plotly's own label the minor ticks with a bare digit."""
+    """Log-axis ticks 1, 2, 5 × 10^k in the range of ``y``.
+
+    Every digit in a narrow range; None within one digit. Plotly's own label the minor
+    ticks with a bare digit.
+    """
     y = y[np.isfinite(y)]
     if not len(y):
         return None

@@ -247,7 +247,8 @@ def plot_js(i: int, expr: str) -> str:
 def wait_plot(page, i: int, cond: str, timeout=60_000):
     page.wait_for_function(
         f"(() => {{ const gd = document.querySelectorAll('.js-plotly-plot')[{i}];"
-        f" return !!(gd && gd.layout && gd.data && ({cond})); }})()",
+        f" try {{ return !!(gd && gd.layout && gd.data && ({cond})); }}"
+        " catch (e) { return false; } })()",  # a plot still being drawn: not yet
         timeout=timeout,
     )
 
