@@ -5,7 +5,13 @@
 stack (ipywidgets, anywidget) only when a dashboard is opened.
 """
 
-from .alignment import apply_permutation, permutation_spec, reset_bn, weight_matching
+from .alignment import (
+    PermutationSpec,
+    apply_permutation,
+    permutation_spec,
+    reset_bn,
+    weight_matching,
+)
 from .connectivity import (
     BarrierMatrix,
     LayerwiseOver,
@@ -121,6 +127,7 @@ __all__ = [
     "layerwise_barriers_over",
     "path_point",
     # permutation alignment of models
+    "PermutationSpec",
     "apply_permutation",
     "permutation_spec",
     "reset_bn",

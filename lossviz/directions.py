@@ -71,7 +71,7 @@ def _point_params(point) -> Weights:
                 if v.is_floating_point() and not k.endswith(_BUFFER_SUFFIXES)
             }
         )
-    raise TypeError(
+    raise ArgumentTypeError(
         "expected an Objective, an nn.Module, Weights, a state dict or a checkpoint path; "
         f"got {type(point).__name__}"
     )

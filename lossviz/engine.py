@@ -78,27 +78,10 @@ __all__ = [
     "check_precision",
     "evaluate_points",
     "kw_engine",
-    "show_progress",
     "warn_nonfinite",
 ]
 
 
-def show_progress(progress) -> bool:
-    """Whether to show a progress bar.
-
-    Args:
-        progress: None (on unless the environment sets ``LOSSVIZ_PROGRESS`` to ``0``,
-            ``false`` or ``False``), True or False (anything else: its truth value).
-
-    Returns:
-        True to show the bar.
-    """
-    if progress is None:
-        return os.environ.get("LOSSVIZ_PROGRESS", "1") not in ("0", "false", "False")
-    return bool(progress)
-
-
-# argument checks -------------------------------------------------------------------------
 def check_objective(obj, name: str = "obj") -> Objective:
     """``obj`` itself if it is an :class:`Objective`, else an error naming ``name``.
 
@@ -1199,7 +1182,11 @@ class Engine:
         pos = 0
         complete = True
         bar = tqdm(
-            total=len(order), desc=desc, unit="pt", disable=not show_progress(progress), leave=False
+            total=len(order),
+            desc=desc,
+            unit="pt",
+            disable=not validate.progress(progress),
+            leave=False,
         )
         try:
             while pos < len(order):

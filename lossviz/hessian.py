@@ -10,7 +10,6 @@ visibly partial result (``complete=False``) or propagates (see :mod:`lossviz.int
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from collections.abc import Mapping
@@ -33,13 +32,6 @@ from .slq import slq
 from .weights import Weights
 
 CURVATURES = ("hessian", "ggn")
-
-
-def _progress(progress) -> bool:
-    """``progress``: None (on unless ``LOSSVIZ_PROGRESS=0``), True or False."""
-    if progress is None:
-        return os.environ.get("LOSSVIZ_PROGRESS", "1") not in ("0", "false", "False")
-    return validate.boolean(progress, "progress")
 
 
 def _operator(obj, at, curvature):
@@ -230,7 +222,7 @@ def _as_v0(obj, v0, layout, n: int):
 def _common(seed, curvature, progress) -> tuple[int, bool]:
     seed = validate.seed(seed)
     validate.choice(curvature, "curvature", CURVATURES)
-    return seed, _progress(progress)
+    return seed, validate.progress(progress)
 
 
 @api

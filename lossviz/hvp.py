@@ -132,8 +132,7 @@ class CurvatureOperator:
         curvature: ``"hessian"`` or ``"ggn"``.
 
     Raises:
-        ValueError: if ``curvature`` is neither ``"hessian"`` nor ``"ggn"`` (a plain
-            ``ValueError``, not a ``LossvizError``).
+        LossvizError: if ``curvature`` is neither ``"hessian"`` nor ``"ggn"``.
         LossvizError: if ``curvature="ggn"`` and the Objective was built with
             ``forward=`` (the GGN needs ``loss_fn(outputs, targets)``). The products
             raise :class:`~lossviz.errors.NonFiniteLossError` when the loss is not finite.
@@ -141,7 +140,7 @@ class CurvatureOperator:
 
     def __init__(self, obj, flat: Tensor, fixed: dict, *, curvature: str = "hessian"):
         if curvature not in ("hessian", "ggn"):
-            raise ValueError(f"curvature must be 'hessian' or 'ggn', got {curvature!r}")
+            raise LossvizError(f"curvature must be 'hessian' or 'ggn', got {curvature!r}")
         if curvature == "ggn" and obj.forward is not None:
             raise LossvizError("curvature='ggn' needs loss_fn(outputs, targets), not forward=")
         self.obj = obj
@@ -389,12 +388,12 @@ class CurvatureOperator:
             ``(k, P)``: row ``i`` is ``H V[i]`` (or ``G V[i]``).
 
         Raises:
-            ValueError: if ``V`` is not ``(k, P)``.
+            LossvizError: if ``V`` is not ``(k, P)``.
             LossvizError: if no product method works on this model.
             NonFiniteLossError: if the loss is NaN or infinite at the point.
         """
         if V.ndim != 2 or V.shape[1] != self.shape[0]:
-            raise ValueError(f"expected a (k, {self.shape[0]}) tensor, got {tuple(V.shape)}")
+            raise LossvizError(f"expected a (k, {self.shape[0]}) tensor, got {tuple(V.shape)}")
         V = V.to(self.device, self.dtype)
         k = V.shape[0]
         self.n_products += k

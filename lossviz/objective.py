@@ -883,8 +883,8 @@ class Objective:
         Raises:
             CheckpointError: if ``at`` lacks varying parameters, has keys the model lacks
                 or other shapes, or a checkpoint path cannot be loaded.
-            TypeError: if ``at`` is of another type or a mapping holds non-tensors (an
-                :class:`~lossviz.errors.ArgumentTypeError` when ``name`` is given).
+            ArgumentTypeError: if ``at`` is of another type or a mapping holds
+                non-tensors.
         """
         with named(name):
             return self._resolve(at)
@@ -918,7 +918,7 @@ class Objective:
 
         Raises:
             CheckpointError: as :meth:`resolve` (a point that does not match the model).
-            TypeError: as :meth:`resolve` (a point of the wrong type).
+            ArgumentTypeError: as :meth:`resolve` (a point of the wrong type).
         """
         flat, _ = self.resolve(at)
         return self.layout.to_weights(flat)
@@ -935,7 +935,7 @@ class Objective:
 
         Raises:
             CheckpointError: as :meth:`resolve` (a point that does not match the model).
-            TypeError: as :meth:`resolve` (a point of the wrong type).
+            ArgumentTypeError: as :meth:`resolve` (a point of the wrong type).
         """
         return PointSnapshot(*self.resolve(at))
 
@@ -1108,7 +1108,7 @@ class Objective:
 
         Raises:
             CheckpointError: as :meth:`resolve` (a point that does not match the model).
-            TypeError: as :meth:`resolve` (a point of the wrong type).
+            ArgumentTypeError: as :meth:`resolve` (a point of the wrong type).
             LossvizError: if the loss is not a floating-point scalar on a batch.
             DataError: as :meth:`batches`.
         """
@@ -1141,7 +1141,7 @@ class Objective:
             NonFiniteLossError: if the loss is NaN or infinite on a batch.
             LossvizError: if the loss is not a floating-point scalar or has no gradient.
             CheckpointError: as :meth:`resolve` (a point that does not match the model).
-            TypeError: as :meth:`resolve` (a point of the wrong type).
+            ArgumentTypeError: as :meth:`resolve` (a point of the wrong type).
             DataError: as :meth:`batches`.
         """
         flat, fixed = self.resolve(at)
@@ -1178,7 +1178,7 @@ class Objective:
         Raises:
             LossvizError: for an unknown ``curvature``.
             CheckpointError: as :meth:`resolve` (a point that does not match the model).
-            TypeError: as :meth:`resolve` (a point of the wrong type).
+            ArgumentTypeError: as :meth:`resolve` (a point of the wrong type).
         """
         from .hvp import CurvatureOperator
 

@@ -21,6 +21,7 @@ lossviz.errors.LossvizError: tol must be > 0, got 0
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable
 from numbers import Integral, Real
 
@@ -182,6 +183,25 @@ def boolean(value, name: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise ArgumentTypeError(f"{name} must be True or False, got {show(value)}")
     return bool(value)
+
+
+def progress(value, name: str = "progress") -> bool:
+    """Whether to show a progress bar: the one reading of every ``progress=`` argument.
+
+    Args:
+        value: None (on, unless the environment sets ``LOSSVIZ_PROGRESS`` to ``0``,
+            ``false`` or ``False``), True or False.
+        name: The argument's name (for messages).
+
+    Returns:
+        True to show the bar.
+
+    Raises:
+        ArgumentTypeError: if ``value`` is neither None nor a bool.
+    """
+    if value is None:
+        return os.environ.get("LOSSVIZ_PROGRESS", "1") not in ("0", "false", "False")
+    return boolean(value, name)
 
 
 def seed(value, name: str = "seed") -> int:

@@ -36,9 +36,9 @@ class Weights(Mapping):
         **kw: More ``name=tensor`` entries, added after (and overriding) ``tensors``.
 
     Raises:
-        TypeError: if a value is not a ``torch.Tensor``. The operators raise
+        ArgumentTypeError: if a value is not a ``torch.Tensor``. The operators raise
             :class:`~lossviz.errors.CheckpointError` when the other operand has different
-            keys, key order or shapes, and ``TypeError`` for a non-scalar factor.
+            keys, key order or shapes, and ``ArgumentTypeError`` for a non-scalar factor.
 
     Example:
         >>> w = Weights({"a": torch.ones(2), "b": torch.zeros(3)})
@@ -55,7 +55,7 @@ class Weights(Mapping):
         d.update(kw)
         for k, v in d.items():
             if not isinstance(v, Tensor):
-                raise TypeError(f"Weights[{k!r}] must be a tensor, got {type(v).__name__}")
+                raise ArgumentTypeError(f"Weights[{k!r}] must be a tensor, got {type(v).__name__}")
         self._t = d
 
     # Mapping protocol
@@ -162,7 +162,7 @@ class Weights(Mapping):
     def __mul__(self, s):
         f = self._scalar(s)
         if f is None:
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"Weights can be multiplied by a scalar (a number or a 0-d tensor), "
                 f"not by {type(s).__name__}"
                 + (f" of shape {tuple(s.shape)}" if hasattr(s, "shape") else "")
@@ -174,7 +174,9 @@ class Weights(Mapping):
     def __truediv__(self, s):
         f = self._scalar(s)
         if f is None:
-            raise TypeError(f"Weights can be divided by a scalar, not by {type(s).__name__}")
+            raise ArgumentTypeError(
+                f"Weights can be divided by a scalar, not by {type(s).__name__}"
+            )
         return self._map(lambda v: v / f)
 
     def __neg__(self):
@@ -190,11 +192,13 @@ class Weights(Mapping):
             A 0-d tensor.
 
         Raises:
-            TypeError: if ``other`` is not a mapping.
+            ArgumentTypeError: if ``other`` is not a mapping.
             CheckpointError: if the keys, their order or the shapes differ.
         """
         if not isinstance(other, Mapping):
-            raise TypeError(f"Weights.dot needs Weights or a mapping, got {type(other).__name__}")
+            raise ArgumentTypeError(
+                f"Weights.dot needs Weights or a mapping, got {type(other).__name__}"
+            )
         self._check_like(other)
         return sum((v * other[k]).sum() for k, v in self._t.items())
 
@@ -376,7 +380,7 @@ def as_state(point) -> dict[str, Tensor]:
         A dict ``name -> detached tensor``.
 
     Raises:
-        TypeError: if ``point`` is of another type or a mapping holds non-tensors.
+        ArgumentTypeError: if ``point`` is of another type or a mapping holds non-tensors.
         CheckpointError: if a checkpoint path cannot be loaded.
     """
     if isinstance(point, nn.Module):
@@ -388,9 +392,9 @@ def as_state(point) -> dict[str, Tensor]:
     if isinstance(point, Mapping):
         bad = [k for k, v in point.items() if not isinstance(v, Tensor)]
         if bad:
-            raise TypeError(f"point has non-tensor entries: {bad[:10]}")
+            raise ArgumentTypeError(f"point has non-tensor entries: {bad[:10]}")
         return {k: v.detach() for k, v in point.items()}
-    raise TypeError(
+    raise ArgumentTypeError(
         "a point in weight space must be an nn.Module, a mapping name -> tensor, or a "
         f"checkpoint path; got {type(point).__name__}"
     )
