@@ -783,6 +783,8 @@ def barrier(
     _check_kind(kind)
     _metric_name(metric)
     validate.integer(n, "n", low=2)
+    if "metrics" in kw:
+        raise ArgumentTypeError("barrier takes one metric=, not metrics= (see interpolate)")
     return interpolate(obj, a, b, n=n, metrics=(metric,), **kw).barrier(metric, kind)
 
 

@@ -1248,3 +1248,9 @@ def test_zero_norm_filters_get_zero_directions():
     for norm in ("filter", "layer"):
         (dz,) = random_directions(z, 1, norm=norm, ignore=None)
         assert torch.isfinite(dz.flatten()).all() and torch.count_nonzero(dz["weight"]) == 0
+
+
+def test_barrier_takes_one_metric_not_metrics():
+    obj = _pole_obj()
+    with pytest.raises(TypeError, match="one metric=, not metrics="):
+        barrier(obj, _pt(0), _pt(0.5), metrics=("loss",))
