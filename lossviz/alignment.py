@@ -347,6 +347,7 @@ def _first_inputs(data, name: str = "data"):
     if data is None:
         return None
     if isinstance(data, Objective):
+        data.require_local("weight matching / activation matching on an Objective's data")
         if data.forward is not None:
             return None
         batch, _ = next(iter(data.batches()))
@@ -1720,6 +1721,7 @@ def reset_bn(obj_or_model, weights, data=None, *, repair=None, alpha=None) -> We
     (tensor([1., 3.]), tensor([2., 8.]))
     """
     if isinstance(obj_or_model, Objective):
+        obj_or_model.require_local("reset_bn")
         model = obj_or_model.model
     elif isinstance(obj_or_model, nn.Module):
         model = obj_or_model

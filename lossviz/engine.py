@@ -302,7 +302,30 @@ def kw_engine(kw: dict, allowed: Sequence[str] = _ENGINE_KW) -> dict:
     return {k: v for k, v in kw.items() if k in allowed}
 
 
-def check_metrics(
+def check_metrics(obj: Objective, metrics: dict, flat: Tensor, fixed, **kw) -> tuple[dict, dict]:
+    """``(metrics that apply, accuracy rules)``, checked with one forward before any work.
+
+    See :func:`_check_metrics`; with ``distributed=`` every rank checks its first batch
+    and the ranks must agree (a failure or a different outcome on one rank stops all).
+
+    Args:
+        obj: the Objective.
+        metrics: the resolved ``name -> metric`` dict.
+        flat: the ``(P,)`` point to run the forward at.
+        fixed: the tensors that do not vary at that point.
+        **kw: ``optional``, ``precision`` and ``name``, as in :func:`_check_metrics`.
+
+    Returns:
+        ``(kept, rules)``.
+    """
+    return obj.agree(
+        lambda: _check_metrics(obj, metrics, flat, fixed, **kw),
+        "checking the metrics",
+        key=lambda out: ",".join(out[0]),
+    )
+
+
+def _check_metrics(
     obj: Objective,
     metrics: dict,
     flat: Tensor,
@@ -602,6 +625,11 @@ class Engine:
                 f"got {bn!r}"
             )
         check_bn(obj, bn, bn_name)
+        if bn == "recompute" and obj.distributed:
+            raise LossvizError(
+                f"{bn_name}='recompute' is not supported with distributed= yet (BatchNorm "
+                "statistics across ranks)"
+            )
         if bn_data is not None and bn != "recompute":
             raise LossvizError(f"{data_name}= is only used with {bn_name}='recompute'")
         self.recompute = bn == "recompute"
@@ -809,7 +837,7 @@ class Engine:
     def _plan_first_layer(self, plane) -> bool:
         """Whether the points of this run may take the first layer from ``k + 1`` products."""
         self._plane, self._terms_cache = None, {}
-        if plane is None:
+        if plane is None or self.obj.distributed:  # a shard may be empty: the plain forward
             return False
         origin, D = plane[0], plane[1]
         if self._first is False:
@@ -992,42 +1020,50 @@ class Engine:
         )[:, None]
         with torch.no_grad():
             bufs = self._recompute(pts, vmapped) if self.recompute else None
-            total = torch.zeros(len(self.metrics), c, dtype=torch.float64, device=pts.device)
-            n = 0
-            own = None if vmapped else self._own_module()
-            pairs = None if own is None else own.load_fixed(self.fixed)
-            for i, (batch, nb) in enumerate(obj.batches()):
-                terms = None if coefs is None else self._terms(i, batch[0])
-                with self.autocast():
-                    if vmapped:
-                        fn = partial(self._point, batch=batch, terms=terms)
-                        if coefs is None:
-                            if bufs is None:
-                                v = torch.func.vmap(lambda p, f=fn: f(p, None, None))(pts)
+
+        def local():
+            with torch.no_grad():
+                total = torch.zeros(len(self.metrics), c, dtype=torch.float64, device=pts.device)
+                n = 0
+                own = None if vmapped else self._own_module()
+                pairs = None if own is None else own.load_fixed(self.fixed)
+                for i, (batch, nb) in enumerate(obj.batches()):
+                    terms = None if coefs is None else self._terms(i, batch[0])
+                    with self.autocast():
+                        if vmapped:
+                            fn = partial(self._point, batch=batch, terms=terms)
+                            if coefs is None:
+                                if bufs is None:
+                                    v = torch.func.vmap(lambda p, f=fn: f(p, None, None))(pts)
+                                else:
+                                    v = torch.func.vmap(lambda p, b, f=fn: f(p, b, None))(pts, bufs)
+                            elif bufs is None:
+                                v = torch.func.vmap(lambda p, k, f=fn: f(p, None, k))(pts, coefs)
                             else:
-                                v = torch.func.vmap(lambda p, b, f=fn: f(p, b, None))(pts, bufs)
-                        elif bufs is None:
-                            v = torch.func.vmap(lambda p, k, f=fn: f(p, None, k))(pts, coefs)
+                                v = torch.func.vmap(fn)(pts, bufs, coefs)
+                        elif own is not None:
+                            v = self._loop(pts, bufs, coefs, batch, terms, pairs)
                         else:
-                            v = torch.func.vmap(fn)(pts, bufs, coefs)
-                    elif own is not None:
-                        v = self._loop(pts, bufs, coefs, batch, terms, pairs)
-                    else:
-                        v = torch.stack(
-                            [
-                                self._point(
-                                    pts[j],
-                                    None if bufs is None else {k: b[j] for k, b in bufs.items()},
-                                    None if coefs is None else coefs[j],
-                                    batch=batch,
-                                    terms=terms,
-                                )
-                                for j in range(c)
-                            ]
-                        )
-                w = torch.where(is_loss, obj.batch_weight(nb), float(nb))
-                total += v.T.to(torch.float64) * w
-                n += nb
+                            v = torch.stack(
+                                [
+                                    self._point(
+                                        pts[j],
+                                        None
+                                        if bufs is None
+                                        else {k: b[j] for k, b in bufs.items()},
+                                        None if coefs is None else coefs[j],
+                                        batch=batch,
+                                        terms=terms,
+                                    )
+                                    for j in range(c)
+                                ]
+                            )
+                    w = torch.where(is_loss, obj.batch_weight(nb), float(nb))
+                    total += v.T.to(torch.float64) * w
+                    n += nb
+            return total, n
+
+        total, n = obj.reduce_sums(local, (len(self.metrics), c), "evaluating the metrics")
         return total / torch.where(is_loss, obj.normalizer(n), float(n))
 
     def auto_chunk(self, n: int) -> int:
@@ -1154,12 +1190,13 @@ class Engine:
             done[launched] = True
             last[0] = time.perf_counter()
 
-        chunk = self.auto_chunk(max(len(order), 1))
+        chunk = self.obj.agreed_min(self.auto_chunk(max(len(order), 1)))
         cands = self._candidates(self._plan_first_layer(plane))
         # time every candidate on real chunks when the job is large enough: one warm-up
         # chunk each, then two timed chunks each (the faster kept; one for vmap on a CPU,
         # where it is slow and far off), and keep the fastest
-        timing = dev.type in ("cpu", "cuda") and len(cands) > 1
+        # (not with distributed=: the ranks' timings differ, and they must all choose alike)
+        timing = dev.type in ("cpu", "cuda") and len(cands) > 1 and not self.obj.distributed
         schedule = []
         # the choice is timed once per Objective and kind of job, then reused (a dashboard
         # runs many small jobs; a repeated surface does not pay for the timing again)

@@ -66,14 +66,31 @@ _PKG = os.path.dirname(os.path.abspath(__file__))
 def warn(message: str, category=UserWarning) -> None:
     """``warnings.warn`` attributed to the first frame outside lossviz (the user's line).
 
+    In a ``torch.distributed`` job only rank 0 warns (see :func:`is_rank_zero`).
+
     Args:
         message: The warning text.
         category: The warning class.
     """
+    if not is_rank_zero():
+        return
     f, level = sys._getframe(0), 1
     while f is not None and os.path.abspath(f.f_code.co_filename).startswith(_PKG + os.sep):
         f, level = f.f_back, level + 1
     warnings.warn(message, category, stacklevel=level)
+
+
+def is_rank_zero() -> bool:
+    """Whether this process is rank 0 of a ``torch.distributed`` job (or not in one).
+
+    Progress bars and warnings show on rank 0 only.
+
+    Returns:
+        False on the ranks other than 0 of an initialised default process group.
+    """
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def is_oom(e: BaseException) -> bool:

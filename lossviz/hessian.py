@@ -11,7 +11,6 @@ visibly partial result (``complete=False``) or propagates (see :mod:`lossviz.int
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -20,7 +19,7 @@ from torch import Tensor
 
 from . import validate
 from .deprecation import renamed
-from .errors import ArgumentTypeError, LossvizError, NonFiniteLossError
+from .errors import ArgumentTypeError, LossvizError, NonFiniteLossError, warn
 from .hutchinson import check_trace_args, hutchinson_diagonal, hutchinson_trace
 from .hvp import SubOperator, check_operator, op_meta, product_methods
 from .interrupt import api, keep_partial
@@ -352,10 +351,7 @@ def hessian_eigs(
                 complete = False
                 break
         if not complete:
-            warnings.warn(
-                f"hessian_eigs interrupted: {len(res)} of {len(names)} groups kept",
-                stacklevel=3,
-            )
+            warn(f"hessian_eigs interrupted: {len(res)} of {len(names)} groups kept")
         res = BlockResults(results=res, kind=f"{which} eigenvalues", complete=complete)
         return _attach(res, obj, at, "hessian_eigs", curvature)
     op, layout = _operator(obj, at, curvature)
@@ -498,10 +494,7 @@ def hessian_density(
     nodes, weights, n_mv, complete = slq(op, n_probes, steps, seed=seed, progress=progress)
     _check(nodes, "density")
     if not complete:
-        warnings.warn(
-            f"SLQ interrupted: {nodes.shape[0]} probe(s) × {nodes.shape[1]} steps kept",
-            stacklevel=3,
-        )
+        warn(f"SLQ interrupted: {nodes.shape[0]} probe(s) × {nodes.shape[1]} steps kept")
     res = SpectralDensity(
         complete=complete,
         nodes=nodes,
@@ -692,10 +685,7 @@ def hessian_diagonal(
     est = hutchinson_diagonal(op, n_probes, batch_size=batch_size, seed=seed, progress=progress)
     _check(est.mean.cpu().numpy(), "diagonal")
     if not est.complete:
-        warnings.warn(
-            f"hessian_diagonal interrupted: the estimate from {est.n_probes} of {n_probes} probes",
-            stacklevel=3,
-        )
+        warn(f"hessian_diagonal interrupted: the estimate from {est.n_probes} of {n_probes} probes")
     if layout is None:
         return est.mean
     res = DiagonalResult(

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import threading
 import time
-import warnings
 import weakref
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from .errors import LossvizError, is_oom
+from .errors import LossvizError, is_oom, warn
 from .objective import check_differentiable, check_finite, math_sdpa
 
 METHODS = ("batched", "loop", "fwd")
@@ -302,7 +301,32 @@ class CurvatureOperator:
 
         return vmap(hvp)(V)
 
+    def _apply_distributed(self, V: Tensor, method: str) -> Tensor:
+        """The product over all ranks' data: one all-reduce of the ``(k, P)`` sums."""
+        obj = self.obj
+
+        def local():
+            out, n = torch.zeros_like(V), 0
+            with torch.enable_grad(), math_sdpa():
+                for batch, nb in obj.batches():
+                    if method == "fwd":
+                        HV = self._fwd(batch, V)
+                    elif obj.n_batches == 1:  # the graph of a single held batch is kept
+                        if self._graph is None:
+                            self._graph = (self._build(batch), batch)
+                        HV = self._apply_graph(self._graph[0], V, method)
+                    else:
+                        HV = self._apply_graph(self._build(batch), V, method)
+                    out.add_(HV.detach(), alpha=obj.batch_weight(nb))
+                    n += nb
+            return out, n
+
+        out, n = obj.reduce_sums(local, V.shape, "a curvature-vector product")
+        return out / obj.normalizer(n)
+
     def _apply_method(self, V: Tensor, method: str) -> Tensor:
+        if self.obj.distributed:
+            return self._apply_distributed(V, method)
         out = None
         streamed = self.obj.n_batches is None
         with torch.enable_grad(), math_sdpa():
@@ -361,9 +385,8 @@ class CurvatureOperator:
             elif float((HV - result).norm()) > 1e-3 * float(result.norm()):
                 del times[m]
                 self._methods_of.failed[m] = "disagrees with reverse-over-reverse"
-                warnings.warn(
-                    f"lossviz: HVP method {m!r} disagrees with reverse-over-reverse here; not used",
-                    stacklevel=3,
+                warn(
+                    f"lossviz: HVP method {m!r} disagrees with reverse-over-reverse here; not used"
                 )
         if result is None:
             raise LossvizError(

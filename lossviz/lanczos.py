@@ -16,7 +16,6 @@ with true products) is at most ``tol · |λ|_max``. Convergence is tested as the
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +23,7 @@ import torch
 from torch import Tensor
 
 from . import validate
-from .errors import ArgumentTypeError, LossvizError
+from .errors import ArgumentTypeError, LossvizError, warn
 from .hvp import apply_rows, check_operator, low_precision, work_dtype
 from .interrupt import keep_partial
 from .slq import make_bar, probe_generator
@@ -205,19 +204,17 @@ def check_args(
     if tol < floor:
         name = str(dtype).replace("torch.", "")
         if low:  # even the default cannot be resolved: use what can
-            warnings.warn(
+            warn(
                 f"{name} products resolve residuals only to about {floor:.1e} of |λ|max: tol "
                 f"raised from {tol:g} to {floor:.1e} (model.float() for more); residuals are "
-                "checked with true products",
-                stacklevel=4,
+                "checked with true products"
             )
             tol = floor
         else:
-            warnings.warn(
+            warn(
                 f"tol={tol:g} is below what {name} products resolve (about {floor:.1e} of "
                 "|λ|max): the residuals reported are the Lanczos recurrence's, smaller than "
-                "any true product can confirm",
-                stacklevel=4,
+                "any true product can confirm"
             )
     return k, tol, max_matvec, block_size, low
 
@@ -413,25 +410,22 @@ def lanczos(
                     res = res / norm_est
                 conv = res <= tol
                 if interrupted:
-                    warnings.warn(
+                    warn(
                         f"Lanczos interrupted after {n_mv} products: returning the Ritz pairs "
-                        "so far (see `converged`)",
-                        stacklevel=3,
+                        "so far (see `converged`)"
                     )
                 elif not conv.all() and done and check:
                     # converged by the recurrence, not by true products: rounding
-                    warnings.warn(
+                    warn(
                         f"Lanczos converged, but the residuals recomputed with true products "
                         f"are up to {res.max():.2e} (tol {tol:.0e}): the products' rounding "
                         f"({str(dtype).replace('torch.', '')}) limits the accuracy; use a "
-                        "larger tol (or a float64 model)",
-                        stacklevel=3,
+                        "larger tol (or a float64 model)"
                     )
                 elif not conv.all():
-                    warnings.warn(
+                    warn(
                         f"Lanczos stopped after {n_mv} products with residuals up to "
-                        f"{res.max():.2e} (tol {tol:.0e}); raise max_hvp",
-                        stacklevel=3,
+                        f"{res.max():.2e} (tol {tol:.0e}); raise max_hvp"
                     )
                 vals = theta[want]
                 perm = order_values(vals, which)

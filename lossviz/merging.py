@@ -132,6 +132,7 @@ def _batch_xy(batch, i: int):
 def _check_fisher_obj(obj, name: str = "obj") -> None:
     if not isinstance(obj, Objective):
         raise ArgumentTypeError(f"{name} must be an Objective, got {type(obj).__name__}")
+    obj.require_local("the empirical Fisher / Fisher merging")
     if obj.forward is not None:
         raise LossvizError(
             "the empirical Fisher needs per-sample losses: build the "

@@ -5,10 +5,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import hashlib
 import itertools
 import math
 import threading
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -27,6 +27,7 @@ from .errors import (
     LossvizError,
     NonFiniteLossError,
     named,
+    warn,
 )
 from .interrupt import api
 from .weights import Layout, Weights, as_state, check_matches
@@ -382,6 +383,17 @@ class Objective:
             ``"mean"``.
         max_batches: use at most this many batches of ``data`` per pass (required for an
             endless iterator such as ``itertools.cycle``).
+        distributed: False (one process), True (the default ``torch.distributed``
+            process group) or a ``ProcessGroup``: data parallel. Every rank holds its
+            shard of the data (an empty shard is allowed: it contributes no samples) and
+            the same model; the loss, gradient, curvature products and landscape values
+            are the sample-weighted mean over **all** ranks' samples (one all-reduce of
+            the weighted sums and the counts per evaluation / block of products), the
+            same on every rank. Built collectively: every rank must construct it, and
+            make the same calls in the same order. Not supported yet (they raise):
+            ``bn="train"``, ``bn="recompute"`` in the landscape kernels,
+            :meth:`swap_batch`, the dashboards, the empirical Fisher, ``reset_bn`` and
+            alignment on the Objective's data.
 
     Raises:
         LossvizError: for any bad argument, before anything is computed (an unknown
@@ -390,11 +402,16 @@ class Objective:
             not floating-point or of mixed dtypes). The loss is evaluated once on the
             first batch when the Objective is built, so that what the model or loss
             cannot take (a loss that detaches or does not depend on the parameters, a
-            loss that is not a scalar, dtypes that differ) is reported here, with what
-            was expected.
+            loss that is not a scalar, dtypes that differ, a model that uses
+            ``torch.utils.checkpoint`` with ``use_reentrant=True``) is reported here,
+            with what was expected.
         ArgumentTypeError: ``model`` not an ``nn.Module``, neither ``loss_fn`` nor
             ``forward`` given, a non-callable ``loss_fn`` / ``forward``, ``params`` or
-            ``data`` of the wrong type.
+            ``data`` of the wrong type, ``distributed`` neither a bool nor a process
+            group. With ``distributed``: no initialised process group, a DDP-wrapped
+            model, an option not supported yet (above), parameters or buffers that
+            differ between ranks (naming the ranks), a failure on another rank (naming
+            it); :class:`DataError` when no rank holds a sample.
         DataError: data that cannot be used: missing or empty, NumPy arrays or Python
             lists, batches that are not ``(inputs, targets)`` without ``forward=``,
             inputs and targets with different numbers of samples, class labels out of
@@ -422,9 +439,12 @@ class Objective:
         device: str | torch.device | None = None,
         reduction: str | None = None,
         max_batches: int | None = None,
+        distributed=False,
     ):
         if not isinstance(model, nn.Module):
             raise ArgumentTypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        self._group, self.rank, self.world_size = _process_group(distributed, model, bn)
+        self.distributed = self._group is not False
         if loss_fn is None and forward is None:
             raise ArgumentTypeError("give loss_fn(outputs, targets) or forward(model, batch)")
         validate.callable_(loss_fn, "loss_fn", "a function loss_fn(outputs, targets)", none=True)
@@ -495,7 +515,183 @@ class Objective:
         # the class label a classification loss skips (its ignore_index; -100 by default)
         f, kw = loss_target(loss_fn)
         self.ignore_index = kw.get("ignore_index", getattr(f, "ignore_index", -100))
-        self._probe()
+        if self.distributed:
+            self._construct_distributed()
+        else:
+            self._probe()
+
+    # distributed -------------------------------------------------------------
+    def _all_reduce(self, t: Tensor, op: str = "sum") -> Tensor:
+        """``t`` summed (or minimized, ``op="min"``) over the ranks: a new tensor."""
+        import torch.distributed as dist
+
+        group = self._group
+        dev = self.device if dist.get_backend(group) == "nccl" else torch.device("cpu")
+        x = t.to(dev, copy=True).contiguous()
+        dist.all_reduce(x, op=dist.ReduceOp.MIN if op == "min" else dist.ReduceOp.SUM, group=group)
+        return x.to(t.device)
+
+    def agreed_min(self, value: int) -> int:
+        """The smallest of ``value`` over the ranks (``value`` itself in one process).
+
+        Args:
+            value: this rank's integer (a chunk size).
+
+        Returns:
+            The minimum over all ranks.
+        """
+        if not self.distributed:
+            return value
+        return int(self._all_reduce(torch.tensor([value], dtype=torch.float64), "min")[0])
+
+    def _raise_agreed(self, codes: Tensor, err: BaseException | None, what: str) -> None:
+        """Raise on every rank when any rank failed (the same kind of error everywhere).
+
+        ``codes`` holds each rank's :func:`_failure_code`; the worst wins. The ranks that
+        failed with it re-raise their own error; the others raise one of the same kind,
+        naming the ranks, so that every rank takes the same decision (halve a chunk, drop
+        a method, stop).
+        """
+        codes = [int(c) for c in codes.tolist()]
+        worst = max(codes)
+        if worst == 0:
+            return
+        if err is not None and _failure_code(err) == worst:
+            raise err
+        bad = [i for i, c in enumerate(codes) if c == worst]
+        where = f"rank{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))}"
+        if worst == 1:
+            raise MemoryError(f"{what}: out of memory on {where}")
+        if worst == 3:
+            raise LossvizError(f"{what} failed on {where} (its error is reported there)")
+        raise RuntimeError(f"{what} failed on {where} (its error is reported there)")
+
+    def reduce_sums(
+        self, compute: Callable[[], tuple[Tensor, int]], shape, what: str = "the value"
+    ) -> tuple[Tensor, int]:
+        """Weighted sums and sample counts over all ranks: one all-reduce.
+
+        ``compute()`` returns this process's weighted sum (a tensor of ``shape``) and
+        number of samples. In one process that is the result; with ``distributed=`` the
+        sums and counts of every rank are added (in float64) with one all-reduce, which
+        also carries each rank's failure, so that a failure on one rank stops every rank
+        (or makes every rank halve its chunk, for out of memory).
+
+        Args:
+            compute: ``() -> (weighted sum, samples)`` on this rank's shard.
+            shape: the shape of the sum (the same on every rank).
+            what: what is computed, for messages.
+
+        Returns:
+            ``(sum over all ranks, samples over all ranks)``, the sum in the dtype and on
+            the device ``compute`` gave.
+        """
+        if not self.distributed:
+            return compute()
+        err, s, n = None, None, 0
+        try:
+            s, n = compute()
+        except Exception as e:  # noqa: BLE001 - every rank learns of it, below
+            err = e
+        numel, W = math.prod(shape), self.world_size
+        buf = torch.zeros(numel + 1 + W, dtype=torch.float64, device=self.device)
+        if s is not None:
+            buf[:numel] = s.detach().reshape(-1)
+        buf[numel] = n
+        buf[numel + 1 + self.rank] = _failure_code(err)
+        buf = self._all_reduce(buf)
+        self._raise_agreed(buf[numel + 1 :], err, what)
+        return buf[:numel].reshape(shape).to(s.device, s.dtype), int(buf[numel])
+
+    def require_local(self, what: str) -> None:
+        """Refuse a feature that does not support ``distributed=`` yet.
+
+        Args:
+            what: the feature, named in the error.
+
+        Raises:
+            LossvizError: when this Objective is distributed.
+        """
+        if self.distributed:
+            raise LossvizError(
+                f"{what} is not supported with distributed= yet: build the Objective "
+                "without distributed= (one process, all the data) for it"
+            )
+
+    def agree(self, fn: Callable, what: str, key: Callable | None = None):
+        """``fn()`` on every rank, with every rank told of a failure on any (one all-reduce).
+
+        For checks whose outcome must be the same on every rank (which metrics apply):
+        when ``fn`` fails on one rank every rank raises, and when ``key(result)`` (a
+        string) differs between ranks a :class:`LossvizError` names them. In one process
+        it is ``fn()``.
+
+        Args:
+            fn: ``() -> result`` on this rank.
+            what: what is checked, for messages.
+            key: ``result -> str`` that must be equal on every rank (None: not compared).
+
+        Returns:
+            ``fn()``'s result.
+
+        Raises:
+            LossvizError: the ranks' keys differ; a LossvizError on another rank.
+            Exception: this rank's own error, or one of the same kind from another rank.
+        """
+        if not self.distributed:
+            return fn()
+        err, out = None, None
+        try:
+            out = fn()
+        except Exception as e:  # noqa: BLE001 - every rank learns of it, below
+            err = e
+        W, r = self.world_size, self.rank
+        buf = torch.zeros(2 * W, dtype=torch.float64)
+        buf[r] = _failure_code(err)
+        if err is None and key is not None:
+            buf[W + r] = int.from_bytes(hashlib.sha256(key(out).encode()).digest()[:6], "big")
+        buf = self._all_reduce(buf)
+        self._raise_agreed(buf[:W], err, what)
+        ks = buf[W:].tolist()
+        differ = [i for i in range(W) if ks[i] != ks[0]]
+        if differ:
+            raise LossvizError(f"{what}: ranks {differ} disagree with rank 0 (their data differ)")
+        return out
+
+    def _construct_distributed(self) -> None:
+        """Collective checks at construction: one all-reduce of ``3 × world size`` numbers.
+
+        Each rank's checksum of the parameters and buffers, its number of samples and
+        whether its probe (:meth:`_probe`) failed.
+        """
+        W, r = self.world_size, self.rank
+        err, n_local = None, 0
+        try:
+            if self._batches is not None:
+                n_local = sum(self._sizes)
+            else:  # streamed: does this shard hold a batch?
+                n_local = 1 if next(self._stream(limit=1), None) is not None else 0
+            if n_local:
+                self._probe()
+        except Exception as e:  # noqa: BLE001 - every rank learns of it, below
+            err = e
+        buf = torch.zeros(3 * W, dtype=torch.float64)
+        buf[r] = _checksum(self.model)
+        buf[W + r] = n_local
+        buf[2 * W + r] = _failure_code(err)
+        buf = self._all_reduce(buf)
+        self._raise_agreed(buf[2 * W :], err, "building the Objective")
+        sums = buf[:W].tolist()
+        differ = [i for i in range(W) if sums[i] != sums[0]]
+        if differ:
+            raise LossvizError(
+                f"distributed: the model on rank{'s' if len(differ) > 1 else ''} "
+                f"{', '.join(map(str, differ))} differs from rank 0's (a checksum of the "
+                "parameters and buffers): every rank must hold the same model (the same "
+                "seed, or the same checkpoint loaded on every rank)"
+            )
+        if float(buf[W : 2 * W].sum()) == 0:
+            raise DataError("distributed: no rank holds a sample (every shard is empty)")
 
     # construction ------------------------------------------------------------
     def _reduction(self, given: str | None) -> str:
@@ -552,7 +748,8 @@ class Objective:
             )
         if is_single_batch(data):
             b = to_device(data, self.device)
-            return [b], [self._check_batch(b, None)]
+            n = self._check_batch(b, None)
+            return ([b], [n]) if n else ([], [])  # 0 samples: only on a distributed rank
         if isinstance(data, (list, tuple)):
             _refuse_non_tensors(data)
             src = list(data)
@@ -560,6 +757,8 @@ class Objective:
                 src = src[: self.max_batches]
         elif isinstance(data, Iterable):
             if not isinstance(data, Iterator):  # re-iterable (a DataLoader): every pass
+                if self.distributed:
+                    _check_sampler(data)
                 self._data = data
                 return None, None
             src = self._read_once(data)
@@ -568,10 +767,13 @@ class Objective:
                 f"data must be a batch (inputs, targets) or an iterable of batches, got "
                 f"{type(data).__name__}"
             )
-        if not src:
+        if not src and not self.distributed:
             raise DataError("data is empty: no batch")
         batches = [to_device(b, self.device) for b in src]
-        return batches, [self._check_batch(b, i) for i, b in enumerate(batches)]
+        sizes = [self._check_batch(b, i) for i, b in enumerate(batches)]
+        # a batch of 0 samples is only accepted on a distributed rank: it holds nothing
+        keep = [i for i, n in enumerate(sizes) if n]
+        return [batches[i] for i in keep], [sizes[i] for i in keep]
 
     def _read_once(self, it) -> list:
         """All batches of a one-shot iterator (bounded by ``max_batches``)."""
@@ -621,7 +823,7 @@ class Objective:
                     f"{int(y.shape[0])} ({_describe(b)})"
                 )
         n = batch_size(b)
-        if n == 0:
+        if n == 0 and not self.distributed:
             raise DataError(f"{where} has no samples ({_describe(b)})")
         return n
 
@@ -669,7 +871,16 @@ class Objective:
                 )
             )
         with torch.enable_grad():
-            grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+            try:
+                grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+            except RuntimeError as e:
+                if "use_reentrant" not in str(e):
+                    raise
+                raise LossvizError(
+                    f"{what}: the model uses torch.utils.checkpoint with use_reentrant=True, "
+                    "which cannot be differentiated with torch.autograd.grad (nor twice, as "
+                    "curvature needs); pass use_reentrant=False to checkpoint(...)"
+                ) from e
         if all(g is None for g in grads):
             raise LossvizError(
                 f"{what}: the loss does not depend on the parameters lossviz varies"
@@ -764,6 +975,8 @@ class Objective:
         Raises:
             DataError: the batch is empty or malformed (as for ``data=``).
         """
+        if self.distributed:
+            raise LossvizError("swap_batch is not supported with distributed= yet")
         with self._lock:
             b = to_device(batch, self.device)
             n = self._check_batch(b, None)
@@ -789,11 +1002,13 @@ class Objective:
                 )
             b = to_device(b, self.device)
             nb = self._check_batch(b, i)
+            if nb == 0:  # only on a distributed rank
+                continue
             n, total = n + 1, total + nb
             yield b, nb
         if limit is not None and n:
             return
-        if n == 0:
+        if n == 0 and not (self.distributed and self._stream_shape in (None, (0, 0))):
             if self._stream_shape is not None:
                 raise DataError(
                     "data can be iterated only once (its second pass was empty): "
@@ -828,9 +1043,15 @@ class Objective:
         """``(batch, samples)``: the first batch on the compute device.
 
         Raises:
-            DataError: as :meth:`batches`.
+            DataError: as :meth:`batches`; on a distributed rank whose shard is empty.
         """
-        return next(self._stream(limit=1))
+        try:
+            return next(self._stream(limit=1))
+        except StopIteration:
+            raise DataError(
+                f"rank {self.rank} holds no samples: this needs a batch on every rank with "
+                "distributed= (give every rank at least one sample)"
+            ) from None
 
     def held_batches(self) -> list | None:
         """The batches kept in memory (a copy of the list), or None for a streamed source.
@@ -1113,16 +1334,20 @@ class Objective:
             DataError: as :meth:`batches`.
         """
         flat, fixed = self.resolve(at)
-        total, n = None, 0
-        with torch.no_grad():
-            for b, nb in self.batches():
-                lb = self.batch_loss(flat, fixed, b).detach().to(torch.float64)
-                lb = lb * self.batch_weight(nb)
-                total = lb if total is None else total + lb
-                n += nb
+
+        def local():
+            total, n = torch.zeros((), dtype=torch.float64, device=self.device), 0
+            with torch.no_grad():
+                for b, nb in self.batches():
+                    lb = self.batch_loss(flat, fixed, b).detach().to(torch.float64)
+                    total = total + lb * self.batch_weight(nb)
+                    n += nb
+            return total, n
+
+        total, n = self.reduce_sums(local, (), "the loss")
         value = float(total / self.normalizer(n))
         if not math.isfinite(value):
-            warnings.warn(f"the loss is not finite at this point: {value}", stacklevel=2)
+            warn(f"the loss is not finite at this point: {value}")
         return value
 
     @api
@@ -1145,17 +1370,22 @@ class Objective:
             DataError: as :meth:`batches`.
         """
         flat, fixed = self.resolve(at)
-        g = torch.zeros_like(flat)
-        n = 0
-        with torch.enable_grad():
-            for b, nb in self.batches():
-                theta = flat.detach().requires_grad_(True)
-                loss = self.batch_loss(theta, fixed, b)
-                check_finite(loss)
-                check_differentiable(loss, self)
-                (gb,) = torch.autograd.grad(loss, theta)
-                g += gb * self.batch_weight(nb)
-                n += nb
+
+        def local():
+            g = torch.zeros_like(flat)
+            n = 0
+            with torch.enable_grad():
+                for b, nb in self.batches():
+                    theta = flat.detach().requires_grad_(True)
+                    loss = self.batch_loss(theta, fixed, b)
+                    check_finite(loss)
+                    check_differentiable(loss, self)
+                    (gb,) = torch.autograd.grad(loss, theta)
+                    g += gb * self.batch_weight(nb)
+                    n += nb
+            return g, n
+
+        g, n = self.reduce_sums(local, flat.shape, "the gradient")
         return self.layout.to_weights(g / self.normalizer(n))
 
     @api
@@ -1290,8 +1520,93 @@ class Objective:
         return (
             f"Objective({type(self.model).__name__}, {self.layout.size:,} varying parameters "
             f"in {len(self.names)} tensors, {nb if nb is not None else 'streamed'} batch(es), "
-            f"bn={self.bn!r}{red}, device={self.device})"
+            f"bn={self.bn!r}{red}, device={self.device}"
+            + (f", distributed: rank {self.rank} of {self.world_size}" if self.distributed else "")
+            + ")"
         )
+
+
+def _failure_code(err: BaseException | None) -> int:
+    """0: no failure; 1: out of memory; 2: another error; 3: a LossvizError (bad input)."""
+    from .errors import is_oom
+
+    if err is None:
+        return 0
+    if isinstance(err, LossvizError):
+        return 3
+    return 1 if is_oom(err) else 2
+
+
+def _check_sampler(loader) -> None:
+    """Refuse a ``DistributedSampler`` that repeats samples to even out the shards.
+
+    With ``drop_last=False`` it pads the shards with copies of samples: the mean over the
+    ranks would count them twice.
+    """
+    from torch.utils.data.distributed import DistributedSampler
+
+    s = getattr(loader, "sampler", None)
+    if isinstance(s, DistributedSampler) and s.total_size > len(s.dataset):
+        raise DataError(
+            f"the DataLoader's DistributedSampler pads {len(s.dataset)} samples to "
+            f"{s.total_size} by repeating {s.total_size - len(s.dataset)} of them (so that "
+            "every rank gets as many): the full-data mean would count them twice. Give "
+            "each rank its own shard instead (e.g. a Subset of indices rank::world_size "
+            "with a plain sampler; shards may differ in size)"
+        )
+
+
+def _checksum(model: nn.Module) -> int:
+    """A 48-bit hash of the names, shapes, dtypes and values of the parameters and buffers.
+
+    Exact in float64, so the ranks' hashes can travel in one all-reduce.
+    """
+    h = hashlib.sha256()
+    for name, t in itertools.chain(model.named_parameters(), model.named_buffers()):
+        t = t.detach()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        if t.numel():
+            h.update(t.contiguous().reshape(-1).view(torch.uint8).cpu().numpy().tobytes())
+    return int.from_bytes(h.digest()[:6], "big")
+
+
+def _process_group(distributed, model: nn.Module, bn: str):
+    """``(group, rank, world size)`` for ``distributed=``; ``(False, 0, 1)`` for one process.
+
+    Checked before any work: a process group that is initialised, a model that is not
+    wrapped in DDP, options supported with data parallelism.
+    """
+    if distributed is False or distributed is None:
+        return False, 0, 1
+    import torch.distributed as dist
+
+    if distributed is True:
+        group = None
+    elif dist.is_available() and isinstance(distributed, dist.ProcessGroup):
+        group = distributed
+    else:
+        raise ArgumentTypeError(
+            "distributed must be True, False or a torch.distributed ProcessGroup, got "
+            f"{type(distributed).__name__}"
+        )
+    if not dist.is_available() or not dist.is_initialized():
+        raise LossvizError(
+            "distributed=True needs an initialised torch.distributed process group: call "
+            "torch.distributed.init_process_group(...) first (torchrun sets up the "
+            "environment it reads)"
+        )
+    from torch.nn.parallel import DistributedDataParallel
+
+    if isinstance(model, DistributedDataParallel):
+        raise LossvizError(
+            "distributed=: give the model itself (ddp_model.module), not the DDP wrapper; "
+            "lossviz does its own all-reduce"
+        )
+    if bn == "train":
+        raise LossvizError(
+            "bn='train' is not supported with distributed= yet (batch statistics per rank)"
+        )
+    return group, dist.get_rank(group), dist.get_world_size(group)
 
 
 def call_model(m, inputs):

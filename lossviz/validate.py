@@ -188,6 +188,8 @@ def boolean(value, name: str) -> bool:
 def progress(value, name: str = "progress") -> bool:
     """Whether to show a progress bar: the one reading of every ``progress=`` argument.
 
+    In a ``torch.distributed`` job the bars show on rank 0 only.
+
     Args:
         value: None (on, unless the environment sets ``LOSSVIZ_PROGRESS`` to ``0``,
             ``false`` or ``False``), True or False.
@@ -199,9 +201,13 @@ def progress(value, name: str = "progress") -> bool:
     Raises:
         ArgumentTypeError: if ``value`` is neither None nor a bool.
     """
+    from .errors import is_rank_zero
+
     if value is None:
-        return os.environ.get("LOSSVIZ_PROGRESS", "1") not in ("0", "false", "False")
-    return boolean(value, name)
+        on = os.environ.get("LOSSVIZ_PROGRESS", "1") not in ("0", "false", "False")
+    else:
+        on = boolean(value, name)
+    return on and is_rank_zero()
 
 
 def seed(value, name: str = "seed") -> int:

@@ -130,6 +130,7 @@ class InterpolationDashboard(Dashboard):
 
         if not isinstance(obj, Objective):
             raise TypeError(f"obj must be a lossviz.Objective, got {type(obj).__name__}")
+        obj.require_local("the interpolation dashboard")
         n = validate.integer(n, "n (points on the α grid)", low=3)
         bn = bn_mode(bn)
         bad = [k for k in kw if k not in KERNEL_KW]

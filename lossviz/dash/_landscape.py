@@ -168,6 +168,8 @@ class LandscapeDashboard(Dashboard):
             )
         if obj is not None and not isinstance(obj, Objective):
             raise TypeError(f"the Surface's objective is not an Objective: {type(obj).__name__}")
+        if obj is not None:
+            obj.require_local("the landscape dashboard")
         if kind not in [k for _, k in KINDS]:
             raise LossvizError(f"kind must be 'contour', 'heatmap' or 'surface', got {kind!r}")
         self.obj = obj

@@ -95,6 +95,8 @@ def _result_point(res, label: str, x: float) -> SpectrumPoint:
     what = type(res).__name__
     if not isinstance(obj, Objective):
         p.why = f"this {what} carries no Objective (computed on an operator, or unpickled)"
+    elif obj.distributed:
+        obj.require_local("the spectrum dashboard")
     elif point_version(obj, res.at) != res.at_version:
         p.why = (
             f"the weights this {what} was computed at have changed since "

@@ -1,0 +1,309 @@
+"""One rank of the data-parallel checks of tests/test_distributed.py (run under torchrun).
+
+Every rank builds the same tiny float64 MLP and the same 60-sample data set; rank 0 holds
+samples 0..36 and rank 1 samples 37..59 (batches of 10, so a short last batch on each).
+Each distributed number is compared on every rank with the one-process Objective on the
+concatenated data, and with plain autograd (``tests/reference.py``) where cheap; the
+results are gathered and compared across ranks; a JSON summary is written to
+``$OUT_DIR/rank<r>.json``. Any failure exits non-zero (torchrun then stops the others).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from reference import dense_hessian  # noqa: E402
+
+import lossviz as lv  # noqa: E402
+from lossviz.errors import DataError, LossvizError  # noqa: E402
+
+N, SPLIT, BATCH = 60, 37, 10
+RTOL = 1e-6
+
+
+def model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)).double()
+
+
+def full_data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(N, 5, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (N,), generator=g)
+    return x, y
+
+
+def shard(x, y, lo, hi):
+    return [(x[i : min(i + BATCH, hi)], y[i : min(i + BATCH, hi)]) for i in range(lo, hi, BATCH)]
+
+
+def close(a, b, what, rtol=RTOL, atol=1e-12):
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or not np.allclose(a, b, rtol=rtol, atol=atol):
+        raise AssertionError(f"{what}: {a.ravel()[:6]} != {b.ravel()[:6]}")
+
+
+def raises(kind, words, fn, what):
+    try:
+        fn()
+    except kind as e:
+        if not all(w in str(e) for w in words):
+            raise AssertionError(f"{what}: message {str(e)!r} lacks {words}") from e
+        return str(e)
+    raise AssertionError(f"{what}: no {kind.__name__} raised")
+
+
+def main() -> None:
+    out_dir = os.environ["OUT_DIR"]
+    lv_kw = {"progress": False}
+    m = model()
+    x, y = full_data()
+
+    # bad input before any process group: a clear error, not a hang
+    no_pg = raises(
+        LossvizError,
+        ["process group"],
+        lambda: lv.Objective(m, F.cross_entropy, (x, y), distributed=True),
+        "no process group",
+    )
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    assert world == 2, world
+    lo, hi = (0, SPLIT) if rank == 0 else (SPLIT, N)
+    local = shard(x, y, lo, hi)
+
+    full = lv.Objective(m, F.cross_entropy, (x, y))
+    obj = lv.Objective(m, F.cross_entropy, local, distributed=True)
+    H = dense_hessian(m, F.cross_entropy, (x, y))  # plain autograd, all the data
+    res: dict = {"no_pg": no_pg}
+
+    # loss and gradient: one process, and plain autograd
+    res["loss"] = obj.loss()
+    close(res["loss"], full.loss(), "loss", rtol=1e-12)
+    close(res["loss"], float(F.cross_entropy(m(x), y).detach()), "loss (autograd)", rtol=1e-12)
+    g = obj.gradient().flatten().numpy()
+    mc = model()
+    F.cross_entropy(mc(x), y).backward()
+    g_ref = torch.cat([p.grad.reshape(-1) for p in mc.parameters()]).numpy()
+    close(g, full.gradient().flatten().numpy(), "gradient", rtol=1e-12)
+    close(g, g_ref, "gradient (autograd)", rtol=1e-10)
+    res["grad"] = g.tolist()
+
+    # Hessian- and GGN-vector products (one vector, then a block: the timed methods)
+    V = torch.randn(
+        5, obj.n_params, generator=torch.Generator().manual_seed(1), dtype=torch.float64
+    )
+    hv = obj.hvp(V[0]).flatten().numpy()
+    close(hv, (H @ V[0]).numpy(), "HVP (dense Hessian)", rtol=1e-10)
+    close(hv, full.hvp(V[0]).flatten().numpy(), "HVP", rtol=1e-12)
+    block = np.stack([w.flatten().numpy() for w in obj.hvp_batched(V)])
+    close(block, (V @ H).numpy(), "HVP block (dense Hessian)", rtol=1e-10)
+    ggn = obj.hvp(V[1], curvature="ggn").flatten().numpy()
+    close(ggn, full.hvp(V[1], curvature="ggn").flatten().numpy(), "GGN product", rtol=1e-12)
+    res["hvp"] = hv.tolist()
+
+    # kernels
+    top = lv.hessian_eigs(obj, k=3, tol=1e-10, **lv_kw).values
+    exact = np.sort(np.linalg.eigvalsh(H.numpy()))[::-1][:3]
+    close(np.sort(top)[::-1], exact, "top-3 eigenvalues (dense)")
+    close(top, lv.hessian_eigs(full, k=3, tol=1e-10, **lv_kw).values, "top-3 eigenvalues")
+    res["eigs"] = np.asarray(top).tolist()
+    tr = lv.hessian_trace(obj, rtol=0.05, max_hvp=200, seed=3, **lv_kw)
+    tr_full = lv.hessian_trace(full, rtol=0.05, max_hvp=200, seed=3, **lv_kw)
+    close(tr.value, tr_full.value, "trace (same probes)")
+    assert tr.n_hvp == tr_full.n_hvp, (tr.n_hvp, tr_full.n_hvp)
+    res["trace"] = [float(tr.value), int(tr.n_hvp)]
+    dens = lv.hessian_density(obj, n_probes=3, steps=15, seed=2, **lv_kw)
+    dens_full = lv.hessian_density(full, n_probes=3, steps=15, seed=2, **lv_kw)
+    close(dens.nodes, dens_full.nodes, "density nodes", atol=1e-9)
+    close(dens.weights, dens_full.weights, "density weights", atol=1e-9)
+    res["density"] = np.asarray(dens.nodes).tolist()
+
+    # landscapes: a small surface, a path and its barrier between two models
+    d = lv.random_directions(full, 2, seed=0)
+    kw = {"span": ((-1, 1), (-0.5, 0.5)), "n": (4, 3), "progress": False}
+    s = lv.surface(obj, None, d, metrics=("loss", "accuracy"), **kw)
+    s_full = lv.surface(full, None, d, metrics=("loss", "accuracy"), **kw)
+    close(s["loss"], s_full["loss"], "surface loss", rtol=1e-12)
+    close(s["accuracy"], s_full["accuracy"], "surface accuracy", rtol=1e-12)
+    w = full.weights() + float(s.x[1]) * d[0] + float(s.y[2]) * d[1]
+    close(s["loss"][2, 1], full.loss(w), "surface point", rtol=1e-12)
+    res["surface"] = np.asarray(s["loss"]).tolist()
+    a, b = model(1), model(2)
+    p = lv.interpolate(obj, a, b, n=5, metrics=("loss", "accuracy"), progress=False)
+    p_full = lv.interpolate(full, a, b, n=5, metrics=("loss", "accuracy"), progress=False)
+    close(p.loss, p_full.loss, "interpolate loss", rtol=1e-12)
+    close(p.accuracy, p_full.accuracy, "interpolate accuracy", rtol=1e-12)
+    bar = lv.barrier(obj, a, b, n=5, progress=False)
+    close(bar, lv.barrier(full, a, b, n=5, progress=False), "barrier", rtol=1e-10)
+    res["path"] = np.asarray(p.loss).tolist() + [float(bar)]
+
+    # the other kernels on products and on the engine
+    diag = lv.hessian_diagonal(obj, n_probes=6, seed=0, **lv_kw).flatten().numpy()
+    close(diag, lv.hessian_diagonal(full, n_probes=6, seed=0, **lv_kw).flatten().numpy(), "diag")
+    ln = lv.line(obj, None, d[0], n=5, progress=False).loss
+    close(ln, lv.line(full, None, d[0], n=5, progress=False).loss, "line", rtol=1e-12)
+    lw = lv.layerwise_barriers(obj, a, b, n=3, progress=False).table
+    lw_full = lv.layerwise_barriers(full, a, b, n=3, progress=False).table
+    assert list(lw) == list(lw_full), (list(lw), list(lw_full))
+    for g_ in lw:
+        close([lw[g_][k] for k in lw[g_]], [lw_full[g_][k] for k in lw[g_]], f"layer {g_}")
+    bm = lv.barrier_matrix(obj, [a, b, m], n=3, progress=False).values
+    close(bm, lv.barrier_matrix(full, [a, b, m], n=3, progress=False).values, "barriers")
+    rkw = {"n_directions": 4, "n_points": 5, "seed": 0, "n_bootstrap": 20, "progress": False}
+    ri = lv.roughness_index(obj, **rkw)
+    close(ri.slices, lv.roughness_index(full, **rkw).slices, "roughness slices", rtol=1e-12)
+    res["more"] = [diag.tolist(), np.asarray(ln).tolist(), np.asarray(bm).tolist()]
+
+    # a summed loss: the sum over every rank's samples
+    summed = lv.Objective(m, nn.CrossEntropyLoss(reduction="sum"), local, distributed=True)
+    close(summed.loss(), float(F.cross_entropy(m(x), y, reduction="sum")), "sum", rtol=1e-12)
+
+    # an empty shard on rank 1 is allowed: it contributes no samples
+    uneven = lv.Objective(
+        m, F.cross_entropy, shard(x, y, 0, N) if rank == 0 else [], distributed=True
+    )
+    close(uneven.loss(), full.loss(), "loss, empty shard", rtol=1e-12)
+    close(uneven.hvp(V[0]).flatten().numpy(), hv, "HVP, empty shard", rtol=1e-12)
+    close(lv.hessian_eigs(uneven, k=3, tol=1e-10, **lv_kw).values, top, "eigs, empty shard")
+    s_e = lv.surface(uneven, None, d, **kw)
+    close(s_e["loss"], s_full["loss"], "surface, empty shard", rtol=1e-12)
+
+    # one batch per rank (its gradient graph is kept between products)
+    one = lv.Objective(m, F.cross_entropy, (x[lo:hi], y[lo:hi]), distributed=True)
+    for _ in range(2):
+        blk = np.stack([w.flatten().numpy() for w in one.hvp_batched(V[:3])])
+        close(blk, (V[:3] @ H).numpy(), "HVP block, one batch per rank", rtol=1e-10)
+    # accuracy needs a batch on every rank: the empty rank raises, the other names it
+    res["empty_accuracy"] = raises(
+        DataError if rank == 1 else LossvizError,
+        ["holds no samples"] if rank == 1 else ["rank 1"],
+        lambda: lv.surface(uneven, None, d, metrics=("loss", "accuracy"), **kw),
+        "accuracy with an empty shard",
+    )
+
+    # a DataLoader per rank (streamed, read at every pass): rank r takes r::2
+    ds = torch.utils.data.TensorDataset(x, y)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(ds, list(range(rank, N, world))), batch_size=BATCH
+    )
+    streamed = lv.Objective(m, F.cross_entropy, loader, distributed=True)
+    close(streamed.loss(), full.loss(), "loss, DataLoader", rtol=1e-12)
+    close(streamed.hvp(V[0]).flatten().numpy(), hv, "HVP, DataLoader", rtol=1e-12)
+    sampler = torch.utils.data.distributed.DistributedSampler(
+        torch.utils.data.TensorDataset(x[:59], y[:59]), shuffle=False
+    )
+    padded = torch.utils.data.DataLoader(sampler.dataset, batch_size=BATCH, sampler=sampler)
+    raises(
+        DataError,
+        ["DistributedSampler", "repeating 1"],
+        lambda: lv.Objective(m, F.cross_entropy, padded, distributed=True),
+        "a padding DistributedSampler",
+    )
+
+    # a failure on one rank reaches every rank (no hang); out of memory on one rank makes
+    # every rank halve its chunk of vectors alike
+    fail = {"kind": None}
+
+    def forward(model_, batch):
+        if rank == 1 and fail["kind"] is not None:
+            kind, fail["kind"] = fail["kind"], None
+            raise kind("injected on rank 1")
+        return F.cross_entropy(model_(batch[0]), batch[1])
+
+    fobj = lv.Objective(m, forward=forward, data=local, distributed=True)
+    close(fobj.hvp_batched(V[:2])[0].flatten().numpy(), hv, "HVP, forward=", rtol=1e-12)
+    fail["kind"] = RuntimeError
+    res["remote_failure"] = raises(
+        RuntimeError, ["rank 1"] if rank == 0 else ["injected"], fobj.loss, "a failing rank"
+    )
+    fail["kind"] = MemoryError
+    op = fobj.operator()
+    out = op.apply(V[:4])
+    close(out.numpy(), (V[:4] @ H).numpy(), "HVP block after out of memory", rtol=1e-10)
+    res["max_chunk"] = op.max_chunk
+    assert op.max_chunk == 2, op.max_chunk
+
+    # bad input: every rank raises, with the rank named
+    m_bad = model()
+    if rank == 1:
+        with torch.no_grad():
+            m_bad[0].weight[0, 0] += 1e-9
+    res["mismatch"] = raises(
+        LossvizError,
+        ["rank 1", "differs"],
+        lambda: lv.Objective(m_bad, F.cross_entropy, local, distributed=True),
+        "mismatched parameters",
+    )
+    res["all_empty"] = raises(
+        DataError,
+        ["no rank holds a sample"],
+        lambda: lv.Objective(m, F.cross_entropy, [], distributed=True),
+        "all shards empty",
+    )
+    bad_y = [(bx, by + 5 * (rank == 1)) for bx, by in local]
+    res["bad_labels"] = raises(
+        DataError if rank == 1 else LossvizError,
+        ["rank 1"] if rank == 0 else ["out of range"],
+        lambda: lv.Objective(m, F.cross_entropy, bad_y, distributed=True),
+        "a probe that fails on one rank",
+    )
+    raises(
+        LossvizError,
+        ["bn='train'"],
+        lambda: lv.Objective(m, F.cross_entropy, local, bn="train", distributed=True),
+        "bn='train'",
+    )
+    once = lv.Objective(m, F.cross_entropy, iter(local), distributed=True)  # a generator
+    close(once.loss(), full.loss(), "loss, one-shot iterator", rtol=1e-12)
+    torch.manual_seed(0)
+    m_bn = nn.Sequential(nn.Linear(5, 7), nn.BatchNorm1d(7), nn.Linear(7, 3)).double().eval()
+    obj_bn = lv.Objective(m_bn, F.cross_entropy, local, distributed=True)
+    raises(
+        LossvizError,
+        ["bn='recompute'", "distributed"],
+        lambda: lv.interpolate(obj_bn, m_bn, m_bn, n=3, bn="recompute", progress=False),
+        "bn='recompute'",
+    )
+    raises(LossvizError, ["swap_batch"], lambda: obj.swap_batch(local[0]), "swap_batch")
+    # the ranks are still in step after the errors
+    close(obj.loss(), full.loss(), "loss after the errors", rtol=1e-12)
+
+    # warnings and progress bars on rank 0 only
+    import warnings
+
+    from lossviz import validate
+    from lossviz.errors import warn
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warn("a lossviz warning")
+    assert len(caught) == (rank == 0), caught
+    assert validate.progress(True) == (rank == 0)
+
+    # identical on every rank
+    gathered = [None] * world
+    local_msgs = ("bad_labels", "remote_failure", "empty_accuracy")
+    numbers = {k: v for k, v in res.items() if k not in local_msgs}
+    dist.all_gather_object(gathered, numbers)
+    if gathered[0] != gathered[1]:
+        raise AssertionError("the ranks' results differ")
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+        json.dump(res, f)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
