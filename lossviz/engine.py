@@ -1063,7 +1063,9 @@ class Engine:
                     n += nb
             return total, n
 
-        total, n = obj.reduce_sums(local, (len(self.metrics), c), "evaluating the metrics")
+        total, n = obj.reduce_sums(
+            local, (len(self.metrics), c), "evaluating the metrics", inputs=pts
+        )
         return total / torch.where(is_loss, obj.normalizer(n), float(n))
 
     def auto_chunk(self, n: int) -> int:

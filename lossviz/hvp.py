@@ -321,7 +321,7 @@ class CurvatureOperator:
                     n += nb
             return out, n
 
-        out, n = obj.reduce_sums(local, V.shape, "a curvature-vector product")
+        out, n = obj.reduce_sums(local, V.shape, "a curvature-vector product", inputs=V)
         return out / obj.normalizer(n)
 
     def _apply_method(self, V: Tensor, method: str) -> Tensor:

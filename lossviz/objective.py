@@ -567,7 +567,11 @@ class Objective:
         raise RuntimeError(f"{what} failed on {where} (its error is reported there)")
 
     def reduce_sums(
-        self, compute: Callable[[], tuple[Tensor, int]], shape, what: str = "the value"
+        self,
+        compute: Callable[[], tuple[Tensor, int]],
+        shape,
+        what: str = "the value",
+        inputs: Tensor | None = None,
     ) -> tuple[Tensor, int]:
         """Weighted sums and sample counts over all ranks: one all-reduce.
 
@@ -581,6 +585,9 @@ class Objective:
             compute: ``() -> (weighted sum, samples)`` on this rank's shard.
             shape: the shape of the sum (the same on every rank).
             what: what is computed, for messages.
+            inputs: the vectors or points the sums are of, which must be the same on
+                every rank (probes drawn with one seed, the same grid): a fingerprint of
+                them travels in the same all-reduce and ranks that differ are an error.
 
         Returns:
             ``(sum over all ranks, samples over all ranks)``, the sum in the dtype and on
@@ -594,13 +601,28 @@ class Objective:
         except Exception as e:  # noqa: BLE001 - every rank learns of it, below
             err = e
         numel, W = math.prod(shape), self.world_size
-        buf = torch.zeros(numel + 1 + W, dtype=torch.float64, device=self.device)
+        buf = torch.zeros(numel + 1 + 3 * W, dtype=torch.float64, device=self.device)
         if s is not None:
             buf[:numel] = s.detach().reshape(-1)
         buf[numel] = n
         buf[numel + 1 + self.rank] = _failure_code(err)
+        fp = numel + 1 + W  # each rank's fingerprint of its inputs: 2 numbers
+        if inputs is not None:
+            buf[fp + 2 * self.rank : fp + 2 * self.rank + 2] = _fingerprint(inputs)
         buf = self._all_reduce(buf)
-        self._raise_agreed(buf[numel + 1 :], err, what)
+        self._raise_agreed(buf[numel + 1 : fp], err, what)
+        if inputs is not None:
+            prints = buf[fp:].view(W, 2)
+            own = prints[self.rank]
+            differ = [
+                i for i in range(W) if not torch.allclose(prints[i], own, rtol=1e-12, atol=0.0)
+            ]
+            if differ:
+                raise LossvizError(
+                    f"{what}: the vectors / points differ between ranks (rank {self.rank} "
+                    f"and rank(s) {', '.join(map(str, differ))}): every rank must pass the "
+                    "same seed= and the same points or directions"
+                )
         return buf[:numel].reshape(shape).to(s.device, s.dtype), int(buf[numel])
 
     def require_local(self, what: str) -> None:
@@ -1524,6 +1546,17 @@ class Objective:
             + (f", distributed: rank {self.rank} of {self.world_size}" if self.distributed else "")
             + ")"
         )
+
+
+def _fingerprint(x: Tensor) -> Tensor:
+    """Two float64 numbers that differ for different tensors of one shape (in practice).
+
+    The sum, and a dot product with fixed weights from the positions, so that a reordering
+    or a different random draw shows.
+    """
+    v = x.detach().reshape(-1).to(torch.float64)
+    w = torch.sin(torch.arange(v.numel(), dtype=torch.float64, device=v.device) * 0.7 + 0.3)
+    return torch.stack([v.sum(), v @ w])
 
 
 def _failure_code(err: BaseException | None) -> int:

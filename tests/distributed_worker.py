@@ -277,6 +277,20 @@ def main() -> None:
         "bn='recompute'",
     )
     raises(LossvizError, ["swap_batch"], lambda: obj.swap_batch(local[0]), "swap_batch")
+    # different seeds or points on the ranks: every rank raises, never a silent mix
+    res["seed_mismatch"] = raises(
+        LossvizError,
+        ["differ between ranks", "seed="],
+        lambda: lv.hessian_trace(obj, seed=rank, progress=False),
+        "different seeds",
+    )
+    pts = torch.stack([obj.resolve()[0]] * 2) + 0.01 * rank
+    res["points_mismatch"] = raises(
+        LossvizError,
+        ["differ between ranks"],
+        lambda: lv.evaluate(obj, pts, progress=False),
+        "different points",
+    )
     # the ranks are still in step after the errors
     close(obj.loss(), full.loss(), "loss after the errors", rtol=1e-12)
 
@@ -294,7 +308,13 @@ def main() -> None:
 
     # identical on every rank
     gathered = [None] * world
-    local_msgs = ("bad_labels", "remote_failure", "empty_accuracy")
+    local_msgs = (
+        "bad_labels",
+        "remote_failure",
+        "empty_accuracy",
+        "seed_mismatch",
+        "points_mismatch",
+    )
     numbers = {k: v for k, v in res.items() if k not in local_msgs}
     dist.all_gather_object(gathered, numbers)
     if gathered[0] != gathered[1]:
