@@ -112,8 +112,24 @@ def _point_xy(surface, p) -> tuple[float, float]:
     return surface.project(p)
 
 
+class _ByMetric:
+    """``result["accuracy"]`` and ``result.loss``: the values of one metric (Slice1D, Surface)."""
+
+    values: dict
+
+    def __getitem__(self, metric: str) -> np.ndarray:
+        if metric not in self.values:
+            raise LossvizError(f"no metric {metric!r}; have {list(self.values)}")
+        return self.values[metric]
+
+    @property
+    def loss(self) -> np.ndarray:
+        """The ``"loss"`` values (a :class:`~lossviz.errors.LossvizError` if not computed)."""
+        return self["loss"]
+
+
 @dataclass(kw_only=True, repr=False)
-class Slice1D(DataResult):
+class Slice1D(_ByMetric, DataResult):
     """A 1-D slice ``f(t) = L(θ + t·d)``: ``t`` and one array per metric in ``values``.
 
     What :func:`lossviz.line` returns (the 1-D plots of Li, Xu, Taylor, Studer, Goldstein
@@ -147,16 +163,6 @@ class Slice1D(DataResult):
     seconds: float = 0.0
     #: which points were evaluated (all unless interrupted)
     evaluated: np.ndarray | None = field(default=None, compare=False)
-
-    def __getitem__(self, metric: str) -> np.ndarray:
-        if metric not in self.values:
-            raise LossvizError(f"no metric {metric!r}; have {list(self.values)}")
-        return self.values[metric]
-
-    @property
-    def loss(self) -> np.ndarray:
-        """The ``"loss"`` values (a :class:`~lossviz.errors.LossvizError` if not computed)."""
-        return self["loss"]
 
     @property
     def n_evaluated(self) -> int:
@@ -232,7 +238,7 @@ class Slice1D(DataResult):
 
 
 @dataclass(kw_only=True, repr=False)
-class Surface(DataResult):
+class Surface(_ByMetric, DataResult):
     """A 2-D slice ``f(a, b) = L(θ + a·d1 + b·d2)``.
 
     What :func:`lossviz.surface` returns: the surface plots of Li, Xu, Taylor, Studer,
@@ -275,16 +281,6 @@ class Surface(DataResult):
     points: dict = field(default_factory=dict)
     #: which grid points were evaluated, shaped like the values (all unless interrupted)
     evaluated: np.ndarray | None = field(default=None, compare=False, repr=False)
-
-    def __getitem__(self, metric: str) -> np.ndarray:
-        if metric not in self.values:
-            raise LossvizError(f"no metric {metric!r}; have {list(self.values)}")
-        return self.values[metric]
-
-    @property
-    def loss(self) -> np.ndarray:
-        """The ``"loss"`` grid (a :class:`~lossviz.errors.LossvizError` if not computed)."""
-        return self["loss"]
 
     def nonfinite(self, metric: str = "loss") -> np.ndarray:
         """The grid points where ``metric`` was evaluated and is NaN or infinite.
