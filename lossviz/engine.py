@@ -55,7 +55,7 @@ from torch import Tensor, nn
 from . import validate
 from .errors import ArgumentTypeError, DataError, LossvizError, is_oom, warn
 from .interrupt import keep_partial
-from .metrics import accuracy_rule, accuracy_value, as_scalar, resolve_metrics
+from .metrics import accuracy_rule, accuracy_value, as_scalar, loss_evaluator, resolve_metrics
 from .objective import (
     Objective,
     batch_size,
@@ -615,6 +615,7 @@ class Engine:
         check_objective(obj)
         self.obj = obj
         self.metrics = resolve_metrics(obj, metrics)
+        self.loss = loss_evaluator(obj.loss_fn)  # the same value (faster where known)
         self.rules = rules
         self.fixed = dict(obj.resolve()[1] if fixed is None else fixed)
         self.precision = check_precision(precision)
@@ -891,7 +892,7 @@ class Engine:
         vals = []
         for name, mt in self.metrics.items():
             if mt == "loss":
-                v = self.obj.loss_fn(out, y)
+                v = self.loss(out, y)
             elif mt == "accuracy":
                 v = accuracy_value(out, y, rules.get(name))
             elif mt == "error":
