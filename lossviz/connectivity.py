@@ -60,6 +60,7 @@ from .metrics import resolve_metrics
 from .objective import Objective
 from .provenance import Provenance
 from .results import DataResult, deprecated_obj
+from .sharding import check_shard, fingerprints
 
 _KINDS = ("linear", "mean")
 _METRICS = ("loss", "accuracy", "error")
@@ -185,37 +186,51 @@ class _Batch:
         return len(self.where) - 1
 
     def run(
-        self, metrics: dict, rules: dict, *, progress=None, **ekw
+        self, metrics: dict, rules: dict, *, progress=None, shard=None, what="", **ekw
     ) -> tuple[dict[str, np.ndarray], np.ndarray, bool]:
         """``(values per metric, evaluated mask, complete)``.
 
         After Ctrl-C (outermost call) the groups not evaluated stay NaN and no further
-        group runs; inside another lossviz call the interrupt propagates.
+        group runs; inside another lossviz call the interrupt propagates. With a
+        :class:`~lossviz.sharding.GridShard` this rank evaluates its contiguous share of
+        the points (in the order added) and every rank gets every value.
         """
         obj = self.obj
-        outs: list = []
-        complete = True
-        for fixed, pts in self.groups:
-            if not complete:
-                outs.append(None)
-                continue
-            r = evaluate_points(
-                obj, torch.stack(pts), metrics, fixed, rules=rules, progress=progress, **ekw
-            )
-            outs.append(r)
-            complete = complete and r.complete
         names = list(metrics)
         n = len(self.where)
-        vals = {m: np.full(n, np.nan) for m in names}
+        mine = np.arange(n) if shard is None else shard.share(n)
+        # this rank's points, grouped by their non-varying tensors: group -> positions
+        by_group: dict[int, list[int]] = {}
+        for p in mine:
+            by_group.setdefault(self.where[p][0], []).append(int(p))
+        out = np.full((len(names), n), np.nan)
         done = np.zeros(n, dtype=bool)
-        for p, (g, i) in enumerate(self.where):
-            r = outs[g]
-            if r is None:
-                continue
-            done[p] = bool(r.evaluated[i])
-            for m in names:
-                vals[m][p] = r[m][i]
-        return vals, done, complete
+        complete, err = True, None
+        try:
+            for g, ps in by_group.items():
+                if not complete:
+                    break
+                fixed, pts = self.groups[g]
+                r = evaluate_points(
+                    obj,
+                    torch.stack([pts[self.where[p][1]] for p in ps]),
+                    metrics,
+                    fixed,
+                    rules=rules,
+                    progress=progress,
+                    **ekw,
+                )
+                complete = complete and r.complete
+                for j, m in enumerate(names):
+                    out[j, ps] = r[m]
+                done[ps] = r.evaluated
+        except Exception as e:
+            if shard is None:
+                raise
+            err = e
+        if shard is not None:
+            _, _, complete = shard.gather(out, done, complete, err, what)
+        return {m: out[j] for j, m in enumerate(names)}, done, complete
 
 
 def _prepare_metrics(obj, metrics, flat, fixed, *, optional=(), precision=None, name="metrics"):
@@ -584,6 +599,7 @@ def interpolate(
     bn: str = "eval",
     bn_data=None,
     progress=None,
+    shard=None,
     **kw,
 ) -> PathResult:
     """Metrics along the straight line ``θ(α) = (1-α)·θA + α·θB``, α in [0, 1].
@@ -624,6 +640,12 @@ def interpolate(
         bn_data: the batches for ``bn="recompute"`` (default: the Objective's data);
             ``recompute_data=`` is its deprecated name.
         progress: show a progress bar (default on unless ``LOSSVIZ_PROGRESS=0``).
+        shard: None (default: every rank of a job evaluates every α; a data-parallel
+            Objective, ``distributed=``, reduces each value over the ranks' data) or
+            ``"grid"``: in a ``torch.distributed`` job where every rank holds all the
+            data (a plain Objective), the α are split between the ranks and gathered,
+            so that every rank returns the identical full result (see
+            :mod:`lossviz.sharding`).
         **kw: ``precision``, ``batched``, ``chunk_size`` (as
             :func:`lossviz.landscape.evaluate`).
 
@@ -637,7 +659,10 @@ def interpolate(
             ``bn="recompute"`` on a model without BatchNorm running statistics or an
             Objective not built with ``bn="eval"``; ``bn_data`` without
             ``bn="recompute"``; an unknown metric, or one given explicitly that does not
-            apply to the model and data; a bad ``precision``.
+            apply to the model and data; a bad ``precision``; ``shard`` not None /
+            ``"grid"``, ``"grid"`` without an initialised process group or with a
+            data-parallel Objective; with ``"grid"``, a model, data or endpoints that
+            differ between the ranks (naming them) and a failure on another rank.
         CheckpointError: ``a`` or ``b`` does not match the model (keys, shapes), or a
             checkpoint path that cannot be read.
         DataError: ``bn_data`` is empty.
@@ -651,25 +676,42 @@ def interpolate(
     """
     t0 = time.perf_counter()
     _check_obj(obj)
-    n = validate.integer(n, "n", low=2)
-    ekw = _engine_args(obj, bn, bn_data, progress, kw)
-    optional: tuple = ()
-    if metrics is None:
-        metrics, optional = (
-            (("loss",), ()) if obj.forward is not None else (_DEFAULT_METRICS, ("accuracy",))
+    sh = check_shard(shard, obj, bn=bn)
+    err = None
+    try:  # with shard='grid' a failure on one rank is raised on every rank, below
+        n = validate.integer(n, "n", low=2)
+        ekw = _engine_args(obj, bn, bn_data, progress, kw)
+        optional: tuple = ()
+        if metrics is None:
+            metrics, optional = (
+                (("loss",), ()) if obj.forward is not None else (_DEFAULT_METRICS, ("accuracy",))
+            )
+        resolve_metrics(obj, metrics)
+        fa_flat, fa = obj.resolve(a, name="a")
+        fb_flat, fb = obj.resolve(b, name="b")
+        mk, rules = _prepare_metrics(
+            obj, metrics, fa_flat, fa, optional=optional, precision=ekw["precision"]
         )
-    resolve_metrics(obj, metrics)
-    fa_flat, fa = obj.resolve(a, name="a")
-    fb_flat, fb = obj.resolve(b, name="b")
-    mk, rules = _prepare_metrics(
-        obj, metrics, fa_flat, fa, optional=optional, precision=ekw["precision"]
-    )
+    except Exception as e:
+        if sh is None:
+            raise
+        err = e
+    if sh is not None:
+        sh.agree(
+            err,
+            "interpolate",
+            lambda: fingerprints(
+                obj, (fa_flat, fa, fb_flat, fb), (list(mk), n, bn, ekw["precision"])
+            ),
+        )
     alphas = np.linspace(0.0, 1.0, n)
     batch = _Batch(obj)
     same = _same_fixed(fa, fb)
     for al in alphas:
         batch.add(_lerp_flat(fa_flat, fb_flat, al), fa if same else _lerp_fixed(fa, fb, al))
-    vals, done, complete = batch.run(mk, rules, progress=progress, **ekw)
+    vals, done, complete = batch.run(
+        mk, rules, progress=progress, shard=sh, what="interpolate", **ekw
+    )
     warn_nonfinite(
         list(vals),
         np.stack([vals[k] for k in vals]),
@@ -752,8 +794,8 @@ def barrier(
         metric: ``"loss"``, ``"accuracy"`` or ``"error"``.
         kind: ``"linear"`` (above the chord) or ``"mean"`` (above the endpoints' mean).
         n: the number of α (at least 2).
-        **kw: as :func:`interpolate`: ``bn``, ``bn_data``, ``progress``, ``precision``,
-            ``batched``, ``chunk_size``.
+        **kw: as :func:`interpolate`: ``bn``, ``bn_data``, ``progress``, ``shard``,
+            ``precision``, ``batched``, ``chunk_size``.
 
     Returns:
         The barrier as a float: not finite (with a warning naming the α) when the metric
@@ -883,6 +925,7 @@ def barrier_matrix(
     bn: str = "eval",
     bn_data=None,
     progress=None,
+    shard=None,
     **kw,
 ) -> BarrierMatrix:
     """Barriers between every pair of ``points``, e.g. a soup's ingredients.
@@ -906,6 +949,11 @@ def barrier_matrix(
         bn_data: the batches for ``bn="recompute"`` (default: the Objective's data);
             ``recompute_data=`` is its deprecated name.
         progress: show a progress bar (default on unless ``LOSSVIZ_PROGRESS=0``).
+        shard: None (default: every rank of a job evaluates every point) or
+            ``"grid"``: in a ``torch.distributed`` job where every rank holds all the
+            data (a plain Objective), the endpoints and interior α of all pairs are
+            split between the ranks and gathered, so that every rank returns the
+            identical full matrix (see :mod:`lossviz.sharding`).
         **kw: ``precision``, ``batched``, ``chunk_size`` (as
             :func:`lossviz.landscape.evaluate`).
 
@@ -919,7 +967,8 @@ def barrier_matrix(
             unknown keyword.
         LossvizError: fewer than two points; names that are not distinct as strings;
             ``metric`` or ``kind`` not one of the names above; ``n < 2``; the metric does
-            not apply; a bad ``bn`` / ``bn_data`` combination (as :func:`interpolate`).
+            not apply; a bad ``bn`` / ``bn_data`` combination (as :func:`interpolate`);
+            a bad ``shard`` (as :func:`interpolate`).
         CheckpointError: a point does not match the model.
         DataError: ``bn_data`` is empty.
 
@@ -933,20 +982,33 @@ def barrier_matrix(
     """
     t0 = time.perf_counter()
     _check_obj(obj)
-    _check_kind(kind)
-    n = validate.integer(n, "n", low=2)
-    ekw = _engine_args(obj, bn, bn_data, progress, kw)
-    _metric(obj, metric)
-    from .points import as_points  # a list, a dict name -> point or a TrajectoryRecorder
+    sh = check_shard(shard, obj, bn=bn)
+    err = None
+    try:  # with shard='grid' a failure on one rank is raised on every rank, below
+        _check_kind(kind)
+        n = validate.integer(n, "n", low=2)
+        ekw = _engine_args(obj, bn, bn_data, progress, kw)
+        _metric(obj, metric)
+        from .points import as_points  # a list, a dict name -> point or a TrajectoryRecorder
 
-    labels, pts, _ = as_points(points, "points", at_least=2, what="barrier_matrix")
-    names = [str(lab) for lab in labels]
-    if len(set(names)) != len(names):
-        raise LossvizError(f"points: names {names} are not distinct as strings")
-    resolved = [obj.resolve(p, name=f"points[{nm!r}]") for nm, p in zip(names, pts)]
-    mk, rules = _prepare_metrics(
-        obj, (metric,), *resolved[0], precision=ekw["precision"], name="metric"
-    )
+        labels, pts, _ = as_points(points, "points", at_least=2, what="barrier_matrix")
+        names = [str(lab) for lab in labels]
+        if len(set(names)) != len(names):
+            raise LossvizError(f"points: names {names} are not distinct as strings")
+        resolved = [obj.resolve(p, name=f"points[{nm!r}]") for nm, p in zip(names, pts)]
+        mk, rules = _prepare_metrics(
+            obj, (metric,), *resolved[0], precision=ekw["precision"], name="metric"
+        )
+    except Exception as e:
+        if sh is None:
+            raise
+        err = e
+    if sh is not None:
+        sh.agree(
+            err,
+            "barrier_matrix",
+            lambda: fingerprints(obj, resolved, (names, metric, kind, n, bn, ekw["precision"])),
+        )
     alphas = np.linspace(0.0, 1.0, n)
     batch = _Batch(obj)
     ends = [batch.add(f, fx) for f, fx in resolved]
@@ -959,7 +1021,9 @@ def barrier_matrix(
                 batch.add(_lerp_flat(fi, fj, al), xi if same else _lerp_fixed(xi, xj, al))
                 for al in alphas[1:-1]
             ]
-    allvals, done, complete = batch.run(mk, rules, progress=progress, **ekw)
+    allvals, done, complete = batch.run(
+        mk, rules, progress=progress, shard=sh, what="barrier_matrix", **ekw
+    )
     vals = allvals[metric]
     M = np.full((len(pts), len(pts)), np.nan)
     np.fill_diagonal(M, 0.0)

@@ -626,11 +626,6 @@ class Engine:
                 f"got {bn!r}"
             )
         check_bn(obj, bn, bn_name)
-        if bn == "recompute" and obj.distributed:
-            raise LossvizError(
-                f"{bn_name}='recompute' is not supported with distributed= yet (BatchNorm "
-                "statistics across ranks)"
-            )
         if bn_data is not None and bn != "recompute":
             raise LossvizError(f"{data_name}= is only used with {bn_name}='recompute'")
         self.recompute = bn == "recompute"
@@ -708,22 +703,52 @@ class Engine:
         """Running statistics at each point, estimated on private buffers (never the model's).
 
         A sample-weighted cumulative average of the batch statistics over the BN data
-        (momentum ``n_b / (n_seen + n_b)``).
+        (momentum ``n_b / (n_seen + n_b)``). With a data-parallel Objective each rank
+        averages its own batches and one all-reduce combines them:
+        ``Σ_r seen_r·avg_r / Σ_r seen_r``, the average one process would keep over the
+        batches of every rank (the batch counts add up).
         """
         c = pts.shape[0]
-        bufs = {k: v.expand(c, *v.shape).clone() for k, v in self.bn_buffers.items()}
-        seen = 0
-        for batch, nb in self._bn_iter():
-            for m in self.bn_modules:
-                m.momentum = nb / (seen + nb)
-            seen += nb
-            with self.autocast():
-                if vmapped:
-                    torch.func.vmap(partial(self._stats_forward, batch=batch))(pts, bufs)
-                else:
-                    for i in range(c):
-                        self._stats_forward(pts[i], {k: v[i] for k, v in bufs.items()}, batch)
-        return bufs
+
+        def local():
+            bufs = {k: v.expand(c, *v.shape).clone() for k, v in self.bn_buffers.items()}
+            seen = 0
+            for batch, nb in self._bn_iter():
+                for m in self.bn_modules:
+                    m.momentum = nb / (seen + nb)
+                seen += nb
+                with self.autocast():
+                    if vmapped:
+                        torch.func.vmap(partial(self._stats_forward, batch=batch))(pts, bufs)
+                    else:
+                        for i in range(c):
+                            self._stats_forward(pts[i], {k: v[i] for k, v in bufs.items()}, batch)
+            return bufs, seen
+
+        if not self.obj.distributed:
+            return local()[0]
+        names = list(self.bn_buffers)
+        counts = {k: k.endswith("num_batches_tracked") for k in names}
+
+        def sums():
+            bufs, seen = local()
+            parts = [
+                (bufs[k].to(torch.float64) * (1 if counts[k] else seen)).reshape(c, -1)
+                for k in names
+            ]
+            return torch.cat(parts, 1), seen
+
+        width = sum(v.numel() for v in self.bn_buffers.values())
+        total, n = self.obj.reduce_sums(
+            sums, (c, width), "re-estimating the BatchNorm statistics", inputs=pts
+        )
+        out, start = {}, 0
+        for k in names:
+            ref = self.bn_buffers[k]
+            v = total[:, start : start + ref.numel()].reshape(c, *ref.shape)
+            start += ref.numel()
+            out[k] = (v.round() if counts[k] else v / n).to(ref.dtype)
+        return out
 
     def buffers_at(self, points: Tensor) -> dict[str, Tensor]:
         """The BatchNorm running statistics re-estimated at ``points`` (``bn="recompute"``).

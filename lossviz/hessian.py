@@ -18,10 +18,11 @@ import torch
 from torch import Tensor
 
 from . import validate
+from .basis import check_basis
 from .deprecation import renamed
 from .errors import ArgumentTypeError, LossvizError, NonFiniteLossError, warn
 from .hutchinson import check_trace_args, hutchinson_diagonal, hutchinson_trace
-from .hvp import SubOperator, check_operator, op_meta, product_methods
+from .hvp import SubOperator, check_operator, op_meta, product_methods, work_dtype
 from .interrupt import api, keep_partial
 from .lanczos import WHICH, check_args, check_v0, lanczos
 from .objective import Objective
@@ -241,6 +242,8 @@ def hessian_eigs(
     block_size: int | None = None,
     check: bool = False,
     progress: bool | None = None,
+    basis_device=None,
+    basis_dtype=None,
 ):
     """The ``k`` extreme eigenpairs of the Hessian ``∇²L(θ)`` (or the Gauss-Newton matrix).
 
@@ -274,6 +277,24 @@ def hessian_eigs(
             at least twice as fast per vector, else 1).
         check: recompute the residuals with true products.
         progress: a progress bar (default on unless ``LOSSVIZ_PROGRESS=0``).
+        basis_device: where the Lanczos basis is stored (default: the model's device);
+            ``"cpu"`` keeps it in host memory (pinned under a CUDA model) and streams it
+            to the GPU in blocks (:mod:`lossviz.basis`; docs/memory.md).
+        basis_dtype: the basis' storage precision (default: the working precision);
+            ``torch.float32`` under a float64 model, ``torch.bfloat16`` under a float32
+            one. The eigenvalues are then accurate to about ``eps · |λ|_max`` of the
+            storage dtype: a ``tol`` below ``4·eps`` of it is raised to it (a warning),
+            and bfloat16 checks residuals with true products.
+
+    Memory:
+        Besides the model's gradient graph (what one Hessian-vector product holds): the
+        basis, ``(m + b) · n`` numbers of ``basis_dtype`` (``m + b`` =
+        :func:`lossviz.lanczos.basis_rows`, 31 for ``k <= 5``, ``n`` the parameters,
+        ``b`` = ``block_size``), on ``basis_device``; on the model's device about
+        ``4 · b · n`` working numbers and the ``k · n`` returned vectors (twice that with
+        ``check``); one streamed block (at most 64 MiB on a GPU, 4 MiB on a CPU) when
+        the basis is elsewhere.
+        With ``groups``, the same per group with ``n`` its size.
 
     Returns:
         :class:`~lossviz.results.EigenResult` (``values``, ``vectors`` as Weights,
@@ -282,11 +303,13 @@ def hessian_eigs(
 
     Raises:
         LossvizError: a bad value (``k`` above the size, ``tol`` out of range, ``v0``
-            with ``groups``, unknown parameters in ``groups``, ...).
+            with ``groups``, unknown parameters in ``groups``, an unavailable
+            ``basis_device``, a ``basis_dtype`` that is not float64 / float32 / bfloat16
+            or more precise than the products, ...).
         ArgumentTypeError: an argument of the wrong type.
         NonFiniteLossError: the products are not finite.
 
-    Example:
+    Examples:
         >>> A = torch.diag(torch.tensor([3.0, -5.0, 1.0, 0.5], dtype=torch.float64))
         >>> hessian_eigs(A, k=2, which="magnitude", progress=False).values.round(12).tolist()
         [-5.0, 3.0]
@@ -314,7 +337,9 @@ def hessian_eigs(
             raise LossvizError("v0= cannot be combined with groups= (each group starts afresh)")
         names = resolve_groups(obj, groups)
         op, layout = _operator(obj, at, curvature)
-        _, dtype, _ = op_meta(op)
+        _, dtype, device = op_meta(op)
+        bdev, bdt = check_basis(basis_device, basis_dtype, device, work_dtype(dtype))
+        common.update(basis_device=bdev, basis_dtype=bdt)
         idxs = {b: _block_index(obj, pn) for b, pn in names.items()}
         biggest = max(i.numel() for i in idxs.values())
         # every group's arguments are checked before the first product
@@ -327,6 +352,7 @@ def hessian_eigs(
             max_hvp,
             block_size or 1,
             max_name="max_hvp",
+            basis_dtype=bdt,
         )
         common.update(tol=tol, max_hvp=max_hvp)
         res, complete = {}, True
@@ -355,11 +381,12 @@ def hessian_eigs(
         res = BlockResults(results=res, kind=f"{which} eigenvalues", complete=complete)
         return _attach(res, obj, at, "hessian_eigs", curvature)
     op, layout = _operator(obj, at, curvature)
-    n, dtype, _ = op_meta(op)
+    n, dtype, device = op_meta(op)
+    bdev, bdt = check_basis(basis_device, basis_dtype, device, work_dtype(dtype))
     k, tol, max_hvp, _, _ = check_args(
-        n, dtype, k, which, tol, max_hvp, block_size or 1, max_name="max_hvp"
+        n, dtype, k, which, tol, max_hvp, block_size or 1, max_name="max_hvp", basis_dtype=bdt
     )
-    common.update(tol=tol, max_hvp=max_hvp)
+    common.update(tol=tol, max_hvp=max_hvp, basis_device=bdev, basis_dtype=bdt)
     v0 = _as_v0(obj, v0, layout, n)
     res = _eigs(op, k=k, v0=v0, layout=layout, names=None, **common)
     return _attach(res, obj, at, "hessian_eigs", curvature, version=True)
@@ -392,6 +419,8 @@ def _eigs(
     layout,
     names,
     obj,
+    basis_device=None,
+    basis_dtype=None,
 ) -> EigenResult:
     """One Lanczos solve on ``op`` as an EigenResult.
 
@@ -410,6 +439,8 @@ def _eigs(
         seed=seed,
         check=check,
         progress=progress,
+        basis_device=basis_device,
+        basis_dtype=basis_dtype,
     )
     _check(out.values, "eigenvalues")
     return EigenResult(
@@ -436,6 +467,8 @@ def hessian_density(
     seed: int = 0,
     curvature: str = "hessian",
     progress: bool | None = None,
+    basis_device=None,
+    basis_dtype=None,
 ) -> SpectralDensity:
     """Spectral density by stochastic Lanczos quadrature (SLQ).
 
@@ -464,6 +497,19 @@ def hessian_density(
         seed: The seed of the probes.
         curvature: ``"hessian"`` or ``"ggn"`` (Gauss-Newton ``Jᵀ H_ℓ J``).
         progress: A progress bar (default on unless ``LOSSVIZ_PROGRESS=0``).
+        basis_device: Where the probes' Lanczos bases are stored (default: the model's
+            device; ``"cpu"``: host memory, pinned under a CUDA model).
+        basis_dtype: Their storage precision (default: the working precision);
+            ``torch.float32`` under a float64 model halves their memory, and the nodes
+            and weights are then accurate to about ``eps · |λ|_max`` of float32.
+
+    Memory:
+        Besides the model's gradient graph for a batched product of ``g`` vectors: the
+        bases of ``g`` probes at a time, ``g · (m + 1) · n`` numbers of ``basis_dtype``
+        on ``basis_device`` (``m = min(steps, n)``; ``g`` as many of the ``n_probes``
+        as fit in 75% of the free GPU memory or 30% of the free host memory), the
+        ``n_probes · n`` probes and about ``3 · g · n`` working numbers on the model's
+        device.
 
     Returns:
         A :class:`~lossviz.results.SpectralDensity` (``nodes`` and ``weights`` of shape
@@ -476,11 +522,13 @@ def hessian_density(
             ``progress``), or ``at`` is not a point.
         LossvizError: if a value is out of range (a count below 1, a negative seed, an
             unknown ``curvature``), ``at`` is given with a bare operator, or a dense
-            matrix is not square, finite and symmetric.
+            matrix is not square, finite and symmetric, or ``basis_device`` /
+            ``basis_dtype`` is not usable (an unavailable device; a dtype other than
+            float64 / float32 / bfloat16 or more precise than the products).
         CheckpointError: if ``at`` does not match the model's parameters.
         NonFiniteLossError: if the loss or the curvature products are not finite.
 
-    Example:
+    Examples:
         >>> A = torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
         >>> d = hessian_density(A, n_probes=2, steps=3, progress=False)
         >>> [round(float((w * x**2).sum()), 12) for x, w in zip(d.nodes, d.weights)]
@@ -491,7 +539,17 @@ def hessian_density(
     seed, progress = _common(seed, curvature, progress)
     t0 = time.perf_counter()
     op, _ = _operator(obj, at, curvature)
-    nodes, weights, n_mv, complete = slq(op, n_probes, steps, seed=seed, progress=progress)
+    _, dtype, device = op_meta(op)
+    bdev, bdt = check_basis(basis_device, basis_dtype, device, work_dtype(dtype))
+    nodes, weights, n_mv, complete = slq(
+        op,
+        n_probes,
+        steps,
+        seed=seed,
+        progress=progress,
+        basis_device=bdev,
+        basis_dtype=bdt,
+    )
     _check(nodes, "density")
     if not complete:
         warn(f"SLQ interrupted: {nodes.shape[0]} probe(s) × {nodes.shape[1]} steps kept")
@@ -550,6 +608,13 @@ def hessian_trace(
         batch_size: Probes per batched product (default 50 on a GPU, 16 on the CPU).
         progress: A progress bar (default on unless ``LOSSVIZ_PROGRESS=0``).
 
+    Memory:
+        Besides the model's gradient graph for a batched product of ``c`` vectors
+        (``c = batch_size``): about ``4 · c · n`` working numbers (probes, products,
+        their element-wise product; ``n`` the parameters); Hutch++ keeps ``2 · s · n``
+        more (the orthonormal sketch and its products); with ``groups``, a ``G × n``
+        mask of the working dtype (``G`` groups).
+
     Returns:
         A :class:`~lossviz.results.TraceResult` (``value``, ``stderr``, ``samples``,
         ``n_hvp``; ``exact_part`` the sketched ``tr(QᵀHQ)`` of Hutch++); with ``groups``,
@@ -569,7 +634,7 @@ def hessian_trace(
             needs, ``method="hutch++"`` is combined with ``groups``, or ``groups`` is
             given with a bare operator or names unknown parameters.
 
-    Example:
+    Examples:
         >>> A = torch.diag(torch.arange(1.0, 11.0, dtype=torch.float64))
         >>> hessian_trace(A, progress=False).value  # zᵀAz = tr(A) for a diagonal A
         55.0
@@ -654,6 +719,12 @@ def hessian_diagonal(
         batch_size: Probes per batched product (default 50 on a GPU, 16 on the CPU).
         progress: A progress bar (default on unless ``LOSSVIZ_PROGRESS=0``).
 
+    Memory:
+        Besides the model's gradient graph for a batched product of ``c`` vectors
+        (``c = batch_size``): two float64 sums of ``n`` numbers and about ``4 · c · n``
+        working numbers (probes, products, their element-wise product); the result,
+        ``2 · n`` numbers (mean and standard error).
+
     Returns:
         For an Objective, a :class:`~lossviz.results.DiagonalResult`: :class:`Weights`
         shaped like the parameters (in at least float32) that also carries ``stderr``
@@ -671,7 +742,7 @@ def hessian_diagonal(
         CheckpointError: if ``at`` does not match the model's parameters.
         NonFiniteLossError: if the loss or the curvature products are not finite.
 
-    Example:
+    Examples:
         >>> A = torch.tensor([[2.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
         >>> d = hessian_diagonal(A, n_probes=64, progress=False)
         >>> bool(torch.allclose(d, torch.tensor([2.0, 3.0], dtype=torch.float64), atol=0.5))
@@ -714,6 +785,8 @@ def hessian_blocks(
     seed: int = 0,
     curvature: str = "hessian",
     progress: bool | None = None,
+    basis_device=None,
+    basis_dtype=None,
 ) -> BlockResults:
     """One table row per parameter group ``S``: top eigenvalues and trace of ``H_SS``.
 
@@ -734,6 +807,14 @@ def hessian_blocks(
         seed: the random start vectors and probes.
         curvature: ``"hessian"`` or ``"ggn"``.
         progress: progress bars (default on unless ``LOSSVIZ_PROGRESS=0``).
+        basis_device: where each group's Lanczos basis is stored (as
+            :func:`hessian_eigs`).
+        basis_dtype: its storage precision (as :func:`hessian_eigs`).
+
+    Memory:
+        The larger of :func:`hessian_eigs` on the biggest group (its basis is
+        ``basis_rows(n_S, k) · n_S`` numbers for ``n_S`` parameters in the group, the
+        products still ``n`` wide) and :func:`hessian_trace` with ``groups``.
 
     Returns:
         :class:`~lossviz.results.BlockResults`: ``group -> {"params", "λ1", …, "trace",
@@ -760,12 +841,21 @@ def hessian_blocks(
     check_trace_args(smallest, rtol, max_hvp, "hutchinson", None, max_name="max_hvp")
     op, _ = _operator(obj, at, curvature)
     biggest = max(_block_index(obj, pn).numel() for pn in groups.values())
-    dtype = op_meta(op)[1]
+    _, dtype, device = op_meta(op)
+    bdev, bdt = check_basis(basis_device, basis_dtype, device, work_dtype(dtype))
     _, tol, _, _, _ = check_args(
-        biggest, dtype, min(k, biggest), "largest", tol, max_hvp, 1, max_name="max_hvp"
+        biggest,
+        dtype,
+        min(k, biggest),
+        "largest",
+        tol,
+        max_hvp,
+        1,
+        max_name="max_hvp",
+        basis_dtype=bdt,
     )
     kw = dict(at=at, seed=seed, curvature=curvature, progress=progress, max_hvp=max_hvp)
-    eig = hessian_eigs(obj, k, tol=tol, groups=groups, **kw)
+    eig = hessian_eigs(obj, k, tol=tol, groups=groups, basis_device=bdev, basis_dtype=bdt, **kw)
     tr = hessian_trace(obj, rtol=rtol, groups=groups, **kw)
     rows = {}
     for name in eig:

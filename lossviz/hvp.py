@@ -72,7 +72,7 @@ def product_methods(obj) -> ProductMethods:
         :class:`ProductMethods` (``chosen``, ``times``, ``failed``); empty before the
         first batched product.
 
-    Example:
+    Examples:
         >>> from lossviz import Objective
         >>> from lossviz.data import digits, mlp
         >>> x, y = digits()
@@ -113,6 +113,15 @@ class CurvatureOperator:
     The gradient graph is built once per point when the data is a single batch; with
     several batches each product is the sample-weighted mean over batches,
     ``Hv = Σ_b n_b H_b v / Σ_b n_b``. Usually made by ``Objective.operator()``.
+
+    Memory (``n`` parameters, ``b`` samples per batch, ``k`` vectors; docs/memory.md):
+    the gradient graph of one batch, ``G(b)`` (what ``autograd.grad(loss, params,
+    create_graph=True)`` keeps: the forward's saved activations, the first backward's
+    and the ``n``-number gradient), kept while the operator lives for a single held
+    batch (``release()`` frees it), built and freed per batch otherwise; per product
+    chunk of ``c <= 64`` rows (halved on out-of-memory) the rows and results,
+    ``2 · c · n`` numbers, and the second backward's working memory: once (``"loop"``)
+    or ``c`` times (``"batched"``, ``"fwd"``; vmapped).
 
     Attributes:
         obj: The Objective.

@@ -5,7 +5,8 @@ including a dense symmetric tensor), so it is tested against ``torch.linalg.eigh
 
 Method (Wu & Simon 2000, "Thick-restart Lanczos method for large symmetric eigenvalue
 problems"; block form as in Golub & Underwood 1977): the basis ``Q`` (kept on the
-operator's device) and the projected matrix ``T = Qᵀ H Q`` are built block by block; each
+operator's device, or on ``basis_device`` in ``basis_dtype``: :mod:`lossviz.basis`) and
+the projected matrix ``T = Qᵀ H Q`` are built block by block; each
 new block is orthogonalized twice against the whole basis (DGKS). Ritz pairs come from
 ``T`` in float64. When the basis is full, the wanted Ritz vectors (and some more) are kept
 and the iteration goes on from the last residual block. A pair is accepted when its true
@@ -23,6 +24,7 @@ import torch
 from torch import Tensor
 
 from . import validate
+from .basis import Basis, check_basis, lowered
 from .errors import ArgumentTypeError, LossvizError, warn
 from .hvp import apply_rows, check_operator, low_precision, work_dtype
 from .interrupt import keep_partial
@@ -44,6 +46,8 @@ class LanczosOutput:
         converged: Per pair, whether its residual is at most ``tol``.
         norm_estimate: The ``|λ|_max`` estimate used to scale the residuals.
         interrupted: True when stopped by ``KeyboardInterrupt`` (the pairs found so far).
+        basis_bytes: Bytes of the stored basis (``basis_rows · n`` numbers of
+            ``basis_dtype``; see :func:`basis_rows`).
     """
 
     values: np.ndarray  # float64, ordered by `which` (see `order`)
@@ -53,6 +57,7 @@ class LanczosOutput:
     converged: np.ndarray  # bool per pair
     norm_estimate: float  # |λ|_max estimate used to scale the residuals
     interrupted: bool = False  # stopped by KeyboardInterrupt: the pairs found so far
+    basis_bytes: int = 0  # bytes of the stored basis
 
 
 def _select(theta: np.ndarray, k: int, which: str) -> np.ndarray:
@@ -161,12 +166,15 @@ def check_args(
     block_size,
     *,
     max_name: str = "max_matvec",
+    basis_dtype: torch.dtype | None = None,
 ) -> tuple[int, float, int | None, int, bool]:
     """Validate Lanczos' arguments against the operator.
 
     ``tol`` below what the products resolve (``4·eps``) is warned about; in
     float16/bfloat16 (where even the default cannot be resolved) it is raised to that
-    floor, with the warning.
+    floor, with the warning. Likewise below what a basis stored in ``basis_dtype``
+    resolves (``4·eps`` of it; the Ritz values are accurate to about ``eps · |λ|_max``
+    of the storage precision): raised to that floor, with a warning.
 
     Args:
         n: The operator's size.
@@ -177,6 +185,7 @@ def check_args(
         max_matvec: The product budget, or None.
         block_size: Vectors per product.
         max_name: How messages call ``max_matvec``.
+        basis_dtype: The storage dtype of the basis (None: the working precision).
 
     Returns:
         ``(k, tol, max_matvec, block_size, low_precision)``.
@@ -216,11 +225,50 @@ def check_args(
                 "|λ|max): the residuals reported are the Lanczos recurrence's, smaller than "
                 "any true product can confirm"
             )
+    if basis_dtype is not None and lowered(basis_dtype, work_dtype(dtype)):
+        bfloor = tol_floor(basis_dtype)
+        if tol < bfloor:
+            warn(
+                f"a {str(basis_dtype).replace('torch.', '')} basis resolves eigenvalues only "
+                f"to about {bfloor:.1e} of |λ|max: tol raised from {tol:g} to {bfloor:.1e} "
+                "(basis_dtype=None keeps the working precision)"
+            )
+            tol = bfloor
     return k, tol, max_matvec, block_size, low
 
 
-def _orthonormal_block(Q: Tensor, W: Tensor, scale: Tensor, gen, eps: float):
-    """QR of the rows of W (already orthogonal to Q).
+def basis_rows(n: int, k: int, which: str = "largest", block_size: int = 1, basis_size=None) -> int:
+    """The number of vectors :func:`lanczos` stores: its basis is ``basis_rows · n`` numbers.
+
+    ``m + b`` rows, with ``b = min(block_size, n)`` and, for ``w`` wanted pairs
+    (``2k`` for ``which="both"``), ``m = basis_size`` or
+    ``max(2w + 2b + 10, 30 if b == 1 else 6b, w + 3b)``, at least ``w + b``, at most
+    ``n``, rounded down to a multiple of ``b``.
+
+    Args:
+        n: The operator's size (parameters).
+        k: The number of eigenpairs.
+        which: ``"largest"``, ``"smallest"``, ``"both"`` or ``"magnitude"``.
+        block_size: Vectors per product.
+        basis_size: Basis vectors kept before a restart (None: the default above).
+
+    Returns:
+        The number of stored rows ``m + b``.
+
+    Examples:
+        >>> basis_rows(10**6, 5), basis_rows(10**6, 5, block_size=4)
+        (31, 32)
+    """
+    nwant = min(2 * k if which == "both" else k, n)
+    b = min(block_size, n)
+    m = basis_size or max(2 * nwant + 2 * b + 10, 30 if b == 1 else 6 * b, nwant + 3 * b)
+    m = min(max(m, nwant + b), n)
+    m = max(b, (m // b) * b) if m >= b else m
+    return m + b
+
+
+def _orthonormal_block(Q: Basis, nq: int, W: Tensor, scale: Tensor, gen, eps: float):
+    """QR of the rows of W (already orthogonal to the first ``nq`` rows of ``Q``).
 
     Rows that vanish (the Krylov space is exhausted) are replaced by random vectors
     orthogonal to everything, with a zero coupling. The replacement is computed only when
@@ -237,8 +285,8 @@ def _orthonormal_block(Q: Tensor, W: Tensor, scale: Tensor, gen, eps: float):
         return Qn, R
     Z = torch.randn(W.shape, generator=gen, dtype=W.dtype, device=gen.device).to(W.device)
     for _ in range(2):
-        if Q.shape[0]:
-            Z = Z - (Z @ Q.T) @ Q
+        if nq:
+            Z = Q.project_out(nq, Z)
         good = Qn * (~bad)[:, None].to(W.dtype)
         Z = Z - (Z @ good.T) @ good
     Zq = torch.linalg.qr(Z.T)[0].T
@@ -261,6 +309,8 @@ def lanczos(
     check: bool = False,
     check_every: int | None = None,
     progress=None,
+    basis_device=None,
+    basis_dtype=None,
 ) -> LanczosOutput:
     """The ``k`` extreme eigenpairs of a symmetric operator.
 
@@ -287,6 +337,26 @@ def lanczos(
         check_every: test convergence every this many blocks (default 1; each test is
             a host synchronization and a tiny eigenproblem, small next to a product).
         progress: a ``tqdm`` progress bar when truthy.
+        basis_device: where the basis is stored (default: the operator's device);
+            ``"cpu"`` for a model whose basis does not fit next to it on the GPU (pinned
+            memory; the basis streams to the GPU in blocks of at most 64 MiB).
+        basis_dtype: its storage precision (default: the working precision, that of the
+            products but at least float32); ``torch.float32`` under a float64 operator
+            or ``torch.bfloat16`` under a float32 one halve the memory. Products and
+            the recurrence stay in the working precision and every vector is
+            reorthogonalized against the stored ones, so the Ritz values are accurate
+            to about ``eps · |λ|_max`` of the storage dtype (``tol`` is raised to
+            ``4·eps`` of it, with a warning; bfloat16 recomputes the residuals with true
+            products, as ``check=True``).
+
+    Memory:
+        The basis, ``(m + b) · n`` numbers of ``basis_dtype`` (:func:`basis_rows`; 31 ·
+        n for ``k <= 5``), on ``basis_device``; on the operator's device, besides the
+        operator's own memory (one gradient graph), about ``4 · b · n`` numbers of
+        the working precision (a block, its products and their projections), the
+        ``k · n`` returned vectors (``2 · k · n`` with ``check``), and with a basis
+        stored elsewhere one streamed column block (at most 64 MiB on a GPU, 4 MiB on
+        a CPU).
 
     Returns:
         A :class:`LanczosOutput`. Interrupted (Ctrl-C) at the outermost lossviz call, the
@@ -297,34 +367,39 @@ def lanczos(
             wrong type.
         LossvizError: if a value is out of range (``k`` above the size, ``tol`` outside
             ``(0, 1)``, a budget below ``k``), ``op`` is not square, finite and symmetric,
-            or ``v0`` does not fit.
+            or ``v0`` does not fit, or ``basis_device`` / ``basis_dtype`` is not usable
+            (see :func:`lossviz.basis.check_basis`).
 
-    Example:
+    Examples:
         >>> A = torch.diag(torch.arange(1.0, 101.0, dtype=torch.float64))
         >>> out = lanczos(A, k=3, tol=1e-10)
         >>> out.values.round(8).tolist()
         [100.0, 99.0, 98.0]
     """
     n, dtype, device = check_operator(op, "op")
-    k, tol, max_matvec, b, low = check_args(n, dtype, k, which, tol, max_matvec, block_size)
+    wd = work_dtype(dtype)  # the projections (and by default the basis): at least float32
+    bdev, bdt = check_basis(basis_device, basis_dtype, device, wd)
+    k, tol, max_matvec, b, low = check_args(
+        n, dtype, k, which, tol, max_matvec, block_size, basis_dtype=bdt
+    )
     basis_size = validate.integer(basis_size, "basis_size", none=True)
     seed = validate.seed(seed)
-    check = validate.boolean(check, "check") or low  # low precision: true residuals
+    # low precision (products or basis): true residuals
+    check = validate.boolean(check, "check") or low or low_precision(bdt)
     check_every = validate.integer(check_every, "check_every", none=True) or 1
     v0 = check_v0(v0, n)
-    wd = work_dtype(dtype)  # the basis and projections: at least float32
     nwant = min(2 * k if which == "both" else k, n)
     b = min(b, n)
-    m = basis_size or max(2 * nwant + 2 * b + 10, 30 if b == 1 else 6 * b, nwant + 3 * b)
-    m = min(max(m, nwant + b), n)
-    m = max(b, (m // b) * b) if m >= b else m
+    m = basis_rows(n, k, which, b, basis_size) - b
     max_matvec = max_matvec or max(1000, 40 * m)
     # a block whose new directions are this small relative to its products holds no new
-    # information (the products are accurate to the operator's precision)
-    eps = torch.finfo(dtype).eps ** 0.75
+    # information (the products are accurate to the operator's precision, the stored
+    # basis to its own)
+    eps = max(torch.finfo(dtype).eps ** 0.75, torch.finfo(bdt).eps)
     gen = probe_generator(seed, torch.device(device))
 
-    Q = torch.zeros(m + b, n, dtype=wd, device=device)
+    Q = Basis((m + b, n), device=bdev, dtype=bdt, work_device=device, work_dtype=wd)
+    lower = lowered(bdt, wd)
     T = torch.zeros(m + b, m + b, dtype=wd, device=device)
 
     # starting block: warm-start vectors (their sum when there are more than b), then random
@@ -336,7 +411,7 @@ def lanczos(
             start[: v0.shape[0]] = v0 + 1e-3 * start[: v0.shape[0]] / math.sqrt(n)
         else:
             start[0] = v0.sum(0) + 1e-3 * start[0] / math.sqrt(n)
-    Q[:b] = torch.linalg.qr(start.T)[0].T
+    Q.put(0, torch.linalg.qr(start.T)[0].T)
     nq = b  # rows of Q filled; products taken for rows [0, nq - b)
     n_mv = 0
     norm_est = 0.0
@@ -350,21 +425,22 @@ def lanczos(
             interrupted = False
             try:
                 while True:
-                    blk = Q[nq - b : nq]
+                    # the product of the stored (rounded) block, orthogonalized twice
+                    # against the stored basis (DGKS)
+                    blk = Q.rows(nq - b, nq)
                     W = apply_rows(op, blk)
                     n_mv += b
                     if bar is not None:
                         bar.update(b)
                     scale = W.norm(dim=1).max()
-                    Qa = Q[:nq]
-                    h = Qa @ W.T
-                    W = W - h.T @ Qa
-                    h2 = Qa @ W.T
-                    W = W - h2.T @ Qa
+                    h = Q.dot(nq, W)
+                    W = Q.sub(nq, h, W)
+                    h2 = Q.dot(nq, W)
+                    W = Q.sub(nq, h2, W)
                     T[:nq, nq - b : nq] = h + h2
-                    Qn, R = _orthonormal_block(Qa, W, scale, gen, eps)
+                    Qn, R = _orthonormal_block(Q, nq, W, scale, gen, eps)
                     T[nq : nq + b, nq - b : nq] = R
-                    Q[nq : nq + b] = Qn
+                    Q.put(nq, Qn)
                     nq += b
                     na = nq - b
                     full = nq > m or na >= n
@@ -398,7 +474,9 @@ def lanczos(
             exhausted = n_mv >= max_matvec or interrupted
             if done or exhausted:
                 Sw = torch.as_tensor(S[:, want], dtype=wd, device=device)
-                Y = Sw.T @ Q[:na]
+                Y = Q.combine(na, Sw)
+                if lower:  # unit vectors to the working precision
+                    Y = Y / Y.norm(dim=1, keepdim=True)
                 res = est[want]
                 if check and not interrupted:
                     HY = apply_rows(op, Y)
@@ -437,6 +515,7 @@ def lanczos(
                     converged=conv[perm],
                     norm_estimate=norm_est,
                     interrupted=interrupted,
+                    basis_bytes=Q.nbytes,
                 )
             if not full:
                 continue
@@ -449,13 +528,9 @@ def lanczos(
                 rest = [i for i in order_values(theta, "largest") if i not in set(keep)]
                 keep = np.concatenate([keep, rest[: p - len(keep)]]).astype(int)
             Sk = torch.as_tensor(S[:, keep], dtype=wd, device=device)
-            Y = Sk.T @ Q[:na]
-            last = Q[na : na + b].clone()
             coupling = torch.as_tensor(Rc @ S[:, keep], dtype=wd, device=device)
-            Q.zero_()
+            Q.restart(na, Sk, b)
             T.zero_()
-            Q[:p] = Y
-            Q[p : p + b] = last
             T[:p, :p] = torch.diag(torch.as_tensor(theta[keep], dtype=wd, device=device))
             T[p : p + b, :p] = coupling
             nq = p + b

@@ -35,12 +35,14 @@ from .engine import (
     check_objective,
     evaluate_points,
     kw_engine,
+    warn_nonfinite,
 )
 from .errors import ArgumentTypeError, CheckpointError, LossvizError
 from .interrupt import api
 from .metrics import resolve_metrics
 from .objective import Objective
 from .provenance import Provenance
+from .sharding import check_shard, fingerprints
 from .slices import Evaluations, Slice1D, Surface
 
 __all__ = [
@@ -420,6 +422,7 @@ def surface(
     trajectory=None,
     points: Mapping | None = None,
     callback: Callable | None = None,
+    shard=None,
     **kw,
 ) -> Surface:
     """The 2-D slice ``f(a, b) = L(θ + a·d1 + b·d2)`` on an ``n`` grid.
@@ -450,7 +453,15 @@ def surface(
         points: ``name -> point`` (or ``(a, b)``) marked on the plane.
         callback: ``callback(surface)`` after each chunk with the growing result (NaN
             where not yet evaluated); an exception it raises stops the evaluation and
-            propagates.
+            propagates. With ``shard="grid"`` each rank's callback sees its own share
+            of the points, then once the gathered result.
+        shard: None (default: no sharding; every rank of a job evaluates every point,
+            and a data-parallel Objective, ``distributed=``, reduces each value over
+            the ranks' shards of the data) or ``"grid"``: in a ``torch.distributed``
+            job where every rank holds all the data (a plain Objective), the grid
+            points are split between the ranks (contiguous shares of the evaluation
+            order) and gathered, so that every rank returns the identical full surface
+            (see :mod:`lossviz.sharding`).
         **kw: the other engine keywords, as in :func:`evaluate`: ``bn``, ``bn_data``,
             ``batched``, ``chunk_size``, ``progress``.
 
@@ -467,7 +478,10 @@ def surface(
             fewer), a direction holding NaN / inf (or a center holding NaN / inf when the
             directions are drawn), parallel directions with a checkpoint overlay, a bad
             trajectory, a metric that does not apply, bad engine keywords (as in
-            :func:`evaluate`).
+            :func:`evaluate`); ``shard`` not None / ``"grid"``, ``"grid"`` without an
+            initialised process group or with a data-parallel Objective; with
+            ``"grid"``, a model, data or points that differ between the ranks (naming
+            them) and a failure on another rank (naming it).
         ArgumentTypeError: an argument of the wrong type (``points`` not a mapping, a
             ``callback`` that is not callable, a non-boolean ``refine``, an unknown
             keyword).
@@ -484,84 +498,103 @@ def surface(
     """
     t0 = time.perf_counter()
     check_objective(obj)
-    nx, ny = _check_surface_n(n)
-    if span is not None:
-        _check_surface_span(span)
-    validate.boolean(refine, "refine")
-    validate.callable_(callback, "callback", "a function callback(surface)", none=True)
-    if points is not None and not isinstance(points, Mapping):
-        raise ArgumentTypeError(
-            f"points must be a mapping name -> point (or (a, b) coordinates), got "
-            f"{type(points).__name__}"
-        )
-    ekw = check_engine_args(obj, precision=precision, progress=kw.get("progress"), **kw_engine(kw))
-    mk = resolve_metrics(obj, metrics)
-    overlay_points: dict = {}
-    overlay_path = None
-    if isinstance(directions, PCAResult):
-        if len(directions.directions) < 2:
-            raise LossvizError("directions: the PCAResult has fewer than 2 directions")
-        if center is None:
-            center = directions.center
-            overlay_path = directions.coords[:, :2]
-        pca = directions
-        directions = pca.directions[:2]
-        if span is None and overlay_path is not None:
-            lo, hi = overlay_path.min(0), overlay_path.max(0)
-            w = max(float((hi - lo).max()), 1e-12)
-            span = tuple((float(lo[i] - 0.25 * w), float(hi[i] + 0.25 * w)) for i in range(2))
-    elif isinstance(directions, Plane):
-        plane = directions
-        if center is None:
-            center = plane.origin
-            overlay_points = dict(plane.points)
-            if span is None:
-                span = plane.span()
-        directions = plane.directions
-    elif directions is not None and (
-        isinstance(directions, (str, bytes, Tensor, Mapping))
-        or not isinstance(directions, Iterable)
-    ):
-        if not (isinstance(directions, Tensor) and directions.ndim == 2):
+    sh = check_shard(shard, obj, bn=kw.get("bn"))
+    err = None
+    try:  # with shard='grid' a failure on one rank is raised on every rank, below
+        nx, ny = _check_surface_n(n)
+        if span is not None:
+            _check_surface_span(span)
+        validate.boolean(refine, "refine")
+        validate.callable_(callback, "callback", "a function callback(surface)", none=True)
+        if points is not None and not isinstance(points, Mapping):
             raise ArgumentTypeError(
-                "directions must be two directions (Weights / mappings / flat tensors, or a "
-                "(2, P) tensor), a PCAResult or a Plane, got "
-                + (
-                    f"a tensor of shape {tuple(directions.shape)}"
-                    if isinstance(directions, Tensor)
-                    else type(directions).__name__
-                )
+                f"points must be a mapping name -> point (or (a, b) coordinates), got "
+                f"{type(points).__name__}"
             )
-    if span is None:
-        span = ((-1, 1), (-1, 1))
-    (x0, x1), (y0, y1) = _check_surface_span(span)
+        ekw = check_engine_args(
+            obj, precision=precision, progress=kw.get("progress"), **kw_engine(kw)
+        )
+        mk = resolve_metrics(obj, metrics)
+        overlay_points: dict = {}
+        overlay_path = None
+        if isinstance(directions, PCAResult):
+            if len(directions.directions) < 2:
+                raise LossvizError("directions: the PCAResult has fewer than 2 directions")
+            if center is None:
+                center = directions.center
+                overlay_path = directions.coords[:, :2]
+            pca = directions
+            directions = pca.directions[:2]
+            if span is None and overlay_path is not None:
+                lo, hi = overlay_path.min(0), overlay_path.max(0)
+                w = max(float((hi - lo).max()), 1e-12)
+                span = tuple((float(lo[i] - 0.25 * w), float(hi[i] + 0.25 * w)) for i in range(2))
+        elif isinstance(directions, Plane):
+            plane = directions
+            if center is None:
+                center = plane.origin
+                overlay_points = dict(plane.points)
+                if span is None:
+                    span = plane.span()
+            directions = plane.directions
+        elif directions is not None and (
+            isinstance(directions, (str, bytes, Tensor, Mapping))
+            or not isinstance(directions, Iterable)
+        ):
+            if not (isinstance(directions, Tensor) and directions.ndim == 2):
+                raise ArgumentTypeError(
+                    "directions must be two directions (Weights / mappings / flat tensors, or a "
+                    "(2, P) tensor), a PCAResult or a Plane, got "
+                    + (
+                        f"a tensor of shape {tuple(directions.shape)}"
+                        if isinstance(directions, Tensor)
+                        else type(directions).__name__
+                    )
+                )
+        if span is None:
+            span = ((-1, 1), (-1, 1))
+        (x0, x1), (y0, y1) = _check_surface_span(span)
 
-    theta, fixed = obj.resolve(center, name="center")
-    if directions is None:
-        _check_finite_center(theta)
-        directions = random_directions(obj.layout.to_weights(theta), 2)
-    directions = list(directions)
-    if len(directions) != 2:
-        raise LossvizError(f"directions: a surface needs 2 directions, got {len(directions)}")
-    D = torch.stack([flat_direction(obj, d, f"directions[{i}]") for i, d in enumerate(directions)])
-    x, y = np.linspace(x0, x1, nx), np.linspace(y0, y1, ny)
-    # overlays first: a bad trajectory or point is reported before any forward pass
-    proto = Surface(
-        x=x,
-        y=y,
-        values={},
-        directions=[obj.layout.to_weights(d.clone()) for d in D],
-        center=obj.layout.to_weights(theta.clone()),
-        points=overlay_points,
-    )
-    if overlay_path is not None:
-        proto.paths["trajectory"] = np.asarray(overlay_path, dtype=np.float64)
-    if trajectory is not None:
-        proto.add_path("trajectory", trajectory)
-    for name, p in (points or {}).items():
-        proto.add_point(name, p)
-    mk, rules = check_metrics(obj, mk, theta, fixed, precision=ekw["precision"])
-    eng = Engine(obj, mk, fixed, rules=rules, **ekw)
+        theta, fixed = obj.resolve(center, name="center")
+        if directions is None:
+            _check_finite_center(theta)
+            directions = random_directions(obj.layout.to_weights(theta), 2)
+        directions = list(directions)
+        if len(directions) != 2:
+            raise LossvizError(f"directions: a surface needs 2 directions, got {len(directions)}")
+        D = torch.stack(
+            [flat_direction(obj, d, f"directions[{i}]") for i, d in enumerate(directions)]
+        )
+        x, y = np.linspace(x0, x1, nx), np.linspace(y0, y1, ny)
+        # overlays first: a bad trajectory or point is reported before any forward pass
+        proto = Surface(
+            x=x,
+            y=y,
+            values={},
+            directions=[obj.layout.to_weights(d.clone()) for d in D],
+            center=obj.layout.to_weights(theta.clone()),
+            points=overlay_points,
+        )
+        if overlay_path is not None:
+            proto.paths["trajectory"] = np.asarray(overlay_path, dtype=np.float64)
+        if trajectory is not None:
+            proto.add_path("trajectory", trajectory)
+        for name, p in (points or {}).items():
+            proto.add_point(name, p)
+        mk, rules = check_metrics(obj, mk, theta, fixed, precision=ekw["precision"])
+        eng = Engine(obj, mk, fixed, rules=rules, **ekw)
+    except Exception as e:
+        if sh is None:
+            raise
+        err = e
+    if sh is not None:
+        sh.agree(
+            err,
+            "surface",
+            lambda: fingerprints(
+                obj, (theta, fixed, D, x, y), (list(eng.metrics), refine, ekw["bn"], precision)
+            ),
+        )
     out = np.full((len(eng.metrics), ny * nx), np.nan)
     done = np.zeros(ny * nx, dtype=bool)
     xt = torch.as_tensor(x, device=obj.device, dtype=obj.dtype)
@@ -595,16 +628,29 @@ def surface(
     def coords(idx, k):
         return torch.stack([xt[k % nx], yt[k // nx]], 1)
 
-    complete = eng.run(
-        make,
-        order,
-        out,
-        done,
-        plane=(theta, D, coords),
-        progress=kw.get("progress"),
-        desc="surface",
-        on_chunk=on_chunk,
-        where=lambda k: f"(a, b) = ({x[k % nx]:.4g}, {y[k // nx]:.4g})",
-    )
+    def where(k):
+        return f"(a, b) = ({x[k % nx]:.4g}, {y[k // nx]:.4g})"
+
+    err, complete = None, False
+    try:
+        complete = eng.run(
+            make,
+            order if sh is None else order[sh.share(len(order))],
+            out,
+            done,
+            plane=(theta, D, coords),
+            progress=kw.get("progress"),
+            desc="surface",
+            on_chunk=on_chunk,
+            where=where if sh is None else None,
+        )
+    except Exception as e:
+        if sh is None:
+            raise
+        err = e
+    if sh is not None:  # every rank's share, on every rank; then the warnings over all
+        _, _, complete = sh.gather(out, done, complete, err, "surface", order)
+        warn_nonfinite(list(eng.metrics), out, done, where)
+        on_chunk()
     res.complete, res.strategy, res.seconds = complete, eng.strategy, time.perf_counter() - t0
     return res

@@ -30,6 +30,7 @@ from .errors import (
     warn,
 )
 from .interrupt import api
+from .sharded import refuse_sharded
 from .weights import Layout, Weights, as_state, check_matches
 
 _NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
@@ -360,9 +361,12 @@ class Objective:
     with ``reduction="sum"`` (a loss that sums over its batch) ``L(θ) = Σ_b loss_b``.
 
     Args:
-        model: any ``nn.Module``. It is never changed: lossviz evaluates a private copy of
-            the module tree with ``torch.func.functional_call``, with private copies of
-            the buffers at every forward (a forward that updates a buffer, or calls
+        model: any ``nn.Module`` (a ``DistributedDataParallel`` / ``DataParallel``
+            wrapper is unwrapped: its ``.module`` is evaluated, and neither the wrapper's
+            forward nor its gradient all-reduce ever runs). It is never changed:
+            lossviz evaluates a private copy of the module tree with
+            ``torch.func.functional_call``, with private copies of the buffers at every
+            forward (a forward that updates a buffer, or calls
             ``model.train()``, changes neither the user's model nor the next evaluation).
         loss_fn: ``loss_fn(outputs, targets) -> scalar`` (mean-reduced by default).
         data: one batch ``(inputs, targets)`` (or a dict / tensor for ``forward``), or any
@@ -390,8 +394,15 @@ class Objective:
             are the sample-weighted mean over **all** ranks' samples (one all-reduce of
             the weighted sums and the counts per evaluation / block of products), the
             same on every rank. Built collectively: every rank must construct it, and
-            make the same calls in the same order. Not supported yet (they raise):
-            ``bn="train"``, ``bn="recompute"`` in the landscape kernels,
+            make the same calls in the same order. A DDP-wrapped model works (above),
+            and so does a DataLoader with a ``DistributedSampler`` that does not pad
+            (padding repeats samples: an error; ``drop_last=True`` leaves samples out:
+            a warning). BatchNorm with ``bn="eval"`` uses the running statistics of
+            the model, which must be equal on every rank (checked; after a DDP
+            training step they differ until DDP's next forward broadcasts rank 0's:
+            ``docs/distributed.md``). Not supported yet (they raise): ``bn="train"``,
+            ``bn="recompute"`` in the landscape kernels (``shard="grid"`` with all the
+            data on every rank does it),
             :meth:`swap_batch`, the dashboards, the empirical Fisher, ``reset_bn`` and
             alignment on the Objective's data.
 
@@ -404,12 +415,14 @@ class Objective:
             cannot take (a loss that detaches or does not depend on the parameters, a
             loss that is not a scalar, dtypes that differ, a model that uses
             ``torch.utils.checkpoint`` with ``use_reentrant=True``) is reported here,
-            with what was expected.
+            with what was expected. A model sharded across processes (FSDP1, FSDP2
+            ``fully_shard``, DTensor parameters) is not supported yet: named, with how
+            to gather it (:mod:`lossviz.sharded`).
         ArgumentTypeError: ``model`` not an ``nn.Module``, neither ``loss_fn`` nor
             ``forward`` given, a non-callable ``loss_fn`` / ``forward``, ``params`` or
             ``data`` of the wrong type, ``distributed`` neither a bool nor a process
-            group. With ``distributed``: no initialised process group, a DDP-wrapped
-            model, an option not supported yet (above), parameters or buffers that
+            group. With ``distributed``: no initialised process group, an option not
+            supported yet (above), parameters or buffers that
             differ between ranks (naming the ranks), a failure on another rank (naming
             it); :class:`DataError` when no rank holds a sample.
         DataError: data that cannot be used: missing or empty, NumPy arrays or Python
@@ -443,6 +456,8 @@ class Objective:
     ):
         if not isinstance(model, nn.Module):
             raise ArgumentTypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        refuse_sharded(model)  # FSDP / DTensor: not supported yet, named
+        model = unwrap_parallel(model)  # DDP / DataParallel: the module inside
         self._group, self.rank, self.world_size = _process_group(distributed, model, bn)
         self.distributed = self._group is not False
         if loss_fn is None and forward is None:
@@ -1137,7 +1152,7 @@ class Objective:
         if at is None:
             state = cur
         else:
-            given = as_state(at)
+            given = _strip_wrapper_prefix(as_state(unwrap_parallel(at)), self._param_shapes)
             check_matches(given, self._param_shapes, self.names, ignore=self._aliases)
             state = dict(cur)
             state.update({k: v for k, v in given.items() if k not in self._aliases})
@@ -1571,7 +1586,7 @@ def _failure_code(err: BaseException | None) -> int:
 
 
 def _check_sampler(loader) -> None:
-    """Refuse a ``DistributedSampler`` that repeats samples to even out the shards.
+    """Refuse a ``DistributedSampler`` that repeats samples (warn of one that drops some).
 
     With ``drop_last=False`` it pads the shards with copies of samples: the mean over the
     ranks would count them twice.
@@ -1579,6 +1594,13 @@ def _check_sampler(loader) -> None:
     from torch.utils.data.distributed import DistributedSampler
 
     s = getattr(loader, "sampler", None)
+    if isinstance(s, DistributedSampler) and s.total_size < len(s.dataset):
+        warn(
+            f"the DataLoader's DistributedSampler (drop_last=True) leaves "
+            f"{len(s.dataset) - s.total_size} of {len(s.dataset)} samples out on every "
+            "pass: the full-data mean is over the other "
+            f"{s.total_size} samples"
+        )
     if isinstance(s, DistributedSampler) and s.total_size > len(s.dataset):
         raise DataError(
             f"the DataLoader's DistributedSampler pads {len(s.dataset)} samples to "
@@ -1628,18 +1650,46 @@ def _process_group(distributed, model: nn.Module, bn: str):
             "torch.distributed.init_process_group(...) first (torchrun sets up the "
             "environment it reads)"
         )
-    from torch.nn.parallel import DistributedDataParallel
-
-    if isinstance(model, DistributedDataParallel):
-        raise LossvizError(
-            "distributed=: give the model itself (ddp_model.module), not the DDP wrapper; "
-            "lossviz does its own all-reduce"
-        )
     if bn == "train":
         raise LossvizError(
             "bn='train' is not supported with distributed= yet (batch statistics per rank)"
         )
     return group, dist.get_rank(group), dist.get_world_size(group)
+
+
+def unwrap_parallel(model):
+    """The module inside a ``DistributedDataParallel`` / ``DataParallel`` wrapper.
+
+    lossviz evaluates the wrapped module (``.module``) functionally: the wrapper's own
+    forward (its buffer broadcast, the gradient all-reduce hooks of its reducer) is never
+    run and the wrapper is not touched. Anything else is returned as is.
+
+    Args:
+        model: a module (or a point: anything else).
+
+    Returns:
+        ``model.module`` for a DDP / DataParallel wrapper, else ``model``.
+    """
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+    if isinstance(model, (DistributedDataParallel, DataParallel)):
+        return model.module
+    return model
+
+
+def _strip_wrapper_prefix(state: dict, names) -> dict:
+    """A state dict saved from a DDP / DataParallel wrapper without its ``module.`` prefix.
+
+    Only when every key has the prefix and none of the model's names do.
+    """
+    pre = "module."
+    if (
+        state
+        and all(k.startswith(pre) for k in state)
+        and not any(k.startswith(pre) for k in names)
+    ):
+        return {k[len(pre) :]: v for k, v in state.items()}
+    return state
 
 
 def call_model(m, inputs):
@@ -1719,4 +1769,5 @@ __all__ = [
     "private_copy",
     "reparametrized",
     "to_device",
+    "unwrap_parallel",
 ]

@@ -9,7 +9,8 @@ its eigenvectors ``w_i`` (weights) form the Gauss quadrature of ``vᵀ f(H) v``:
 
 All probes advance in lockstep (one batched product per step); each keeps its own basis
 and is reorthogonalized against it in full. Probes are split into groups when the bases
-would not fit in memory.
+would not fit in memory. The bases may live on another device or in a lower precision
+(``basis_device=`` / ``basis_dtype=``; :mod:`lossviz.basis`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from scipy.linalg import eigh_tridiagonal
 from torch import Tensor
 
 from . import validate
+from .basis import Basis, check_basis
 from .hvp import apply_rows, check_operator, work_dtype
 from .interrupt import keep_partial
 
@@ -95,6 +97,8 @@ def slq(
     seed: int = 0,
     group: int | None = None,
     progress=None,
+    basis_device=None,
+    basis_dtype=None,
 ) -> tuple[np.ndarray, np.ndarray, int, bool]:
     """Nodes and weights of stochastic Lanczos quadrature.
 
@@ -113,6 +117,23 @@ def slq(
         group: Probes per lockstep group (default: as many as fit in memory, split into
             equal groups).
         progress: A ``tqdm`` progress bar when truthy.
+        basis_device: Where the probes' bases are stored (default: the operator's
+            device; ``"cpu"`` is pinned memory under a CUDA operator, streamed to it in
+            blocks of at most 64 MiB).
+        basis_dtype: Their storage precision (default: the working precision, that of
+            the products but at least float32); ``torch.float32`` under a float64
+            operator halves the memory. Products, ``α`` and ``β`` stay in the working
+            precision and every step is reorthogonalized against the stored vectors;
+            nodes and weights are then accurate to about ``eps`` (of the storage dtype)
+            ``· |λ|_max``.
+
+    Memory:
+        The bases of one group of ``g`` probes, ``g · (m + 1) · n`` numbers of
+        ``basis_dtype`` on ``basis_device`` (``g`` is as many as fit in 75% of the free
+        GPU memory / 30% of the free host memory, unless ``group`` is given), the
+        ``n_probes · n`` probes in the working precision on the operator's device,
+        about ``3 · g · n`` more there for a step's products and projections, and the
+        operator's own (one gradient graph for a ``g``-vector batched product).
 
     Returns:
         ``(nodes, weights, n_matvec, complete)``: nodes and weights of shape
@@ -123,10 +144,11 @@ def slq(
     Raises:
         ArgumentTypeError: if ``op`` is not a matrix / operator, or a count or seed is not
             an integer.
-        LossvizError: if a count is below 1, the seed is negative, or ``op`` is not
-            square, finite and symmetric.
+        LossvizError: if a count is below 1, the seed is negative, ``op`` is not
+            square, finite and symmetric, or ``basis_device`` / ``basis_dtype`` is not
+            usable (:func:`lossviz.basis.check_basis`).
 
-    Example:
+    Examples:
         >>> A = torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
         >>> nodes, weights, _, _ = slq(A, n_probes=2, steps=3)
         >>> np.allclose(np.sort(nodes[0]), [1, 2, 3]), np.allclose(weights.sum(1), 1)
@@ -142,13 +164,14 @@ def slq(
     group = validate.integer(group, "group", none=True)
     m = min(steps, n)
     wd = work_dtype(dtype)  # bases and coefficients in at least float32; products in dtype
+    bdev, bdt = check_basis(basis_device, basis_dtype, device, wd)
     gen = probe_generator(seed, device)
     Z = rademacher(n_probes, n, dtype=wd, device=device, generator=gen) / n**0.5
-    per_probe = (m + 1) * n * torch.finfo(wd).bits // 8
-    g = group or max(1, min(n_probes, _memory_budget(device) // max(per_probe, 1)))
+    per_probe = (m + 1) * n * torch.finfo(bdt).bits // 8
+    g = group or max(1, min(n_probes, _memory_budget(bdev) // max(per_probe, 1)))
     g = min(g, n_probes)
     g = -(-n_probes // -(-n_probes // g))  # equal groups: 10 probes in 5 + 5, not 8 + 2
-    eps = torch.finfo(dtype).eps ** 0.75
+    eps = max(torch.finfo(dtype).eps ** 0.75, torch.finfo(bdt).eps)
     nodes = np.zeros((n_probes, m))
     weights = np.zeros((n_probes, m))
     n_mv = 0
@@ -157,8 +180,8 @@ def slq(
         for s in range(0, n_probes, g):
             V = Z[s : s + g]
             L = V.shape[0]
-            Q = torch.zeros(L, m + 1, n, dtype=wd, device=device)
-            Q[:, 0] = V
+            Q = Basis((L, m + 1, n), device=bdev, dtype=bdt, work_device=device, work_dtype=wd)
+            Q.put(0, V[:, None])
             alpha = torch.zeros(L, m, dtype=wd, device=device)
             beta = torch.zeros(L, m, dtype=wd, device=device)
             done = [0]
@@ -198,54 +221,55 @@ def slq(
     return nodes, weights, n_mv, True
 
 
-def _lanczos_steps(op, Q, alpha, beta, m, gen, eps, bar, done: list) -> None:
+def _lanczos_steps(op, Q: Basis, alpha, beta, m, gen, eps, bar, done: list) -> None:
     """``m`` lockstep Lanczos steps for the probes in ``Q[:, 0]``.
 
-    Each probe is fully reorthogonalized against its own basis; fills ``alpha`` and
-    ``beta`` and counts the finished steps in ``done[0]`` (read after an interruption).
+    Each probe is fully reorthogonalized against its own (stored) basis; fills ``alpha``
+    and ``beta`` and counts the finished steps in ``done[0]`` (read after an
+    interruption).
     """
-    L, _, n = Q.shape
-    dtype = Q.dtype
+    dtype = alpha.dtype
+    tiny = torch.finfo(dtype).tiny
     for j in range(m):
-        W = apply_rows(op, Q[:, j])
+        W = apply_rows(op, Q.rows(j, j + 1)[:, 0])
         if bar is not None:
-            bar.update(L)
+            bar.update(len(W))
         scale = W.norm(dim=1)
-        Qs = Q[:, : j + 1]
-        c = torch.bmm(Qs, W.unsqueeze(2)).squeeze(2)
-        W = W - torch.bmm(c.unsqueeze(1), Qs).squeeze(1)
-        c2 = torch.bmm(Qs, W.unsqueeze(2)).squeeze(2)
-        W = W - torch.bmm(c2.unsqueeze(1), Qs).squeeze(1)
-        alpha[:, j] = c[:, j] + c2[:, j]
+        W = W.unsqueeze(1)  # (L, 1, n)
+        c = Q.dot(j + 1, W)  # (L, j + 1, 1)
+        W = Q.sub(j + 1, c, W)
+        c2 = Q.dot(j + 1, W)
+        W = Q.sub(j + 1, c2, W).squeeze(1)
+        alpha[:, j] = c[:, j, 0] + c2[:, j, 0]
         done[0] = j + 1
         if j == m - 1:
             break
         b = W.norm(dim=1)
-        bad = b <= eps * scale.clamp_min(torch.finfo(dtype).tiny)
-        Q[:, j + 1] = W / b.clamp_min(torch.finfo(dtype).tiny)[:, None]
+        bad = b <= eps * scale.clamp_min(tiny)
+        X = W / b.clamp_min(tiny)[:, None]
         beta[:, j] = b
         if bool(bad.any()):  # one host check per step, small next to the products
             # an exhausted Krylov space (e.g. a zero or low-rank operator): go on with a
             # unit vector orthogonal to the basis and a zero coupling, so T is block
             # diagonal and the new block's Ritz values get zero weight. Gaussian vectors
             # (a Rademacher one can be parallel to the probe itself).
-            Q[:, j + 1] = torch.where(
-                bad[:, None], _orthogonal_unit(Q[:, : j + 1], gen), Q[:, j + 1]
-            )
+            X = torch.where(bad[:, None], _orthogonal_unit(Q, j + 1, gen), X)
             beta[:, j] = torch.where(bad, torch.zeros_like(b), b)
+        Q.put(j + 1, X[:, None])
 
 
-def _orthogonal_unit(Qs: Tensor, gen: torch.Generator) -> Tensor:
-    """Per probe, a random unit vector orthogonal to its (orthonormal) basis.
+def _orthogonal_unit(Q: Basis, r: int, gen: torch.Generator) -> Tensor:
+    """Per probe, a random unit vector orthogonal to its basis (its first ``r`` rows).
 
-    ``Qs`` has shape ``(L, j, n)`` with ``j < n``.
+    ``Q`` has shape ``(L, rows, n)`` with ``r < n``; returns ``(L, n)``.
     """
-    L, _, n = Qs.shape
+    L, _, n = Q.shape
     for _ in range(8):
-        Zr = torch.randn(L, n, generator=gen, dtype=Qs.dtype, device=gen.device).to(Qs.device)
+        Zr = torch.randn(L, 1, n, generator=gen, dtype=Q.wd, device=gen.device)
+        Zr = Zr.to(Q.work_device)
         for _ in range(2):  # twice is enough (DGKS)
-            c = torch.bmm(Qs, Zr.unsqueeze(2))  # (L, j, 1)
-            Zr = Zr - torch.bmm(c.transpose(1, 2), Qs).squeeze(1)
+            Zr = Q.project_out(r, Zr)
+        Zr = Zr.squeeze(1)
         nrm = Zr.norm(dim=1, keepdim=True)
         if bool((nrm > 1e-3).all()):
             return Zr / nrm

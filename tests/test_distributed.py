@@ -1,8 +1,11 @@
-"""Data parallel (``Objective(..., distributed=True)``): 2 ranks under torchrun (gloo, CPU).
+"""Data parallel (``Objective(..., distributed=True)``) and grid sharding (``shard="grid"``):
+2 ranks under torchrun (gloo, CPU).
 
-Starts ``torchrun --nproc_per_node=2 tests/distributed_worker.py`` in a subprocess; every
-rank compares its numbers with the one-process Objective on the concatenated data and with
-plain autograd, then the ranks' results are compared with each other (see the worker).
+Starts ``torchrun --nproc_per_node=2 tests/distributed_worker.py`` in a subprocess (once
+for the whole file); every rank compares its numbers with the one-process Objective on the
+concatenated data, with plain autograd and with direct evaluation, then the ranks' results
+are compared with each other (see the worker). DDP-wrapped models, DistributedSampler
+loaders and BatchNorm statistics are checked there too.
 """
 
 from __future__ import annotations
@@ -106,3 +109,84 @@ def test_distributed_argument_is_checked_before_any_work():
             lv.Objective(m, torch.nn.functional.cross_entropy, data, distributed=True)
     obj = lv.Objective(m, torch.nn.functional.cross_entropy, data)
     assert not obj.distributed and obj.rank == 0 and obj.world_size == 1
+
+
+def test_grid_sharding_gives_every_rank_the_one_process_result(ranks):
+    # the worker asserted each sharded result against the unsharded one in its process,
+    # against direct evaluation, and that each rank evaluated only its share
+    r0, r1 = ranks
+    for key in ("grid_surface", "grid_path", "grid_matrix"):
+        assert r0[key] == r1[key], key
+    assert len(r0["grid_surface"]) == 3 and len(r0["grid_surface"][0]) == 5
+    assert len(r0["grid_path"]) == 6
+
+
+def test_grid_sharding_bad_input_is_named_on_every_rank(ranks):
+    r0, r1 = ranks
+    assert "distributed=" in r0["grid_dp"] and r0["grid_dp"] == r1["grid_dp"]
+    assert "rank 1" in r0["grid_data"] and "different data" in r0["grid_data"]
+    assert "different points" in r0["grid_points"] and r0["grid_points"] == r1["grid_points"]
+    assert "different models" in r0["grid_model"]
+    assert "rank 1" in r0["msg_grid_arg"] and "n[0]" in r1["msg_grid_arg"]
+    assert "rank 1" in r0["msg_grid_fail"] and "injected" in r1["msg_grid_fail"]
+    assert "SyncBatchNorm" in r0["grid_sync_bn"]
+
+
+def test_ddp_and_batchnorm_under_data_parallelism(ranks):
+    r0, r1 = ranks
+    assert r0["ddp"] == r1["ddp"] and len(r0["ddp"][1]) == 2
+    assert "rank 1" in r0["bn_differ"] and r0["bn_differ"] == r1["bn_differ"]
+    assert r0["bn_recompute"] is True  # equal to one process over the same batches
+    assert "bn='train'" in r0["bn_train"]
+
+
+def _tiny():
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    data = (torch.randn(8, 3), torch.randint(0, 2, (8,)))
+    return m.double(), (data[0].double(), data[1])
+
+
+def test_shard_argument_is_checked_before_any_work():
+    import lossviz as lv
+    from lossviz.errors import LossvizError
+
+    m, data = _tiny()
+    obj = lv.Objective(m, torch.nn.functional.cross_entropy, data)
+    calls = []
+    for bad in ("rows", True, 1):
+        with pytest.raises(LossvizError, match="shard must be one of None, 'grid'"):
+            lv.surface(obj, n=3, shard=bad, callback=calls.append)
+    if not torch.distributed.is_initialized():
+        for fn in (
+            lambda: lv.surface(obj, n=3, shard="grid", callback=calls.append),
+            lambda: lv.interpolate(obj, m, m, n=3, shard="grid"),
+            lambda: lv.barrier(obj, m, m, n=3, shard="grid"),
+            lambda: lv.barrier_matrix(obj, [m, m], n=3, shard="grid"),
+        ):
+            with pytest.raises(LossvizError, match=r"shard='grid' needs an initialised"):
+                fn()
+    assert calls == []  # nothing was evaluated
+    # shard=None is the plain one-process result
+    s = lv.surface(obj, n=3, progress=False, shard=None)
+    assert abs(s.loss[1, 1] - obj.loss()) < 1e-12
+
+
+def test_a_parallel_wrapper_is_evaluated_through_its_module():
+    # DataParallel (no GPU: a plain wrapper) stands for DDP here, which needs a process
+    # group (DDP itself is checked under torchrun); their state dicts carry "module."
+    from reference import assert_unchanged, snapshot
+
+    import lossviz as lv
+
+    m, data = _tiny()
+    wrapped = torch.nn.DataParallel(m)
+    snap = snapshot(wrapped)
+    obj = lv.Objective(wrapped, torch.nn.functional.cross_entropy, data)
+    ref = lv.Objective(m, torch.nn.functional.cross_entropy, data)
+    assert obj.model is m and obj.loss() == ref.loss()
+    assert ref.loss(wrapped) == ref.loss() == ref.loss(wrapped.state_dict())
+    moved = {k: v + 0.1 for k, v in wrapped.state_dict().items()}
+    assert ref.loss(moved) == ref.loss({k[len("module.") :]: v for k, v in moved.items()})
+    assert ref.loss(moved) != ref.loss()
+    assert_unchanged(wrapped, snap)
