@@ -300,6 +300,44 @@ class Surface(_ByMetric, DataResult):
         i, j = np.nonzero(ev & ~np.isfinite(v))
         return np.stack([self.x[j], self.y[i]], 1)
 
+    def topology(self, metric: str = "loss", **kw):
+        """Basins, saddles, merge tree and SMAD of this surface (``lv.landscape_topology``).
+
+        Args:
+            metric: the metric's name.
+            **kw: ``min_persistence``, ``nonfinite``, as in
+                :func:`lossviz.landscape_topology`.
+
+        Returns:
+            A :class:`~lossviz.topology.TopologyResult` (axes ``(a, b)``).
+
+        Raises:
+            LossvizError: as :func:`lossviz.landscape_topology`.
+            ImportError: GUDHI is not installed (``pip install 'lossviz[topology]'``).
+        """
+        from .topology import landscape_topology
+
+        return landscape_topology(self, metric=metric, **kw)
+
+    def animate(self, trajectory=None, **kw):
+        """The trajectory animated over this surface (:func:`lossviz.animate`).
+
+        Args:
+            trajectory: the checkpoints (a recorder, list or dict), or None for
+                ``paths[path]``.
+            **kw: ``path``, ``metric``, ``values``, ``log``, ``frame_ms``, ``progress``,
+                as in :func:`lossviz.animate`.
+
+        Returns:
+            A ``plotly.graph_objects.Figure`` with one frame per checkpoint.
+
+        Raises:
+            LossvizError: as :func:`lossviz.animate`.
+        """
+        from .animation import animate
+
+        return animate(self, trajectory, **kw)
+
     def dashboard(self, **kw):
         """The live landscape explorer (:func:`lossviz.dash.landscape`) showing this surface.
 
@@ -616,5 +654,7 @@ class Surface(_ByMetric, DataResult):
             fig.update_layout(scene={"xaxis_title": "a", "yaxis_title": "b", "zaxis_title": label})
         else:
             fig.update_layout(xaxis_title="a", yaxis_title="b")
-        fig.update_layout(title=title, template="plotly_white")
+        # the legend (paths, points) above the plot, clear of the colour bar's title
+        legend = {"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "right", "x": 1}
+        fig.update_layout(title=title, template="plotly_white", legend=legend)
         return fig

@@ -174,6 +174,7 @@ class InterpolationDashboard(Dashboard):
         self._layerwise: dict = {}
         self._exact_gen = 0
         self.exact: dict | None = None  # metrics at the resting α (the kernel's values)
+        self.curve = None  # a CurveResult drawn next to the straight path (show_curve)
         if path is not None:
             if path.objective is not obj or len(path.alphas) != n or path.bn != bn:
                 raise LossvizError("path: a PathResult of this Objective with the same n and bn")
@@ -669,6 +670,58 @@ class InterpolationDashboard(Dashboard):
         self._update_readout(alpha, vals, "exact")
         self.scrubber.status = "exact"
 
+    def show_curve(self, result) -> None:
+        """Draw a mode-connecting curve next to the straight path (a view of its numbers).
+
+        Each metric panel gains the curve's values along its ``t`` (red, dotted) exactly
+        as the :class:`~lossviz.curves.CurveResult` holds them (``t`` on the α axis:
+        both run from A at 0 to B at 1), and the readout the curve's barrier. Nothing is
+        computed. What ``CurveResult.dashboard()`` calls.
+
+        Args:
+            result: a :class:`~lossviz.curves.CurveResult` of this dashboard's endpoints.
+
+        Raises:
+            TypeError: ``result`` is not a CurveResult.
+            LossvizError: it holds none of the dashboard's metrics.
+        """
+        import plotly.graph_objects as go
+
+        from ..curves import CurveResult
+
+        if not isinstance(result, CurveResult):
+            raise TypeError(f"result must be a CurveResult, got {type(result).__name__}")
+        shared = [m for m in self.metrics if m in result.values]
+        if not shared:
+            raise LossvizError(
+                f"the curve has metrics {list(result.values)}, the dashboard {self.metrics}"
+            )
+        for col, m in enumerate(self.metrics, 1):
+            if m not in shared:
+                continue
+            x, y = [float(t) for t in result.ts], finite_list(result.values[m])
+            key = (m, "mode curve")
+            if key in self._tr:  # a curve shown before: replaced
+                tr = self.fig.data[self._tr[key]]
+                tr.x, tr.y, tr.name = x, y, f"{m} on the {result.curve} curve"
+                continue
+            self.fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=y,
+                    mode="lines+markers",
+                    name=f"{m} on the {result.curve} curve",
+                    line={"color": "#d62728", "dash": "dot"},
+                    marker={"size": 4},
+                ),
+                row=1,
+                col=col,
+            )
+            self._tr[key] = len(self.fig.data) - 1
+        self.curve = result
+        if self._current() is not None:  # else the α grid's own update shows the row
+            self._on_alpha({"new": float(self.slider.value)})
+
     def _update_readout(self, alpha, vals, src: str):
         rows = [f"<tr><td>α</td><td>{alpha:.3f}</td></tr>"]
         for k in self.metrics:
@@ -683,6 +736,12 @@ class InterpolationDashboard(Dashboard):
             if res.get("before") is not None:
                 hb = res["before"].barrier(first)
                 rows.append(f"<tr><td>before matching</td><td>{number(hb, 4)}</td></tr>")
+        if self.curve is not None and self.metrics[0] in self.curve.values:
+            hc = self.curve.barrier(self.metrics[0])
+            rows.append(
+                f"<tr><td>{html.escape(self.curve.curve)} curve barrier</td>"
+                f"<td class='lv-curve-barrier'>{number(hc, 4)}</td></tr>"
+            )
         exact = int(src == "exact")
         self.readout.value = (
             f"<table class='lossviz-readout' data-exact='{exact}'>"
