@@ -28,10 +28,12 @@ __all__ = [
     "FUNCTIONS",
     "OPTIMIZERS",
     "Playground",
+    "StabilityChart",
     "newton_schulz",
     "playground",
     "run",
     "sam_step",
+    "stability_chart",
 ]
 
 
@@ -894,3 +896,127 @@ def playground(
         TypeError: an unknown keyword in ``**kw``.
     """
     return Playground(function, optimizers, **kw)
+
+
+class StabilityChart(Dashboard):
+    """A network's measured eigenvalues on the ``(ηλ, β)`` stability chart.
+
+    See :func:`stability_chart`. Every number drawn comes from :func:`lossviz.stability`
+    (a :class:`~lossviz.StabilityResult`): the traces of its ``plot()`` (the region
+    ``ρ(M)``, its boundary, the points ``(ηλ_i, β)``) and its ``verdicts``. Moving the
+    learning-rate or momentum slider calls :func:`lossviz.stability` on the measured
+    result again (no new Hessian products).
+
+    Args:
+        source: an :class:`~lossviz.Objective` (its Hessian is measured once) or a
+            :class:`~lossviz.StabilityResult`.
+        lr: the initial learning rate ``η > 0`` (the slider spans ``η/100 … 100η``).
+        momentum: the initial momentum ``β`` in ``[0, 0.99]``.
+        **kw: passed to :func:`lossviz.stability` for the measurement (``batch_size``,
+            ``k``, ``at``, ``curvature``, ``seed``, ...).
+
+    Raises:
+        ImportError: the widget stack is not installed.
+        LossvizError: as :func:`lossviz.stability` (``lr <= 0``, ``momentum`` outside
+            ``[0, 1)``, ...), or ``momentum`` above the slider's 0.99.
+        ArgumentTypeError: as :func:`lossviz.stability`.
+
+    Attributes:
+        widget: the root widget.
+        measured: the :class:`~lossviz.StabilityResult` measured at construction.
+        result: the :class:`~lossviz.StabilityResult` drawn now.
+        fig: the chart (a FigureWidget): heatmap, boundary, measured points.
+    """
+
+    def __init__(self, source, lr: float, *, momentum: float = 0.0, **kw):
+        require()
+        super().__init__()
+        import ipywidgets as W
+        import plotly.graph_objects as go
+
+        from .stability import stability
+
+        self._stability = stability
+        self.measured = stability(source, lr, momentum=momentum, **kw)
+        if momentum > 0.99:
+            raise LossvizError(f"momentum must be at most 0.99 on the chart, got {momentum}")
+        lg = math.log10(lr)
+        sl = W.Layout(width="360px")
+        self.lr = slider(
+            "lr η", lr, lg - 2, lg + 2, 0.01, kind="log", readout_format=".3g", layout=sl
+        )
+        self.momentum = slider("momentum β", momentum, 0.0, 0.99, 0.01, layout=sl)
+        self.info = W.HTML("")
+        base = go.Figure(self.measured.plot())
+        style(base, 760, 460, (60, 10, 50, 50))
+        self.fig = figure_widget(base)
+        self.lr.observe(lambda ch: self._update(), names="value")
+        self.momentum.observe(lambda ch: self._update(), names="value")
+        self.widget = W.VBox(
+            [
+                W.HTML(
+                    "<b>stability of gradient descent / heavy ball at this point</b> — "
+                    "each dot is ηλ_i for a measured Hessian eigenvalue; stable inside the "
+                    "black curve ρ(M) = 1"
+                ),
+                W.HBox([self.lr, self.momentum]),
+                self.info,
+                self.fig,
+            ]
+        )
+        self.result = self.measured
+        self._update()
+
+    def _update(self) -> None:
+        """Re-evaluate with the sliders' ``lr`` / ``β`` (lossviz.stability) and draw it."""
+        r = self._stability(self.measured, self.lr.value, momentum=self.momentum.value)
+        self.result = r
+        new = r.plot()  # the result's own traces: the view computes nothing
+        with self.fig.batch_update():
+            heat, line, pts = self.fig.data[0], self.fig.data[1], self.fig.data[2]
+            heat.x, heat.y, heat.z = new.data[0].x, new.data[0].y, new.data[0].z
+            line.x, line.y, line.z = new.data[1].x, new.data[1].y, new.data[1].z
+            pts.x, pts.y, pts.customdata = new.data[2].x, new.data[2].y, new.data[2].customdata
+            self.fig.layout.title.text = new.layout.title.text
+        rows = "".join(
+            f"<li>{v['condition']}: <b>{v['verdict']}</b> ({_fmt(v['value'])} vs "
+            f"{_fmt(v['bound'])}, margin {_fmt(v['margin'])})</li>"
+            for v in r.verdicts
+        )
+        self.info.value = f"<small><ul>{rows}</ul></small>"
+
+
+def _fmt(x) -> str:
+    """A number as lossviz formats it (``-`` for None)."""
+    from .formatting import number
+
+    return "-" if x is None else number(x)
+
+
+def stability_chart(source, lr: float, *, momentum: float = 0.0, **kw) -> StabilityChart:
+    """A real network's Hessian eigenvalues on the ``(ηλ, β)`` stability chart.
+
+    Gradient descent with momentum ``β`` (heavy ball; ``β = 0`` is plain gradient
+    descent) is stable along an eigenvector of ``H`` with eigenvalue ``λ`` iff the
+    spectral radius of ``[[1 + β − ηλ, −β], [1, 0]]`` is below 1, i.e.
+    ``0 < ηλ < 2 + 2β`` (Polyak 1964; the edge of stability of Cohen et al. 2021 is the
+    ``β = 0`` end, ``λ_max = 2/η``). The chart shades ``ρ(M)`` over the plane, draws the
+    boundary and puts each measured eigenvalue at ``(ηλ_i, β)``; sliders move ``η`` and
+    ``β`` and the points and verdicts follow. All numbers come from
+    :func:`lossviz.stability`; the chart only draws its result.
+
+    Args:
+        source: an :class:`~lossviz.Objective` or a :class:`~lossviz.StabilityResult`.
+        lr: the initial learning rate ``η > 0``.
+        momentum: the initial momentum ``β`` in ``[0, 0.99]``.
+        **kw: passed to :func:`lossviz.stability` (``batch_size``, ``k``, ``at``, ...).
+
+    Returns:
+        A :class:`StabilityChart` (displays itself in Jupyter / Voila).
+
+    Raises:
+        ImportError: the widget stack is not installed.
+        LossvizError: as :func:`lossviz.stability`.
+        ArgumentTypeError: as :func:`lossviz.stability`.
+    """
+    return StabilityChart(source, lr, momentum=momentum, **kw)

@@ -3,6 +3,7 @@
 Importing ``lossviz.dash`` needs nothing extra; calling a dashboard needs the widget
 stack: ``pip install 'lossviz[widgets]'`` (otherwise an ImportError says so).
 
+- :func:`averaging` — SWA / EMA / LAWA of a run vs its last iterate, decay and k sliders.
 - :func:`interpolation` — scrub the straight path between two checkpoints.
 - :func:`landscape` — 2-D loss slices, coarse to fine, click for slices and ``λ_max``.
 - :func:`spectrum` — the Hessian spectral density, top-k, per layer, over checkpoints.
@@ -28,7 +29,15 @@ from ._common import figure_widget as figure_widget
 from ._common import slider as slider
 from ._common import style as style
 
-__all__ = ["EXTRA", "interpolation", "landscape", "spectrum", "subspace", "widgets_dir"]
+__all__ = [
+    "EXTRA",
+    "averaging",
+    "interpolation",
+    "landscape",
+    "spectrum",
+    "subspace",
+    "widgets_dir",
+]
 
 
 def _build(module: str, cls: str, args: dict):
@@ -325,3 +334,60 @@ def landscape(
             a Surface without a center and two directions.
     """
     return _build("_landscape", "LandscapeDashboard", locals())
+
+
+def averaging(
+    obj,
+    points,
+    *,
+    decay: float = 0.9,
+    k: int = 5,
+    swa_start=None,
+    per: str = "step",
+    accuracy: bool = True,
+    curvature: bool = True,
+    bn: str = "average",
+    tol: float = 1e-3,
+    seed: int = 0,
+    start: bool = True,
+):
+    """Weight averages of a training run next to its last iterate, with decay / k sliders.
+
+    A view of :func:`lossviz.averaging.compare_averages` (the loss, accuracy and
+    ``λ_max`` of the raw last snapshot, SWA, EMA(β) and LAWA(k); Izmailov et al. 2018,
+    "Averaging Weights Leads to Wider Optima and Better Generalization"; Kaddour 2022,
+    "Stop Wasting My Time!") and of :func:`lossviz.averaging.average_coefficients` (the
+    weight ``c_i`` of each snapshot in each average, ``θ̄ = Σ_i c_i θ_i``; EMA:
+    ``e_i = β^{Δ_i} e_{i-1} + (1-β^{Δ_i}) θ_i``). Moving a slider redraws the
+    coefficients at once and computes the new row in a background thread (each decay /
+    ``k`` once; cached).
+
+    Args:
+        obj: the :class:`~lossviz.Objective` (never changed).
+        points: the snapshots (a :class:`~lossviz.TrajectoryRecorder`, a dict
+            ``step -> point`` or a list).
+        decay: the EMA decay to start with, one of the slider's values: 0, 0.5, 0.8,
+            0.9, 0.95, 0.98, 0.99, 0.995, 0.999.
+        k: LAWA's ``k`` to start with (1 to the number of snapshots).
+        swa_start: SWA's first step (None: the later half).
+        per: ``"step"`` or ``"snapshot"``: how the EMA counts the gaps.
+        accuracy: also the accuracy (a classification loss).
+        curvature: also ``λ_max`` (:func:`lossviz.hessian_eigs`).
+        bn: ``"average"`` or ``"recompute"`` (BatchNorm statistics, as
+            :func:`~lossviz.averaging.compare_averages`).
+        tol: the relative residual tolerance of ``λ_max``.
+        seed: the seed of the Lanczos start vectors.
+        start: start computing now (otherwise when a slider moves).
+
+    Returns:
+        An ``AveragingDashboard`` (displays itself; ``.wait()``, ``.shown()``,
+        ``.coefficients()``).
+
+    Raises:
+        ImportError: the widget stack is not installed.
+        ArgumentTypeError: ``points`` is not a list / dict / recorder; a number of the
+            wrong type.
+        LossvizError: ``decay`` not one of the slider's values, ``k`` above the number of
+            snapshots, or another bad value (as :func:`~lossviz.averaging.compare_averages`).
+    """
+    return _build("_averaging", "AveragingDashboard", locals())
