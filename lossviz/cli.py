@@ -1,7 +1,13 @@
 """``lossviz`` command line.
 
-``lossviz demo`` trains a small network on the digits data bundled with scikit-learn and
-writes an HTML report of its Hessian spectrum.
+- ``lossviz report --model pkg.module:factory --data pkg.module:make_data [--checkpoint
+  ck.pt] [--out r.html] ...``: the report of :func:`lossviz.reporting.report` for your model
+  (import paths as uvicorn's: ``module:attribute``; the current directory is importable).
+- ``lossviz demo``: train a small network on the digits data bundled with scikit-learn and
+  write its report.
+- ``lossviz lab [DIR]``: JupyterLab on the notebooks folder, the jupytext ``.py`` notebooks
+  opening as notebooks.
+- ``lossviz playground``: the optimization playground notebook served by Voila.
 
 Every argument is checked before any work starts; a bad one, or a lossviz input error
 during the run, is one line on stderr (``lossviz: error: ...``) and exit status 2. Ctrl-C
@@ -13,12 +19,13 @@ temporary file in the same directory and renamed). ``--quiet`` prints nothing at
 from __future__ import annotations
 
 import argparse
-import contextlib
-import html
+import importlib
+import importlib.util
+import json
 import os
+import subprocess
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -26,17 +33,19 @@ import torch
 from torch import nn
 
 from . import validate
-from .errors import ArgumentTypeError, LossvizError
+from .errors import ArgumentTypeError, DataError, LossvizError
+from .reporting import check_out, write_atomic
 
 PROG = "lossviz"
 #: the PCA plane of the training path needs 3 checkpoints: the start, one on the way, the end
 MIN_STEPS = 2
 EXIT_USAGE = 2  # a bad argument or a lossviz input error (argparse's convention)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+#: ``--loss`` names: functions of ``torch.nn.functional``
+LOSSES = ("cross_entropy", "mse_loss", "nll_loss", "binary_cross_entropy_with_logits", "l1_loss")
+NOTEBOOKS_EXTRA = "pip install 'lossviz[notebooks]'"
 
-
-def _section(title: str, body: str) -> str:
-    return f"<section><h2>{html.escape(title)}</h2>{body}</section>"
+_write_atomic = write_atomic  # the name the demo used (kept for the tests and callers)
 
 
 def _one_line(text: str) -> str:
@@ -69,33 +78,8 @@ def _check_device(value, name: str, cli: bool) -> torch.device:
             raise
         raise type(e)(str(e).replace("use device='cpu'", "use --device cpu")) from None
     if dev.type not in ("cpu", "cuda", "mps"):
-        raise LossvizError(f"{name} {str(dev)!r}: the demo runs on cpu, cuda or mps")
+        raise LossvizError(f"{name} {str(dev)!r}: lossviz runs on cpu, cuda or mps")
     return dev
-
-
-def _check_out(out, name: str) -> Path:
-    """The report's path, once its directory is known to exist and take a new file."""
-    if not isinstance(out, (str, os.PathLike)) or not str(out).strip():
-        raise ArgumentTypeError(f"{name} must be a file name such as 'lossviz-report.html'")
-    path = Path(out).expanduser()
-    if path.is_dir():
-        raise LossvizError(f"{name} {str(out)!r} is a directory; give a file name in it")
-    parent = path.parent.resolve()
-    if not parent.exists():
-        raise LossvizError(f"{name} {str(out)!r}: the directory {str(parent)!r} does not exist")
-    if not parent.is_dir():
-        raise LossvizError(f"{name} {str(out)!r}: {str(parent)!r} is not a directory")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise LossvizError(f"{name} {str(out)!r} exists and is not writable")
-    try:  # the real test (os.access says yes to root on a read-only file system)
-        fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise LossvizError(
-            f"{name} {str(out)!r}: cannot write in {str(parent)!r} ({e.strerror})"
-        ) from None
-    return path
 
 
 def check_demo_args(out, steps, device, seed, *, cli: bool = False):
@@ -129,47 +113,8 @@ def check_demo_args(out, steps, device, seed, *, cli: bool = False):
     steps = _as_int(steps, name("steps"), low=MIN_STEPS)
     seed = _as_int(seed, name("seed"), low=0, high=2**64 - 1)  # torch.manual_seed's range
     dev = _check_device(device, name("device"), cli)
-    path = _check_out(out, name("out"))
+    path = check_out(out, name("out"))
     return path, steps, dev, seed
-
-
-def _whole(result):
-    """``result``, unless it is partial (a lossviz call that kept what it had at Ctrl-C).
-
-    A report must not show an interrupted computation as a final one.
-    """
-    if getattr(result, "complete", True) is False:
-        raise KeyboardInterrupt
-    return result
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file next to ``path``, then rename it.
-
-    An interrupt or a full disk never leaves a half-written report (nor the temporary
-    file).
-    """
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise LossvizError(
-            f"cannot write the report in {str(path.parent)!r}: {e.strerror}"
-        ) from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a report is an ordinary file
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise LossvizError(
-                f"cannot write the report {str(path)!r}: {e.strerror or e}"
-            ) from None
-        raise
 
 
 def demo(
@@ -180,14 +125,13 @@ def demo(
     seed: int = 0,
     quiet: bool = False,
 ) -> Path:
-    """Train an MLP on digits, measure its curvature, write a self-contained HTML report.
+    """Train an MLP on digits and write its report (:func:`lossviz.reporting.report`).
 
-    The model is a tanh MLP 64-64-64-10 trained with SGD (momentum 0.9); the report holds
-    its extreme Hessian and Gauss-Newton eigenvalues, the spectral density, the trace,
-    per-layer curvature, loss surfaces (PCA plane of the training path, filter-normalized
-    random plane), the loss along the top eigenvector and the roughness index. Every
-    argument is checked first (:func:`check_demo_args`). A report is written completely
-    or not at all.
+    The model is a tanh MLP 64-64-64-10 trained with SGD (momentum 0.9), checkpointed
+    ten times; the report holds its extreme Hessian eigenvalues, the spectral density, the
+    trace, Hessian vs Gauss-Newton, per-layer curvature, a random-direction surface, the
+    PCA plane of the training path and the roughness index along it. Every argument is
+    checked first (:func:`check_demo_args`). A report is written completely or not at all.
 
     Args:
         out: the report's file name (in an existing writable directory).
@@ -217,15 +161,13 @@ def demo(
 def _demo(path: Path, steps: int, device: torch.device, seed: int, quiet: bool) -> Path:
     import lossviz as lv
     from lossviz.data import digits, mlp, train
+    from lossviz.reporting import report
 
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
-    progress = False if quiet else None  # None: the LOSSVIZ_PROGRESS default (bars on)
-    t0 = time.perf_counter()
     (xtr, ytr), (xte, yte) = digits(split=0.2, seed=seed)
     model = mlp((64, 64, 64, 10), nn.Tanh, seed=seed)
-    snaps = train(
-        model, (xtr, ytr), steps=steps, lr=0.1, momentum=0.9, seed=seed, every=max(1, steps // 10)
-    )
+    every = max(1, steps // 10)
+    snaps = train(model, (xtr, ytr), steps=steps, lr=0.1, momentum=0.9, seed=seed, every=every)
     model = model.to(device)
     xtr, ytr, xte, yte = (t.to(device) for t in (xtr, ytr, xte, yte))
     with torch.no_grad():
@@ -236,85 +178,400 @@ def _demo(path: Path, steps: int, device: torch.device, seed: int, quiet: bool) 
         f"trained MLP 64-64-64-10 (tanh) on digits for {steps} SGD steps: "
         f"train loss {loss:.4f}, test accuracy {acc:.3f}"
     )
-    say(obj)
-    eig = _whole(lv.hessian_eigs(obj, k=10, which="both", tol=1e-4, progress=progress))
-    say(eig)
-    dens = _whole(lv.hessian_density(obj, n_probes=8, steps=60, seed=seed, progress=progress))
-    say(dens)
-    tr = _whole(lv.hessian_trace(obj, rtol=0.02, max_hvp=2000, seed=seed, progress=progress))
-    say(tr)
-    layers = _whole(
-        lv.hessian_blocks(obj, "module", k=1, rtol=0.05, max_hvp=1000, progress=progress)
+    steps_at = [min(i * every, steps) for i in range(len(snaps) - 1)] + [steps]
+    return report(
+        obj,
+        checkpoints=dict(zip(steps_at, snaps)),
+        out=path,
+        k=10,
+        grid=31,
+        n_probes=6,
+        steps=80,
+        title="lossviz demo: an MLP on digits",
+        description=(
+            f"MLP 64-64-64-10 (tanh), {obj.n_params:,} parameters, trained {steps} SGD steps "
+            f"(learning rate 0.1, momentum 0.9, batch 128) on scikit-learn's digits "
+            f"({len(ytr)} training images). Train loss {loss:.4f}, test accuracy {acc:.3f}. "
+            f"Checkpoints every {every} steps."
+        ),
+        seed=seed,
+        verbose=not quiet,
+        progress=False if quiet else None,
     )
-    say(layers)
-    ggn = _whole(lv.hessian_eigs(obj, k=10, curvature="ggn", tol=1e-4, progress=progress))
-    say(ggn)
-    pca = lv.pca_directions(snaps, 2)
-    plane = _whole(
-        lv.surface(obj, None, pca, n=(41, 41), metrics=("loss", "accuracy"), progress=progress)
-    )
-    say(f"loss surface on the PCA plane of the training path: {plane}")
-    rnd = _whole(
-        lv.surface(
-            obj, None, lv.random_directions(obj, 2, seed=seed), n=(41, 41), progress=progress
-        )
-    )
-    top_dir = _whole(lv.line(obj, None, eig.vectors[-1], span=(-3, 3), n=61, progress=progress))
-    rough = _whole(lv.roughness_index(obj, n_directions=40, seed=seed, progress=progress))
-    say(rough)
 
-    figs = [
-        ("Spectral density (stochastic Lanczos quadrature)", dens.plot(log=True)),
-        ("Extreme eigenvalues of the Hessian", eig.plot()),
-        ("Top eigenvalues of the Gauss-Newton matrix", ggn.plot()),
-        ("Trace estimate", tr.plot()),
-        ("Curvature per layer", layers.plot("λ1")),
-        (
-            "Loss on the PCA plane of the training trajectory (Li et al. 2018)",
-            plane.plot("contour", log=True),
-        ),
-        (
-            "Loss around the trained model, filter-normalized random directions",
-            rnd.plot("contour", log=True),
-        ),
-        ("Loss along the top Hessian eigenvector", top_dir.plot()),
-        ("Roughness index (Wu et al. 2021): the 40 normalized slices", rough.plot()),
-    ]
-    parts = [
-        "<h1>lossviz report</h1>",
-        f"<p>MLP 64-64-64-10 (tanh), {obj.n_params:,} parameters, trained {steps} SGD steps "
-        f"on scikit-learn's digits ({len(ytr)} training images). Train loss "
-        f"{loss:.4f}, test accuracy {acc:.3f}. Computed on {device} in "
-        f"{time.perf_counter() - t0:.1f} s.</p>",
-        _section(
-            "Summary",
-            eig._repr_html_()
-            + tr._repr_html_()
-            + dens._repr_html_()
-            + layers._repr_html_()
-            + ggn._repr_html_(),
-        ),
-    ]
-    for i, (title, fig) in enumerate(figs):
-        parts.append(
-            _section(
-                title, fig.to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False)
+
+# lossviz report ------------------------------------------------------------------------------
+def load_object(spec: str, option: str):
+    """The object an import path ``"pkg.module:attribute"`` names (uvicorn's convention).
+
+    The module part may also be a ``.py`` file (``path/to/file.py:attribute``); the
+    attribute may be dotted (``module:Class.factory``). The current directory is
+    importable, as for ``python -m``. An error in the user's module itself (a syntax
+    error, an exception at import) propagates with its traceback.
+
+    Args:
+        spec: the import path.
+        option: the command-line option it came from (named in the errors).
+
+    Returns:
+        The object.
+
+    Raises:
+        LossvizError: a path without ``:``, a module that does not exist, or an attribute
+            the module lacks.
+    """
+    if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
+        raise LossvizError(
+            f"{option} {spec!r} is not an import path; use 'package.module:attribute'"
+        )
+    mod_name, attr = spec.split(":")
+    if mod_name.endswith(".py"):
+        file = Path(mod_name).expanduser()
+        if not file.is_file():
+            raise LossvizError(f"{option} {spec!r}: no file {mod_name!r}")
+        name = f"_lossviz_user_{abs(hash(str(file.resolve())))}"
+        loader_spec = importlib.util.spec_from_file_location(name, file)
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.modules[name] = module
+        loader_spec.loader.exec_module(module)
+    else:
+        if os.getcwd() not in sys.path and "" not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        try:
+            module = importlib.import_module(mod_name)
+        except ModuleNotFoundError as e:
+            # only a missing module that the path itself names is a bad argument; a missing
+            # import inside the user's module is their error (with its traceback)
+            if e.name is None or not (mod_name == e.name or mod_name.startswith(e.name + ".")):
+                raise
+            raise LossvizError(
+                f"{option} {spec!r}: cannot import module {mod_name!r} (no module named "
+                f"{e.name!r}; the current directory is {os.getcwd()!r})"
+            ) from None
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise LossvizError(f"{option} {spec!r}: module {mod_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def load_model(spec: str, checkpoint=None, *, option: str = "--model") -> nn.Module:
+    """The model an import path names, with a checkpoint's weights loaded.
+
+    Args:
+        spec: ``"pkg.module:factory"``: a function (or class) called without arguments
+            that returns an ``nn.Module``, or an ``nn.Module`` itself.
+        checkpoint: a ``.pt`` / ``.pth`` file (``torch.load(weights_only=True)``; a dict
+            wrapping the state dict under ``state_dict`` / ``model_state_dict`` / ``model``
+            is unwrapped) or a ``.safetensors`` file; None keeps the factory's weights.
+        option: the command-line option ``spec`` came from.
+
+    Returns:
+        The model (its parameters and buffers replaced by the checkpoint's).
+
+    Raises:
+        LossvizError: a bad import path, or the factory returns no ``nn.Module``.
+        CheckpointError: the checkpoint is missing or unreadable, or its keys or shapes
+            do not match the model (naming them).
+    """
+    from .errors import CheckpointError
+    from .weights import check_matches, load_checkpoint
+
+    obj = load_object(spec, option)
+    model = obj if isinstance(obj, nn.Module) else None
+    if model is None:
+        if not callable(obj):
+            raise LossvizError(
+                f"{option} {spec!r} is a {type(obj).__name__}, not an nn.Module or a "
+                "function returning one"
             )
+        model = obj()
+        if not isinstance(model, nn.Module):
+            raise LossvizError(
+                f"{option} {spec!r} returned a {type(model).__name__}, not an nn.Module"
+            )
+    if checkpoint is not None:
+        try:
+            state = load_checkpoint(checkpoint)
+        except CheckpointError as e:
+            raise CheckpointError(f"--checkpoint: {e}") from None
+        own = model.state_dict()
+        check_matches(
+            state,
+            {k: v.shape for k, v in own.items()},
+            list(own),
+            what=f"--checkpoint {str(checkpoint)!r}",
         )
-    style = (
-        "<style>body{font-family:system-ui,sans-serif;max-width:1000px;margin:auto;"
-        "padding:1em}table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid"
-        " #ccc;padding:2px 8px;text-align:right}caption{text-align:left;color:#555}</style>"
-    )
-    _write_atomic(
-        path,
-        "<!doctype html><html><head><meta charset='utf-8'><title>lossviz report"
-        f"</title>{style}</head><body>{''.join(parts)}</body></html>",
-    )
-    say(f"report written to {path.resolve()}")
-    return path
+        model.load_state_dict(state)
+    return model
 
 
+def load_data(spec: str, *, option: str = "--data"):
+    """The data an import path names: ``(inputs, targets)`` tensors or a DataLoader.
+
+    Args:
+        spec: ``"pkg.module:make_data"``: a function called without arguments that
+            returns one batch ``(x, y)`` of tensors or any iterable of such batches (a
+            ``DataLoader``, a list), or such an object itself.
+        option: the command-line option ``spec`` came from.
+
+    Returns:
+        What :class:`~lossviz.Objective` takes as ``data``.
+
+    Raises:
+        LossvizError: a bad import path, or a result that is not tensors or batches.
+    """
+    obj = load_object(spec, option)
+    data = obj() if callable(obj) and not isinstance(obj, (nn.Module, torch.Tensor)) else obj
+    if isinstance(data, (str, bytes)) or not (
+        isinstance(data, (tuple, list, dict, torch.Tensor)) or hasattr(data, "__iter__")
+    ):
+        raise LossvizError(
+            f"{option} {spec!r} gave a {type(data).__name__}; expected (inputs, targets) "
+            "tensors or an iterable of batches such as a DataLoader"
+        )
+    return data
+
+
+def load_loss(name: str):
+    """``--loss``: a name in :data:`LOSSES` (``torch.nn.functional``) or an import path.
+
+    Args:
+        name: ``"cross_entropy"``, ``"mse"`` (``mse_loss``), ... or ``"pkg.module:fn"``.
+
+    Returns:
+        The loss function ``loss(outputs, targets) -> scalar``.
+
+    Raises:
+        LossvizError: an unknown name, or a bad import path.
+    """
+    short = {"mse": "mse_loss", "nll": "nll_loss", "l1": "l1_loss", "bce": LOSSES[3]}
+    n = short.get(name, name)
+    if n in LOSSES:
+        return getattr(nn.functional, n)
+    if ":" in name:
+        fn = load_object(name, "--loss")
+        if not callable(fn):
+            raise LossvizError(f"--loss {name!r} is a {type(fn).__name__}, not a function")
+        return fn
+    raise LossvizError(
+        f"--loss {name!r} is not a known loss ({', '.join(LOSSES)}, or mse / nll / l1 / bce) "
+        "nor an import path 'package.module:function'"
+    )
+
+
+def _report_cli(args, say) -> Path:
+    """``lossviz report``: everything is checked (and loaded) before the report starts."""
+    import lossviz as lv
+    from lossviz.reporting import report, resolve_sections
+
+    out = check_out(args.out, "--out")
+    device = _check_device(args.device, "--device", True) if args.device else None
+    grid = _as_int(args.grid, "--grid", low=3)
+    k = _as_int(args.k, "--k", low=1)
+    seed = _as_int(args.seed, "--seed", low=0, high=2**63 - 1)
+    try:
+        resolve_sections(args.sections, checkpoints=bool(args.trajectory), pair=bool(args.pair))
+    except LossvizError as e:
+        msg = str(e).replace("sections", "--sections", 1)
+        msg = msg.replace("checkpoints= (3 or more)", "--trajectory (3 checkpoints or more)")
+        raise type(e)(msg.replace("pair=(a, b)", "--pair A B")) from None
+    for opt, paths in (("--trajectory", args.trajectory or []), ("--pair", args.pair or [])):
+        for p in paths:
+            if not Path(p).is_file():
+                raise LossvizError(f"{opt}: checkpoint not found: {p}")
+    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
+        raise LossvizError(f"--checkpoint: checkpoint not found: {args.checkpoint}")
+    loss_fn = load_loss(args.loss)
+    model = load_model(args.model, args.checkpoint)
+    data = load_data(args.data)
+    try:
+        obj = lv.Objective(model, loss_fn, data, device=device)
+    except DataError as e:
+        raise DataError(f"--data {args.data!r}: {e}") from None
+    say(f"{args.model}: {type(model).__name__}, {obj.n_params:,} parameters; loss {obj.loss():.6g}")
+    trajectory = args.trajectory or None
+    if trajectory and len({Path(p).stem for p in trajectory}) == len(trajectory):
+        trajectory = {Path(p).stem: p for p in trajectory}  # labelled by file name
+    return report(
+        obj,
+        checkpoints=trajectory,
+        pair=tuple(args.pair) if args.pair else None,
+        out=out,
+        sections=args.sections,
+        k=k,
+        grid=grid,
+        seed=seed,
+        title=args.title or f"lossviz report: {args.model}",
+        description=(
+            f"Model {args.model}"
+            + (f" with weights from {args.checkpoint}" if args.checkpoint else "")
+            + f", data {args.data}, loss {args.loss}."
+        ),
+        verbose=not args.quiet,
+        progress=False if args.quiet else None,
+    )
+
+
+# lossviz lab / playground -------------------------------------------------------------------
+#: what ``lossviz lab`` adds to JupyterLab's default settings: ``.py`` files (the jupytext
+#: notebooks) open as notebooks on a double click (what ``jupytext-config
+#: set-default-viewer python`` writes, but only for this server: the user's settings win)
+LAB_SETTINGS = {
+    "@jupyterlab/docmanager-extension:plugin": {"defaultViewers": {"python": "Jupytext Notebook"}}
+}
+
+
+def notebooks_dir() -> Path | None:
+    """The notebooks folder: the checkout's ``notebooks/``, or an installed copy.
+
+    Returns:
+        The folder, or None when neither exists.
+    """
+    here = Path(__file__).resolve().parent.parent / "notebooks"
+    if here.is_dir():
+        return here
+    installed = Path(sys.prefix) / "share" / "lossviz" / "notebooks"
+    return installed if installed.is_dir() else None
+
+
+def _need(modules: tuple[str, ...], what: str) -> None:
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise LossvizError(
+            f"{what} needs {' and '.join(missing)}, not installed here: {NOTEBOOKS_EXTRA}"
+        )
+
+
+def lab_command(
+    directory, *, port=None, browser: bool = True, config_dir, extra=()
+) -> tuple[list, dict]:
+    """The command ``lossviz lab`` runs, and the environment variables it adds.
+
+    Args:
+        directory: the folder JupyterLab opens (its root).
+        port: the server's port (None: JupyterLab's default).
+        browser: open a browser.
+        config_dir: a folder for the settings that make ``.py`` notebooks open as
+            notebooks (``labconfig/default_setting_overrides.json``; put first on
+            ``JUPYTER_CONFIG_PATH``).
+        extra: more command-line arguments for JupyterLab (e.g. ``--allow-root``).
+
+    Returns:
+        ``(argv, env)``: the command line and the variables to set.
+    """
+    argv = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={directory}"]
+    if port is not None:
+        argv.append(f"--ServerApp.port={port}")
+    if not browser:
+        argv.append("--no-browser")
+    argv += list(extra)
+    path = [str(config_dir)] + [p for p in [os.environ.get("JUPYTER_CONFIG_PATH")] if p]
+    return argv, {"JUPYTER_CONFIG_PATH": os.pathsep.join(path)}
+
+
+def _pythonpath() -> str:
+    """PYTHONPATH with this lossviz's folder first (a checkout that is not installed)."""
+    root = str(Path(__file__).resolve().parent.parent)
+    rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return os.pathsep.join([root] + [p for p in rest if p != root])
+
+
+def _run(argv, env) -> int:
+    """Run a server in the foreground; Ctrl-C goes to it (it asks before stopping)."""
+    p = subprocess.Popen(argv, env={**os.environ, **env})
+    while True:
+        try:
+            return p.wait()
+        except KeyboardInterrupt:
+            continue
+
+
+def _check_port(value):
+    return None if value is None else _as_int(value, "--port", low=1, high=65535)
+
+
+def _lab_cli(args, say) -> int:
+    directory = Path(args.dir).expanduser() if args.dir else notebooks_dir()
+    if directory is None:
+        raise LossvizError(
+            "no notebooks folder found (lossviz's own notebooks/ is not installed): give "
+            "one, lossviz lab PATH"
+        )
+    if not directory.is_dir():
+        raise LossvizError(f"DIR {str(directory)!r} is not a directory")
+    port = _check_port(args.port)
+    if not args.dry_run:
+        _need(("jupyterlab", "jupytext"), "lossviz lab")
+    with tempfile.TemporaryDirectory(prefix="lossviz-lab-") as cfg:
+        (Path(cfg) / "labconfig").mkdir()
+        (Path(cfg) / "labconfig" / "default_setting_overrides.json").write_text(
+            json.dumps(LAB_SETTINGS), encoding="utf-8"
+        )
+        argv, env = lab_command(
+            directory.resolve(),
+            port=port,
+            browser=not args.no_browser,
+            config_dir=cfg,
+            extra=args.extra,
+        )
+        env["PYTHONPATH"] = _pythonpath()
+        if args.dry_run:
+            print(" ".join(f"{k}={v}" for k, v in env.items()), *argv)
+            return 0
+        return _run(argv, env)
+
+
+def playground_command(notebook, *, port=None, browser: bool = True, extra=()) -> list:
+    """The Voila command ``lossviz playground`` runs on a notebook file.
+
+    Args:
+        notebook: the ``.ipynb`` file.
+        port: the server's port (None: Voila's default, 8866).
+        browser: open a browser.
+        extra: more command-line arguments for Voila.
+
+    Returns:
+        The command line.
+    """
+    argv = [sys.executable, "-m", "voila", str(notebook)]
+    if port is not None:
+        argv.append(f"--port={port}")
+    if not browser:
+        argv.append("--no-browser")
+    return argv + list(extra)
+
+
+def _playground_cli(args, say) -> int:
+    src = Path(args.notebook).expanduser() if args.notebook else None
+    if src is None:
+        nb = notebooks_dir()
+        src = None if nb is None else nb / "playground.py"
+    if src is None or not src.is_file():
+        raise LossvizError(
+            f"no playground notebook at {str(src) if src else 'notebooks/playground.py'!r}; "
+            "give one: lossviz playground --notebook FILE.py"
+        )
+    port = _check_port(args.port)
+    _need(("voila", "jupytext"), "lossviz playground")
+    import jupytext
+
+    # Voila runs a .py file as one code cell; the jupytext notebook becomes a real
+    # notebook (markdown cells and all) in a temporary folder, never next to the source
+    nb = jupytext.read(src)
+    with tempfile.TemporaryDirectory(prefix="lossviz-playground-") as tmp:
+        target = Path(tmp) / (src.stem + ".ipynb")
+        jupytext.write(nb, target)
+        argv = playground_command(target, port=port, browser=not args.no_browser, extra=args.extra)
+        env = {"PYTHONPATH": _pythonpath()}
+        if args.dry_run:
+            print(*argv)
+            return 0
+        return _run(argv, env)
+
+
+# the parser ----------------------------------------------------------------------------------
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (the usage itself is in ``--help``)."""
 
@@ -323,7 +580,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _warning_line(message, category, filename, lineno, file=None, line=None):
-    """A warning during the demo as one line on stderr, without the source location."""
+    """A warning during the run as one line on stderr, without the source location."""
     print(f"{PROG}: warning: {_one_line(message)}", file=sys.stderr, flush=True)
 
 
@@ -333,36 +590,114 @@ def _fail(message: str, status: int) -> int:
     return status
 
 
-def main(argv=None) -> int:
-    """Run the ``lossviz`` command line (``lossviz demo [--out ...] [--steps ...] ...``).
-
-    A bad argument or a lossviz input error is one line on stderr and exit status 2;
-    Ctrl-C is one line and exit status 130 (no report written).
-
-    Args:
-        argv: the arguments after the program name (default: ``sys.argv[1:]``).
+def parser() -> argparse.ArgumentParser:
+    """The ``lossviz`` argument parser (every option has its help text).
 
     Returns:
-        The exit status: 0, 2 (``EXIT_USAGE``) or 130 (``EXIT_INTERRUPTED``).
-
-    Raises:
-        SystemExit: from argparse for ``--help`` and ``--version`` (status 0) and for a
-            usage error such as an unknown option (status 2, one line on stderr).
+        The parser.
     """
     from . import __version__
-    from .interrupt import inner
+    from .reporting import SECTIONS
 
-    ap = _Parser(prog=PROG, description="lossviz: loss landscapes and Hessian spectra.")
-    ap.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{demo}")
+    ap = _Parser(
+        prog=PROG,
+        description="lossviz: loss landscapes and Hessian spectra of neural networks.",
+        epilog="Each command has its own --help, e.g. 'lossviz report --help'.",
+    )
+    ap.add_argument(
+        "--version", action="version", version=f"{PROG} {__version__}", help="print the version"
+    )
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{report,demo,lab,playground}")
+    default_device = "cuda" if torch.cuda.is_available() else "cpu"
+    quiet = "print nothing: no results, progress bars or warnings"
+
+    r = sub.add_parser(
+        "report",
+        help="write an HTML report of your model's Hessian spectrum and loss landscape",
+        description="Write one self-contained HTML report (it opens offline) of a model's "
+        "curvature and loss landscape: extreme Hessian eigenvalues, spectral density with "
+        "outliers, trace, Hessian vs Gauss-Newton, per-layer curvature, a random-direction "
+        "surface; with --trajectory the PCA plane of the checkpoints and the roughness "
+        "index along them; with --pair the linear path, barrier and layer-wise barriers. "
+        "Import paths follow uvicorn: 'package.module:attribute' (or 'file.py:attribute'), "
+        "the current directory importable.",
+        epilog="example: lossviz report --model mypkg.models:make_net --checkpoint net.pt "
+        "--data mypkg.data:make_data --out net-report.html",
+    )
+    r.add_argument(
+        "--model",
+        required=True,
+        metavar="MODULE:FACTORY",
+        help="a function (or class) called without arguments that returns the nn.Module, "
+        "or the module itself, e.g. mypkg.models:make_net",
+    )
+    r.add_argument(
+        "--data",
+        required=True,
+        metavar="MODULE:FACTORY",
+        help="a function called without arguments that returns (inputs, targets) tensors "
+        "or an iterable of such batches (a DataLoader), e.g. mypkg.data:make_data",
+    )
+    r.add_argument(
+        "--checkpoint",
+        metavar="FILE",
+        help="weights to load into the model: a state dict saved with torch.save (loaded "
+        "with weights_only=True) or a .safetensors file (default: the factory's weights)",
+    )
+    r.add_argument(
+        "--loss",
+        default="cross_entropy",
+        help="the loss: cross_entropy, mse, nll, l1, bce (with logits) or an import path "
+        "MODULE:FUNCTION taking (outputs, targets) (default: %(default)s)",
+    )
+    r.add_argument(
+        "--out", default="lossviz-report.html", help="the report file (default: %(default)s)"
+    )
+    r.add_argument(
+        "--trajectory",
+        nargs="+",
+        metavar="FILE",
+        help="checkpoints of the training run, in order (3 or more): adds the PCA plane "
+        "of the trajectory and the roughness index along it",
+    )
+    r.add_argument(
+        "--pair",
+        nargs=2,
+        metavar=("A", "B"),
+        help="two checkpoints: adds the linear path between them, its barrier and the "
+        "layer-wise barriers",
+    )
+    r.add_argument(
+        "--sections",
+        nargs="+",
+        metavar="NAME",
+        help="the sections to draw (default: all that apply): " + ", ".join(SECTIONS),
+    )
+    r.add_argument(
+        "--grid", default="21", help="grid points per axis of the surfaces (default: %(default)s)"
+    )
+    r.add_argument(
+        "--k",
+        default="5",
+        help="eigenvalues at each end of the spectrum (default: %(default)s)",
+    )
+    r.add_argument(
+        "--device",
+        default=None,
+        help="cpu, cuda, cuda:N or mps (default: where the model's parameters are)",
+    )
+    r.add_argument(
+        "--seed", default="0", help="seed of the random directions and probes (default: 0)"
+    )
+    r.add_argument("--title", default=None, help="the report's title")
+    r.add_argument("--quiet", action="store_true", help=quiet)
+
     d = sub.add_parser(
         "demo",
         help="train on bundled digits data and write an HTML report",
-        description="Train a tanh MLP on scikit-learn's digits, measure its Hessian "
-        "spectrum, trace, per-layer curvature and loss landscape, and write a "
-        "self-contained HTML report.",
+        description="Train a tanh MLP on scikit-learn's digits and write its report "
+        "(lossviz report's sections, with the training checkpoints).",
     )
-    default_device = "cuda" if torch.cuda.is_available() else "cpu"
     d.add_argument(
         "--out", default="lossviz-report.html", help="report file (default: %(default)s)"
     )
@@ -373,27 +708,91 @@ def main(argv=None) -> int:
         "--device", default=default_device, help="cpu, cuda, cuda:N or mps (default: %(default)s)"
     )
     d.add_argument("--seed", default="0", help="random seed, >= 0 (default: %(default)s)")
-    d.add_argument(
-        "--quiet", action="store_true", help="print nothing: no results, progress bars, warnings"
+    d.add_argument("--quiet", action="store_true", help=quiet)
+
+    lab = sub.add_parser(
+        "lab",
+        help="open the notebooks in JupyterLab (jupytext .py files open as notebooks)",
+        description="Start JupyterLab on a folder of notebooks (default: lossviz's own "
+        "notebooks/). The jupytext .py notebooks open as notebooks on a double click; your "
+        f"own JupyterLab settings are not changed. Needs: {NOTEBOOKS_EXTRA}.",
     )
-    args = ap.parse_args(argv)
-    if args.cmd != "demo":  # pragma: no cover - argparse refuses other commands
-        return _fail(f"error: unknown command {args.cmd!r}", EXIT_USAGE)
+    lab.add_argument(
+        "dir", nargs="?", metavar="DIR", help="the folder to open (default: notebooks/)"
+    )
+    lab.add_argument("--port", default=None, help="the server's port (default: JupyterLab's)")
+    lab.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    lab.add_argument(
+        "--dry-run", action="store_true", help="print the command instead of running it"
+    )
+
+    pg = sub.add_parser(
+        "playground",
+        help="serve the optimization playground notebook with Voila",
+        description="Serve notebooks/playground.py as a web page with Voila (converted to a "
+        f"notebook in a temporary folder first). Needs: {NOTEBOOKS_EXTRA}.",
+    )
+    pg.add_argument(
+        "--notebook",
+        default=None,
+        metavar="FILE",
+        help="a jupytext .py notebook to serve (default: notebooks/playground.py)",
+    )
+    pg.add_argument("--port", default=None, help="the server's port (default: Voila's, 8866)")
+    pg.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    pg.add_argument(
+        "--dry-run", action="store_true", help="print the command instead of running it"
+    )
+    return ap
+
+
+def main(argv=None) -> int:
+    """Run the ``lossviz`` command line (``lossviz report|demo|lab|playground ...``).
+
+    A bad argument or a lossviz input error is one line on stderr and exit status 2;
+    Ctrl-C is one line and exit status 130 (no report written).
+
+    Args:
+        argv: the arguments after the program name (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status: 0, 2 (``EXIT_USAGE``), 130 (``EXIT_INTERRUPTED``), or the
+        server's for ``lab`` / ``playground``.
+
+    Raises:
+        SystemExit: from argparse for ``--help`` and ``--version`` (status 0) and for a
+            usage error such as an unknown option (status 2, one line on stderr).
+    """
+    from .interrupt import inner
+
+    ap = parser()
+    args, extra = ap.parse_known_args(argv)
+    if extra and args.cmd not in ("lab", "playground"):
+        ap.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra  # lab / playground: passed on to the server (e.g. --allow-root)
+    quiet = getattr(args, "quiet", False)
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     try:
-        out, steps, device, seed = check_demo_args(
-            args.out, args.steps, args.device, args.seed, cli=True
-        )
+        if args.cmd == "lab":
+            return _lab_cli(args, say)
+        if args.cmd == "playground":
+            return _playground_cli(args, say)
+        if args.cmd == "demo":
+            checked = check_demo_args(args.out, args.steps, args.device, args.seed, cli=True)
     except LossvizError as e:
         return _fail(f"error: {_one_line(e)}", EXIT_USAGE)
     try:
         # inside ``inner`` every lossviz call lets Ctrl-C through instead of returning what
-        # it had: the whole demo stops
+        # it had: the whole run stops
         with warnings.catch_warnings(), inner():
-            if args.quiet:
+            if quiet:
                 warnings.simplefilter("ignore")
             else:
                 warnings.showwarning = _warning_line
-            _demo(out, steps, device, seed, args.quiet)
+            if args.cmd == "demo":
+                _demo(*checked, quiet)
+            else:
+                _report_cli(args, say)
     except KeyboardInterrupt:
         return _fail("interrupted; no report written", EXIT_INTERRUPTED)
     except LossvizError as e:

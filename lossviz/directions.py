@@ -232,7 +232,7 @@ def random_directions(
             choices, or the weights are empty, not floating-point, or hold NaN or inf.
         CheckpointError: if a checkpoint path cannot be loaded.
 
-    Example:
+    Examples:
         >>> model = torch.nn.Linear(3, 2)
         >>> d, = random_directions(model, 1)
         >>> torch.allclose(d["weight"].norm(dim=1), model.weight.detach().norm(dim=1))
@@ -591,7 +591,7 @@ def plane_through(a, b, c, *, names: Sequence[str] = ("a", "b", "c")) -> Plane:
             points lie on one line, or the weights hold NaN or inf or are empty.
         CheckpointError: if the models differ in parameter names or shapes.
 
-    Example:
+    Examples:
         >>> A = {"w": torch.zeros(2, 2)}
         >>> B = {"w": torch.tensor([[2.0, 0], [0, 0]])}
         >>> C = {"w": torch.tensor([[1.0, 3.0], [0, 0]])}

@@ -105,7 +105,7 @@ def is_oom(e: BaseException) -> bool:
         True for ``torch.OutOfMemoryError``, ``MemoryError`` and a ``RuntimeError`` whose
         message says "out of memory" or "can't allocate".
 
-    Example:
+    Examples:
         >>> is_oom(RuntimeError("CUDA out of memory. Tried to allocate 2 GiB")), is_oom(KeyError())
         (True, False)
     """

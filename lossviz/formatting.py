@@ -27,7 +27,7 @@ def number(x, digits: int = 6) -> str:
     Raises:
         TypeError: if ``float(x)`` refuses ``x`` (``ValueError`` for a non-numeric string).
 
-    Example:
+    Examples:
         >>> number(3.14159265), number(float("nan")), number(-0.0), number(2.0, digits=3)
         ('3.14159', 'nan', '0', '2')
     """
@@ -50,7 +50,7 @@ def short(x) -> str:
     Returns:
         The formatted string.
 
-    Example:
+    Examples:
         >>> short(0.123456)
         '0.1235'
     """
@@ -68,7 +68,7 @@ def html_table(header: list, rows: list[list], caption: str = "") -> str:
     Returns:
         The HTML string.
 
-    Example:
+    Examples:
         >>> html_table(["a"], [["<b>"]])
         '<table><thead><tr><th>a</th></tr></thead><tbody><tr><td>&lt;b&gt;</td></tr></tbody></table>'
     """

@@ -163,7 +163,7 @@ def hutchinson_trace(
         LossvizError: if a value is out of range, ``masks`` is not ``(B, n)``, masks are
             combined with Hutch++, or ``op`` is not square, finite and symmetric.
 
-    Example:
+    Examples:
         >>> A = torch.diag(torch.arange(1.0, 51.0, dtype=torch.float64))
         >>> est = hutchinson_trace(A, rtol=1e-3)
         >>> float(est.value[0]), float(est.stderr[0])  # a diagonal matrix: zᵀAz = tr(A)
@@ -289,7 +289,7 @@ def hutchinson_diagonal(
         LossvizError: if a value is out of range or ``op`` is not square, finite and
             symmetric.
 
-    Example:
+    Examples:
         >>> A = torch.tensor([[2.0, 0.0], [0.0, 3.0]], dtype=torch.float64)
         >>> est = hutchinson_diagonal(A, n_probes=4)
         >>> est.mean.tolist(), est.stderr.tolist()  # exact for a diagonal operator

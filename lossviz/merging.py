@@ -6,7 +6,8 @@
   the diagonal empirical Fisher ``mean_n (∇_θ ℓ(x_n, y_n; θ_i))²`` (per-sample gradients with
   ``torch.func``);
 - task arithmetic (Ilharco et al. 2023): ``θ = θ0 + λ Σ_i (θ_i - θ0)``;
-- the variance of averaged weights (Tian et al. 2024, "vanishing variance").
+- the variance of averaged weights (Tian et al. 2024, "vanishing variance") and of the
+  averaged network's activations (Jordan et al. 2023, REPAIR's "variance collapse").
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from . import validate
 from .deprecation import renamed
 from .errors import ArgumentTypeError, CheckpointError, DataError, LossvizError
 from .interrupt import api
-from .objective import Objective
+from .objective import Objective, call_model, reparametrized
 from .points import as_points
 from .provenance import Provenance
 from .results import DataResult
@@ -462,13 +463,20 @@ def greedy_soup(
     return soup, [names[j] for j in chosen]
 
 
+#: the row label of the model's outputs in :attr:`VarianceTable.activations`
+OUTPUT = "(output)"
+
+
 @dataclass(kw_only=True, repr=False)
 class VarianceTable(DataResult):
-    """Per-layer weight variance before and after averaging k models (:func:`averaging_variance`).
+    """Per-layer variance before and after averaging k models (:func:`averaging_variance`).
 
     The "vanishing variance" of averaged uncorrelated weights, ``Var(mean) ≈ Var/k``,
     against the Xavier target ``2/(fan_in + fan_out)`` (Tian, Al-Ars, Kitsak, Hofstee
-    2024, "Vanishing Variance Problem in Fully Decentralized Neural-Network Systems").
+    2024, "Vanishing Variance Problem in Fully Decentralized Neural-Network Systems"),
+    and, with an Objective, the variance of the activations and outputs of the averaged
+    network against the models' ("variance collapse", Jordan, Sedghi, Saukh, Entezari,
+    Neyshabur 2023, "REPAIR: REnormalizing Permuted Activations for Interpolation Repair").
 
     Attributes:
         rows: one dict per weight matrix: ``layer`` (its key), ``before`` (mean over the
@@ -476,6 +484,12 @@ class VarianceTable(DataResult):
             average), ``ratio`` (``after / before``; NaN when ``before`` is 0), ``1/k``
             and ``xavier`` (``2/(fan_in + fan_out)``).
         k: the number of models averaged.
+        activations: None without an Objective; else one dict per hooked layer and a
+            last one with ``layer == "(output)"`` for the model's outputs: ``layer``,
+            ``units`` (the number of units ``C``), ``before`` (mean over the models of the
+            mean over units of the variance over the data), ``after`` (the same for the
+            averaged network), ``ratio`` (``after / before``; NaN when ``before`` is 0),
+            ``1/k`` and ``models`` (the ``k`` per-model values whose mean is ``before``).
         seconds: wall time.
         provenance: where it comes from (:class:`~lossviz.provenance.Provenance`;
             None when built by hand).
@@ -483,6 +497,7 @@ class VarianceTable(DataResult):
 
     rows: list
     k: int
+    activations: list | None = None
     seconds: float = 0.0
 
     @property
@@ -490,46 +505,143 @@ class VarianceTable(DataResult):
         """The rows (one dict per layer)."""
         return self.rows
 
-    def to_pandas(self):
-        """The rows as a ``pandas.DataFrame`` indexed by layer (needs pandas)."""
+    @property
+    def output(self) -> dict | None:
+        """The ``"(output)"`` row of :attr:`activations` (None without an Objective)."""
+        if not self.activations:
+            return None
+        return next((r for r in self.activations if r["layer"] == OUTPUT), None)
+
+    def to_pandas(self, what: str = "weights"):
+        """The rows as a ``pandas.DataFrame`` indexed by layer (needs pandas).
+
+        Args:
+            what: ``"weights"`` (:attr:`rows`) or ``"activations"`` (:attr:`activations`).
+
+        Returns:
+            The ``DataFrame``.
+
+        Raises:
+            LossvizError: ``what="activations"`` for a table computed without an
+                Objective, or an unknown ``what``.
+        """
         import pandas as pd
 
-        return pd.DataFrame(self.rows).set_index("layer")
+        return pd.DataFrame(self._which(what)).set_index("layer")
+
+    def _which(self, what: str) -> list:
+        what = validate.choice(what, "what", ("weights", "activations"))
+        if what == "weights":
+            return self.rows
+        if self.activations is None:
+            raise LossvizError(
+                "no activation variances: pass obj= to averaging_variance to compute them"
+            )
+        return self.activations
+
+    _WCOLS = ["layer", "before", "after", "ratio", "1/k", "xavier"]
+    _ACOLS = ["layer", "units", "before", "after", "ratio", "1/k"]
+
+    @staticmethod
+    def _cells(rows: list, cols: list) -> list[list[str]]:
+        return [
+            [str(r["layer"])] + [str(r[c]) if c == "units" else f"{r[c]:.4g}" for c in cols[1:]]
+            for r in rows
+        ]
+
+    @staticmethod
+    def _text(cols: list, cells: list) -> list[str]:
+        w = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(cols)]
+        return [
+            "  ".join(s.ljust(w[i]) if i == 0 else s.rjust(w[i]) for i, s in enumerate(cs))
+            for cs in [cols] + cells
+        ]
 
     def __repr__(self) -> str:
-        cols = ["layer", "before", "after", "ratio", "1/k", "xavier"]
-        cells = [[r["layer"]] + [f"{r[c]:.4g}" for c in cols[1:]] for r in self.rows]
-        w = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(cols)]
-        fmt = lambda cs: "  ".join(  # noqa: E731
-            s.ljust(w[i]) if i == 0 else s.rjust(w[i]) for i, s in enumerate(cs)
-        )
-        return "\n".join(
-            [f"VarianceTable({len(self.rows)} layers, k={self.k} models)", fmt(cols)]
-            + [fmt(c) for c in cells]
-        )
+        lines = [f"VarianceTable({len(self.rows)} layers, k={self.k} models)"]
+        lines += self._text(self._WCOLS, self._cells(self.rows, self._WCOLS))
+        if self.activations:
+            lines.append("activation variance (mean over units of the variance over the data):")
+            lines += self._text(self._ACOLS, self._cells(self.activations, self._ACOLS))
+        return "\n".join(lines)
 
     def _repr_html_(self) -> str:
         from .formatting import html_table
 
-        cols = ["layer", "before", "after", "ratio", "1/k", "xavier"]
-        return html_table(
-            cols,
-            [[r["layer"]] + [f"{r[c]:.4g}" for c in cols[1:]] for r in self.rows],
+        out = html_table(
+            self._WCOLS,
+            self._cells(self.rows, self._WCOLS),
             f"weight variance before / after averaging {self.k} models",
         )
+        if self.activations:
+            out += html_table(
+                self._ACOLS,
+                self._cells(self.activations, self._ACOLS),
+                f"activation variance over the data, the {self.k} models vs their average",
+            )
+        return out
 
-    def plot(self):
-        """Bars of the variance before and after averaging, and the Xavier target (plotly)."""
+    def plot(self, what: str = "weights"):
+        """A plotly figure of the table.
+
+        Args:
+            what: ``"weights"``: bars of the weight variance before and after averaging
+                and the Xavier target; ``"activations"``: the ratio ``after / before`` of
+                the activation variance per layer (log scale) with the ``1/k`` line.
+
+        Returns:
+            A ``plotly.graph_objects.Figure``.
+
+        Raises:
+            LossvizError: ``what="activations"`` for a table computed without an
+                Objective, or an unknown ``what``.
+        """
         import plotly.graph_objects as go
 
-        x = [r["layer"] for r in self.rows]
+        rows = self._which(what)
+        x = [r["layer"] for r in rows]
+        if what == "activations":
+            fig = go.Figure(
+                [
+                    go.Scatter(
+                        x=x,
+                        y=[r["ratio"] for r in rows],
+                        mode="markers+lines",
+                        name="activation variance ratio (average / models)",
+                    ),
+                    go.Scatter(
+                        x=x,
+                        y=[r["ratio"] for r in self.rows]
+                        if len(self.rows) == len(x)
+                        else [None] * len(x),
+                        mode="markers",
+                        name="weight variance ratio",
+                        visible=True if len(self.rows) == len(x) else "legendonly",
+                    ),
+                    go.Scatter(
+                        x=x,
+                        y=[1.0 / self.k] * len(x),
+                        mode="lines",
+                        name=f"1/k = 1/{self.k}",
+                        line={"dash": "dash"},
+                    ),
+                ]
+            )
+            fig.update_layout(
+                title=f"variance collapse, averaging {self.k} models",
+                yaxis_type="log",
+                yaxis_title="variance of the average / mean variance of the models",
+                xaxis_title="layer (data flows left to right)",
+                template="plotly_white",
+            )
+            return fig
         fig = go.Figure(
             [
-                go.Bar(x=x, y=[r["before"] for r in self.rows], name="before (mean over models)"),
-                go.Bar(x=x, y=[r["after"] for r in self.rows], name="after averaging"),
+                go.Bar(x=x, y=[r["before"] for r in rows], name="before (mean over models)"),
+                go.Bar(x=x, y=[r["after"] for r in rows], name="after averaging"),
                 go.Scatter(
                     x=x,
-                    y=[r["xavier"] for r in self.rows],
+                    y=[r["xavier"] for r in rows],
                     mode="markers+lines",
                     name="Xavier 2/(fan_in+fan_out)",
                     line={"dash": "dash"},
@@ -545,47 +657,231 @@ class VarianceTable(DataResult):
         return fig
 
 
-@api
-def averaging_variance(points, *more) -> VarianceTable:
-    """The per-layer weight variance before and after averaging k models.
+def _default_layers(model: nn.Module) -> list[str]:
+    """The BatchNorm layers if the model has any, else its Linear and Conv layers."""
+    mods = dict(model.named_modules())
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in mods.values())
+    kinds = (nn.modules.batchnorm._BatchNorm,) if has_bn else (nn.Linear, nn.modules.conv._ConvNd)
+    return [n for n, m in mods.items() if n and isinstance(m, kinds)]
 
-    Per layer (floating tensors with ``ndim >= 2``): ``before = mean_i Var(W_i)`` over the
-    k models (population variance of the entries), ``after = Var((1/k) Σ_i W_i)``,
-    ``ratio = after / before`` (about ``1/k`` for uncorrelated models, about 1 for models
-    near one another), and the Xavier target ``2/(fan_in + fan_out)``: the "vanishing
-    variance" of Tian, Al-Ars, Kitsak, Hofstee 2024 ("Vanishing Variance Problem in Fully
-    Decentralized Neural-Network Systems").
+
+def _check_layers(layers, model: nn.Module) -> list[str]:
+    if layers is None:
+        return _default_layers(model)
+    if isinstance(layers, str) or not isinstance(layers, (list, tuple)):
+        raise ArgumentTypeError(
+            f"layers must be a list of module names (e.g. ['0', '2']), got {type(layers).__name__}"
+        )
+    mods = dict(model.named_modules())
+    out = []
+    for i, n in enumerate(layers):
+        if not isinstance(n, str):
+            raise ArgumentTypeError(f"layers[{i}] must be a module name (str), got {n!r}")
+        if n not in mods or not n:
+            raise LossvizError(
+                f"layers[{i}] = {n!r} is not a submodule of the model; its modules are "
+                f"{[m for m in mods if m][:20]}"
+            )
+        if n not in out:
+            out.append(n)
+    return out
+
+
+def _unit_dim(t: Tensor, linear: bool) -> int:
+    """The units of an activation: the last axis after a Linear layer or for 2-D, else axis 1."""
+    return -1 if linear or t.ndim == 2 else 1
+
+
+class _Moments:
+    """Per-unit count, mean and sum of squared deviations, merged batch by batch (Chan et al.)."""
+
+    def __init__(self):
+        self.n = 0
+        self.mean = None
+        self.m2 = None
+
+    def add(self, t: Tensor, dim: int, where: str) -> None:
+        if not isinstance(t, Tensor) or not t.is_floating_point() or t.ndim < 2:
+            what = f"a {t.ndim}-d {t.dtype} tensor" if isinstance(t, Tensor) else type(t).__name__
+            raise LossvizError(
+                f"{where} is {what}: the activation variance needs a floating tensor with a "
+                "batch axis and a unit axis (pass layers= to choose other modules)"
+            )
+        o = t.detach().to(torch.float64).movedim(dim, -1)
+        o = o.reshape(-1, o.shape[-1])
+        nb = o.shape[0]
+        if nb == 0:
+            return
+        mb = o.mean(0)
+        m2b = ((o - mb) ** 2).sum(0)
+        if self.mean is None:
+            self.n, self.mean, self.m2 = nb, mb, m2b
+            return
+        if mb.shape != self.mean.shape:
+            raise LossvizError(f"{where} has {mb.numel()} units, earlier {self.mean.numel()}")
+        n = self.n + nb
+        d = mb - self.mean
+        self.mean = self.mean + d * (nb / n)
+        self.m2 = self.m2 + m2b + d * d * (self.n * nb / n)
+        self.n = n
+
+    def variance(self) -> Tensor:
+        return self.m2 / self.n
+
+
+def _activation_variances(
+    obj: Objective, points: list, labels: list, layers: list, strict: bool
+) -> list:
+    """Per point, ``{layer: per-unit variance over the data}`` (and ``OUTPUT``).
+
+    A layer that does not run in the forward raises with ``strict`` (named by the user),
+    else it is left out (a default layer).
+    """
+    copy = obj.module_copy()
+    acc: dict[str, _Moments] = {}
+
+    def hook(name: str, linear: bool):
+        where = f"the output of layer {name!r}"
+
+        def h(_m, _inp, o):
+            acc[name].add(o, _unit_dim(o, linear) if isinstance(o, Tensor) else 1, where)
+
+        return h
+
+    handles = [
+        copy.get_submodule(n).register_forward_hook(
+            hook(n, isinstance(copy.get_submodule(n), nn.Linear))
+        )
+        for n in layers
+    ]
+    out = []
+    try:
+        for lab, st in zip(labels, points):
+            flat, fixed = obj.resolve(st, name=lab)
+            tensors = dict(fixed)
+            tensors.update(obj.layout.unflatten(flat))
+            acc.clear()
+            acc.update({n: _Moments() for n in layers + [OUTPUT]})
+            for batch, _nb in obj.batches():
+                # buffers are copied for each batch: a forward that updates them in place
+                # (BatchNorm in train mode) changes nothing that is kept
+                tb = {k: (v.clone() if k in obj.buffer_names else v) for k, v in tensors.items()}
+                with torch.no_grad(), reparametrized(copy, tb):
+                    y = call_model(copy, batch[0])
+                acc[OUTPUT].add(
+                    y, _unit_dim(y, False) if isinstance(y, Tensor) else 1, "the output"
+                )
+            unused = [n for n, a in acc.items() if a.mean is None]
+            if unused and strict:
+                raise LossvizError(f"layers {unused[:10]} did not run in the model's forward")
+            out.append({n: a.variance() for n, a in acc.items() if a.mean is not None})
+            if list(out[-1]) != list(out[0]):
+                raise LossvizError(
+                    f"the layers that run differ between {labels[0]} ({list(out[0])[:10]}) "
+                    f"and {lab} ({list(out[-1])[:10]})"
+                )
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
+
+@api
+def averaging_variance(points, *more, obj: Objective | None = None, layers=None) -> VarianceTable:
+    """The per-layer variance of weights (and activations) before and after averaging k models.
+
+    Weights, per layer (floating tensors with ``ndim >= 2``): ``before = mean_i Var(W_i)``
+    over the k models (population variance of the entries), ``after = Var((1/k) Σ_i
+    W_i)``, ``ratio = after / before`` (about ``1/k`` for uncorrelated models, about 1 for
+    models near one another), and the Xavier target ``2/(fan_in + fan_out)``: the
+    "vanishing variance" of Tian, Al-Ars, Kitsak, Hofstee 2024 ("Vanishing Variance
+    Problem in Fully Decentralized Neural-Network Systems").
+
+    Activations, with ``obj``: the averaged network ``θ̄ = merge(points)`` (the uniform
+    mean of every floating tensor, buffers included) and each model ``θ_i`` run on all of
+    ``obj``'s data, in ``obj``'s mode (eval; its ``bn=``), with forward hooks on a private
+    copy of the model. For a layer with output ``a(x)`` and units ``u = 1..C`` (the last
+    axis of a Linear layer's output or of a 2-D output, else axis 1, the channels; the
+    other axes are samples, e.g. batch and spatial positions)::
+
+        v(θ) = (1/C) Σ_u Var_x[a_u(x; θ)]      (population variance over the data)
+        before = (1/k) Σ_i v(θ_i),   after = v(θ̄),   ratio = after / before
+
+    The same for the model's outputs (the row ``"(output)"``). For independently trained
+    networks the ratio falls with depth, far below ``1/k`` at the output: the "variance
+    collapse" of averaged (interpolated) networks (Jordan, Sedghi, Saukh, Entezari,
+    Neyshabur 2023, "REPAIR: REnormalizing Permuted Activations for Interpolation
+    Repair", which compares the per-unit standard deviations; ``ratio`` is the ratio of
+    the mean variances). Aligned (:func:`~lossviz.alignment.weight_matching`) or
+    fine-tuned-from-one-parent models keep it near 1.
 
     Args:
         points: a list, a mapping name -> point or a :class:`~lossviz.TrajectoryRecorder`
             (at least 2 points with identical keys and shapes).
+        obj: an :class:`~lossviz.Objective` built with ``loss_fn`` and ``(inputs,
+            targets)`` batches (its model and data define the activations); None: weights
+            only.
+        layers: the module names whose outputs are measured (with ``obj``); default the
+            BatchNorm layers if the model has any, else its Linear and Conv layers (the
+            layers REPAIR corrects), those of them that run in the forward.
 
     Other Args:
         *more: not accepted: the points come as one list (an error that says so).
 
     Returns:
-        :class:`VarianceTable`: one row per weight matrix.
+        :class:`VarianceTable`: one row per weight matrix, and with ``obj`` its
+        ``activations`` (one row per layer, then ``"(output)"``).
 
     Raises:
-        ArgumentTypeError: more than one positional argument, or ``points`` not a list /
-            mapping / recorder (or a single point).
-        LossvizError: fewer than 2 points, or no floating tensor with ``ndim >= 2``.
-        CheckpointError: points with different keys or shapes, or a checkpoint that
-            cannot be read.
+        ArgumentTypeError: more than one positional argument, ``points`` not a list /
+            mapping / recorder (or a single point), ``obj`` not an Objective, or
+            ``layers`` not a list of names.
+        LossvizError: fewer than 2 points, or no floating tensor with ``ndim >= 2``;
+            ``layers`` without ``obj`` or naming no submodule; ``obj`` built with
+            ``forward=``; a measured output that is not a floating tensor with a batch
+            and a unit axis; a layer named in ``layers`` that does not run in the
+            forward.
+        CheckpointError: points with different keys or shapes, a checkpoint that
+            cannot be read, or (with ``obj``) points that do not match its model.
 
     >>> a, b = {"w": torch.tensor([[1.0, -1.0]])}, {"w": torch.tensor([[-1.0, 1.0]])}
     >>> r = averaging_variance([a, b]).rows[0]
     >>> r["before"], r["after"], r["xavier"]
     (1.0, 0.0, 0.6666666666666666)
+
+    With ``y = w·x``, ``w = ±1`` and ``x ∈ {0, 1}``: each model's output varies
+    (variance 1/4), their average is 0:
+
+    >>> x, y = torch.tensor([[0.0], [1.0]]), torch.zeros(2, 1)
+    >>> obj = Objective(nn.Linear(1, 1, bias=False), nn.functional.mse_loss, (x, y))
+    >>> p, q = {"weight": torch.ones(1, 1)}, {"weight": -torch.ones(1, 1)}
+    >>> out = averaging_variance([p, q], obj=obj).output
+    >>> out["before"], out["after"]
+    (0.25, 0.0)
     """
     if more:
         raise ArgumentTypeError(
             "averaging_variance takes the points as one list, averaging_variance([a, b, ...]); "
             f"got {1 + len(more)} positional arguments"
         )
+    if obj is None:
+        if layers is not None:
+            raise LossvizError("layers= is only used with obj= (the activations need data)")
+    else:
+        if not isinstance(obj, Objective):
+            raise ArgumentTypeError(f"obj must be an Objective, got {type(obj).__name__}")
+        obj.require_local("the activation variance")
+        if obj.forward is not None:
+            raise LossvizError(
+                "the activation variance needs the model's inputs: build the Objective with "
+                "loss_fn and (inputs, targets) batches, not forward="
+            )
+        explicit = layers is not None
+        layers = _check_layers(layers, obj.model)
     t0 = time.perf_counter()
     names, states = _named(points, at_least=2, what="averaging_variance")
-    _check_same(states, _labels(names))
+    labels = _labels(names)
+    _check_same(states, labels)
     rows = []
     for key, v0 in states[0].items():
         if not v0.is_floating_point() or v0.ndim < 2 or v0.numel() == 0:
@@ -606,9 +902,36 @@ def averaging_variance(points, *more) -> VarianceTable:
         )
     if not rows:
         raise LossvizError("points: no weight matrix (a tensor with ndim >= 2) to compare")
+    k = len(states)
+    activations = None
+    if obj is not None:
+        _check_integers(states, labels)
+        for lab, st in zip(labels, states):
+            obj.resolve(st, name=lab)  # every point matches the model before any work
+        avg = merge(states)
+        var = _activation_variances(
+            obj, states + [avg], labels + ["the average"], layers, strict=explicit
+        )
+        activations = []
+        for n in var[0]:
+            models = [float(v[n].mean()) for v in var[:k]]
+            before = math.fsum(models) / k
+            after = float(var[k][n].mean())
+            activations.append(
+                {
+                    "layer": n,
+                    "units": int(var[k][n].numel()),
+                    "before": before,
+                    "after": after,
+                    "ratio": after / before if before > 0 else float("nan"),
+                    "1/k": 1.0 / k,
+                    "models": models,
+                }
+            )
     return VarianceTable(
         rows=rows,
-        k=len(states),
+        k=k,
+        activations=activations,
         seconds=time.perf_counter() - t0,
-        provenance=Provenance.of(states, kernel="averaging_variance"),
+        provenance=Provenance.of(states if obj is None else obj, kernel="averaging_variance"),
     )

@@ -277,7 +277,7 @@ def loss_evaluator(loss_fn) -> Callable:
     Returns:
         A callable ``(outputs, targets) -> scalar`` with ``loss_fn``'s value.
 
-    Example:
+    Examples:
         >>> import torch
         >>> z, y = torch.randn(50, 10, dtype=torch.float64), torch.randint(0, 10, (50,))
         >>> f = loss_evaluator(torch.nn.functional.cross_entropy)

@@ -150,6 +150,30 @@ class EigenResult(DataResult):
         """Whether every pair converged."""
         return bool(np.all(self.converged))
 
+    @property
+    def labels(self) -> list[str]:
+        """Each value's name, numbered in the whole spectrum as in the dashboards.
+
+        ``λ1`` is the largest eigenvalue and ``λP`` the smallest (``P = n_params``): the
+        ``"largest"`` values are ``λ1, λ2, …``; the ``"smallest"`` (ascending) are ``λP,
+        λ(P−1), …``; ``"both"`` is the smallest ones, then the largest ones (all of the
+        spectrum, each by its rank, when they meet); ``"magnitude"`` values are ranked by
+        ``|λ|`` instead: ``|λ|1, |λ|2, …``.
+        """
+        m, P = len(self.values), int(self.n_params)
+
+        def bottom(i):  # the i-th smallest (0: the smallest)
+            return f"λ{P - i}" if P > 0 else ("λP" if i == 0 else f"λ(P−{i})")
+
+        if self.which == "largest":
+            return [f"λ{i + 1}" for i in range(m)]
+        if self.which == "magnitude":
+            return [f"|λ|{i + 1}" for i in range(m)]
+        if self.which == "smallest" or (self.which == "both" and m == P):
+            return [bottom(i) for i in range(m)]
+        lo = m // 2  # "both": k of each end, ascending
+        return [bottom(i) for i in range(lo)] + [f"λ{m - lo - j}" for j in range(m - lo)]
+
     def __repr__(self) -> str:
         vals = ", ".join(number(v) for v in self.values)
         state = "converged" if self.all_converged else "NOT converged"
@@ -163,15 +187,15 @@ class EigenResult(DataResult):
 
     def _repr_html_(self) -> str:
         rows = [
-            [i + 1, number(v), f"{r:.1e}", "yes" if c else "no"]
-            for i, (v, r, c) in enumerate(zip(self.values, self.residuals, self.converged))
+            [lab, number(v), f"{r:.1e}", "yes" if c else "no"]
+            for lab, v, r, c in zip(self.labels, self.values, self.residuals, self.converged)
         ]
         cap = (
             f"{self.which} eigenvalues of the {self.curvature} ({self.n_params:,} params, "
             f"{self.n_hvp} HVPs, {self.seconds:.2f} s)"
             + ("" if self.complete else " INCOMPLETE: interrupted")
         )
-        return html_table(["#", "λ", "residual", "converged"], rows, cap)
+        return html_table(["eigenvalue", "value", "residual", "converged"], rows, cap)
 
     def plot(self):
         """The eigenvalues as bars, residuals on hover (a plotly Figure)."""
@@ -179,7 +203,7 @@ class EigenResult(DataResult):
 
         fig = go.Figure(
             go.Bar(
-                x=[f"λ{i + 1}" for i in range(len(self.values))],
+                x=self.labels,
                 y=self.values,
                 customdata=self.residuals,
                 hovertemplate="%{x} = %{y:.6g}<br>residual %{customdata:.1e}<extra></extra>",
@@ -362,49 +386,117 @@ class SpectralDensity(DataResult):
             dens += (np.exp(-0.5 * d * d) * w[None, i : i + 512]).sum(1)
         return x, dens / (sigma * np.sqrt(2 * np.pi))
 
-    def outliers(self, mass: float = 0.99, gap: float = 0.25, agree: float = 1e-3) -> np.ndarray:
-        """Eigenvalues separated from the bulk, sorted descending by magnitude.
+    def outliers(
+        self, mass: float = 0.9, gap: float = 0.15, agree: float = 1e-3, floor: float = 0.05
+    ) -> np.ndarray:
+        """Eigenvalues separated from the bulk by a gap, sorted descending by magnitude.
 
-        The bulk is the central ``mass`` of the spectral measure (weighted quantiles of the
-        pooled nodes). Going inward from each end, the i-th most extreme Ritz value is an
-        outlier when it lies more than ``gap`` bulk widths outside the bulk and every probe
-        found it (the probes' values agree within ``agree`` times the spectral range): an
-        isolated eigenvalue is resolved by Lanczos from any start vector, the bulk is not.
-        Its value is the median over probes.
+        Sagun et al. (2017) and Papyan (2019) describe the Hessian of a classifier as a bulk
+        near zero and a few outliers (about ``C - 1`` for ``C`` classes with cross-entropy).
+        An isolated eigenvalue is resolved by Lanczos from any start vector, the bulk is not,
+        so outliers are looked for among the Ritz values every probe agrees on, and the
+        boundary is put at the largest *relative gap*. Exactly, for each end of the spectrum
+        (the top, and the bottom by the same rule on ``-λ``):
+
+        1. The bulk is the central ``mass`` of the spectral measure: ``c`` is the weighted
+           median of the pooled nodes and ``e`` the weighted ``(1 + mass) / 2`` quantile
+           (the ``(1 - mass) / 2`` quantile at the bottom); distances ``d = λ - c``.
+        2. ``m_i`` is the median over probes of each probe's i-th largest distance.
+           Candidates are the leading run ``m_1 >= ... >= m_K`` with ``m_i > e - c`` that
+           every probe found: the probes' i-th values spread by at most ``agree · m_i``.
+        3. With ``n_i = m_{i+1}`` for ``i < K`` and ``n_K`` the largest over probes of the
+           (K+1)-th distance (the best Ritz estimate of the next eigenvalue), the relative
+           gap is ``ρ_i = (m_i - n_i) / max(n_i, e - c, floor · r)``, where
+           ``r = max |λ - c|`` over all nodes is the spectral radius about the centre:
+           a gap among values all tiny next to the largest eigenvalue is no separation.
+        4. With ``k = argmax ρ_i``, the outliers are ``c + m_1, ..., c + m_k`` if
+           ``ρ_k >= gap``; none otherwise.
+
+        The count is the number of eigenvalues above the largest relative gap, so a spectrum
+        whose large eigenvalues decay smoothly into the bulk (no clear gap) may give fewer
+        than the number of classes, and a bulk without outliers gives none. An outlier of
+        multiplicity ``m`` is listed once: a Krylov method sees one direction per distinct
+        eigenvalue (use :func:`lossviz.hessian_eigs` for multiplicities).
+
+        Args:
+            mass: The share of the spectral measure that defines the bulk (its centre and
+                edges).
+            gap: The smallest relative gap ``ρ`` that counts as a separation.
+            agree: The largest relative spread, over probes, of a Ritz value counted as
+                converged.
+            floor: The smallest denominator of ``ρ``, as a fraction of the spectral radius.
+
+        Returns:
+            The outliers (each the median over probes of its Ritz value), largest
+            magnitude first; empty when none, and (with a warning) for fewer than 2
+            probes, where agreement cannot be checked.
+
+        Example:
+            >>> import torch, lossviz as lv
+            >>> lam = torch.cat([torch.linspace(-1, 1, 300), torch.tensor([8.0, 5.0])])
+            >>> A = torch.diag(lam.double())
+            >>> d = lv.hessian_density(A, n_probes=3, steps=40, progress=False)
+            >>> [round(float(v), 6) for v in d.outliers()]
+            [8.0, 5.0]
         """
-        lam = self.nodes.reshape(-1)
-        w = self.weights.reshape(-1)
-        o = np.argsort(lam)
-        cw = np.cumsum(w[o]) / w.sum()
-        lo = lam[o][np.searchsorted(cw, (1 - mass) / 2)]
-        hi = lam[o][min(np.searchsorted(cw, 1 - (1 - mass) / 2), len(lam) - 1)]
-        width = max(hi - lo, 1e-12 * max(abs(hi), abs(lo), 1.0))
-        tol = agree * max(float(lam.max() - lam.min()), 1e-300)
-        srt = np.sort(self.nodes, axis=1)
-        out = []
-        for col, outside in (
-            (lambda i: srt[:, -1 - i], lambda v: v > hi + gap * width),
-            (lambda i: srt[:, i], lambda v: v < lo - gap * width),
-        ):
-            for i in range(srt.shape[1]):
-                vals = col(i)
-                v = float(np.median(vals))
-                if not outside(v) or float(vals.max() - vals.min()) > tol:
-                    break
-                out.append(v)
+        if self.nodes.shape[0] < 2:
+            warn(
+                "outliers() needs at least 2 probes (hessian_density(n_probes=2 or more)): "
+                "with one, a converged eigenvalue cannot be told from a Ritz value of the "
+                "bulk; no outliers are reported"
+            )
+            return np.array([])
+        lam = self.nodes.reshape(-1).astype(np.float64)
+        w = self.weights.reshape(-1).astype(np.float64)
+        order = np.argsort(lam, kind="stable")
+        cw = np.cumsum(w[order]) / w.sum()
+
+        def quantile(p: float) -> float:
+            return float(lam[order][min(int(np.searchsorted(cw, p)), len(lam) - 1)])
+
+        center = quantile(0.5)
+        least = max(floor * float(np.max(np.abs(lam - center))), 1e-300)
+        out: list[float] = []
+        for sign, edge in ((1.0, quantile((1 + mass) / 2)), (-1.0, quantile((1 - mass) / 2))):
+            dist = np.sort(sign * (self.nodes - center), axis=1)[:, ::-1]
+            med = np.median(dist, axis=0)
+            e = max(sign * (edge - center), 0.0)
+            k_run = 0
+            while (
+                k_run < dist.shape[1] - 1
+                and med[k_run] > e
+                and np.ptp(dist[:, k_run]) <= agree * med[k_run]
+            ):
+                k_run += 1
+            if k_run == 0:
+                continue
+            nxt = np.concatenate([med[1:k_run], [dist[:, k_run].max()]])
+            rho = (med[:k_run] - nxt) / np.maximum(np.maximum(nxt, e), least)
+            k = int(np.argmax(rho))
+            if rho[k] >= gap:
+                out.extend(float(center + sign * v) for v in med[: k + 1])
         return np.array(sorted(out, key=lambda v: -abs(v)))
+
+    def _outlier_count(self) -> str:
+        """``"N outlier(s)"`` for the repr; ``n/a`` with fewer than 2 probes (no warning)."""
+        if self.nodes.shape[0] < 2:
+            return "outliers n/a (needs 2 probes)"
+        return f"{len(self.outliers())} outlier(s)"
 
     def __repr__(self) -> str:
         return (
             f"SpectralDensity({self.curvature}, {self.nodes.shape[0]} probes × "
             f"{self.nodes.shape[1]} steps, {self.n_params:,} params): support ≈ "
             f"[{number(self.nodes.min())}, {number(self.nodes.max())}], "
-            f"{len(self.outliers())} outlier(s), {self.n_hvp} HVPs, {self.seconds:.2f} s"
+            f"{self._outlier_count()}, {self.n_hvp} HVPs, {self.seconds:.2f} s"
             + ("" if self.complete else ", INCOMPLETE: interrupted")
         )
 
     def _repr_html_(self) -> str:
-        outs = ", ".join(number(v) for v in self.outliers()[:12])
+        if self.nodes.shape[0] < 2:
+            outs = "n/a (needs 2 probes)"
+        else:
+            outs = ", ".join(number(v) for v in self.outliers()[:12])
         return html_table(
             ["probes", "steps", "λ min", "λ max", "outliers", "HVPs"],
             [

@@ -290,7 +290,7 @@ def load(path):
         LossvizError: no such file, not a lossviz result file, a result type lossviz
             does not know, or a damaged / tampered file (the message names the path).
 
-    Example:
+    Examples:
         >>> import lossviz, numpy as np, tempfile, os
         >>> r = lossviz.TraceResult(value=3.0, stderr=0.1, n_hvp=20, samples=np.ones(20))
         >>> p = os.path.join(tempfile.mkdtemp(), "trace.npz")

@@ -40,7 +40,7 @@ class Weights(Mapping):
             :class:`~lossviz.errors.CheckpointError` when the other operand has different
             keys, key order or shapes, and ``ArgumentTypeError`` for a non-scalar factor.
 
-    Example:
+    Examples:
         >>> w = Weights({"a": torch.ones(2), "b": torch.zeros(3)})
     >>> round(float((2 * w - w).norm() ** 2), 6), float(w.dot(w))
     (2.0, 2.0)
@@ -284,7 +284,7 @@ class Layout:
         Returns:
             A dict ``module name -> [parameter names]``.
 
-        Example:
+        Examples:
             >>> Layout([("0.weight", (2, 2)), ("0.bias", (2,)), ("scale", ())]).by_module()
             {'0': ['0.weight', '0.bias'], 'scale': ['scale']}
         """
