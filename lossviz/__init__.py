@@ -12,6 +12,8 @@ from .alignment import (
     reset_bn,
     weight_matching,
 )
+from .animation import animate, save_animation
+from .averaging import AveragesComparison, average_trajectory, compare_averages
 from .connectivity import (
     BarrierMatrix,
     LayerwiseOver,
@@ -24,6 +26,7 @@ from .connectivity import (
     layerwise_barriers_over,
     path_point,
 )
+from .curves import CurveResult, connect
 from .directions import (
     PCAResult,
     Plane,
@@ -40,6 +43,7 @@ from .errors import (
     LossvizError,
     NonFiniteLossError,
 )
+from .gradients import GradientConflict, gradient_conflict
 from .hessian import (
     hessian_blocks,
     hessian_density,
@@ -49,14 +53,28 @@ from .hessian import (
 )
 from .hvp import CurvatureOperator
 from .landscape import evaluate, line, surface
+from .merge_comparison import MergeComparison, compare_merges, model_stock
 from .merging import VarianceTable, averaging_variance, empirical_fisher, greedy_soup, merge
+from .ndgrid import HypercubeResult, hypercube
 from .objective import Objective
+from .reporting import report
 from .results import BlockResults, DiagonalResult, EigenResult, SpectralDensity, TraceResult
 from .roughness import RoughnessAlong, RoughnessResult, roughness_along, roughness_index
+from .sharpness import SharpnessResult, sharpness
 from .slices import Evaluations, Slice1D, Surface
+from .stability import StabilityResult, spectral_radius, stability
 from .store import load
 from .subspace import SubspaceTracker, gradient_fraction, lightning_callback, subspace_overlap
-from .trajectory import CurvatureTimeline, TrajectoryRecorder, sharpness_along, trace_along
+from .topology import TopologyResult, landscape_topology
+from .trajectory import (
+    CurvatureTimeline,
+    LayerDynamics,
+    SharpnessTimeline,
+    TrajectoryRecorder,
+    rho_sharpness_along,
+    sharpness_along,
+    trace_along,
+)
 from .weights import Weights, load_checkpoint
 
 __version__ = "0.1.0"
@@ -102,9 +120,18 @@ __all__ = [
     "hessian_trace",
     # training runs: recorded trajectories and curvature along them
     "CurvatureTimeline",
+    "LayerDynamics",
     "TrajectoryRecorder",
     "sharpness_along",
     "trace_along",
+    # flatness: worst-case / average / adaptive sharpness, GAM; optimizer stability
+    "SharpnessResult",
+    "SharpnessTimeline",
+    "StabilityResult",
+    "rho_sharpness_along",
+    "sharpness",
+    "spectral_radius",
+    "stability",
     # live tracking of the top Hessian subspace during training
     "SubspaceTracker",
     "gradient_fraction",
@@ -115,6 +142,14 @@ __all__ = [
     "RoughnessResult",
     "roughness_along",
     "roughness_index",
+    # N-D slices and the topology of a landscape (basins, saddles, merge tree, SMAD)
+    "HypercubeResult",
+    "TopologyResult",
+    "hypercube",
+    "landscape_topology",
+    # the training trajectory animated over its landscape (plotly frames; GIF / MP4)
+    "animate",
+    "save_animation",
     # mode connectivity: paths and barriers between models
     "BarrierMatrix",
     "LayerwiseOver",
@@ -126,18 +161,33 @@ __all__ = [
     "layerwise_barriers",
     "layerwise_barriers_over",
     "path_point",
+    # mode-connecting curves: low-loss paths trained between models
+    "CurveResult",
+    "connect",
     # permutation alignment of models
     "PermutationSpec",
     "apply_permutation",
     "permutation_spec",
     "reset_bn",
     "weight_matching",
+    # averages along a training run: SWA, EMA, LAWA, Switch-EMA, vs the last iterate
+    "AveragesComparison",
+    "average_trajectory",
+    "compare_averages",
+    # per-group gradients and their conflict (cosines)
+    "GradientConflict",
+    "gradient_conflict",
     # merging models: averages, soups and their statistics
     "VarianceTable",
     "averaging_variance",
     "empirical_fisher",
     "greedy_soup",
     "merge",
+    "compare_merges",
+    "model_stock",
+    "MergeComparison",
+    # one self-contained HTML report of a model (``lossviz report`` on the command line)
+    "report",
     # submodules imported on first use (lv.dash needs no widget stack until a dashboard opens)
     "dash",
     "teach",

@@ -38,6 +38,13 @@ def setup():
     return obj, a, b, c
 
 
+def _layer_dynamics(model):
+    rec = lv.TrajectoryRecorder(model)
+    rec.snapshot(0)
+    rec.snapshot(1)
+    return rec.layer_dynamics()
+
+
 def _kernels(obj, a, b, c):
     """name -> (kernel name, thunk) for every public kernel that returns a result."""
     q = dict(progress=False)
@@ -94,6 +101,37 @@ def _kernels(obj, a, b, c):
             lambda: lv.trace_along(obj, [a, b], rtol=0.3, max_hvp=40),
         ),
         "variance": ("averaging_variance", lambda: lv.averaging_variance([a, b, c])),
+        "hypercube": ("hypercube", lambda: lv.hypercube(obj, 3, n=3, **q)),
+        "topology": (
+            "landscape_topology",
+            lambda: lv.landscape_topology(lv.surface(obj, None, d, n=(4, 3), **q)),
+        ),
+        "curve": ("connect", lambda: lv.connect(obj, a, b, steps=3, n=4, **q)),
+        "sharpness": ("sharpness", lambda: lv.sharpness(obj, 0.05, restarts=1, max_iter=3, **q)),
+        "sharpness_avg": (
+            "sharpness",
+            lambda: lv.sharpness(obj, 0.05, kind="average", n_samples=16, **q),
+        ),
+        "rho_sharpness_along": (
+            "rho_sharpness_along",
+            lambda: lv.rho_sharpness_along(obj, [a, b], 0.05, restarts=1, max_iter=3, **q),
+        ),
+        "stability": ("stability", lambda: lv.stability(obj, 0.1, momentum=0.9, k=2, **q)),
+        "averages": (
+            "compare_averages",
+            lambda: lv.compare_averages(
+                obj, {0: a, 3: b, 5: c}, ema_decays=(0.5,), lawa_k=2, rho=0.05, max_hvp=20, **q
+            ),
+        ),
+        "layer_dynamics": ("layer_dynamics", lambda: _layer_dynamics(obj.model)),
+        "merges": (
+            "compare_merges",
+            lambda: lv.compare_merges(obj, {"b": b, "c": c}, base=a, n=3, **q),
+        ),
+        "gradient_conflict": (
+            "gradient_conflict",
+            lambda: lv.gradient_conflict(obj, "labels", by_layer=True, keep_gradients=True, **q),
+        ),
     }
 
 
@@ -203,7 +241,12 @@ def test_every_kernel_sets_provenance(setup, results):
         assert p.kernel == kernel, name
         assert p.lossviz_version == lv.__version__ and p.torch_version == torch.__version__
         assert p.created.endswith("Z"), name
-        if name in ("pca", "plane", "variance"):  # computed on weights, not an Objective
+        if name in (
+            "pca",
+            "plane",
+            "variance",
+            "layer_dynamics",
+        ):  # computed on weights, not an Objective
             assert r.objective is None and p.model is None, name
             assert p.n_params == obj.n_params and p.dtype == "float64", name
         else:
