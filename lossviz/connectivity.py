@@ -59,7 +59,7 @@ from .interrupt import api
 from .metrics import resolve_metrics
 from .objective import Objective
 from .provenance import Provenance
-from .results import DataResult, deprecated_obj
+from .results import ByMetric, DataResult, deprecated_obj
 from .sharding import check_shard, fingerprints
 
 _KINDS = ("linear", "mean")
@@ -296,7 +296,7 @@ def curve_barrier(alphas: np.ndarray, f: np.ndarray, kind: str, sign: float) -> 
 
 
 @dataclass(kw_only=True, repr=False)
-class PathResult(DataResult):
+class PathResult(ByMetric, DataResult):
     """Metrics along the straight line ``θ(α) = (1-α)·θA + α·θB`` (:func:`interpolate`).
 
     One array per metric: ``result["loss"]`` or ``result.loss``. :meth:`barrier` gives
@@ -332,17 +332,6 @@ class PathResult(DataResult):
     complete: bool = True
     #: which α were evaluated (all unless interrupted)
     evaluated: np.ndarray | None = None
-
-    def __getitem__(self, metric: str) -> np.ndarray:
-        if not isinstance(metric, str) or metric not in self.values:
-            raise LossvizError(f"no metric {metric!r}; have {list(self.values)}")
-        return self.values[metric]
-
-    def __getattr__(self, name: str):
-        values = self.__dict__.get("values")
-        if values is not None and name in values:
-            return values[name]
-        raise AttributeError(name)
 
     obj = property(deprecated_obj)
 

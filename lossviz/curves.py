@@ -48,7 +48,7 @@ from .interrupt import api, keep_partial
 from .metrics import resolve_metrics
 from .objective import Objective, call_model, reparametrized, to_device
 from .provenance import Provenance
-from .results import DataResult
+from .results import ByMetric, DataResult
 from .weights import Layout, Weights
 
 __all__ = ["CURVES", "CurveResult", "connect", "curve_coefficients"]
@@ -150,7 +150,7 @@ def _sign(kind) -> float:
 
 # the result ------------------------------------------------------------------------------
 @dataclass(kw_only=True, repr=False)
-class CurveResult(DataResult):
+class CurveResult(ByMetric, DataResult):
     """A trained mode-connecting curve and the metrics along it (:func:`connect`).
 
     ``φ(t) = Σ_i c_i(t)·w_i`` with ``w_0 = θA``, the bends ``w_1..w_k`` and
@@ -211,16 +211,6 @@ class CurveResult(DataResult):
     evaluated: np.ndarray | None = None
 
     # access -----------------------------------------------------------------------------
-    def __getitem__(self, metric: str) -> np.ndarray:
-        if not isinstance(metric, str) or metric not in self.values:
-            raise LossvizError(f"no metric {metric!r}; have {list(self.values)}")
-        return self.values[metric]
-
-    def __getattr__(self, name: str):
-        values = self.__dict__.get("values")
-        if values is not None and name in values:
-            return values[name]
-        raise AttributeError(name)
 
     def _mask(self, which: int) -> np.ndarray:
         if self.evaluated is None:

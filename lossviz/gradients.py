@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from . import validate
 from .engine import check_objective
-from .errors import ArgumentTypeError, DataError, LossvizError, NonFiniteLossError, is_oom, warn
+from .errors import ArgumentTypeError, LossvizError, NonFiniteLossError, is_oom, warn
 from .formatting import html_table, short
 from .interrupt import api, keep_partial
 from .provenance import Provenance
@@ -190,20 +190,6 @@ class GradientConflict(DataResult):
 
 
 # --------------------------------------------------------------------------------------
-def _xy(batch, i: int) -> tuple[Tensor, Tensor]:
-    if not (
-        isinstance(batch, (tuple, list))
-        and len(batch) >= 2
-        and isinstance(batch[0], Tensor)
-        and isinstance(batch[1], Tensor)
-    ):
-        raise DataError(
-            f"per-sample gradients need (inputs, targets) tensor batches; batch {i} is "
-            f"{type(batch).__name__}"
-        )
-    return batch[0], batch[1]
-
-
 def _check_obj(obj) -> None:
     check_objective(obj)
     obj.require_local("gradient_conflict")
@@ -257,7 +243,7 @@ def _as_ids(groups, name: str = "groups") -> np.ndarray:
 def _labels_of(obj) -> np.ndarray:
     ys = []
     for i, (b, _) in enumerate(obj.batches()):
-        _, y = _xy(b, i)
+        _, y = validate.xy_batch(b, i, "per-sample gradients")
         if y.is_floating_point() or y.ndim != 1:
             raise LossvizError(
                 f"groups='labels' needs integer class labels of shape (n,); batch {i} has "
@@ -424,7 +410,7 @@ def gradient_conflict(
     bar = tqdm(total=len(raw), desc="per-sample gradients", disable=not show, leave=False)
     try:
         for i, (b, nb) in enumerate(obj.batches()):
-            x, y = _xy(b, i)
+            x, y = validate.xy_batch(b, i, "per-sample gradients")
             gb = torch.as_tensor(gidx_all[start : start + nb], device=dev)
             j = 0
             while j < nb:

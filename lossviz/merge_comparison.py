@@ -26,9 +26,10 @@ from torch import Tensor
 
 from . import validate
 from .engine import check_objective
-from .errors import ArgumentTypeError, CheckpointError, LossvizError, warn
+from .errors import ArgumentTypeError, LossvizError, warn
 from .formatting import html_table, short
 from .interrupt import api, keep_partial
+from .merging import check_compatible
 from .objective import Objective
 from .points import as_points
 from .provenance import Provenance
@@ -55,34 +56,6 @@ def _states(points, name: str) -> tuple[list[str], list[dict]]:
     if len(set(names)) != len(names):
         raise LossvizError(f"{name}: names {names} are not distinct as strings")
     return names, [state_of(p, f"{name}[{nm!r}]") for nm, p in zip(names, pts)]
-
-
-def _check_same(states: list[dict], labels: list[str]) -> None:
-    """Same keys, shapes and non-floating tensors (except ``num_batches_tracked``)."""
-    ref, r = states[0], labels[0]
-    for lab, st in zip(labels[1:], states[1:]):
-        only_ref = [k for k in ref if k not in st]
-        only_st = [k for k in st if k not in ref]
-        shapes = [
-            f"{k}: {tuple(ref[k].shape)} vs {tuple(st[k].shape)}"
-            for k in ref
-            if k in st and ref[k].shape != st[k].shape
-        ]
-        if only_ref or only_st or shapes:
-            parts = [f"keys only in {r}: {only_ref[:10]}"] if only_ref else []
-            parts += [f"keys only in {lab}: {only_st[:10]}"] if only_st else []
-            parts += [f"shape mismatches: {shapes[:10]}"] if shapes else []
-            raise CheckpointError(
-                f"{lab} does not match {r} (a different architecture?): " + "; ".join(parts)
-            )
-        for k, v in ref.items():
-            if _floating(v) or k.endswith("num_batches_tracked"):
-                continue
-            if _floating(st[k]) or not torch.equal(st[k].to(v.device), v):
-                raise LossvizError(
-                    f"{k!r} is a non-floating tensor ({v.dtype}) that differs between {r} "
-                    f"and {lab}: it cannot be merged"
-                )
 
 
 def _stock(states: list[dict], base: dict) -> tuple[Weights, dict, dict]:
@@ -173,7 +146,7 @@ def model_stock(points, *, base) -> Weights:
     """
     names, states = _states(points, "points")
     b = state_of(base, "base")
-    _check_same([b] + states, ["base"] + [f"points[{n!r}]" for n in names])
+    check_compatible([b] + states, ["base"] + [f"points[{n!r}]" for n in names], integers=True)
     w, cos, _ = _stock(states, b)
     _warn_negative(cos)
     return w
@@ -741,11 +714,11 @@ def compare_merges(
     scales, choose = _scales(task_scale)
     names, states = _states(finetunes, "finetunes")
     labels = [f"finetunes[{nm!r}]" for nm in names]
-    _check_same(states, labels)
+    check_compatible(states, labels, integers=True)
     b = None
     if base is not None:
         b = state_of(base, "base")
-        _check_same([b] + states, ["base"] + labels)
+        check_compatible([b] + states, ["base"] + labels, integers=True)
         obj.resolve(b, name="base")
     fobjs = _fisher_objs(fisher_data, names)
     for i, (lab, st) in enumerate(zip(labels, states)):

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from . import validate
 from .deprecation import renamed
-from .errors import ArgumentTypeError, CheckpointError, DataError, LossvizError
+from .errors import ArgumentTypeError, CheckpointError, LossvizError
 from .interrupt import api
 from .objective import Objective, call_model, reparametrized
 from .points import as_points
@@ -48,8 +48,24 @@ def _labels(names: list, name: str = "points") -> list[str]:
     return [f"{name}[{nm!r}]" for nm in names]
 
 
-def _check_same(states: list[dict], labels: list[str]) -> None:
-    """Same keys and shapes as the first point (``labels`` name the points in errors)."""
+def check_compatible(states: list[dict], labels: list[str], *, integers: bool = False) -> None:
+    """Check that state dicts can be combined entry by entry (averaged, merged).
+
+    Every state dict must have the keys and shapes of the first one (a different
+    architecture is a :class:`~lossviz.errors.CheckpointError` listing the keys only in
+    one of them and the shape mismatches); with ``integers=True`` their non-floating
+    tensors must also be equal, as they cannot be averaged (``num_batches_tracked``
+    counters excepted: combiners take the first point's).
+
+    Args:
+        states: the state dicts, ``name -> tensor``.
+        labels: their names, used in the error messages.
+        integers: also require equal non-floating tensors.
+
+    Raises:
+        CheckpointError: a key or a shape differs from the first state dict's.
+        LossvizError: with ``integers=True``, a non-floating tensor differs.
+    """
     ref, r = states[0], labels[0]
     for lab, st in zip(labels[1:], states[1:]):
         only_ref = [k for k in ref if k not in st]
@@ -63,7 +79,11 @@ def _check_same(states: list[dict], labels: list[str]) -> None:
             parts = [f"keys only in {r}: {only_ref[:10]}"] if only_ref else []
             parts += [f"keys only in {lab}: {only_st[:10]}"] if only_st else []
             parts += [f"shape mismatches: {shapes[:10]}"] if shapes else []
-            raise CheckpointError(f"{lab} does not match {r}: " + "; ".join(parts))
+            raise CheckpointError(
+                f"{lab} does not match {r} (a different architecture?): " + "; ".join(parts)
+            )
+    if integers:
+        _check_integers(states, labels)
 
 
 def _floating(t: Tensor) -> bool:
@@ -114,20 +134,6 @@ def _coeffs(weights, k: int, what: str, names: list, *, name: str = "weights") -
     if len(weights) != k:
         raise LossvizError(f"{name}: {len(weights)} weights for {k} points ({what})")
     return [validate.number(v, f"{name}[{i}]") for i, v in enumerate(weights)]
-
-
-def _batch_xy(batch, i: int):
-    if not (
-        isinstance(batch, (tuple, list))
-        and len(batch) >= 2
-        and isinstance(batch[0], Tensor)
-        and isinstance(batch[1], Tensor)
-    ):
-        raise DataError(
-            f"the empirical Fisher needs (inputs, targets) tensor batches; batch {i} is "
-            f"{type(batch).__name__}"
-        )
-    return batch[0], batch[1]
 
 
 def _check_fisher_obj(obj, name: str = "obj") -> None:
@@ -183,7 +189,7 @@ def empirical_fisher(obj: Objective, at=None) -> Weights:
     total = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in theta.items()}
     n = 0
     for i, (batch, nb) in enumerate(obj.batches()):
-        x, y = _batch_xy(batch, i)
+        x, y = validate.xy_batch(batch, i, "the empirical Fisher")
         try:
             gs = torch.func.vmap(g, in_dims=(None, 0, 0))(theta, x, y)
         except Exception:  # noqa: BLE001 - modules vmap cannot batch: one sample at a time
@@ -295,14 +301,13 @@ def merge(
     elif obj is not None:
         raise LossvizError(f"obj= is only used with method='fisher', not {method!r}")
     names, states = _named(points)
-    _check_same(states, _labels(names))
+    check_compatible(states, _labels(names))
     k = len(states)
     ref = states[0]
     dev = next(iter(ref.values())).device
     if method == "task_arithmetic":
         b = state_of(base, "base")
-        _check_same([b] + states, ["base"] + _labels(names))
-        _check_integers([b] + states, ["base"] + _labels(names))
+        check_compatible([b] + states, ["base"] + _labels(names), integers=True)
         lam = _coeffs(1.0 if weights is None else weights, k, "task_arithmetic", names)
         out = {}
         for key, v0 in b.items():
@@ -408,8 +413,7 @@ def greedy_soup(
     if progress is not None:
         progress = validate.boolean(progress, "progress")
     names, states = _named(points)
-    _check_same(states, _labels(names))
-    _check_integers(states, _labels(names))
+    check_compatible(states, _labels(names), integers=True)
     for nm, st in zip(names, states):
         obj_val.resolve(st, name=f"points[{nm!r}]")
     sign = 1.0 if metric == "accuracy" else -1.0
@@ -881,7 +885,7 @@ def averaging_variance(points, *more, obj: Objective | None = None, layers=None)
     t0 = time.perf_counter()
     names, states = _named(points, at_least=2, what="averaging_variance")
     labels = _labels(names)
-    _check_same(states, labels)
+    check_compatible(states, labels)
     rows = []
     for key, v0 in states[0].items():
         if not v0.is_floating_point() or v0.ndim < 2 or v0.numel() == 0:

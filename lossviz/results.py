@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from .errors import warn
+from .errors import LossvizError, warn
 from .formatting import html_table, number
 from .provenance import Provenance
 from .weights import Weights
@@ -103,6 +103,34 @@ class DataResult(Result):
     """Base of the dataclass results: the ``provenance`` field."""
 
     provenance: Provenance | None = field(default=None, compare=False)
+
+
+class ByMetric:
+    """One metric's values of a result that holds ``values: name -> array``.
+
+    ``result["accuracy"]`` (a :class:`~lossviz.errors.LossvizError` naming the metrics
+    there are, for another name), ``result.loss`` and ``result.<metric>`` for every other
+    metric computed (Slice1D, Surface, PathResult, CurveResult).
+    """
+
+    __slots__ = ()
+
+    def __getitem__(self, metric: str) -> np.ndarray:
+        values = self.values
+        if not isinstance(metric, str) or metric not in values:
+            raise LossvizError(f"no metric {metric!r}; have {list(values)}")
+        return values[metric]
+
+    @property
+    def loss(self) -> np.ndarray:
+        """The ``"loss"`` values (a :class:`~lossviz.errors.LossvizError` if not computed)."""
+        return self["loss"]
+
+    def __getattr__(self, name: str):
+        values = self.__dict__.get("values")
+        if values is not None and name in values:
+            return values[name]
+        raise AttributeError(name)
 
 
 def deprecated_obj(self):

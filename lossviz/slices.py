@@ -22,7 +22,7 @@ from .directions import point_params
 from .errors import ArgumentTypeError, CheckpointError, LossvizError, named
 from .formatting import short
 from .provenance import Provenance
-from .results import DataResult, Result
+from .results import ByMetric, DataResult, Result
 from .weights import Weights
 
 __all__ = ["Evaluations", "Slice1D", "Surface"]
@@ -112,24 +112,8 @@ def _point_xy(surface, p) -> tuple[float, float]:
     return surface.project(p)
 
 
-class _ByMetric:
-    """``result["accuracy"]`` and ``result.loss``: the values of one metric (Slice1D, Surface)."""
-
-    values: dict
-
-    def __getitem__(self, metric: str) -> np.ndarray:
-        if metric not in self.values:
-            raise LossvizError(f"no metric {metric!r}; have {list(self.values)}")
-        return self.values[metric]
-
-    @property
-    def loss(self) -> np.ndarray:
-        """The ``"loss"`` values (a :class:`~lossviz.errors.LossvizError` if not computed)."""
-        return self["loss"]
-
-
 @dataclass(kw_only=True, repr=False)
-class Slice1D(_ByMetric, DataResult):
+class Slice1D(ByMetric, DataResult):
     """A 1-D slice ``f(t) = L(θ + t·d)``: ``t`` and one array per metric in ``values``.
 
     What :func:`lossviz.line` returns (the 1-D plots of Li, Xu, Taylor, Studer, Goldstein
@@ -238,7 +222,7 @@ class Slice1D(_ByMetric, DataResult):
 
 
 @dataclass(kw_only=True, repr=False)
-class Surface(_ByMetric, DataResult):
+class Surface(ByMetric, DataResult):
     """A 2-D slice ``f(a, b) = L(θ + a·d1 + b·d2)``.
 
     What :func:`lossviz.surface` returns: the surface plots of Li, Xu, Taylor, Studer,

@@ -28,7 +28,7 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 
-from .errors import ArgumentTypeError, LossvizError
+from .errors import ArgumentTypeError, DataError, LossvizError
 
 
 def show(value) -> str:
@@ -296,3 +296,29 @@ def device(value, name: str = "device") -> torch.device:
     elif dev.type not in ("cpu", "xpu", "hpu", "privateuseone"):
         raise LossvizError(f"{name}={str(dev)!r}: unsupported device type {dev.type!r}")
     return dev
+
+
+def xy_batch(batch, i: int, what: str):
+    """A batch's ``(inputs, targets)`` tensors, for computations that need them per sample.
+
+    Args:
+        batch: one batch of an Objective's data.
+        i: its index, for the message.
+        what: what needs them (``"the empirical Fisher"``), for the message.
+
+    Returns:
+        ``(inputs, targets)``: the batch's first two entries.
+
+    Raises:
+        DataError: the batch is not a tuple / list starting with two tensors.
+    """
+    if not (
+        isinstance(batch, (tuple, list))
+        and len(batch) >= 2
+        and isinstance(batch[0], torch.Tensor)
+        and isinstance(batch[1], torch.Tensor)
+    ):
+        raise DataError(
+            f"{what} needs (inputs, targets) tensor batches; batch {i} is {type(batch).__name__}"
+        )
+    return batch[0], batch[1]
