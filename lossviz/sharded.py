@@ -6,11 +6,13 @@ FSDP1 (``FullyShardedDataParallel``: flattened, padded shards), or holding ``DTe
 parameters otherwise (tensor parallelism, ``distribute_tensor``) holds only a shard of
 each parameter on a rank, and its forward gathers the full weights in hooks that are not
 differentiable twice (the gradient reaches the sharded parameters through a
-reduce-scatter hook, not through the autograd graph). Hessian-vector products, Lanczos
-vectors sharded like the parameters and landscapes over sharded points are not supported
-yet, so :func:`refuse_sharded` raises a :class:`~lossviz.errors.LossvizError` that names
+reduce-scatter hook, not through the autograd graph). An Objective on sharded
+parameters (and so every kernel built on one) is not supported yet, so
+:func:`refuse_sharded` raises a :class:`~lossviz.errors.LossvizError` that names
 what was found and what to do instead (gather the full state dict into an unsharded copy
-of the model; see ``docs/sharded.md``), rather than return a wrong number.
+of the model; see ``docs/sharded.md``), rather than return a wrong number. For FSDP2
+models, exact Hessian-vector products and the top eigenpairs with sharded vectors are
+in :mod:`lossviz.fsdp` (outside FSDP's hooks), and the message says so.
 """
 
 from __future__ import annotations
@@ -95,9 +97,14 @@ def refuse_sharded(model: nn.Module, name: str = "model") -> None:
     if sharded:
         raise LossvizError(
             f"{name} is sharded with FSDP2 (fully_shard on {_list(sharded)}; DTensor "
-            f"parameters {_list(dparams)}): lossviz cannot compute Hessian-vector "
-            "products, Lanczos vectors sharded like the parameters or landscapes on "
-            f"sharded parameters yet; {ADVICE}"
+            f"parameters {_list(dparams)}): an Objective on sharded parameters is not "
+            "supported yet, so every Objective-based kernel (hessian_eigs, "
+            "hessian_density, hessian_trace, the diagonal and blocks, GGN products, "
+            "line/surface/evaluate, interpolate/barrier, roughness, directions, "
+            "SubspaceTracker) is refused; exact Hessian-vector products and the top "
+            "Hessian eigenvalues with vectors kept sharded like the parameters are in "
+            "lossviz.fsdp (ShardedHessian(model, loss_fn, local_batch), "
+            f"sharded_hessian_eigs); for the rest, {ADVICE}"
         )
     if dparams:
         raise LossvizError(
