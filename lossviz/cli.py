@@ -22,6 +22,7 @@ import argparse
 import importlib
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -59,6 +60,19 @@ def _as_int(value, name: str, *, low: int, high: int | None = None) -> int:
         except ValueError:
             raise ArgumentTypeError(f"{name} must be an integer, got {value!r}") from None
     return validate.integer(value, name, low=low, high=high)
+
+
+def _as_float(value, name: str, **kw) -> float:
+    """A finite number from the command line (``kw``: the bounds of ``validate.number``)."""
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise ArgumentTypeError(f"{name} must be a number, got {value!r}") from None
+    value = validate.number(value, name, **kw)
+    if not math.isfinite(value):
+        raise LossvizError(f"{name} must be a finite number, got {value}")
+    return value
 
 
 def _check_device(value, name: str, cli: bool) -> torch.device:
@@ -371,6 +385,10 @@ def _report_cli(args, say) -> Path:
     grid = _as_int(args.grid, "--grid", low=3)
     k = _as_int(args.k, "--k", low=1)
     seed = _as_int(args.seed, "--seed", low=0, high=2**63 - 1)
+    rho = _as_float(args.rho, "--rho", low=0, low_open=True)
+    lr = None if args.lr is None else _as_float(args.lr, "--lr", low=0, low_open=True)
+    momentum = _as_float(args.momentum, "--momentum", low=0, high=1, high_open=True)
+    curve_steps = _as_int(args.curve_steps, "--curve-steps", low=1)
     try:
         resolve_sections(args.sections, checkpoints=bool(args.trajectory), pair=bool(args.pair))
     except LossvizError as e:
@@ -402,6 +420,10 @@ def _report_cli(args, say) -> Path:
         sections=args.sections,
         k=k,
         grid=grid,
+        rho=rho,
+        lr=lr,
+        momentum=momentum,
+        curve_steps=curve_steps,
         seed=seed,
         title=args.title or f"lossviz report: {args.model}",
         description=(
@@ -616,9 +638,12 @@ def parser() -> argparse.ArgumentParser:
         help="write an HTML report of your model's Hessian spectrum and loss landscape",
         description="Write one self-contained HTML report (it opens offline) of a model's "
         "curvature and loss landscape: extreme Hessian eigenvalues, spectral density with "
-        "outliers, trace, Hessian vs Gauss-Newton, per-layer curvature, a random-direction "
-        "surface; with --trajectory the PCA plane of the checkpoints and the roughness "
-        "index along them; with --pair the linear path, barrier and layer-wise barriers. "
+        "outliers, trace, Hessian vs Gauss-Newton, per-layer curvature, sharpness at --rho "
+        "(and the stability of gradient descent at --lr), a random-direction surface and "
+        "its topology (basins, saddles, SMAD); with --trajectory the PCA plane of the "
+        "checkpoints and the roughness index along them; with --pair the linear path, "
+        "barrier and layer-wise barriers (and, with --sections curve, a trained Bezier "
+        "curve). "
         "Import paths follow uvicorn: 'package.module:attribute' (or 'file.py:attribute'), "
         "the current directory importable.",
         epilog="example: lossviz report --model mypkg.models:make_net --checkpoint net.pt "
@@ -671,7 +696,29 @@ def parser() -> argparse.ArgumentParser:
         "--sections",
         nargs="+",
         metavar="NAME",
-        help="the sections to draw (default: all that apply): " + ", ".join(SECTIONS),
+        help="the sections to draw (default: all that apply, except curve, which trains): "
+        + ", ".join(SECTIONS),
+    )
+    r.add_argument(
+        "--rho",
+        default="0.05",
+        help="radius of the sharpness ball (flatness section; default: %(default)s)",
+    )
+    r.add_argument(
+        "--lr",
+        default=None,
+        help="learning rate whose gradient-descent / heavy-ball stability the flatness "
+        "section checks (default: not checked)",
+    )
+    r.add_argument(
+        "--momentum",
+        default="0",
+        help="heavy-ball momentum in [0, 1) of that check (default: %(default)s, gradient descent)",
+    )
+    r.add_argument(
+        "--curve-steps",
+        default="500",
+        help="training steps of the mode-connecting curve (curve section; default: %(default)s)",
     )
     r.add_argument(
         "--grid", default="21", help="grid points per axis of the surfaces (default: %(default)s)"

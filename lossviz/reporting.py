@@ -42,14 +42,30 @@ SECTIONS: dict[str, str] = {
     "trace": "trace of the Hessian (Hutchinson)",
     "ggn": "top eigenvalues of the Hessian against the Gauss-Newton matrix",
     "layers": "per-layer curvature (top eigenvalue and trace of each layer's Hessian block)",
+    "flatness": "worst-case and average sharpness at rho, the second-order estimate, and the "
+    "gradient-descent / heavy-ball stability at lr= (when given)",
     "surface": "loss on two filter-normalized random directions",
     "trajectory": "loss on the PCA plane of the checkpoints (needs checkpoints=)",
+    "topology": "basins, their depths, saddles and SMAD of the random-direction surface and "
+    "of the PCA plane (needs GUDHI)",
     "roughness": "roughness index along the checkpoints (at the model without checkpoints=)",
     "connectivity": "linear path, barrier and layer-wise barriers between pair=(a, b)",
+    "curve": "a quadratic Bezier curve trained between pair=(a, b) against the straight line "
+    "(it trains: off by default)",
 }
 #: the sections drawn without ``sections=``: these, plus trajectory and roughness with
-#: ``checkpoints`` and connectivity with ``pair``
-DEFAULT_SECTIONS = ("eigenvalues", "density", "trace", "ggn", "layers", "surface")
+#: ``checkpoints`` and connectivity with ``pair`` (``curve`` trains, so it is drawn only
+#: when named)
+DEFAULT_SECTIONS = (
+    "eigenvalues",
+    "density",
+    "trace",
+    "ggn",
+    "layers",
+    "flatness",
+    "surface",
+    "topology",
+)
 
 _STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:1050px;margin:auto;padding:1em;"
@@ -149,7 +165,8 @@ def resolve_sections(sections, *, checkpoints: bool, pair: bool) -> list[str]:
     Raises:
         ArgumentTypeError: ``sections`` is not None, a name or an iterable of names.
         LossvizError: an unknown or repeated name (the known ones are listed), no name,
-            ``"trajectory"`` without checkpoints or ``"connectivity"`` without a pair.
+            ``"trajectory"`` without checkpoints, ``"connectivity"`` or ``"curve"`` without
+            a pair, or ``"topology"`` named without GUDHI installed.
     """
     known = ", ".join(SECTIONS)
     if sections is None:
@@ -178,9 +195,28 @@ def resolve_sections(sections, *, checkpoints: bool, pair: bool) -> list[str]:
             raise LossvizError(f"sections is empty: name at least one of {known}")
         if "trajectory" in chosen and not checkpoints:
             raise LossvizError("sections: 'trajectory' needs checkpoints= (3 or more)")
-        if "connectivity" in chosen and not pair:
-            raise LossvizError("sections: 'connectivity' needs pair=(a, b)")
+        for name in ("connectivity", "curve"):
+            if name in chosen and not pair:
+                raise LossvizError(f"sections: '{name}' needs pair=(a, b)")
+        if "topology" in chosen and not has_gudhi():
+            raise LossvizError(
+                "sections: 'topology' needs GUDHI: pip install 'lossviz[topology]' (or pip "
+                "install gudhi)"
+            )
     return [s for s in SECTIONS if s in chosen]
+
+
+def has_gudhi() -> bool:
+    """Whether GUDHI (the ``topology`` extra) can be imported.
+
+    Returns:
+        True when ``import gudhi`` works.
+    """
+    try:
+        import gudhi  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _check_pair(obj, pair):
@@ -308,6 +344,10 @@ def report(
     steps: int = 40,
     max_hvp: int = 600,
     n_directions: int = 20,
+    rho: float = 0.05,
+    lr: float | None = None,
+    momentum: float = 0.0,
+    curve_steps: int = 500,
     seed: int = 0,
     title: str = "lossviz report",
     description: str | None = None,
@@ -329,17 +369,34 @@ def report(
     - ``ggn``: the top eigenvalues of the Hessian against the Gauss-Newton ``G = Jᵀ H_ℓ J``;
     - ``layers``: the top eigenvalue and trace of each layer's diagonal block ``H_SS``
       (:func:`~lossviz.hessian_blocks`), named after the model's modules (:func:`layer_groups`);
+    - ``flatness``: the worst-case sharpness ``max_{‖δ‖≤ρ} L(θ+δ) − L(θ)`` (a lower bound
+      found by projected ascent; Keskar et al. 2017, Foret et al. 2021) next to its
+      second-order estimate ``ρ‖g‖ + ½ρ²λ_max`` and the average sharpness
+      ``E_{δ~N(0,ρ²I)} L(θ+δ) − L(θ)`` with its standard error (:func:`~lossviz.sharpness`);
+      with ``lr`` the linear stability of gradient descent / heavy ball (``momentum``),
+      ``λ_max < (2 + 2β)/η`` (:func:`~lossviz.stability`), else a note that it was not
+      checked;
     - ``surface``: ``L(θ + a·d1 + b·d2)`` on filter-normalized random directions (Li et al.
       2018) on a ``grid × grid`` grid over ``[-1, 1]²``;
     - ``trajectory`` (with ``checkpoints``): the same on the PCA plane of the checkpoints
       (Li et al. 2018 §7), centred on the last one (with its buffers), axes labelled with
       their explained variance, start and end marked; the span is widened (up to twice)
       until the grid's minimum is inside the grid, and the caption says where it is;
+    - ``topology``: for the random-direction surface and (with ``checkpoints``) the PCA
+      plane, the 0-dimensional sublevel-set persistence of the loss
+      (:func:`~lossviz.landscape_topology`, GUDHI): the basins, their depths, the saddles
+      that merge them and Landscaper's SMAD, with the minima and saddles marked on the
+      contour (non-finite grid points are placed above every finite value);
     - ``roughness``: the roughness index (Wu et al. 2021) at every checkpoint
       (:func:`~lossviz.roughness_along`), or at the model without checkpoints;
     - ``connectivity`` (with ``pair``): the loss along ``(1-α)·θA + α·θB``, its barrier
       ``max_α [L(θ(α)) - ((1-α)·L(θA) + α·L(θB))]`` (Entezari et al. 2022) and the
-      layer-wise barriers (Adilova et al. 2024).
+      layer-wise barriers (Adilova et al. 2024);
+    - ``curve`` (with ``pair``; only when named, as it trains): a quadratic Bezier curve
+      between the pair trained for ``curve_steps`` steps (:func:`~lossviz.connect`;
+      Garipov et al. 2018), its loss next to the straight line's at the same ``t`` and
+      both barriers (with BatchNorm, the statistics are re-estimated at every point of
+      both paths, as ``connect`` does).
 
     A section a kernel cannot compute for this model (e.g. Gauss-Newton with a custom
     ``forward=``) is replaced by a note saying why, with a warning. Every argument, every
@@ -362,6 +419,13 @@ def report(
         steps: Lanczos steps per SLQ probe.
         max_hvp: the curvature-product budget of each eigen solve and trace estimate.
         n_directions: random directions of the roughness index (at least 2).
+        rho: the radius ``ρ > 0`` of the sharpness ball (and the noise scale of the average
+            sharpness).
+        lr: the learning rate ``η > 0`` whose stability the flatness section checks (None:
+            not checked, and the section says so).
+        momentum: the heavy-ball momentum ``β`` in ``[0, 1)`` of that check (0: gradient
+            descent).
+        curve_steps: training steps of the mode-connecting curve (at least 1).
         seed: the seed of the random directions, probes and start vectors.
         title: the report's title.
         description: a paragraph under the title (plain text).
@@ -374,8 +438,10 @@ def report(
     Raises:
         ArgumentTypeError: ``obj`` is not an Objective, or an argument of the wrong type.
         LossvizError: a bad value (an unknown section, listed with the known ones; ``k``
-            above half the parameter count; ``grid < 3``; ...), fewer than 3 checkpoints
-            for ``trajectory``, or the report cannot be written.
+            above half the parameter count; ``grid < 3``; ``rho <= 0``; ``lr <= 0``;
+            ``momentum`` outside ``[0, 1)``; ...), fewer than 3 checkpoints for
+            ``trajectory``, ``topology`` named without GUDHI, or the report cannot be
+            written.
         CheckpointError: a checkpoint or a point of the pair does not match the model.
         KeyboardInterrupt: Ctrl-C; no file is written.
     """
@@ -394,6 +460,15 @@ def report(
     steps = validate.integer(steps, "steps", low=2)
     max_hvp = validate.integer(max_hvp, "max_hvp", low=1)
     n_directions = validate.integer(n_directions, "n_directions", low=2)
+    rho = validate.number(rho, "rho", low=0, low_open=True)
+    if not math.isfinite(rho):
+        raise LossvizError(f"rho must be a finite number > 0, got {rho}")
+    if lr is not None:
+        lr = validate.number(lr, "lr", low=0, low_open=True)
+        if not math.isfinite(lr):
+            raise LossvizError(f"lr must be a finite number > 0, got {lr}")
+    momentum = validate.number(momentum, "momentum", low=0, high=1, high_open=True)
+    curve_steps = validate.integer(curve_steps, "curve_steps", low=1)
     seed = validate.seed(seed)
     if not isinstance(title, str):
         raise ArgumentTypeError(f"title must be a str, got {type(title).__name__}")
@@ -419,6 +494,7 @@ def report(
     say = print if verbose and is_rank_zero() else (lambda *a: None)
     doc = _Doc()
     ctx = _Context(obj, doc, say, k=k, max_hvp=max_hvp, seed=seed, progress=progress)
+    ctx.rho, ctx.lr, ctx.momentum, ctx.curve_steps = rho, lr, momentum, curve_steps
     loss = ctx.loss = obj.loss()
     doc.summary.update(
         {"n_params": P, "loss": loss, "sections": chosen, "model": type(obj.model).__name__}
@@ -461,6 +537,34 @@ class _Context:
         self.eigs = None  # hessian_eigs(which="both")
         self.density = None
         self.groups = None
+        self.random = None  # the surface on random directions
+        self.plane = None  # the PCA plane of the checkpoints and its surface
+        self.rho = self.lr = self.momentum = self.curve_steps = None
+
+    def random_surface(self, grid):
+        """The loss on two filter-normalized random directions (computed once)."""
+        from .directions import random_directions
+        from .landscape import surface
+
+        if self.random is None:
+            dirs = random_directions(self.obj, 2, seed=self.seed)
+            self.random = _whole(
+                surface(
+                    self.obj, None, dirs, n=grid, span=((-1, 1), (-1, 1)), progress=self.progress
+                )
+            )
+            self.say(self.random)
+        return self.random
+
+    def pca_plane(self, checkpoints, grid):
+        """The PCA plane of the checkpoints and the loss on it (computed once).
+
+        Returns:
+            ``(pca, surface, coords, last, edge, i, j, widened, span)``.
+        """
+        if self.plane is None:
+            self.plane = _plane(self, checkpoints, grid)
+        return self.plane
 
     def both(self):
         from .hessian import hessian_eigs
@@ -722,13 +826,8 @@ def _layers(ctx, **_):
 
 
 def _surface(ctx, *, grid, **_):
-    from .directions import random_directions
-    from .landscape import surface
-
-    obj, doc = ctx.obj, ctx.doc
-    dirs = random_directions(obj, 2, seed=ctx.seed)
-    s = _whole(surface(obj, None, dirs, n=grid, span=((-1, 1), (-1, 1)), progress=ctx.progress))
-    ctx.say(s)
+    doc = ctx.doc
+    s = ctx.random_surface(grid)
     doc.heading(
         "Loss surface on random directions",
         "L(θ + a·d1 + b·d2) for two Gaussian directions, filter-normalized (each filter of "
@@ -752,11 +851,11 @@ def _on_edge(s) -> tuple[bool, int, int]:
     return i in (0, v.shape[0] - 1) or j in (0, v.shape[1] - 1), int(i), int(j)
 
 
-def _trajectory(ctx, *, checkpoints, grid, **_):
+def _plane(ctx, checkpoints, grid):
     from .directions import pca_directions
     from .landscape import surface
 
-    obj, doc = ctx.obj, ctx.doc
+    obj = ctx.obj
     # the checkpoints' varying parameters only (no buffers, no tied aliases), as the
     # Objective reads them: the plane lives where the surface is drawn
     if isinstance(checkpoints, Mapping):
@@ -766,7 +865,6 @@ def _trajectory(ctx, *, checkpoints, grid, **_):
         pca = pca_directions([obj.weights(p) for p in checkpoints], 2)
         last = checkpoints[-1]
     ctx.say(pca)
-    ev = pca.explained_variance_ratio
     c = pca.coords[:, :2]
     lo, hi = c.min(0), c.max(0)
     w = np.maximum(hi - lo, 1e-12 * max(float(np.abs(c).max()), 1.0))
@@ -795,6 +893,13 @@ def _trajectory(ctx, *, checkpoints, grid, **_):
         half = 2 * half
         widened += 1
     ctx.say(s)
+    return pca, s, c, last, edge, i, j, widened, span
+
+
+def _trajectory(ctx, *, checkpoints, grid, **_):
+    doc = ctx.doc
+    pca, s, c, last, edge, i, j, widened, span = ctx.pca_plane(checkpoints, grid)
+    ev = pca.explained_variance_ratio
     s.add_point("minimum", (float(s.x[j]), float(s.y[i])))
     v = s.loss
     log = bool(np.all(v[np.isfinite(v)] > 0))
@@ -931,16 +1036,254 @@ def _connectivity(ctx, *, pair, grid, **_):
     }
 
 
+def _flatness(ctx, **_):
+    from .sharpness import sharpness
+    from .stability import stability
+
+    obj, doc, rho = ctx.obj, ctx.doc, ctx.rho
+    kw = dict(seed=ctx.seed, progress=ctx.progress)
+    worst = _whole(sharpness(obj, rho, kind="worst", gam=False, **kw))
+    ctx.say(worst)
+    avg = _whole(sharpness(obj, rho, kind="average", **kw))
+    ctx.say(avg)
+    doc.heading(
+        "Flatness: sharpness and stability",
+        f"Worst-case sharpness max over ‖δ‖ ≤ ρ of L(θ+δ) − L(θ) (Keskar et al. 2017; the "
+        f"inner problem of SAM, Foret et al. 2021) found by projected gradient ascent with "
+        f"{len(worst.restarts)} restarts: every point tried lies in the ball, so the value is "
+        f"a lower bound of the maximum. Next to it the second-order estimate ρ‖g‖ + ½ρ²λ_max "
+        f"(an estimate, not a bound). Average sharpness E over δ ~ N(0, ρ²I) of L(θ+δ) − "
+        f"L(θ), by Monte-Carlo over antithetic pairs ±δ, with its standard error; its "
+        f"perturbations have norm about ρ·√P = {short(rho * math.sqrt(obj.n_params))}, not ρ. "
+        f"On a quadratic loss at its minimum the two are ½ρ²λ_max and ½ρ²·tr(H). ρ = {rho:g}.",
+    )
+    doc.add(worst._repr_html_())
+    doc.add(avg._repr_html_())
+    so = worst.second_order
+    if math.isnan(worst.value):
+        where = worst.nonfinite[0] if worst.nonfinite else {}
+        found = (
+            f"the loss is NOT FINITE inside the ball ({len(worst.nonfinite)} point(s), e.g. "
+            f"{where.get('where', '?')}), so the worst case is undefined"
+        )
+    else:
+        found = f"the largest found is {number(worst.value)} (a lower bound)"
+    doc.figure(
+        worst.plot(),
+        f"Worst-case sharpness in the ℓ2 ball of radius ρ = {rho:g}: the best L(θ+δ) − L(θ) "
+        f"after each ascent iteration; {found}"
+        + (
+            f"; the second-order estimate ρ‖g‖ + ½ρ²λ_max = {number(so)} (dashed; ‖g‖ = "
+            f"{number(worst.grad_norm)}, λ_max = {number(worst.lambda_max)})."
+            if so is not None
+            else "."
+        ),
+    )
+    doc.figure(
+        avg.plot(),
+        f"Average sharpness at ρ = {rho:g}: the {avg.n_samples} antithetic samples "
+        f"½(L(θ+δ) + L(θ−δ)) − L(θ), δ ~ N(0, ρ²I); mean {number(avg.value)} ± "
+        f"{number(avg.stderr if avg.stderr is not None else float('nan'))} (standard error).",
+    )
+    summary = {
+        "rho": rho,
+        "worst": worst.value,
+        "worst_is_lower_bound": True,
+        "second_order": so,
+        "grad_norm": worst.grad_norm,
+        "lambda_max": worst.lambda_max,
+        "gam_first_order": worst.first_order,
+        "average": avg.value,
+        "average_stderr": avg.stderr,
+        "average_samples": avg.n_samples,
+        "stability": None,
+    }
+    if ctx.lr is None:
+        doc.note(
+            "Stability not checked: no learning rate was given. Pass lr= (and momentum= for "
+            "heavy ball) to lv.report, or --lr / --momentum to lossviz report, to test "
+            "λ_max < (2 + 2β)/η."
+        )
+    else:
+        st = _whole(
+            stability(
+                obj,
+                ctx.lr,
+                momentum=ctx.momentum,
+                k=min(ctx.k, obj.n_params),
+                seed=ctx.seed,
+                progress=ctx.progress,
+            )
+        )
+        ctx.say(st)
+        doc.add(st._repr_html_())
+        verdict = "stable" if st.gd_stable else "UNSTABLE"
+        res = np.asarray(st.residuals, dtype=np.float64)
+        if len(res) and not np.all(res <= 1e-4):  # stability's tol: not all converged
+            verdict += f" (eigenvalues NOT all converged: max residual {float(np.max(res)):.1e})"
+        doc.figure(
+            st.plot(),
+            f"Linear stability of {st.method} with learning rate η = {st.lr:g} (Polyak 1964; "
+            f"Cohen et al. 2021): along an eigenvector with eigenvalue λ the iteration "
+            f"matrix has spectral radius ρ(M) < 1 iff 0 < ηλ < 2 + 2β (inside the black "
+            f"line). The {len(st.eigenvalues)} measured top eigenvalues are the gold points: "
+            f"λ_max = {number(st.lambda_max)} against the threshold (2 + 2β)/η = "
+            f"{number(st.threshold)}: {verdict}, margin {number(st.gd_margin)}"
+            f" (‖∇L‖ = {number(st.grad_norm)}; the condition is about a minimum).",
+        )
+        summary["stability"] = {
+            "lr": st.lr,
+            "momentum": st.momentum,
+            "method": st.method,
+            "lambda_max": st.lambda_max,
+            "threshold": st.threshold,
+            "stable": st.gd_stable,
+            "margin": st.gd_margin,
+            "eigenvalues": st.eigenvalues,
+            "radius": st.radius,
+            "residuals": st.residuals,
+        }
+    doc.summary["flatness"] = summary
+
+
+def _topology(ctx, *, checkpoints, grid, **_):
+    if not has_gudhi():
+        raise LossvizError("GUDHI is not installed: pip install 'lossviz[topology]'")
+    doc = ctx.doc
+    grids = [("random", "two random directions", ctx.random_surface(grid))]
+    if checkpoints is not None and len(checkpoints) >= 3:
+        s = ctx.pca_plane(checkpoints, grid)[1]
+        grids.append(("trajectory", "the PCA plane of the checkpoints", s))
+        plane_note = ""
+    elif checkpoints is None:
+        plane_note = "The PCA plane of a training run is analysed too when checkpoints= is given."
+    else:
+        plane_note = f"The PCA plane needs 3 checkpoints or more ({len(checkpoints)} given)."
+    doc.heading(
+        "Topology of the landscape",
+        "Sublevel-set persistence of the loss on the grid (Edelsbrunner, Letscher, Zomorodian "
+        "2002; GUDHI's cubical complexes, grid points neighbours along the axes): each basin "
+        "is born at a local minimum and dies at the saddle where it merges into a deeper one; "
+        "its depth is the saddle's value minus the minimum's. SMAD is the mean gap between "
+        "each minimum and its first merge (Landscaper, Chen et al. 2026); 0 for one basin. "
+        "Basins are found on the grid: finer features need a finer grid.",
+    )
+    if plane_note:
+        doc.note(plane_note)
+    out = {}
+    for key, what, s in grids:
+        topo = s.topology(nonfinite="top")
+        ctx.say(topo)
+        doc.add(topo._repr_html_())
+        fig = topo.plot("contour")
+        fig.update_layout(title=f"minima and saddles of the loss on {what}")
+        if key == "trajectory":
+            fig.update_layout(xaxis_title="a (PC1)", yaxis_title="b (PC2)")
+        d = np.sort(topo.depths[1:])[::-1]
+        depths = ", ".join(short(x) for x in d[:8]) + (" …" if len(d) > 8 else "")
+        smad, smad_w = topo.smad(), topo.smad(weighted=True)
+        doc.figure(
+            fig,
+            f"The loss on {what} ({len(s.x)}×{len(s.y)} grid) with its {topo.n_basins} "
+            f"basin(s): minima as white circles, the saddles where basins merge as red "
+            f"crosses. The global minimum is {short(topo.minimum_values[0])}"
+            + (f"; the other basins' depths are {depths}" if len(d) else " (a single basin)")
+            + f"; SMAD {short(smad)} (volume-weighted {short(smad_w)})."
+            + (
+                f" {topo.n_nonfinite} non-finite grid point(s) were placed above every "
+                "finite value."
+                if topo.n_nonfinite
+                else ""
+            ),
+        )
+        out[key] = {
+            "n_basins": topo.n_basins,
+            "minimum_values": topo.minimum_values,
+            "saddle_values": topo.saddle_values,
+            "depths": topo.depths,
+            "minima": topo.coords(topo.minima),
+            "smad": smad,
+            "smad_weighted": smad_w,
+            "n_nonfinite": topo.n_nonfinite,
+        }
+    doc.summary["topology"] = out
+
+
+def _curve(ctx, *, pair, grid, **_):
+    from .curves import connect
+
+    obj, doc = ctx.obj, ctx.doc
+    a, b = pair
+    c = connect(
+        obj,
+        a,
+        b,
+        curve="bezier",
+        bends=1,
+        steps=ctx.curve_steps,
+        n=grid,
+        seed=ctx.seed,
+        progress=ctx.progress,
+    )
+    if c.stopped == "interrupted" or (c.evaluated is not None and not np.all(c.evaluated)):
+        raise KeyboardInterrupt
+    ctx.say(c)
+    doc.heading(
+        "A mode-connecting curve between the pair",
+        "Garipov, Izmailov, Podoprikhin, Vetrov, Wilson 2018: the quadratic Bezier curve "
+        "φ(t) = (1-t)²·θA + 2t(1-t)·w + t²·θB with the bend w trained to minimise the "
+        "expected loss E over t ~ U(0, 1) of L(φ(t)), one random t per SGD step. Its loss "
+        "is compared with the straight line (1-t)·θA + t·θB at the same t; barriers are "
+        "max over t of f(t) − ((1-t)·f(0) + t·f(1)).",
+    )
+    doc.add(c._repr_html_())
+    bar, line_bar = c.barrier("loss"), c.barrier("loss", path="line")
+    notes = ""
+    if c.bn == "recompute":
+        notes += (
+            " BatchNorm statistics are re-estimated at every point of both paths, so the "
+            "straight line's barrier here can differ from the connectivity section's."
+        )
+    if c.stopped == "diverged":
+        notes += (
+            f" Training DIVERGED after {c.trained_steps} of {c.steps} steps (a non-finite "
+            "loss): the last bend with a finite loss is shown."
+        )
+    doc.figure(
+        c.plot("loss"),
+        f"The loss along the trained quadratic Bezier curve (solid, {c.trained_steps} "
+        f"{c.optimizer.upper()} steps, learning rate {c.lr:g}) and along the straight line "
+        f"(dashed) at {len(c.ts)} values of t: barrier {short(bar)} on the curve (worst loss "
+        f"{short(c.max('loss'))}) against {short(line_bar)} on the straight line (worst "
+        f"loss {short(c.max('loss', path='line'))}).{notes}",
+    )
+    doc.summary["curve"] = {
+        "barrier": bar,
+        "line_barrier": line_bar,
+        "max": c.max("loss"),
+        "line_max": c.max("loss", path="line"),
+        "t": c.ts,
+        "loss": c.values["loss"],
+        "line_loss": c.line_values["loss"],
+        "steps": c.trained_steps,
+        "bn": c.bn,
+        "stopped": c.stopped,
+    }
+
+
 _DRAW = {
     "eigenvalues": _eigenvalues,
     "density": _density,
     "trace": _trace,
     "ggn": _ggn,
     "layers": _layers,
+    "flatness": _flatness,
     "surface": _surface,
     "trajectory": _trajectory,
+    "topology": _topology,
     "roughness": _roughness,
     "connectivity": _connectivity,
+    "curve": _curve,
 }
 
 
@@ -972,8 +1315,42 @@ def _page(obj, doc: _Doc, title: str, description, loss: float, seconds: float) 
         rows.append(["outliers of the density", str(s["density"]["n_outliers"])])
     if "trace" in s:
         rows.append(["trace", f"{number(s['trace']['value'])} ± {s['trace']['stderr']:.3g}"])
+    if "flatness" in s:
+        f = s["flatness"]
+        rows.append([f"worst-case sharpness (ρ = {f['rho']:g})", f"≥ {number(f['worst'])}"])
+        if f["second_order"] is not None:
+            rows.append(["its second-order estimate", number(f["second_order"])])
+        rows.append(
+            [
+                f"average sharpness (ρ = {f['rho']:g})",
+                f"{number(f['average'])} ± {number(f['average_stderr'])}",
+            ]
+        )
+        st = f["stability"]
+        rows.append(
+            [
+                "stability"
+                if st is None
+                else f"{st['method']} at η = {st['lr']:g} (λ_max < (2 + 2β)/η)",
+                "not checked (no lr=)"
+                if st is None
+                else f"{'stable' if st['stable'] else 'UNSTABLE'}, margin {number(st['margin'])}",
+            ]
+        )
+    if "topology" in s:
+        for key, what in (("random", "random surface"), ("trajectory", "PCA plane")):
+            if key in s["topology"]:
+                t = s["topology"][key]
+                rows.append([f"basins on the {what}", f"{t['n_basins']}, SMAD {short(t['smad'])}"])
     if "connectivity" in s:
         rows.append(["loss barrier of the pair", short(s["connectivity"]["barrier"])])
+    if "curve" in s:
+        rows.append(
+            [
+                "loss barrier: Bezier curve / straight line",
+                f"{short(s['curve']['barrier'])} / {short(s['curve']['line_barrier'])}",
+            ]
+        )
     summary = html_table(["", ""], rows, "summary")
     data = json.dumps(_json_safe({**s, "lossviz": __version__, "seconds": seconds}))
     data = data.replace("</", "<\\/")

@@ -139,7 +139,17 @@ def test_report_end_to_end_quiet(project, tmp_path):
     lam = torch.linalg.eigvalsh(H).numpy()
     assert s["eigenvalues"]["values"][0] == pytest.approx(lam[-1], rel=1e-6)
     assert s["eigenvalues"]["values"][-1] == pytest.approx(lam[0], rel=1e-5, abs=1e-8)
-    assert s["sections"] == ["eigenvalues", "density", "trace", "ggn", "layers", "surface"]
+    assert s["sections"] == [
+        "eigenvalues",
+        "density",
+        "trace",
+        "ggn",
+        "layers",
+        "flatness",
+        "surface",
+        "topology",
+    ]
+    assert s["flatness"]["rho"] == 0.05 and s["flatness"]["stability"] is None
 
 
 def test_report_in_process_variants(project, tmp_path, capsys, monkeypatch):
@@ -212,6 +222,15 @@ BAD_REPORT = [
     (["--sections", "bogus"], "--sections: unknown ['bogus']; the sections are eigenvalues"),
     (["--sections", "trajectory"], "'trajectory' needs --trajectory (3 checkpoints or more)"),
     (["--sections", "connectivity"], "'connectivity' needs --pair A B"),
+    (["--sections", "curve"], "'curve' needs --pair A B"),
+    (["--rho", "0"], "--rho"),
+    (["--rho", "abc"], "--rho must be a number, got 'abc'"),
+    (["--rho", "inf"], "--rho must be a finite number"),
+    (["--lr", "0"], "--lr"),
+    (["--lr", "-0.1"], "--lr"),
+    (["--lr", "nan"], "--lr"),
+    (["--momentum", "1"], "--momentum"),
+    (["--curve-steps", "0"], "--curve-steps"),
     (["--grid", "2"], "--grid"),
     (["--k", "x"], "--k"),
     (["--seed", "-3"], "--seed"),
@@ -379,7 +398,7 @@ def test_demo_quiet_run_prints_nothing_and_writes_the_report(tmp_path):
     assert text.startswith("<!doctype html>") and text.rstrip().endswith("</html>")
     assert "trained 300 SGD steps" in text
     s = summary_of(text)
-    assert s["sections"][-2:] == ["trajectory", "roughness"]
+    assert s["sections"][-3:] == ["trajectory", "topology", "roughness"]
     assert s["trajectory"]["minimum_inside"]
     assert list(s["layers"]) == ["0 (Linear 64→64)", "2 (Linear 64→64)", "4 (Linear 64→10)"]
 
@@ -541,3 +560,55 @@ def test_playground_serves_the_jupytext_notebook_with_voila(monkeypatch):
     src = jupytext.read(ROOT / "notebooks" / "playground.py")
     assert seen["cells"] == [c.cell_type for c in src.cells] and "markdown" in seen["cells"]
     assert not seen["nb"].exists()  # a temporary copy, never next to the source
+
+
+def test_report_flatness_topology_and_curve_options(project, tmp_path, monkeypatch):
+    """--lr / --momentum / --rho reach the flatness section, --curve-steps the curve; the
+    numbers are those of the kernels called directly on the same model."""
+    d, usermod, states = project
+    monkeypatch.chdir(d)
+    monkeypatch.setenv("LOSSVIZ_PROGRESS", "0")
+    out = tmp_path / "r.html"
+    args = [
+        *REPORT,
+        "--checkpoint",
+        "ck1.pt",
+        "--pair",
+        "ck1.pt",
+        "ck2.pt",
+        "--sections",
+        "flatness",
+        "topology",
+        "curve",
+        "--rho",
+        "0.02",
+        "--lr",
+        "0.5",
+        "--momentum",
+        "0.9",
+        "--curve-steps",
+        "20",
+        "--out",
+        str(out),
+        "--quiet",
+        *FAST,
+    ]
+    assert cli.main(args) == 0
+    s = summary_of(out.read_text(encoding="utf-8"))
+    assert s["sections"] == ["flatness", "topology", "curve"]
+    net = usermod.make_net()
+    net.load_state_dict(states[1])
+    obj = lossviz_pkg.Objective(net, nn.functional.cross_entropy, usermod.make_data())
+    f = s["flatness"]
+    assert f["rho"] == 0.02
+    st = f["stability"]
+    assert st["lr"] == 0.5 and st["momentum"] == 0.9
+    H = dense_hessian(net, nn.functional.cross_entropy, usermod.make_data())
+    lam = float(torch.linalg.eigvalsh(H)[-1])
+    assert st["lambda_max"] == pytest.approx(lam, rel=1e-5)
+    assert st["threshold"] == pytest.approx(3.8 / 0.5)
+    assert st["stable"] == (lam < 3.8 / 0.5)
+    assert s["curve"]["steps"] == 20
+    c = lossviz_pkg.connect(obj, states[1], states[2], steps=20, n=5, progress=False)
+    assert s["curve"]["barrier"] == pytest.approx(c.barrier("loss"), rel=1e-9)
+    assert s["topology"]["random"]["n_basins"] >= 1
