@@ -933,12 +933,17 @@ def _worst(
                 e = hessian_eigs(obj, 1, at=at, seed=seed, progress=False)
             else:
                 e = hessian_eigs(_Scaled(obj.operator(at), T), 1, seed=seed, progress=False)
-            if e.complete:
+            if not e.complete:
+                res.complete = False
+            elif not e.all_converged:  # an unconverged Ritz value: no estimate from it
+                warn(
+                    f"sharpness: λ_max did not converge (residual {float(e.residuals[0]):.1e})"
+                    "; the second-order estimate is left out (None)"
+                )
+            else:
                 lam = float(e.values[0])
                 res.lambda_max = lam
                 res.second_order = rho * res.grad_norm + 0.5 * rho**2 * lam
-            else:
-                res.complete = False
     except KeyboardInterrupt:
         if not keep_partial():
             raise

@@ -88,6 +88,9 @@ class StabilityResult(DataResult):
         sgd_margin: ``2B/η − tr(H)``.
         grad_norm: ``‖∇L‖`` at the point (the conditions are about a minimum).
         loss: ``L`` at the point.
+        converged: whether every eigenvalue converged (Lanczos residual within ``tol``).
+            When not, the measured values are Ritz values, lower bounds of the largest
+            eigenvalues: an "unstable" verdict stands, a "stable" one may be wrong.
         complete: False after Ctrl-C.
         seconds: wall time.
         provenance: where it comes from (:class:`~lossviz.provenance.Provenance`;
@@ -110,6 +113,7 @@ class StabilityResult(DataResult):
     sgd_margin: float | None = None
     grad_norm: float = float("nan")
     loss: float = float("nan")
+    converged: bool = True
     complete: bool = True
     seconds: float = 0.0
 
@@ -177,6 +181,8 @@ class StabilityResult(DataResult):
 
     def _head(self) -> str:
         s = f"{self.method}, η = {self.lr:g}"
+        if not self.converged:
+            s += ", λ NOT converged: a 'stable' verdict may be wrong"
         if not self.complete:
             s += ", INCOMPLETE: interrupted"
         return s
@@ -390,6 +396,7 @@ def stability(
             trace_stderr=obj.trace_stderr,
             grad_norm=obj.grad_norm,
             loss=obj.loss,
+            converged=obj.converged,
             complete=obj.complete,
             provenance=obj.provenance,
         )
@@ -409,7 +416,14 @@ def stability(
         e = hessian_eigs(obj, k, at=at, tol=tol, seed=seed, curvature=curvature, progress=progress)
         res.eigenvalues = np.asarray(e.values, dtype=np.float64)
         res.residuals = np.asarray(e.residuals, dtype=np.float64)
+        res.converged = bool(e.all_converged)
         res.complete = e.complete
+        if e.complete and not res.converged:
+            warn(
+                f"stability: the top {k} eigenvalues did not converge (max residual "
+                f"{float(np.max(e.residuals)):.1e} > tol={tol:g}): they are lower bounds of "
+                "the largest eigenvalues, so a 'stable' verdict may be wrong; raise tol or k"
+            )
         if isinstance(obj, Objective):
             g = obj.gradient(at)
             res.grad_norm = float(sum(float((t.double() ** 2).sum()) for t in g.values())) ** 0.5

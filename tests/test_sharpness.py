@@ -393,3 +393,21 @@ def test_at_a_strict_maximum_the_worst_case_is_zero_and_the_average_negative():
     )
     ra = sharpness(obj, 0.1, kind="average", n_samples=300, progress=False)
     assert abs(ra.value - 0.5 * 0.01 * float(H.trace())) <= 3.5 * ra.stderr and ra.value < 0
+
+
+def test_unconverged_lambda_max_gives_no_second_order_estimate(quad, monkeypatch):
+    import lossviz.hessian as hess
+
+    real = hess.hessian_eigs
+
+    def unconverged(*a, **kw):
+        r = real(*a, **kw)
+        r.converged = np.zeros_like(r.converged, dtype=bool)
+        return r
+
+    obj, _, _ = quad
+    monkeypatch.setattr(hess, "hessian_eigs", unconverged)
+    with pytest.warns(UserWarning, match="did not converge"):
+        r = sharpness(obj, 0.01, restarts=1, max_iter=3, progress=False)
+    assert r.second_order is None and r.lambda_max is None
+    assert "second-order" not in repr(r)  # the repr shows no estimate it does not have

@@ -279,3 +279,24 @@ def test_sgd_verdict_is_undetermined_within_two_standard_errors():
     assert stability(r, 2 / 13.0).sgd_stable is True  # margin 3 > 2
     assert stability(r, 2 / 7.0).sgd_stable is False  # margin −3
     assert stability(r, 0.5).gd_stable is True and stability(r, 0.7).gd_stable is False
+
+
+def test_unconverged_eigenvalues_are_flagged(monkeypatch):
+    """Ritz values that did not converge are lower bounds: the result says so, loudly."""
+    import lossviz.hessian as hess
+
+    real = hess.hessian_eigs
+
+    def unconverged(*a, **kw):
+        r = real(*a, **kw)
+        r.converged = np.zeros_like(r.converged, dtype=bool)
+        return r
+
+    model, X, y = quadratic()
+    obj = lv.Objective(model, nn.MSELoss(), (X, y))
+    monkeypatch.setattr(hess, "hessian_eigs", unconverged)
+    with pytest.warns(UserWarning, match="did not converge"):
+        r = stability(obj, 0.1, k=2, progress=False)
+    assert r.converged is False and "NOT converged" in repr(r)
+    monkeypatch.setattr(hess, "hessian_eigs", real)
+    assert stability(obj, 0.1, k=2, progress=False).converged is True
