@@ -11,6 +11,7 @@ everywhere."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import copy
 import importlib.util
 import re
@@ -425,34 +426,44 @@ def test_the_html_plays_offline_in_a_browser(run, tmp_path):
         for b in ("chromium", "chromium-browser", "google-chrome")
         if shutil.which(b)
     )
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(
-            executable_path=exe, headless=True, args=["--no-sandbox", "--disable-gpu"]
-        )
-        try:
-            page = b.new_page()
-            errors, requests = [], []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("request", lambda r: requests.append(r.url))
-            page.goto(p.as_uri())
-            last = fig.frames[-1].layout.title.text
-            page.wait_for_function(
-                "t => document.querySelector('.gtitle')?.textContent === t", arg=last, timeout=60000
+    k = 2
+
+    def browse():
+        # its own thread: the session's browser tests may hold a running Playwright (an
+        # asyncio loop) in the main thread, where the sync API refuses to start another
+        with sync_playwright() as pw:
+            b = pw.chromium.launch(
+                executable_path=exe, headless=True, args=["--no-sandbox", "--disable-gpu"]
             )
-            k = 2
-            page.evaluate(
-                """name => Plotly.animate(document.querySelector('.plotly-graph-div'), [name],
-                   {mode: 'immediate', frame: {duration: 0, redraw: true},
-                    transition: {duration: 0}})""",
-                fig.frames[k].name,
-            )
-            title = page.text_content(".gtitle")
-            shown = page.evaluate(
-                """() => { const f = document.querySelector('.plotly-graph-div')._fullData;
-                   return [Array.from(f[f.length - 1].x), Array.from(f[f.length - 2].x)]; }"""
-            )
-        finally:
-            b.close()
+            try:
+                page = b.new_page()
+                errors, requests = [], []
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                page.on("request", lambda r: requests.append(r.url))
+                page.goto(p.as_uri())
+                last = fig.frames[-1].layout.title.text
+                page.wait_for_function(
+                    "t => document.querySelector('.gtitle')?.textContent === t",
+                    arg=last,
+                    timeout=60000,
+                )
+                page.evaluate(
+                    """name => Plotly.animate(document.querySelector('.plotly-graph-div'), [name],
+                       {mode: 'immediate', frame: {duration: 0, redraw: true},
+                        transition: {duration: 0}})""",
+                    fig.frames[k].name,
+                )
+                title = page.text_content(".gtitle")
+                shown = page.evaluate(
+                    """() => { const f = document.querySelector('.plotly-graph-div')._fullData;
+                       return [Array.from(f[f.length - 1].x), Array.from(f[f.length - 2].x)]; }"""
+                )
+            finally:
+                b.close()
+        return title, shown, errors, requests
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        title, shown, errors, requests = pool.submit(browse).result()
     assert title == fig.frames[k].layout.title.text
     xy, _ = _marker(fig)
     assert shown[0] == pytest.approx([xy[k, 0]]) and shown[1] == pytest.approx(xy[: k + 1, 0])
