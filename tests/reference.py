@@ -5,7 +5,11 @@ Gauss-Newton matrices by plain autograd on a copy of the model, losses and gradi
 from __future__ import annotations
 
 import copy
+import json
 import os
+import re
+import subprocess
+import sys
 
 import torch
 from torch import nn
@@ -349,3 +353,51 @@ class Tick(nn.Module):
     def forward(self, x):
         self.ticker()
         return x
+
+
+# ---- torchrun: a worker script on 2 ranks (gloo, CPU) ----------------------------------
+_INFRA = re.compile(
+    r"EADDRINUSE|[Aa]ddress already in use|DistNetworkError|RendezvousError|TCPStore|"
+    r"Connection refused"
+)
+
+
+def run_ranks(worker: str, out, nproc: int = 2, timeout: int = 240) -> list[dict]:
+    """Run ``worker`` under ``torchrun --nproc_per_node=nproc``; each rank's JSON results.
+
+    The worker writes ``OUT_DIR/rank{r}.json``. A port taken between torchrun's choice and
+    its use is retried once (never when a check of the worker failed); a hang fails.
+    """
+    import pytest
+
+    env = {
+        **os.environ,
+        "OUT_DIR": str(out),
+        "OMP_NUM_THREADS": "1",
+        "LOSSVIZ_PROGRESS": "0",
+        "PYTHONPATH": os.pathsep.join(
+            [os.path.dirname(os.path.dirname(worker)), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        "--nnodes=1",
+        "--rdzv-backend=c10d",
+        "--rdzv-endpoint=localhost:0",
+        worker,
+    ]
+    for attempt in range(2):
+        try:
+            p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            pytest.fail(f"the {nproc}-rank run did not finish in {timeout} s (a hang?): {e}")
+        text = p.stdout + p.stderr
+        failed_check = "AssertionError" in text or "LossvizError" in text
+        if p.returncode and attempt == 0 and not failed_check and _INFRA.search(text):
+            continue
+        break
+    assert p.returncode == 0, f"torchrun failed:\n{p.stdout[-4000:]}\n{p.stderr[-6000:]}"
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(nproc)]

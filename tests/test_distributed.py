@@ -10,24 +10,11 @@ loaders and BatchNorm statistics are checked there too.
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import subprocess
-import sys
 
 import pytest
 import torch
-
-_INFRA = re.compile(
-    r"EADDRINUSE|[Aa]ddress already in use|DistNetworkError|RendezvousError|TCPStore|"
-    r"Connection refused"
-)
-
-
-def _checks_failed(text: str) -> bool:
-    return "AssertionError" in text or "LossvizError" in text
-
+from reference import run_ranks
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed_worker.py")
 
@@ -45,39 +32,7 @@ pytestmark = pytest.mark.skipif(not _gloo(), reason="torch.distributed with gloo
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dist")
-    env = {
-        **os.environ,
-        "OUT_DIR": str(out),
-        "OMP_NUM_THREADS": "1",
-        "LOSSVIZ_PROGRESS": "0",
-        "PYTHONPATH": os.pathsep.join(
-            [os.path.dirname(os.path.dirname(WORKER)), os.environ.get("PYTHONPATH", "")]
-        ),
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--nnodes=1",
-        "--rdzv-backend=c10d",
-        "--rdzv-endpoint=localhost:0",
-        WORKER,
-    ]
-    for attempt in range(2):
-        try:
-            p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-        except subprocess.TimeoutExpired as e:
-            pytest.fail(f"the 2-rank run did not finish in 240 s (a hang?): {e.stdout}{e.stderr}")
-        text = p.stdout + p.stderr
-        # a port taken between torchrun's choice and its use: start again, once (never
-        # when a check of the worker failed)
-        if p.returncode and attempt == 0 and not _checks_failed(text) and _INFRA.search(text):
-            continue
-        break
-    assert p.returncode == 0, f"torchrun failed:\n{p.stdout[-4000:]}\n{p.stderr[-6000:]}"
-    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    return run_ranks(WORKER, tmp_path_factory.mktemp("dist"))
 
 
 def test_two_ranks_give_the_one_process_numbers(ranks):

@@ -11,22 +11,15 @@ Hessian's numbers too. The checks run in ``tests/fsdp_worker.py`` on every rank.
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import subprocess
-import sys
 
 import pytest
+from reference import run_ranks
 from torch import nn
 
 from lossviz.sharded import refuse_sharded
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fsdp_worker.py")
-_INFRA = re.compile(
-    r"EADDRINUSE|[Aa]ddress already in use|DistNetworkError|RendezvousError|TCPStore|"
-    r"Connection refused"
-)
 
 
 def _fsdp2() -> bool:
@@ -42,38 +35,7 @@ def _fsdp2() -> bool:
 def ranks(tmp_path_factory):
     if not _fsdp2():
         pytest.skip("torch.distributed with gloo and FSDP2 unavailable")
-    out = tmp_path_factory.mktemp("fsdp")
-    env = {
-        **os.environ,
-        "OUT_DIR": str(out),
-        "OMP_NUM_THREADS": "1",
-        "LOSSVIZ_PROGRESS": "0",
-        "PYTHONPATH": os.pathsep.join(
-            [os.path.dirname(os.path.dirname(WORKER)), os.environ.get("PYTHONPATH", "")]
-        ),
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--nnodes=1",
-        "--rdzv-backend=c10d",
-        "--rdzv-endpoint=localhost:0",
-        WORKER,
-    ]
-    for attempt in range(2):
-        try:
-            p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-        except subprocess.TimeoutExpired as e:
-            pytest.fail(f"the 2-rank run did not finish in 240 s (a hang?): {e.stdout}{e.stderr}")
-        text = p.stdout + p.stderr
-        failed_check = "AssertionError" in text or "LossvizError" in text
-        if p.returncode and attempt == 0 and not failed_check and _INFRA.search(text):
-            continue  # a port taken between torchrun's choice and its use: once more
-        break
-    assert p.returncode == 0, f"torchrun failed:\n{p.stdout[-4000:]}\n{p.stderr[-6000:]}"
-    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    return run_ranks(WORKER, tmp_path_factory.mktemp("fsdp"))
 
 
 def test_sharded_models_are_named_not_computed(ranks):
